@@ -1,0 +1,83 @@
+"""Resolving, formatting and binding socket addresses, with readable errors.
+
+Every failure here raises :class:`~socketlab.errors.AddressError` whose
+message names the host and port, e.g.
+``cannot listen on 127.0.0.1:3000: address already in use``.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+from typing import Any
+
+from socketlab.errors import AddressError
+
+#: The host servers bind to unless told otherwise: never expose by default.
+DEFAULT_HOST = "127.0.0.1"
+#: The tutorial's port.
+DEFAULT_PORT = 3000
+
+
+def format_address(address: Any) -> str:
+    """Format a socket address as ``HOST:PORT`` (``[HOST]:PORT`` for IPv6)."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        if ":" in str(host):
+            return f"[{host}]:{port}"
+        return f"{host}:{port}"
+    return str(address)
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[IPv6]:PORT`` into ``(host, port)``.
+
+    Raises AddressError when the text has no valid port.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise AddressError(f"invalid address {text!r}: expected HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host or DEFAULT_HOST, int(port_text)
+
+
+def describe_os_error(error: BaseException) -> str:
+    """Return a short lower-case reason for a socket error."""
+    if isinstance(error, socket.gaierror):
+        return f"unknown host ({error.strerror})"
+    if isinstance(error, socket.timeout):
+        return "timed out"
+    if isinstance(error, OSError):
+        if error.errno == errno.EADDRINUSE:
+            return "address already in use"
+        if error.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied"
+        if error.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        if error.errno == errno.EADDRNOTAVAIL:
+            return "address not available on this machine"
+        if error.strerror:
+            return error.strerror[:1].lower() + error.strerror[1:]
+    return str(error) or type(error).__name__
+
+
+def resolve(host: str, port: int, kind: int, *, passive: bool) -> tuple[int, Any]:
+    """Resolve *host*/*port* to ``(family, sockaddr)`` for a socket of *kind*.
+
+    Raises AddressError naming the address when the host is unknown.
+    """
+    flags = socket.AI_PASSIVE if passive else 0
+    try:
+        infos = socket.getaddrinfo(host or None, port, 0, kind, 0, flags)
+    except (socket.gaierror, UnicodeError) as error:
+        action = "listen on" if passive else "connect to"
+        reason = describe_os_error(error) if isinstance(error, OSError) else "unknown host"
+        raise AddressError(f"cannot {action} {format_address((host, port))}: {reason}") from None
+    family, _kind, _proto, _name, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def bind_error(host: str, port: int, error: OSError, action: str = "listen on") -> AddressError:
+    """Build the AddressError for a failed bind/connect of *host*:*port*."""
+    return AddressError(f"cannot {action} {format_address((host, port))}: {describe_os_error(error)}")

@@ -1,0 +1,158 @@
+"""The ``socketlab`` command line: options in, library calls out.
+
+Nothing here serves or parses a protocol. Library errors
+(:class:`~socketlab.errors.SocketlabError`) become one ``Error: ...`` line
+on stderr and exit status 1. Library modules are imported inside each
+command so ``socketlab --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from typing import Any, Callable, Iterator, TypeVar
+
+import click
+
+from socketlab import __version__
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3000
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn library errors into click's one-line ``Error: ...`` and exit 1."""
+    from socketlab.errors import SocketlabError
+
+    try:
+        yield
+    except SocketlabError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def host_option(func: F) -> F:
+    return click.option(
+        "--host",
+        default=DEFAULT_HOST,
+        show_default=True,
+        envvar="SOCKETLAB_HOST",
+        help="Address (0.0.0.0 or :: to listen on every interface; env SOCKETLAB_HOST).",
+    )(func)
+
+
+def port_option(func: F) -> F:
+    return click.option(
+        "--port",
+        type=click.IntRange(0, 65535),
+        default=DEFAULT_PORT,
+        show_default=True,
+        envvar="SOCKETLAB_PORT",
+        help="Port (0 picks a free one when listening; env SOCKETLAB_PORT).",
+    )(func)
+
+
+def log_to_stdout(level: int = logging.INFO) -> None:
+    """Send socketlab's log records to stdout, one message per line, flushed."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("socketlab")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, "-V", "--version", prog_name="socketlab")
+def main() -> None:
+    """Socket tools: TCP welcome/echo server and client, rooms chat, UDP.
+
+    \b
+    socketlab demo                        # the whole tutorial, narrated
+    socketlab tcp-server --port 3000      # welcome server (Ctrl-C stops)
+    socketlab tcp-client --port 3000 hi   # send a line, print the reply
+    """
+
+
+@main.command("tcp-server")
+@host_option
+@port_option
+@click.option("--welcome", default="Welcome to Socket Server", show_default=True, help="Line sent to each client ('' sends nothing).")
+@click.option("--echo", is_flag=True, help="Send every received byte back (RFC 862 echo).")
+@click.option("--hex", "hex_dump", is_flag=True, help="Log payloads as a hex dump.")
+@click.option("-q", "--quiet", is_flag=True, help="Log no payloads: connections and byte counts only.")
+@click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True, help="Clients served at once.")
+def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int) -> None:
+    """The tutorial's TCP server: greet each client, log what it sends.
+
+    Each client gets the welcome line; every chunk it sends is logged with
+    control characters escaped. A client that ends its side is disconnected.
+    Ctrl-C or SIGTERM stops the server.
+
+    \b
+    Example:
+      socketlab tcp-server --port 3000 --echo
+    """
+    from socketlab.serving import run_until_signal
+    from socketlab.tcp import WelcomeServer
+
+    log_to_stdout()
+    payload = "quiet" if quiet else "hex" if hex_dump else "text"
+    with user_errors():
+        server = WelcomeServer((host, port), welcome=welcome, echo=echo, payload=payload, max_clients=max_clients)
+    with server:
+        run_until_signal(server)
+
+
+@main.command("tcp-client")
+@host_option
+@port_option
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect timeout in seconds.")
+@click.argument("message", nargs=-1)
+def tcp_client(host: str, port: int, timeout: float, message: tuple[str, ...]) -> None:
+    """Connect, send MESSAGE (or stdin), print what the server sends.
+
+    With MESSAGE: sends it plus a newline, ends the sending side and prints
+    the replies until the server closes. Without MESSAGE: streams stdin until
+    EOF (line by line on a terminal). Received bytes go to stdout unchanged;
+    status lines go to stderr.
+
+    \b
+    Examples:
+      socketlab tcp-client --port 3000 Hello Socket Server
+      socketlab tcp-client --port 7 < image.png > copy.png
+    """
+    from socketlab.addresses import format_address
+    from socketlab.tcp import connect, relay_stdio
+
+    payload = (" ".join(message) + "\n").encode() if message else None
+    with user_errors():
+        sock = connect(host, port, timeout)
+        with sock:
+            click.echo(f"Connected to Server {format_address((host, port))}", err=True)
+            relay_stdio(sock, host, port, payload)
+    click.echo("Disconnected from Server", err=True)
+
+
+@main.command()
+def demo() -> None:
+    """Run the tutorial on loopback and narrate what each side sees.
+
+    Starts servers on free ports in this process, connects clients to them and
+    prints a transcript. Nothing leaves this machine.
+
+    \b
+    Example:
+      socketlab demo
+    """
+    from socketlab.demo import run_demo
+
+    with user_errors():
+        run_demo(click.echo)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+"""Exceptions raised by socketlab.
+
+Every error socketlab raises on purpose derives from :class:`SocketlabError`
+and carries a one-line message meant for a person; the command line prints it
+as ``Error: <message>`` and exits with status 1.
+"""
+
+from __future__ import annotations
+
+
+class SocketlabError(Exception):
+    """Base class of socketlab's errors; ``str(error)`` is one readable line."""
+
+
+class AddressError(SocketlabError):
+    """A host or port could not be resolved, bound or connected to."""
+
+
+class LocalProtocolError(SocketlabError):
+    """Our caller asked for something the protocol does not allow."""
+
+
+class RemoteProtocolError(SocketlabError):
+    """The peer broke the protocol."""

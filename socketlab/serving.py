@@ -1,0 +1,289 @@
+"""A threaded TCP server whose shutdown is a contract, built on socketserver.
+
+:class:`ConnectionServer` keeps socketserver's shape -- a request handler
+class, ``serve_forever()``, ``shutdown()``, ``server_close()``, a ``with``
+block -- and fixes what makes the stock ``ThreadingTCPServer`` unfit for a
+server people leave running:
+
+- ``serve_forever()`` waits on the listening socket *and* a wake-up pipe, so
+  ``shutdown()`` returns at once instead of after a poll interval, and an
+  accept failure such as "too many open files" backs off instead of spinning;
+- every connection and its thread are registered under a lock before the
+  thread starts; ``shutdown()`` closes them all with ``socket.shutdown()``
+  (the only way to wake a blocked ``recv()``) and joins the threads, so idle
+  clients cannot hold the process open (the stock ``block_on_close`` waits
+  for them forever);
+- at most ``max_clients`` connections are served; the next one is sent
+  ``full_message`` and closed;
+- handler errors are logged in one line instead of printing a traceback.
+
+For the caller: ``server_address`` (the real address, port 0 resolved),
+``serve_forever()``, ``shutdown()`` (idempotent, from any other thread),
+``server_close()``, ``connection_count``.
+
+May be overridden: ``on_listening()``, ``on_close()``, ``on_refused(request, address)``,
+``close_connections()``.
+
+Class variables that may be overridden: ``max_clients``, ``full_message``,
+``request_queue_size``, ``thread_stack_size``, ``join_timeout``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import signal
+import socket
+import socketserver
+import threading
+import time
+from typing import Any, Callable
+
+from socketlab.addresses import bind_error, format_address, resolve
+
+_RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+class ConnectionServer(socketserver.TCPServer):
+    """Threaded TCP server with tracked connections and a prompt shutdown."""
+
+    allow_reuse_address = True
+    #: Connections served at once; the next one is refused.
+    max_clients: int = 1000
+    #: Bytes sent to a client refused because the server is full.
+    full_message: bytes = b"server is full\n"
+    #: listen() backlog: connections the kernel queues before accept().
+    request_queue_size = 1024
+    #: Stack size of connection threads; small stacks keep idle clients cheap.
+    thread_stack_size: int = 256 * 1024
+    #: How long shutdown() waits for connection threads to finish.
+    join_timeout: float = 2.0
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler_class: Callable[..., socketserver.BaseRequestHandler],
+        *,
+        max_clients: int | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        host, port = address
+        self.logger = logger or logging.getLogger("socketlab.server")
+        if max_clients is not None:
+            self.max_clients = max_clients
+        self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
+        self._requested = (host, port)
+        self._lock = threading.Lock()
+        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._stopping = False
+        self._closed = False
+        self._serving = threading.Event()
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._wake_r, self._wake_w = socket.socketpair()
+        try:
+            super().__init__(sockaddr, handler_class, bind_and_activate=True)
+        except OSError as error:
+            self._wake_r.close()
+            self._wake_w.close()
+            raise bind_error(host, port, error) from None
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6:
+            # "::" serves IPv4 too, as users of nc and Node expect.
+            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+    # -- for the caller ---------------------------------------------------
+
+    @property
+    def address_text(self) -> str:
+        """The real listening address as ``HOST:PORT``."""
+        return format_address(self.server_address)
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections are being served now."""
+        with self._lock:
+            return len(self._connections)
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections until shutdown(); each runs on its own thread."""
+        self._stopped.clear()
+        try:
+            if self._stopping:
+                return
+            self._serving.set()
+            self.on_listening()
+            with selectors.DefaultSelector() as selector:
+                selector.register(self.socket, selectors.EVENT_READ)
+                selector.register(self._wake_r, selectors.EVENT_READ)
+                while not self._stopping:
+                    for key, _mask in selector.select():
+                        if key.fileobj is self.socket and not self._stopping:
+                            self._accept_one()
+        finally:
+            self._serving.clear()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every connection and join their threads.
+
+        Idempotent; call it from any thread but the one in serve_forever().
+        """
+        self._stopping = True
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._stopped.wait()
+        self.close_connections()
+        self._join_connections(time.monotonic() + self.join_timeout)
+        with self._lock:
+            first, self._closed = not self._closed, True
+        if first:
+            self.on_close()
+
+    def server_close(self) -> None:
+        """Close the listening socket (and any connection still open)."""
+        super().server_close()
+        for sock in (self._wake_r, self._wake_w):
+            sock.close()
+        if self.connection_count:
+            self.close_connections()
+
+    def __exit__(self, *args: Any) -> None:
+        if not self._stopping:
+            self.shutdown()
+        self.server_close()
+
+    # -- may be overridden ------------------------------------------------
+
+    def on_listening(self) -> None:
+        """Called once serve_forever() is accepting connections."""
+        self.logger.info("Server is listening on %s", self.address_text)
+
+    def on_close(self) -> None:
+        """Called once, when shutdown() has closed every connection."""
+        self.logger.info("Server closed")
+
+    def on_refused(self, request: socket.socket, client_address: Any) -> None:
+        """Called for a connection beyond max_clients, before it is closed."""
+        self.logger.warning(
+            "Refused %s: server is full (%d clients)", format_address(client_address), self.max_clients
+        )
+        try:
+            request.send(self.full_message, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+
+    def close_connections(self) -> None:
+        """Wake and end every connection: shutdown(SHUT_RDWR) on each socket."""
+        with self._lock:
+            sockets = list(self._connections)
+        for sock in sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # -- internals --------------------------------------------------------
+
+    def _accept_one(self) -> None:
+        try:
+            request, client_address = self.socket.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            return
+        except OSError as error:
+            if error.errno in _RETRYABLE_ACCEPT_ERRORS:
+                self.logger.error("Cannot accept a connection: %s; retrying", error.strerror)
+                time.sleep(0.05)  # back off: the listener stays readable meanwhile
+                return
+            raise
+        with self._lock:
+            full = len(self._connections) >= self.max_clients
+            if not full:
+                thread = threading.Thread(
+                    target=self._serve_connection,
+                    args=(request, client_address),
+                    name=f"conn-{format_address(client_address)}",
+                    daemon=True,
+                )
+                self._connections[request] = thread
+        if full:
+            self.on_refused(request, client_address)
+            self._close_request(request)
+            return
+        self._start_thread(thread, request)
+
+    def _start_thread(self, thread: threading.Thread, request: socket.socket) -> None:
+        previous = threading.stack_size(self.thread_stack_size)
+        try:
+            thread.start()
+        except RuntimeError as error:  # cannot start a new thread
+            self.logger.error("Cannot serve %s: %s", request, error)
+            with self._lock:
+                self._connections.pop(request, None)
+            self._close_request(request)
+        finally:
+            threading.stack_size(previous)
+
+    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception as error:  # one client must never take the server down
+            self.logger.error(
+                "Error serving %s: %s: %s", format_address(client_address), type(error).__name__, error
+            )
+            self.logger.debug("Traceback", exc_info=True)
+        finally:
+            with self._lock:
+                self._connections.pop(request, None)
+            self._close_request(request)
+
+    @staticmethod
+    def _close_request(request: socket.socket) -> None:
+        try:
+            request.close()
+        except OSError:
+            pass
+
+    def _join_connections(self, deadline: float) -> None:
+        while True:
+            with self._lock:
+                threads = [t for t in self._connections.values() if t is not threading.current_thread()]
+            if not threads:
+                return
+            for thread in threads:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.logger.warning("%d connection threads did not finish", len(threads))
+                    return
+                thread.join(remaining)
+
+
+def run_until_signal(server: Any, on_stop: Callable[[], None] | None = None) -> None:
+    """Serve on a background thread until SIGINT or SIGTERM, then shut down.
+
+    *server* needs ``serve_forever()`` and ``shutdown()``. Runs in the main
+    thread (signal handlers live there). *on_stop* is called after shutdown.
+    """
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: Any) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread = threading.Thread(target=server.serve_forever, name="serve-forever", daemon=True)
+    thread.start()
+    try:
+        while not stop.is_set() and thread.is_alive():
+            stop.wait(0.5)
+    finally:
+        server.shutdown()
+        thread.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if on_stop is not None:
+            on_stop()

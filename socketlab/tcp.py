@@ -1,0 +1,267 @@
+"""The tutorial's TCP part: a welcome (and echo) server and a client.
+
+Server events mirror Node's ``net`` module and are methods a subclass may
+override, each called on the connection's own thread:
+
+===================  ==========================================
+Node                 :class:`WelcomeServer`
+===================  ==========================================
+``'listening'``      ``on_listening()``
+``'connection'``     ``on_connection(peer)`` (returns the welcome)
+``'data'``           ``on_data(peer, chunk)``
+``'end'``            ``on_end(peer, received)``
+``'close'``          ``on_close()``
+===================  ==========================================
+
+A chunk is whatever one ``recv()`` returned: TCP is a byte stream, so one
+chunk is not one message. :func:`exchange` is the client side in one call;
+:func:`connect` and :func:`relay_stdio` are what ``socketlab tcp-client``
+is made of.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import socket
+import socketserver
+import sys
+import threading
+from typing import BinaryIO
+
+from socketlab.addresses import bind_error, format_address, resolve
+from socketlab.errors import AddressError
+from socketlab.serving import ConnectionServer
+from socketlab.text import display_bytes, hexdump
+
+logger = logging.getLogger("socketlab.tcp")
+
+DEFAULT_WELCOME = "Welcome to Socket Server"
+
+#: Largest single recv(); reads start small and grow while data keeps coming.
+MAX_READ = 1024 * 1024
+#: First read size: an idle connection costs no more than this buffer.
+FIRST_READ = 16 * 1024
+
+#: What on_data() logs of each chunk.
+PAYLOAD_MODES = ("text", "hex", "quiet")
+
+
+class WelcomeHandler(socketserver.BaseRequestHandler):
+    """One client: welcome it, read until EOF, report each event to the server."""
+
+    server: "WelcomeServer"
+
+    def handle(self) -> None:
+        sock: socket.socket = self.request
+        peer = format_address(self.client_address)
+        server = self.server
+        received = 0
+        welcome = server.on_connection(peer)
+        try:
+            if welcome:
+                sock.sendall(welcome)
+            buffer = bytearray(FIRST_READ)
+            view = memoryview(buffer)
+            while True:
+                count = sock.recv_into(view)
+                if not count:
+                    break
+                received += count
+                chunk = bytes(view[:count])
+                server.on_data(peer, chunk)
+                if server.echo:
+                    sock.sendall(chunk)
+                if count == len(buffer) and len(buffer) < MAX_READ:
+                    buffer = bytearray(len(buffer) * 4)
+                    view = memoryview(buffer)
+        except OSError as error:
+            server.on_error(peer, error, received)
+            return
+        server.on_end(peer, received)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+class WelcomeServer(ConnectionServer):
+    """The tutorial's TCP server: greets each client and logs what it sends.
+
+    ``WelcomeServer(("127.0.0.1", 0))`` binds at once (port 0 picks a free
+    port; read ``server_address``). Run ``serve_forever()`` on a thread and
+    stop it with ``shutdown()``, or use a ``with`` block.
+
+    Raises AddressError when the address cannot be bound.
+    """
+
+    full_message = b"server is full, try again later\n"
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        welcome: str = DEFAULT_WELCOME,
+        echo: bool = False,
+        payload: str = "text",
+        max_clients: int | None = None,
+        logger: logging.Logger = logger,
+    ) -> None:
+        if payload not in PAYLOAD_MODES:
+            raise ValueError(f"payload must be one of {PAYLOAD_MODES}")
+        self.welcome = (welcome + "\n").encode() if welcome else b""
+        self.echo = echo
+        self.payload = payload
+        super().__init__(address, WelcomeHandler, max_clients=max_clients, logger=logger)
+
+    # -- events (override to change behaviour) ----------------------------
+
+    def on_connection(self, peer: str) -> bytes:
+        """A client connected; return the bytes to greet it with."""
+        self.logger.info("Client connected %s", peer)
+        return self.welcome
+
+    def on_data(self, peer: str, chunk: bytes) -> None:
+        """A chunk arrived from *peer* (one recv(), not one message)."""
+        if self.payload == "text":
+            self.logger.info("Get message from client %s: %s", peer, display_bytes(chunk))
+        elif self.payload == "hex":
+            self.logger.info("Get message from client %s (%d bytes):\n%s", peer, len(chunk), hexdump(chunk))
+
+    def on_end(self, peer: str, received: int) -> None:
+        """*peer* ended its side (EOF); the server closes the connection."""
+        self.logger.info("Client disconnected %s (%d bytes received)", peer, received)
+
+    def on_error(self, peer: str, error: OSError, received: int) -> None:
+        """The connection to *peer* failed (reset, or closed by shutdown())."""
+        if self._stopping:
+            reason = "server closed"
+        elif isinstance(error, ConnectionResetError):
+            reason = "connection reset by peer"
+        else:
+            reason = error.strerror or str(error)
+        self.logger.info("Client disconnected %s (%s, %d bytes received)", peer, reason, received)
+
+
+
+# -- client side -------------------------------------------------------------
+
+
+def connect(host: str, port: int, timeout: float | None = 5.0) -> socket.socket:
+    """Open a TCP connection to *host*:*port*, in blocking mode once connected.
+
+    Raises AddressError naming the address on unknown host, refusal or timeout.
+    """
+    family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=False)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(sockaddr)
+    except OSError as error:
+        sock.close()
+        raise bind_error(host, port, error, action="connect to") from None
+    sock.settimeout(None)
+    return sock
+
+
+def exchange(host: str, port: int, data: bytes, timeout: float | None = 5.0) -> bytes:
+    """Connect, send *data*, half-close, and return everything until the server closes.
+
+    The tutorial's client in one call. Raises AddressError on connection errors.
+    """
+    with connect(host, port, timeout) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+            chunks = []
+            while chunk := sock.recv(MAX_READ):
+                chunks.append(chunk)
+        except OSError as error:
+            raise bind_error(host, port, error, action="talk to") from None
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: memoryview) -> None:
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]
+
+
+def _copy_socket_to_fd(sock: socket.socket, out_fd: int) -> None:
+    """Copy what the socket receives to *out_fd* until EOF."""
+    buffer = bytearray(MAX_READ)
+    view = memoryview(buffer)
+    while count := sock.recv_into(view):
+        _write_all(out_fd, view[:count])
+
+
+def _copy_fd_to_socket(in_fd: int, sock: socket.socket) -> None:
+    """Copy *in_fd* into the socket until EOF, zero-copy where the OS allows."""
+    mode = os.fstat(in_fd).st_mode
+    if stat.S_ISREG(mode):
+        while os.sendfile(sock.fileno(), in_fd, None, MAX_READ):
+            pass
+        return
+    if stat.S_ISFIFO(mode) and hasattr(os, "splice"):
+        while os.splice(in_fd, sock.fileno(), MAX_READ):
+            pass
+        return
+    while chunk := os.read(in_fd, MAX_READ):
+        sock.sendall(chunk)
+
+
+class StdioRelay:
+    """Relay between a connected socket and two file descriptors, like ``nc``.
+
+    ``run()`` copies *in_fd* to the socket on a helper thread (half-closing
+    the socket at EOF) and the socket to *out_fd* on the calling thread,
+    returning when the server closes its side. Errors from the socket raise
+    AddressError; a closed output (``| head``) ends the relay quietly.
+    """
+
+    def __init__(
+        self, sock: socket.socket, host: str, port: int, in_fd: int | None, out_fd: int, prefix: bytes = b""
+    ) -> None:
+        self.sock = sock
+        self.prefix = prefix
+        self.address = format_address((host, port))
+        self.in_fd = in_fd
+        self.out_fd = out_fd
+        self._send_error: OSError | None = None
+
+    def _send_side(self) -> None:
+        try:
+            if self.prefix:
+                self.sock.sendall(self.prefix)
+            if self.in_fd is not None:
+                _copy_fd_to_socket(self.in_fd, self.sock)
+            self.sock.shutdown(socket.SHUT_WR)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the receive side reports how the connection ended
+        except OSError as error:
+            self._send_error = error
+
+    def run(self) -> None:
+        sender = threading.Thread(target=self._send_side, name="stdin-to-socket", daemon=True)
+        sender.start()
+        try:
+            _copy_socket_to_fd(self.sock, self.out_fd)
+        except BrokenPipeError:
+            return
+        except ConnectionResetError:
+            raise AddressError(f"connection reset by {self.address}") from None
+        except OSError as error:
+            raise AddressError(f"connection to {self.address} failed: {error.strerror}") from None
+        if self._send_error is not None:
+            raise AddressError(f"cannot send to {self.address}: {self._send_error.strerror}")
+
+
+def relay_stdio(
+    sock: socket.socket, host: str, port: int, message: bytes | None, stdin: BinaryIO | None = None
+) -> None:
+    """Send *message* (or stdin when None), half-close, copy replies to stdout."""
+    in_fd = None if message is not None else (stdin or sys.stdin.buffer).fileno()
+    sys.stdout.flush()
+    StdioRelay(sock, host, port, in_fd, sys.stdout.fileno(), prefix=message or b"").run()
