@@ -1,0 +1,158 @@
+"""Shared helpers for the tests: one timeout constant, servers, CLI processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+#: Every wait in the suite is bounded by this many seconds.
+TIMEOUT = 10.0
+
+CLI = [sys.executable, "-m", "socketlab"]
+
+
+def has_ipv6() -> bool:
+    """True when this machine can bind ::1."""
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as sock:
+            sock.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str = "condition") -> Any:
+    """Poll *predicate* until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def run_cli(*args: str, input: bytes | None = None, timeout: float = TIMEOUT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run ``socketlab ARGS`` to completion and capture its output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(CLI + list(args), input=input, capture_output=True, timeout=timeout, env=full_env)
+
+
+@contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """Run *server*.serve_forever() on a thread; always shut down and join."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive(), "serve_forever did not return"
+
+
+class LineReader:
+    """Reads a stream's lines on a thread so tests can wait for one."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.seen: list[str] = []
+        self._thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for raw in iter(stream.readline, b""):
+            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
+        """Return the match of the first new line matching regex *pattern*."""
+        deadline = time.monotonic() + timeout
+        regex = re.compile(pattern)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"no line matched {pattern!r}; saw {self.seen[-20:]!r}")
+            try:
+                line = self.lines.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                raise AssertionError(f"stream ended before {pattern!r}; saw {self.seen[-20:]!r}")
+            self.seen.append(line)
+            match = regex.search(line)
+            if match:
+                return match
+
+    def rest(self, timeout: float = TIMEOUT) -> list[str]:
+        """All remaining lines until the stream ends."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            if line is None:
+                return out
+            self.seen.append(line)
+            out.append(line)
+
+
+class CliServer:
+    """A ``socketlab`` server command run as a user runs it, in a subprocess."""
+
+    def __init__(self, *args: str, ready: str = r"listening on (?:.*):(\d+)$", env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            CLI + list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+        self.out = LineReader(self.proc.stdout)
+        self.port = int(self.out.wait_for(ready).group(1))
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, float]:
+        """Send *sig*; return the exit status and seconds until exit."""
+        start = time.monotonic()
+        self.proc.send_signal(sig)
+        status = self.proc.wait(TIMEOUT)
+        return status, time.monotonic() - start
+
+    def __enter__(self) -> "CliServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(TIMEOUT)
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream:
+                stream.close()
+
+
+def recv_until_closed(sock: socket.socket, timeout: float = TIMEOUT) -> bytes:
+    """Read from *sock* until the peer closes; fail after *timeout*."""
+    sock.settimeout(timeout)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def recv_line(sock_file: Any) -> bytes:
+    """One line from a socket's makefile('rb'), failing on EOF."""
+    line = sock_file.readline()
+    assert line, "connection closed while a line was expected"
+    return line

@@ -1,0 +1,47 @@
+"""``socketlab demo`` and the runnable examples the docs point to."""
+
+from __future__ import annotations
+
+import pathlib
+import re
+import subprocess
+import sys
+
+from support import TIMEOUT, run_cli
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "docs" / "examples"
+
+
+def test_demo_exits_zero_with_narrated_tcp_transcript() -> None:
+    """The demo narrates each side of the TCP exchange in order and exits 0."""
+    result = run_cli("demo", timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    tcp = lines[lines.index("== TCP: a welcome server and a client ==") :]
+    patterns = [
+        r"\[server\] Server is listening on 127\.0\.0\.1:\d+",
+        r"\[client\] Connected to Server 127\.0\.0\.1:\d+",
+        r"\[server\] Client connected 127\.0\.0\.1:\d+",
+        r"\[client\] Get message from Server: Welcome to Socket Server",
+        r"\[client\] sends 'Hello Socket Server' and ends its side",
+        r"\[server\] Get message from client 127\.0\.0\.1:\d+: Hello Socket Server\\n",
+        r"\[server\] Client disconnected 127\.0\.0\.1:\d+ \(20 bytes received\)",
+        r"\[client\] Disconnected from Server",
+        r"\[server\] Server closed",
+    ]
+    for pattern, line in zip(patterns, tcp[1:]):
+        assert re.search(pattern, line), (pattern, line)
+
+
+def run_example(name: str) -> str:
+    result = subprocess.run([sys.executable, str(EXAMPLES / name)], capture_output=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.decode()
+
+
+def test_tcp_welcome_example() -> None:
+    """docs/examples/tcp_welcome.py prints what each side received."""
+    assert run_example("tcp_welcome.py").splitlines() == [
+        "server got b'Hello Socket Server\\n' from a client",
+        "client got b'Welcome to Socket Server\\n'",
+    ]
