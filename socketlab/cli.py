@@ -137,6 +137,83 @@ def tcp_client(host: str, port: int, timeout: float, message: tuple[str, ...]) -
     click.echo("Disconnected from Server", err=True)
 
 
+@main.group()
+def chat() -> None:
+    """Line-based chat with rooms: a server and a client.
+
+    \b
+    socketlab chat serve --port 3000 --room-size 2
+    socketlab chat connect --port 3000 --name alice --room chess
+    """
+
+
+@chat.command("serve")
+@host_option
+@port_option
+@click.option("--room-size", type=click.IntRange(0), default=0, show_default=True, help="Members per room, lobby excepted (0: no cap).")
+@click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True, help="Clients connected at once.")
+@click.option("--max-line", type=click.IntRange(16), default=4096, show_default=True, help="Longest line in bytes.")
+@click.option("--max-backlog", type=click.IntRange(1024), default=1024 * 1024, show_default=True, help="Bytes waiting for a client before it is dropped as too slow.")
+@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Drop clients silent for this many seconds (default: never).")
+@click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
+@click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
+def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, verbose: bool, quiet: bool) -> None:
+    """Run the chat server; nc, telnet or 'chat connect' are clients.
+
+    Every line a client sends reaches the other members of its room as
+    '<name> text'. Commands: /nick /join /leave /who /rooms /msg /quit /help
+    (docs/protocol.md). Ctrl-C or SIGTERM tells clients and stops.
+
+    \b
+    Example:
+      socketlab chat serve --port 3000 --room-size 2
+    """
+    from socketlab.chat.server import ChatServer
+    from socketlab.serving import run_until_signal
+
+    log_to_stdout()
+    logging.getLogger("socketlab.chat.messages").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    if quiet:
+        logging.getLogger("socketlab.chat.clients").setLevel(logging.WARNING)
+    with user_errors():
+        server = ChatServer(
+            (host, port),
+            room_size=room_size,
+            max_clients=max_clients,
+            max_line=max_line,
+            max_backlog=max_backlog,
+            idle_timeout=idle_timeout,
+        )
+    with server:
+        run_until_signal(server)
+
+
+@chat.command("connect")
+@host_option
+@port_option
+@click.option("--name", help="Nickname to take at once (/nick).")
+@click.option("--room", help="Room to join at once (/join).")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect timeout in seconds.")
+def chat_connect(host: str, port: int, name: str | None, room: str | None, timeout: float) -> None:
+    """Chat from a terminal or a pipe: stdin lines out, server lines in.
+
+    At the end of stdin it sends /quit and waits for the server to close.
+
+    \b
+    Example:
+      socketlab chat connect --port 3000 --name alice --room chess
+    """
+    from socketlab.addresses import format_address
+    from socketlab.chat.client import ChatClient, run_session
+
+    with user_errors():
+        client = ChatClient.connect(host, port, timeout)
+    with client:
+        click.echo(f"Connected to Server {format_address((host, port))}", err=True)
+        run_session(client, name=name, room=room)
+    click.echo("Disconnected from Server", err=True)
+
+
 @main.command()
 def demo() -> None:
     """Run the tutorial on loopback and narrate what each side sees.

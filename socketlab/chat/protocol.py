@@ -1,0 +1,297 @@
+"""Sans-IO chat protocol: names, rooms, commands and sanitising.
+
+:class:`ChatHub` holds every member and room and turns events -- a client
+connected, sent these lines, went away -- into :data:`Delivery` values: the
+bytes to send and who gets them. It never touches a socket or a thread, so
+it is tested directly; the server calls it under one lock, which is what
+gives every member of a room the same order of messages.
+
+Consecutive chat lines from one sender become *one* delivery (their bytes
+joined), so the I/O layer sends a burst of lines with one call per receiver.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from socketlab.lines import LineTooLong
+from socketlab.text import escape_controls
+
+LOBBY = "lobby"
+#: Nicknames and room names: 1 to 32 ASCII letters, digits, ``_`` or ``-``.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
+#: Names the server hands out (``user<N>``) cannot be taken with /nick.
+RESERVED_NAME = re.compile(r"user[0-9]+\Z", re.IGNORECASE)
+#: Bytes that need a closer look before relaying: anything but printable ASCII and tab.
+_NEEDS_CLEANING = re.compile(rb"[^\t\x20-\x7e]")
+
+HELP_LINES = (
+    "* commands:",
+    "*   /nick NAME       change your name",
+    "*   /join ROOM       move to ROOM, creating it",
+    "*   /leave           go back to lobby",
+    "*   /who             list the members of your room",
+    "*   /rooms           list every room with its member count",
+    "*   /msg NAME TEXT   send TEXT to NAME only",
+    "*   /quit            leave the chat",
+    "*   //TEXT           send a line that starts with /",
+)
+
+
+def clean_text(raw: bytes) -> bytes:
+    """Return *raw* safe to relay: valid UTF-8 with control characters escaped.
+
+    Invalid UTF-8 becomes U+FFFD; control characters other than tab (ESC
+    included) become visible escapes such as ``\\x1b``. Printable Unicode is
+    returned byte for byte.
+    """
+    if _NEEDS_CLEANING.search(raw) is None:
+        return raw
+    text = raw.decode("utf-8", "replace")
+    return escape_controls(text).encode("utf-8")
+
+
+@dataclass(eq=False)
+class Member:
+    """One connected client: a name, a room, and the I/O layer's handle."""
+
+    number: int
+    name: str
+    room: "Room"
+    transport: Any = None
+    prefix: bytes = b""
+
+    def rename(self, name: str) -> None:
+        self.name = name
+        self.prefix = f"<{name}> ".encode()
+
+
+@dataclass(eq=False)
+class Room:
+    """Members of one room, in joining order."""
+
+    name: str
+    members: dict[Member, None] = field(default_factory=dict)
+
+    def others(self, member: Member) -> list[Member]:
+        return [m for m in self.members if m is not member]
+
+
+#: What the I/O layer must send: these bytes to each of these members.
+Delivery = tuple[Sequence[Member], bytes]
+
+
+@dataclass
+class Reaction:
+    """What handling a member's lines produced."""
+
+    deliveries: list[Delivery] = field(default_factory=list)
+    #: The member asked to leave (/quit): send the deliveries, then close.
+    quit: bool = False
+
+
+def notice(text: str) -> bytes:
+    """A server line: ``* text``."""
+    return f"* {text}\n".encode()
+
+
+def error(text: str) -> bytes:
+    """An error line for one client: ``! text``."""
+    return f"! {text}\n".encode()
+
+
+class ChatHub:
+    """Every member and room of one chat server, and the rules between them.
+
+    Not thread-safe: the caller serialises calls (the server uses one lock).
+    ``room_size`` caps every room but the lobby (0: no cap); ``max_line`` is
+    only quoted in the "line too long" reply.
+    """
+
+    def __init__(self, room_size: int = 0, max_line: int = 4096) -> None:
+        self.room_size = room_size
+        self.max_line = max_line
+        self.connections = 0
+        self.rooms: dict[str, Room] = {LOBBY: Room(LOBBY)}
+        self._by_name: dict[str, Member] = {}
+
+    # -- events from the I/O layer ----------------------------------------
+
+    def connect(self, transport: Any = None) -> tuple[Member, list[Delivery]]:
+        """A client connected: name it ``user<N>``, put it in the lobby."""
+        self.connections += 1
+        name = f"user{self.connections}"
+        while name.lower() in self._by_name:  # only after a rename collision, which /nick forbids
+            name += "_"
+        lobby = self.rooms[LOBBY]
+        member = Member(self.connections, name, lobby, transport)
+        member.rename(name)
+        self._by_name[name.lower()] = member
+        deliveries: list[Delivery] = []
+        others = list(lobby.members)
+        if others:
+            deliveries.append((others, notice(f"{name} joined {LOBBY}")))
+        lobby.members[member] = None
+        deliveries.append(([member], notice(f"welcome {name}, you are in {LOBBY} (type /help)")))
+        return member, deliveries
+
+    def receive(self, member: Member, items: Iterable[bytes | LineTooLong]) -> Reaction:
+        """Handle lines from *member*, in order; stop after /quit."""
+        reaction = Reaction()
+        deliveries = reaction.deliveries
+        burst: list[bytes] = []  # consecutive chat lines, sent as one delivery
+        for item in items:
+            if isinstance(item, LineTooLong):
+                self._flush(member, burst, deliveries)
+                deliveries.append(([member], error(f"line too long (max {self.max_line} bytes)")))
+                continue
+            if not item or item.isspace():
+                continue
+            if item[:1] == b"/" and item[:2] != b"//":
+                self._flush(member, burst, deliveries)
+                if self._command(member, item, reaction):
+                    return reaction
+                continue
+            if item[:1] == b"/":
+                item = item[1:]
+            burst += (member.prefix, clean_text(item), b"\n")
+        self._flush(member, burst, deliveries)
+        return reaction
+
+    def disconnect(self, member: Member, reason: str | None = None) -> list[Delivery]:
+        """*member* is gone; tell its room (with *reason* unless it quit)."""
+        room = member.room
+        room.members.pop(member, None)
+        self._by_name.pop(member.name.lower(), None)
+        self._drop_if_empty(room)
+        suffix = f" ({reason})" if reason else ""
+        if not room.members:
+            return []
+        return [(list(room.members), notice(f"{member.name} left {room.name}{suffix}"))]
+
+    def announce(self, text: str) -> list[Delivery]:
+        """A notice to every member of every room (e.g. shutdown)."""
+        everyone = [m for room in self.rooms.values() for m in room.members]
+        return [(everyone, notice(text))] if everyone else []
+
+    @property
+    def members(self) -> list[Member]:
+        return list(self._by_name.values())
+
+    # -- commands ----------------------------------------------------------
+
+    def _command(self, member: Member, line: bytes, reaction: Reaction) -> bool:
+        """Run one command; return True when the member quit."""
+        text = clean_text(line).decode("utf-8")
+        word, _, rest = text.partition(" ")
+        command = word.lower()
+        rest = rest.strip()
+        out = reaction.deliveries
+        if command == "/quit":
+            out.append(([member], notice("bye")))
+            reaction.quit = True
+            return True
+        handler = self._COMMANDS.get(command)
+        if handler is None:
+            out.append(([member], error(f"unknown command {word} (type /help)")))
+        else:
+            handler(self, member, rest, out)
+        return False
+
+    def _nick(self, member: Member, name: str, out: list[Delivery]) -> None:
+        if not name:
+            out.append(([member], error("usage: /nick NAME")))
+        elif not NAME_PATTERN.match(name):
+            out.append(([member], error("invalid nickname")))
+        elif name == member.name:
+            out.append(([member], notice(f"you are already {name}")))
+        elif (RESERVED_NAME.match(name) or self._by_name.get(name.lower(), member) is not member):
+            out.append(([member], error(f"nickname {name} is taken")))
+        else:
+            old = member.name
+            del self._by_name[old.lower()]
+            member.rename(name)
+            self._by_name[name.lower()] = member
+            out.append((list(member.room.members), notice(f"{old} is now known as {name}")))
+
+    def _join(self, member: Member, name: str, out: list[Delivery]) -> None:
+        if not name:
+            out.append(([member], error("usage: /join ROOM")))
+        elif not NAME_PATTERN.match(name):
+            out.append(([member], error("invalid room name")))
+        else:
+            self._move(member, name, out)
+
+    def _leave(self, member: Member, rest: str, out: list[Delivery]) -> None:
+        self._move(member, LOBBY, out)
+
+    def _move(self, member: Member, name: str, out: list[Delivery]) -> None:
+        old = member.room
+        if name == old.name:
+            out.append(([member], notice(f"you are in {name}")))
+            return
+        room = self.rooms.get(name)
+        count = len(room.members) if room else 0
+        if name != LOBBY and self.room_size and count >= self.room_size:
+            out.append(([member], error(f"room {name} is full ({count}/{self.room_size})")))
+            return
+        if room is None:
+            room = self.rooms[name] = Room(name)
+        del old.members[member]
+        if old.members:
+            out.append((list(old.members), notice(f"{member.name} left {old.name}")))
+        self._drop_if_empty(old)
+        if room.members:
+            out.append((list(room.members), notice(f"{member.name} joined {name}")))
+        room.members[member] = None
+        member.room = room
+        out.append(([member], notice(f"you are in {name}")))
+
+    def _who(self, member: Member, rest: str, out: list[Delivery]) -> None:
+        names = ", ".join(m.name for m in member.room.members)
+        out.append(([member], notice(f"in {member.room.name}: {names}")))
+
+    def _rooms(self, member: Member, rest: str, out: list[Delivery]) -> None:
+        listing = ", ".join(f"{r.name} ({len(r.members)})" for r in sorted(self.rooms.values(), key=lambda r: r.name))
+        out.append(([member], notice(f"rooms: {listing}")))
+
+    def _msg(self, member: Member, rest: str, out: list[Delivery]) -> None:
+        name, _, text = rest.partition(" ")
+        text = text.strip()
+        if not name or not text:
+            out.append(([member], error("usage: /msg NAME TEXT")))
+            return
+        target = self._by_name.get(name.lower())
+        if target is None:
+            out.append(([member], error(f"no such user {name}")))
+        else:
+            out.append(([target], f"<{member.name}> (private) {text}\n".encode()))
+
+    def _help(self, member: Member, rest: str, out: list[Delivery]) -> None:
+        out.append(([member], "".join(f"{line}\n" for line in HELP_LINES).encode()))
+
+    _COMMANDS = {
+        "/nick": _nick,
+        "/join": _join,
+        "/leave": _leave,
+        "/who": _who,
+        "/rooms": _rooms,
+        "/msg": _msg,
+        "/help": _help,
+    }
+
+    # -- internals ---------------------------------------------------------
+
+    @staticmethod
+    def _flush(member: Member, burst: list[bytes], deliveries: list[Delivery]) -> None:
+        if burst:
+            others = member.room.others(member)
+            if others:
+                deliveries.append((others, b"".join(burst)))
+            burst.clear()
+
+    def _drop_if_empty(self, room: Room) -> None:
+        if not room.members and room.name != LOBBY:
+            self.rooms.pop(room.name, None)

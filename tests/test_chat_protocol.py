@@ -1,0 +1,195 @@
+"""ChatHub: the chat's rules, tested without sockets."""
+
+from __future__ import annotations
+
+from socketlab.chat.protocol import ChatHub, Delivery, Member, clean_text
+from socketlab.lines import LineBuffer, LineTooLong
+
+
+class Inboxes:
+    """Collects deliveries per member, the way clients would receive them."""
+
+    def __init__(self) -> None:
+        self.data: dict[Member, bytearray] = {}
+
+    def take(self, deliveries: list[Delivery]) -> None:
+        for members, data in deliveries:
+            for member in members:
+                self.data.setdefault(member, bytearray()).extend(data)
+
+    def lines(self, member: Member) -> list[str]:
+        """Lines received since the last call."""
+        data = self.data.pop(member, bytearray())
+        return data.decode().splitlines()
+
+
+def setup(room_size: int = 0, count: int = 3) -> tuple[ChatHub, Inboxes, list[Member]]:
+    hub = ChatHub(room_size=room_size)
+    inbox = Inboxes()
+    members = []
+    for _ in range(count):
+        member, deliveries = hub.connect()
+        inbox.take(deliveries)
+        members.append(member)
+    for member in members:
+        inbox.lines(member)
+    return hub, inbox, members
+
+
+def say(hub: ChatHub, inbox: Inboxes, member: Member, *lines: bytes) -> bool:
+    reaction = hub.receive(member, list(lines))
+    inbox.take(reaction.deliveries)
+    return reaction.quit
+
+
+def test_connect_names_users_and_announces_joins() -> None:
+    """userN counts connections; the newcomer is welcomed, the lobby told."""
+    hub = ChatHub()
+    inbox = Inboxes()
+    first, deliveries = hub.connect()
+    inbox.take(deliveries)
+    second, deliveries = hub.connect()
+    inbox.take(deliveries)
+    assert inbox.lines(first) == [
+        "* welcome user1, you are in lobby (type /help)",
+        "* user2 joined lobby",
+    ]
+    assert inbox.lines(second) == ["* welcome user2, you are in lobby (type /help)"]
+
+
+def test_message_reaches_others_not_sender_and_bursts_coalesce() -> None:
+    """A burst of lines is one delivery to the others; the sender gets nothing back."""
+    hub, inbox, (a, b, c) = setup()
+    reaction = hub.receive(a, [b"hello", b"", b"world"])
+    assert reaction.deliveries == [([b, c], b"<user1> hello\n<user1> world\n")]
+
+
+def test_rooms_isolate_messages_and_cap_members() -> None:
+    """/join moves members; messages stay in the room; a full room refuses."""
+    hub, inbox, (a, b, c) = setup(room_size=2)
+    say(hub, inbox, a, b"/join chess")
+    assert inbox.lines(a) == ["* you are in chess"]
+    assert inbox.lines(b) == ["* user1 left lobby"]
+    assert inbox.lines(c) == ["* user1 left lobby"]
+    say(hub, inbox, b, b"/join chess")
+    assert inbox.lines(a) == ["* user2 joined chess"]
+    assert inbox.lines(b) == ["* you are in chess"]
+    assert inbox.lines(c) == ["* user2 left lobby"]
+    say(hub, inbox, c, b"/join chess")
+    assert inbox.lines(c) == ["! room chess is full (2/2)"]
+    assert c.room.name == "lobby"
+    say(hub, inbox, a, b"e4")
+    assert inbox.lines(b) == ["<user1> e4"]
+    assert inbox.lines(c) == []
+    say(hub, inbox, c, b"/rooms")
+    assert inbox.lines(c) == ["* rooms: chess (2), lobby (1)"]
+    say(hub, inbox, a, b"/leave", b"/who")
+    assert inbox.lines(a) == ["* you are in lobby", "* in lobby: user3, user1"]
+    assert inbox.lines(b) == ["* user1 left chess"]
+    assert inbox.lines(c) == ["* user1 joined lobby"]
+
+
+def test_lobby_is_never_capped() -> None:
+    """--room-size applies to every room but the lobby."""
+    hub, inbox, members = setup(room_size=2, count=5)
+    assert len(hub.rooms["lobby"].members) == 5
+
+
+def test_empty_rooms_disappear() -> None:
+    """A room is deleted when its last member leaves."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, b"/join tmp")
+    say(hub, inbox, a, b"/join other")
+    assert set(hub.rooms) == {"lobby", "other"}
+
+
+def test_nick_rules() -> None:
+    """Valid unique names change; taken (case-insensitive), reserved or invalid ones do not."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, b"/nick Alice")
+    assert inbox.lines(b) == ["* user1 is now known as Alice"]
+    assert inbox.lines(a) == ["* user1 is now known as Alice"]
+    assert inbox.lines(c) == ["* user1 is now known as Alice"]
+    for attempt, reply in [
+        (b"/nick alice", "! nickname alice is taken"),
+        (b"/nick user1", "! nickname user1 is taken"),
+        (b"/nick bad name!", "! invalid nickname"),
+        (b"/nick " + b"x" * 33, "! invalid nickname"),
+        (b"/nick", "! usage: /nick NAME"),
+    ]:
+        say(hub, inbox, b, attempt)
+        assert inbox.lines(b) == [reply], attempt
+    say(hub, inbox, a, b"hi")
+    assert inbox.lines(c) == ["<Alice> hi"]
+
+
+def test_private_messages() -> None:
+    """/msg reaches only its target; unknown names are an error."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, b"/msg user3 psst  secret")
+    assert inbox.lines(c) == ["<user1> (private) psst  secret"]
+    assert inbox.lines(b) == [] and inbox.lines(a) == []
+    say(hub, inbox, a, b"/msg ghost boo")
+    assert inbox.lines(a) == ["! no such user ghost"]
+    say(hub, inbox, a, b"/msg user3")
+    assert inbox.lines(a) == ["! usage: /msg NAME TEXT"]
+
+
+def test_quit_stops_processing_and_disconnect_announces() -> None:
+    """/quit answers bye and ignores what follows; departures are announced with reasons."""
+    hub, inbox, (a, b, c) = setup()
+    assert say(hub, inbox, a, b"/quit", b"after quit") is True
+    assert inbox.lines(a) == ["* bye"]
+    assert inbox.lines(b) == []
+    inbox.take(hub.disconnect(a))
+    assert inbox.lines(b) == ["* user1 left lobby"]
+    assert inbox.lines(c) == ["* user1 left lobby"]
+    inbox.take(hub.disconnect(b, "too slow"))
+    assert inbox.lines(c) == ["* user2 left lobby (too slow)"]
+    assert [m.name for m in hub.members] == ["user3"]
+
+
+def test_unknown_command_help_and_slash_escape() -> None:
+    """Unknown commands get a hint; /help lists commands; //x sends /x."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, b"/dance now")
+    assert inbox.lines(a) == ["! unknown command /dance (type /help)"]
+    say(hub, inbox, a, b"/help")
+    help_lines = inbox.lines(a)
+    assert help_lines[0] == "* commands:" and any("/msg NAME TEXT" in line for line in help_lines)
+    say(hub, inbox, a, b"//shrug")
+    assert inbox.lines(b) == ["<user1> /shrug"]
+
+
+def test_line_too_long_reply() -> None:
+    """A LineTooLong item is answered to the sender only."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, LineTooLong(4096), b"short")
+    assert inbox.lines(a) == ["! line too long (max 4096 bytes)"]
+    assert inbox.lines(b) == ["<user1> short"]
+
+
+def test_sanitising_escapes_controls_keeps_unicode() -> None:
+    """ESC and other controls are escaped; invalid UTF-8 becomes U+FFFD; Unicode is untouched."""
+    assert clean_text("안녕하세요 👋 café".encode()) == "안녕하세요 👋 café".encode()
+    assert clean_text(b"\x1b[31mred\x07") == b"\\x1b[31mred\\x07"
+    assert clean_text(b"bad \xff byte\ttab") == "bad \ufffd byte\ttab".encode()
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, b"\x1b]0;pwned\x07 hi")
+    assert inbox.lines(b) == ["<user1> \\x1b]0;pwned\\x07 hi"]
+
+
+def test_nobody_can_impersonate() -> None:
+    """A line that looks like another user's or a server line still carries the sender's name."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, b"<user2> I am user2", b"* user2 left lobby")
+    assert inbox.lines(b) == ["<user1> <user2> I am user2", "<user1> * user2 left lobby"]
+
+
+def test_framing_and_hub_together_byte_by_byte() -> None:
+    """Lines fed one byte at a time reach the room whole and in order."""
+    hub, inbox, (a, b, c) = setup()
+    buffer = LineBuffer(4096)
+    for byte in b"first\r\nsecond\n/nick Z\nthird\n":
+        say(hub, inbox, a, *buffer.feed(bytes([byte])))
+    assert inbox.lines(b) == ["<user1> first", "<user1> second", "* user1 is now known as Z", "<Z> third"]

@@ -1,0 +1,59 @@
+"""LineBuffer: whole lines from any split of the byte stream, bounded memory."""
+
+import random
+
+import pytest
+
+from socketlab.lines import LineBuffer, LineTooLong
+
+
+def test_lines_survive_every_split() -> None:
+    """Feeding the stream one byte at a time or in random pieces gives the same lines."""
+    stream = b"one\ntwo\r\n\nthree \xf0\x9f\x91\x8d\nlast"
+    expected = [b"one", b"two", b"", b"three \xf0\x9f\x91\x8d"]
+    rng = random.Random(7)
+    for _ in range(50):
+        buffer = LineBuffer(100)
+        got = []
+        pos = 0
+        while pos < len(stream):
+            step = rng.randint(1, 6)
+            got += buffer.feed(stream[pos : pos + step])
+            pos += step
+        assert got == expected
+        assert buffer.finish() == [b"last"]
+
+
+def test_long_line_reported_once_and_rest_skipped() -> None:
+    """An overlong line yields one LineTooLong; the next line arrives intact."""
+    buffer = LineBuffer(8)
+    assert buffer.feed(b"12345678\n") == [b"12345678"]
+    assert buffer.feed(b"123456789") == [LineTooLong(8)]
+    assert buffer.feed(b"more junk") == []
+    assert buffer.feed(b" end\nnext\n") == [b"next"]
+    assert buffer.feed(b"waytoolongline\nok\n") == [LineTooLong(8), b"ok"]
+
+
+def test_crlf_at_the_limit_is_not_too_long() -> None:
+    """The limit counts the line, not its \\r\\n terminator, even split between chunks."""
+    buffer = LineBuffer(4)
+    assert buffer.feed(b"abcd\r") == []
+    assert buffer.feed(b"\n") == [b"abcd"]
+
+
+def test_memory_stays_bounded_without_newlines() -> None:
+    """100 MB with no newline never makes the buffer hold more than the limit."""
+    buffer = LineBuffer(4096)
+    chunk = b"x" * 65536
+    reported = []
+    for _ in range(1600):
+        reported += buffer.feed(chunk)
+        assert buffer.pending <= 4097
+    assert reported == [LineTooLong(4096)]
+    assert buffer.feed(b"\nhello\n") == [b"hello"]
+
+
+def test_max_line_must_be_positive() -> None:
+    """A zero limit is a programming error."""
+    with pytest.raises(ValueError):
+        LineBuffer(0)
