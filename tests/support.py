@@ -156,3 +156,53 @@ def recv_line(sock_file: Any) -> bytes:
     line = sock_file.readline()
     assert line, "connection closed while a line was expected"
     return line
+
+
+class Peer:
+    """A raw line client, as nc or telnet would be: bytes in, lines out."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", rcvbuf: int | None = None) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(TIMEOUT)
+        self.sock.connect((host, port))
+        self.file = self.sock.makefile("rb")
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def line(self) -> str:
+        """The next line, without its newline; fails on EOF or timeout."""
+        raw = self.file.readline()
+        assert raw.endswith(b"\n"), f"connection ended; got {raw!r}"
+        return raw[:-1].decode()
+
+    def lines(self, count: int) -> list[str]:
+        return [self.line() for _ in range(count)]
+
+    def until(self, wanted: str) -> list[str]:
+        """Lines up to and including *wanted*."""
+        seen = []
+        while True:
+            seen.append(self.line())
+            if seen[-1] == wanted:
+                return seen
+
+    def rest(self) -> bytes:
+        """Everything until the server closes."""
+        return self.file.read()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of process *pid* in KiB (Linux)."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")

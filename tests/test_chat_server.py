@@ -1,0 +1,366 @@
+"""The chat server over real sockets: relay, rooms, limits, abuse, lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import selectors
+import signal
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from socketlab.chat.server import ChatServer
+from support import TIMEOUT, CliServer, Peer, has_ipv6, rss_kib, run_cli, serving, wait_until
+
+
+@pytest.fixture
+def chat():
+    """A running ChatServer factory; every server is shut down and joined."""
+    started = []
+
+    def start(**options) -> ChatServer:
+        server = ChatServer(("127.0.0.1", 0), **options)
+        context = serving(server)
+        context.__enter__()
+        started.append((server, context))
+        return server
+
+    yield start
+    for server, context in reversed(started):
+        context.__exit__(None, None, None)
+
+
+def join(server: ChatServer, count: int) -> list[Peer]:
+    """Connect *count* raw clients and consume their welcome/join notices."""
+    peers = []
+    for _ in range(count):
+        peer = Peer(server.server_address[1])
+        assert peer.line().startswith("* welcome user")
+        for earlier in peers:
+            assert earlier.line().endswith("joined lobby")
+        peers.append(peer)
+    return peers
+
+
+def test_message_relayed_to_others_not_sender(chat) -> None:
+    """Lines reach every other member as '<name> text', never the sender."""
+    server = chat()
+    a, b, c = join(server, 3)
+    a.send(b"hello\r\n")
+    assert b.line() == "<user1> hello"
+    assert c.line() == "<user1> hello"
+    b.send(b"/who\n")
+    assert b.line() == "* in lobby: user1, user2, user3"  # a got nothing in between
+    a.send(b"/who\n")
+    assert a.line() == "* in lobby: user1, user2, user3"
+
+
+def test_lines_split_across_chunks_arrive_whole(chat) -> None:
+    """A sender that writes byte by byte still produces whole lines at receivers."""
+    server = chat()
+    a, b = join(server, 2)
+    a.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for byte in "héllo wörld 👋\nsecond\n".encode():
+        a.send(bytes([byte]))
+    assert b.lines(2) == ["<user1> héllo wörld 👋", "<user1> second"]
+
+
+def test_two_hundred_clients_same_order_nothing_lost(chat) -> None:
+    """200 clients, 4 senders: every receiver gets every other sender's line once, one order."""
+    server = chat()
+    port = server.server_address[1]
+    socks = []
+    for _ in range(200):
+        sock = socket.create_connection(("127.0.0.1", port))
+        socks.append(sock)
+    wait_until(lambda: len(server.hub.members) == 200, what="200 members")
+    senders = socks[:4]
+    per_sender = 100
+    for n in range(per_sender):
+        for index, sock in enumerate(senders):
+            sock.sendall(f"s{index} m{n:03d}\n".encode())
+    received: dict[socket.socket, list[str]] = {sock: [] for sock in socks}
+    buffers = {sock: b"" for sock in socks}
+    expected_messages = {sock: per_sender * (4 if sock not in senders else 3) for sock in socks}
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    deadline = time.monotonic() + TIMEOUT * 3
+    done = lambda: all(sum(1 for l in received[s] if l.startswith("<")) >= expected_messages[s] for s in socks)
+    while not done():
+        assert time.monotonic() < deadline, "not every message arrived"
+        for key, _ in selector.select(1):
+            data = key.fileobj.recv(65536)
+            assert data, "server closed a connection"
+            lines = (buffers[key.fileobj] + data).split(b"\n")
+            buffers[key.fileobj] = lines.pop()
+            received[key.fileobj] += [l.decode() for l in lines]
+    selector.close()
+    chat_lines = {s: [l for l in received[s] if l.startswith("<")] for s in socks}
+    reference = chat_lines[socks[-1]]
+    assert len(reference) == 400 and len(set(reference)) == 400
+    for index, sock in enumerate(socks):
+        lines = chat_lines[sock]
+        assert len(lines) == len(set(lines)) == expected_messages[sock], "lost or duplicated"
+        assert lines == [l for l in reference if not (sock in senders and l.endswith(f"> s{index} " + l.split(" ")[-1]))]
+    for index in range(4):  # each sender's own lines keep their sending order
+        own = [l.split()[-1] for l in reference if f" s{index} " in l]
+        assert own == [f"m{n:03d}" for n in range(per_sender)]
+    for sock in socks:
+        sock.close()
+
+
+def test_never_reading_client_dropped_others_keep_receiving(chat) -> None:
+    """A client that never reads overflows its own backlog and is dropped as too slow."""
+    server = chat(max_backlog=256 * 1024)
+    sender, reader = join(server, 2)
+    slow = Peer(server.server_address[1], rcvbuf=4096)  # never reads after this
+    sender.line(), reader.line()  # "user3 joined lobby"
+    total = 12000  # 12 MB: more than the slow client's kernel buffers and its backlog
+    result: dict[str, object] = {}
+
+    def read_all() -> None:  # as fast as a client can: big reads, no per-line work
+        received = bytearray()
+        expected = total * len(b"<user1> ") + total * 1001
+        while len(received) < expected + len(b"* user3 left lobby (too slow)\n"):
+            data = reader.sock.recv(1 << 20)
+            if not data:
+                break
+            received += data
+        lines = bytes(received).split(b"\n")
+        result.update(
+            seen=sum(1 for line in lines if line == b"<user1> " + b"x" * 1000),
+            notices=[line.decode() for line in lines if line and not line.startswith(b"<user1> ")],
+        )
+
+    thread = threading.Thread(target=read_all)
+    thread.start()
+    chunk = (b"x" * 1000 + b"\n") * 100
+    for _ in range(total // 100):
+        sender.send(chunk)
+    thread.join(TIMEOUT)
+    assert not thread.is_alive(), "the reading client stalled"
+    assert result["seen"] == total
+    assert result["notices"] == ["* user3 left lobby (too slow)"]
+    slow.close()
+
+
+def test_long_line_refused_and_stream_goes_on(chat) -> None:
+    """A line over --max-line is refused with one reply; nothing of it is relayed."""
+    server = chat(max_line=64)
+    a, b = join(server, 2)
+    a.send(b"y" * 65 + b"\nshort\n")
+    assert a.line() == "! line too long (max 64 bytes)"
+    assert b.line() == "<user1> short"
+
+
+def test_hundred_megabytes_without_newline_keeps_memory_flat() -> None:
+    """100 MB with no newline: one refusal, server RSS grows by less than 16 MiB."""
+    with CliServer("chat", "serve", "--port", "0", "-q") as server:
+        a = Peer(server.port)
+        b = Peer(server.port)
+        a.line(), a.line(), b.line()
+        before = rss_kib(server.proc.pid)
+        chunk = b"z" * (1024 * 1024)
+        for _ in range(100):
+            a.send(chunk)
+        a.send(b"\nafter\n")
+        assert a.line() == "! line too long (max 4096 bytes)"
+        assert b.line() == "<user1> after"
+        growth = rss_kib(server.proc.pid) - before
+        assert growth < 16 * 1024, f"RSS grew by {growth} KiB"
+
+
+def test_invalid_utf8_and_escape_sequences_are_neutralised(chat) -> None:
+    """ESC becomes \\x1b, invalid bytes U+FFFD; Korean, emoji and accents pass byte for byte."""
+    server = chat()
+    a, b = join(server, 2)
+    a.send(b"\x1b[2J\x1b]0;owned\x07 bad\xff\n")
+    a.send("안녕하세요 🎉 naïve\n".encode())
+    assert b.line() == "<user1> \\x1b[2J\\x1b]0;owned\\x07 bad\ufffd"
+    raw = b.file.readline()
+    assert raw == "<user1> 안녕하세요 🎉 naïve\n".encode()
+
+
+def test_reset_mid_line_is_announced_and_partial_line_dropped(chat) -> None:
+    """A client that resets with half a line: the room hears why; the fragment is never relayed."""
+    server = chat()
+    a, b = join(server, 2)
+    a.send(b"half a li")
+    a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.close()
+    assert b.line() == "* user1 left lobby (connection reset)"
+    b.send(b"/who\n")
+    assert b.line() == "* in lobby: user2"
+
+
+def test_half_closed_client_lines_delivered_then_left(chat) -> None:
+    """A client that ends its side: its last (unterminated) line is relayed, then it leaves."""
+    server = chat()
+    a, b = join(server, 2)
+    a.send(b"bye for now\nlast words")
+    a.sock.shutdown(socket.SHUT_WR)
+    assert b.lines(3) == ["<user1> bye for now", "<user1> last words", "* user1 left lobby (disconnected)"]
+    assert a.rest() == b""
+
+
+def test_room_capacity_private_messages_and_nick_collision(chat) -> None:
+    """room_size=2 refuses the third member; /msg is private; a taken nick is refused."""
+    server = chat(room_size=2)
+    a, b, c = join(server, 3)
+    a.send(b"/nick alice\n")
+    for peer in (a, b, c):
+        assert peer.line() == "* user1 is now known as alice"
+    b.send(b"/nick ALICE\n")
+    assert b.line() == "! nickname ALICE is taken"
+    a.send(b"/join r\n")
+    assert a.line() == "* you are in r"
+    b.line(), c.line()
+    b.send(b"/join r\n")
+    assert b.line() == "* you are in r"
+    assert a.line() == "* user2 joined r"
+    c.line()
+    c.send(b"/join r\n")
+    assert c.line() == "! room r is full (2/2)"
+    c.send(b"/msg alice psst\n")
+    assert a.line() == "<user3> (private) psst"
+    a.send(b"in room\n")
+    assert b.line() == "<alice> in room"
+    c.send(b"/who\n")
+    assert c.line() == "* in lobby: user3"
+
+
+def test_quit_flushes_bye_and_closes(chat) -> None:
+    """/quit: '* bye', then the server closes; the room is told."""
+    server = chat()
+    a, b = join(server, 2)
+    a.send(b"/quit\nignored\n")
+    assert a.line() == "* bye"
+    assert a.rest() == b""
+    assert b.line() == "* user1 left lobby"
+
+
+def test_max_clients_refuses_with_server_full(chat) -> None:
+    """The client beyond max_clients reads '! server full' and EOF."""
+    server = chat(max_clients=2)
+    members = join(server, 2)
+    extra = Peer(server.server_address[1])
+    assert extra.rest() == b"! server full\n"
+    assert len(members) == server.connection_count == 2
+
+
+def test_idle_timeout_disconnects_silent_clients(chat) -> None:
+    """A client silent longer than idle_timeout is told and dropped; the room hears why."""
+    server = chat(idle_timeout=0.3)
+    a, b = join(server, 2)
+    seen = []
+    deadline = time.monotonic() + TIMEOUT
+    while "* user1 left lobby (idle timeout)" not in seen:  # b stays active; a says nothing
+        assert time.monotonic() < deadline
+        b.send(b"/who\n")
+        seen.append(b.line())
+    assert a.line() == "! idle for 0.3 s, disconnecting"
+    assert a.rest() == b""
+    b.send(b"/who\n")
+    assert b.until("* in lobby: user2")
+
+
+def test_shutdown_tells_clients_and_closes_all(chat) -> None:
+    """shutdown(): everyone reads '* server shutting down' then EOF, quickly."""
+    server = ChatServer(("127.0.0.1", 0))
+    with serving(server):
+        peers = join(server, 5)
+        start = time.monotonic()
+    assert time.monotonic() - start < 1.0
+    for peer in peers:
+        assert peer.rest() == b"* server shutting down\n"
+    assert server.connection_count == 0
+
+
+def test_cli_sigterm_with_clients_connected() -> None:
+    """SIGTERM: clients are told, 'Server closed' is printed, exit 0 within a second."""
+    with CliServer("chat", "serve", "--port", "0") as server:
+        peers = [Peer(server.port) for _ in range(3)]
+        for peer in peers:
+            peer.line()
+        for n in range(1, 4):
+            server.out.wait_for(rf"^Client connected 127\.0\.0\.1:\d+ as user{n}$")
+        status, seconds = server.stop(signal.SIGTERM)
+        assert status == 0 and seconds < 1.0
+        assert server.out.rest()[-1] == "Server closed"
+        for peer in peers:
+            assert peer.rest().endswith(b"* server shutting down\n")
+
+
+def test_cli_log_lines_and_verbose_text() -> None:
+    """The log names connects, nick changes, joins and departures; text only with -v."""
+    for verbose in (False, True):
+        args = ["chat", "serve", "--port", "0"] + (["-v"] if verbose else [])
+        with CliServer(*args) as server:
+            a = Peer(server.port)
+            a.line()
+            a.send(b"secret text\n/nick bo\n/join den\n/quit\n")
+            a.rest()
+            server.out.wait_for(r"^Client disconnected bo \(quit\)$")
+            server.stop()
+            log = server.out.seen + server.out.rest()
+        assert any(l.startswith("Client connected 127.0.0.1:") and l.endswith(" as user1") for l in log)
+        assert "user1 is now known as bo" in log
+        assert "bo left lobby and joined den" in log
+        assert ("user1: secret text" in log) is verbose
+
+
+def test_cli_startup_error_is_one_line() -> None:
+    """A taken port gives one 'Error:' line and exit 1."""
+    with CliServer("chat", "serve", "--port", "0") as server:
+        result = run_cli("chat", "serve", "--port", str(server.port))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [f"Error: cannot listen on 127.0.0.1:{server.port}: address already in use"]
+
+
+def test_chat_connect_through_a_pipe() -> None:
+    """chat connect sends stdin lines, prints server lines, quits at EOF and exits 0."""
+    with CliServer("chat", "serve", "--port", "0") as server:
+        listener = Peer(server.port)
+        listener.line()
+        result = run_cli("chat", "connect", "--port", str(server.port), "--name", "pipe", "--room", "lobby", input="one\nzwei 둘\n".encode())
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.decode().splitlines() == [
+            "* welcome user2, you are in lobby (type /help)",
+            "* user2 is now known as pipe",
+            "* you are in lobby",
+            "* bye",
+        ]
+        assert result.stderr.decode().splitlines() == [f"Connected to Server 127.0.0.1:{server.port}", "Disconnected from Server"]
+        assert listener.lines(5) == [
+            "* user2 joined lobby",
+            "* user2 is now known as pipe",
+            "<pipe> one",
+            "<pipe> zwei 둘",
+            "* pipe left lobby",
+        ]
+
+
+def test_chat_connect_refused_is_one_line() -> None:
+    """No server: one line naming the address, exit 1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("chat", "connect", "--port", str(port))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [f"Error: cannot connect to 127.0.0.1:{port}: connection refused"]
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 on this machine")
+def test_chat_over_ipv6() -> None:
+    """The chat server and a client work on ::1."""
+    server = ChatServer(("::1", 0))
+    with serving(server):
+        a = Peer(server.server_address[1], host="::1")
+        b = Peer(server.server_address[1], host="::1")
+        a.line(), a.line(), b.line()
+        a.send(b"v6\n")
+        assert b.line() == "<user1> v6"
