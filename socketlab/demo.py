@@ -81,6 +81,97 @@ def tcp_part(echo: Echo) -> None:
         thread.join()
 
 
+class DemoChatter:
+    """A chat client whose every line, sent or received, is narrated."""
+
+    def __init__(self, echo: Echo, label: str, port: int) -> None:
+        from socketlab.chat.client import ChatClient
+
+        self.echo = echo
+        self.label = label
+        self.client = ChatClient.connect("127.0.0.1", port)
+        self.client.sock.settimeout(STEP_TIMEOUT)
+        self._lines = self.client.lines()
+
+    def say(self, text: str, log: ServerLog | None = None, server_says: str = "") -> None:
+        """Send *text*; with *log*, narrate the server up to *server_says*."""
+        self.echo(f"  [{self.label}] > {text}")
+        self.client.send_line(text)
+        if log is not None:
+            log.expect(self.echo, server_says)
+
+    def hears(self, count: int = 1) -> None:
+        for _ in range(count):
+            line = next(self._lines, None)
+            if line is None:
+                raise RuntimeError(f"demo: {self.label} was disconnected")
+            self.echo(f"  [{self.label}] {line}")
+
+
+def chat_part(echo: Echo) -> None:
+    """Chat: three clients, a broadcast, then a room of two that refuses a third."""
+    from socketlab.chat.server import ChatServer
+
+    echo("")
+    echo("== Chat: a broadcast server with rooms of at most two ==")
+    logger, log = demo_logger("chat")
+    clients_logger = logging.getLogger("socketlab.chat.clients")
+    clients_logger.addHandler(log)
+    saved = clients_logger.propagate, clients_logger.level
+    clients_logger.propagate = False
+    clients_logger.setLevel(logging.INFO)
+    try:
+        with ChatServer(("127.0.0.1", 0), room_size=2, logger=logger) as server:
+            thread = threading.Thread(target=server.serve_forever, daemon=True)
+            thread.start()
+            log.expect(echo, "Server is listening")
+            port = server.server_address[1]
+            people: list[DemoChatter] = []
+            for name in ("alice", "bob", "carol"):
+                person = DemoChatter(echo, name, port)
+                log.expect(echo, "Client connected")
+                person.hears()
+                for earlier in people:
+                    earlier.hears()
+                people.append(person)
+            alice, bob, carol = people
+            for number, person in enumerate(people, 1):
+                person.say(f"/nick {person.label}", log, f"user{number} is now known as")
+                for everyone in people:
+                    everyone.hears()
+            echo("  -- a message reaches everyone else in the room, not its sender --")
+            alice.say("Hello everyone")
+            bob.hears()
+            carol.hears()
+            echo("  -- alice and bob move to room1, which holds two --")
+            alice.say("/join room1", log, "alice left lobby and joined room1")
+            alice.hears()
+            bob.hears()
+            carol.hears()
+            bob.say("/join room1", log, "bob left lobby and joined room1")
+            bob.hears()
+            alice.hears()
+            carol.hears()
+            carol.say("/join room1")
+            carol.hears()
+            echo("  -- messages in room1 stay in room1 --")
+            bob.say("just the two of us")
+            alice.hears()
+            carol.say("/who")
+            carol.hears()
+            server.shutdown()
+            for person in people:
+                person.hears()
+                person.client.close()
+            log.expect(echo, "Server closed")
+            thread.join()
+    finally:
+        clients_logger.removeHandler(log)
+        clients_logger.propagate, level = saved
+        clients_logger.setLevel(level)
+
+
 def run_demo(echo: Echo) -> None:
     """Run every part of the demo, writing the transcript through *echo*."""
     tcp_part(echo)
+    chat_part(echo)

@@ -45,3 +45,31 @@ def test_tcp_welcome_example() -> None:
         "server got b'Hello Socket Server\\n' from a client",
         "client got b'Welcome to Socket Server\\n'",
     ]
+
+
+def test_chat_rooms_example() -> None:
+    """docs/examples/chat_rooms.py shows joins, the full room and a room-only message."""
+    assert run_example("chat_rooms.py").splitlines() == [
+        "user1 reads: * you are in den",
+        "user2 reads: * you are in den",
+        "user1 reads: * user2 joined den",
+        "user3 reads: ! room den is full (2/2)",
+        "user1 reads: <user2> only the den hears this",
+    ]
+
+
+def test_demo_chat_part() -> None:
+    """The chat part relays to the others, fills room1 with two and refuses the third."""
+    result = run_cli("demo", timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    chat = lines[lines.index("== Chat: a broadcast server with rooms of at most two ==") :]
+    hello = chat.index("  [alice] > Hello everyone")
+    assert chat[hello + 1 : hello + 3] == ["  [bob] <alice> Hello everyone", "  [carol] <alice> Hello everyone"]
+    refused = chat.index("  [carol] > /join room1")
+    assert chat[refused + 1] == "  [carol] ! room room1 is full (2/2)"
+    private = chat.index("  [bob] > just the two of us")
+    assert chat[private + 1] == "  [alice] <bob> just the two of us"
+    assert chat[private + 3] == "  [carol] * in lobby: carol"
+    assert chat[-1] == "  [server] Server closed"
+    assert sum("* server shutting down" in line for line in chat) == 3

@@ -348,6 +348,8 @@ class ChatServer(ConnectionServer):
         outbox = conn.outbox
         wait_for: threading.Event | None = None
         with self.lock:
+            if self._shutting_down and reason == "disconnected":
+                reason = "server shutting down"
             deliveries = self.hub.disconnect(member, reason)
             if not self._shutting_down:
                 self._deliver(deliveries)
