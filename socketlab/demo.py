@@ -171,7 +171,29 @@ def chat_part(echo: Echo) -> None:
         clients_logger.setLevel(level)
 
 
+def udp_part(echo: Echo) -> None:
+    """UDP: a receiver bound to a port, a sender that sends one datagram and closes."""
+    from socketlab.udp import DatagramReceiver, send_datagrams
+
+    echo("")
+    echo("== UDP: datagrams, no connection ==")
+    logger, log = demo_logger("udp")
+    with DatagramReceiver(("127.0.0.1", 0), max_datagrams=1, logger=logger) as receiver:
+        thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+        thread.start()
+        log.expect(echo, "Listening for UDP")
+        port = receiver.server_address[1]
+        echo(f"  [sender] sends 'Hello UDP Server' to 127.0.0.1:{port} and closes (no connection, no receipt)")
+        report = send_datagrams("127.0.0.1", port, [b"Hello UDP Server"])
+        echo(f"  [sender] {report.describe(f'127.0.0.1:{port}')}")
+        log.expect(echo, "Get message from client")
+        thread.join(STEP_TIMEOUT)
+        receiver.on_close()
+        log.expect(echo, "Receiver closed")
+
+
 def run_demo(echo: Echo) -> None:
     """Run every part of the demo, writing the transcript through *echo*."""
     tcp_part(echo)
     chat_part(echo)
+    udp_part(echo)

@@ -267,19 +267,30 @@ def run_until_signal(server: Any, on_stop: Callable[[], None] | None = None) -> 
     """Serve on a background thread until SIGINT or SIGTERM, then shut down.
 
     *server* needs ``serve_forever()`` and ``shutdown()``. Runs in the main
-    thread (signal handlers live there). *on_stop* is called after shutdown.
+    thread (signal handlers live there). Also returns when serve_forever()
+    ends by itself; an exception it raised is re-raised here, after
+    shutdown. *on_stop* is called after shutdown.
     """
     stop = threading.Event()
+    failure: list[BaseException] = []
 
     def request_stop(signum: int, frame: Any) -> None:
         stop.set()
 
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except BaseException as error:  # handed to the main thread
+            failure.append(error)
+        finally:
+            stop.set()
+
     previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    thread = threading.Thread(target=server.serve_forever, name="serve-forever", daemon=True)
+    thread = threading.Thread(target=serve, name="serve-forever", daemon=True)
     thread.start()
     try:
-        while not stop.is_set() and thread.is_alive():
-            stop.wait(0.5)
+        while not stop.wait(1.0):
+            pass
     finally:
         server.shutdown()
         thread.join()
@@ -287,3 +298,5 @@ def run_until_signal(server: Any, on_stop: Callable[[], None] | None = None) -> 
             signal.signal(sig, handler)
         if on_stop is not None:
             on_stop()
+    if failure:
+        raise failure[0]

@@ -63,7 +63,7 @@ def test_demo_chat_part() -> None:
     result = run_cli("demo", timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    chat = lines[lines.index("== Chat: a broadcast server with rooms of at most two ==") :]
+    chat = lines[lines.index("== Chat: a broadcast server with rooms of at most two ==") : lines.index("== UDP: datagrams, no connection ==") - 1]
     hello = chat.index("  [alice] > Hello everyone")
     assert chat[hello + 1 : hello + 3] == ["  [bob] <alice> Hello everyone", "  [carol] <alice> Hello everyone"]
     refused = chat.index("  [carol] > /join room1")
@@ -73,3 +73,23 @@ def test_demo_chat_part() -> None:
     assert chat[private + 3] == "  [carol] * in lobby: carol"
     assert chat[-1] == "  [server] Server closed"
     assert sum("* server shutting down" in line for line in chat) == 3
+
+
+def test_demo_udp_part() -> None:
+    """The UDP part shows the receiver, the datagram with its sender, and the totals."""
+    result = run_cli("demo", timeout=30)
+    lines = result.stdout.decode().splitlines()
+    udp = lines[lines.index("== UDP: datagrams, no connection ==") :]
+    assert re.fullmatch(r"  \[server\] Listening for UDP on 127\.0\.0\.1:\d+", udp[1])
+    assert re.fullmatch(r"  \[sender\] Sent 1 datagrams \(16 bytes\) to 127\.0\.0\.1:\d+ in .*", udp[3])
+    assert re.fullmatch(r"  \[server\] Get message from client 127\.0\.0\.1:\d+: Hello UDP Server", udp[4])
+    assert udp[5] == "  [server] Receiver closed: 1 datagrams, 16 bytes from 1 senders"
+
+
+def test_udp_hello_example() -> None:
+    """docs/examples/udp_hello.py receives the sender's one datagram and counts it."""
+    assert run_example("udp_hello.py").splitlines() == [
+        "sender sent 1 datagram of 16 bytes",
+        "receiver got b'Hello UDP Server' from 127.0.0.1",
+        "1 datagrams, 16 bytes from 1 senders",
+    ]

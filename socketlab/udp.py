@@ -1,0 +1,356 @@
+"""The tutorial's UDP part: a datagram receiver and a sender.
+
+UDP has no connection and no delivery guarantee: a datagram arrives whole
+or not at all, and nothing says which. These tools count and report; they
+never retry or pretend.
+
+- :class:`DatagramReceiver` binds an address (port 0 allowed), calls
+  ``on_datagram(data, sender)`` for each datagram and keeps totals;
+  ``serve_forever()`` / ``shutdown()`` / ``with`` like the TCP servers.
+- :func:`send_datagrams` sends payloads (repeated, paced) from a connected
+  socket, so "nobody listens there" (ICMP port unreachable) is reported,
+  and optionally waits for a reply.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from socketlab.addresses import bind_error, format_address, resolve
+from socketlab.errors import SocketlabError
+from socketlab.text import display_bytes, hexdump
+
+logger = logging.getLogger("socketlab.udp")
+
+#: Largest UDP payloads: 65535 minus the IP and UDP headers (IPv6 has no IP header in its length).
+MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+#: Receive buffer big enough for any datagram, so none is ever truncated.
+RECEIVE_BUFFER = 65536
+#: Kernel receive buffer the receiver asks for, to ride out bursts.
+SOCKET_RCVBUF = 32 * 1024 * 1024
+#: Distinct senders remembered for the totals; beyond this they are counted as "more".
+MAX_TRACKED_SENDERS = 65536
+
+
+class DatagramTooLarge(SocketlabError):
+    """A payload does not fit in one datagram."""
+
+
+class NoReply(SocketlabError):
+    """No datagram came back in time, or nobody listens at the target."""
+
+
+class ReceiveTimeout(SocketlabError):
+    """The receiver waited its timeout without a datagram."""
+
+
+@dataclass
+class ReceiverTotals:
+    """What a receiver has seen so far."""
+
+    datagrams: int = 0
+    bytes: int = 0
+    senders: set[Any] = field(default_factory=set)
+    more_senders: bool = False
+
+    def describe(self) -> str:
+        count = f"{len(self.senders)}{'+' if self.more_senders else ''}"
+        return f"{self.datagrams} datagrams, {self.bytes} bytes from {count} senders"
+
+
+class DatagramReceiver:
+    """Receives datagrams on one address until shutdown() or a limit.
+
+    Raises AddressError when the address cannot be bound. ``payload`` is
+    what on_datagram() logs: ``"text"``, ``"hex"`` or ``"quiet"``.
+    ``max_datagrams`` ends serve_forever() after that many; ``timeout``
+    makes it raise ReceiveTimeout after that many silent seconds.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        *,
+        echo: bool = False,
+        payload: str = "text",
+        max_datagrams: int | None = None,
+        timeout: float | None = None,
+        logger: logging.Logger = logger,
+    ) -> None:
+        host, port = address
+        self.logger = logger
+        self.echo = echo
+        self.payload = payload
+        self.max_datagrams = max_datagrams
+        self.timeout = timeout
+        self.totals = ReceiverTotals()
+        family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=True)
+        self.socket = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            if family == socket.AF_INET6:
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            self._grow_receive_buffer()
+            self.socket.bind(sockaddr)
+        except OSError as error:
+            self.socket.close()
+            raise bind_error(host, port, error) from None
+        self.server_address = self.socket.getsockname()
+        self._stopping = False
+        self._done = threading.Event()
+        self._done.set()
+
+    def _grow_receive_buffer(self) -> None:
+        force = getattr(socket, "SO_RCVBUFFORCE", None)
+        try:
+            if force is None:
+                raise PermissionError
+            self.socket.setsockopt(socket.SOL_SOCKET, force, SOCKET_RCVBUF)
+        except OSError:
+            try:  # capped by net.core.rmem_max for unprivileged users
+                self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)
+            except OSError:
+                pass
+
+    @property
+    def address_text(self) -> str:
+        return format_address(self.server_address)
+
+    # -- events -----------------------------------------------------------
+
+    def on_listening(self) -> None:
+        self.logger.info("Listening for UDP on %s", self.address_text)
+
+    def on_datagram(self, data: bytes, sender: Any) -> None:
+        """One datagram arrived from *sender* (already counted in totals)."""
+        if self.payload == "quiet":
+            return
+        peer = format_address(sender)
+        if not data:
+            self.logger.info("Get message from client %s (empty datagram)", peer)
+        elif self.payload == "hex":
+            self.logger.info("Get message from client %s (%d bytes):\n%s", peer, len(data), hexdump(data))
+        else:
+            self.logger.info("Get message from client %s: %s", peer, display_bytes(data))
+
+    def on_close(self) -> None:
+        self.logger.info("Receiver closed: %s", self.totals.describe())
+
+    # -- serving ----------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Receive until shutdown(), max_datagrams, or timeout (ReceiveTimeout)."""
+        self._done.clear()
+        try:
+            self.on_listening()
+            self._receive_loop()
+        finally:
+            self._done.set()
+
+    def _receive_loop(self) -> None:
+        sock = self.socket
+        sock.settimeout(self.timeout)
+        buffer = bytearray(RECEIVE_BUFFER)
+        view = memoryview(buffer)
+        totals = self.totals
+        senders = totals.senders
+        recvfrom_into = sock.recvfrom_into
+        on_datagram = self.on_datagram
+        quiet = self.payload == "quiet" and type(self).on_datagram is DatagramReceiver.on_datagram
+        echo = self.echo
+        limit = self.max_datagrams
+        while not self._stopping:
+            try:
+                count, sender = recvfrom_into(buffer)
+            except socket.timeout:
+                raise ReceiveTimeout(f"no datagram within {self.timeout:g} s on {self.address_text}") from None
+            except OSError as error:
+                if self._stopping:
+                    return
+                if error.errno in (errno.ECONNREFUSED, errno.EINTR):  # ICMP from an echo reply, signals
+                    continue
+                raise
+            if self._stopping:  # woken by shutdown(), not a datagram
+                return
+            totals.datagrams += 1
+            totals.bytes += count
+            if sender not in senders:
+                if len(senders) < MAX_TRACKED_SENDERS:
+                    senders.add(sender)
+                else:
+                    totals.more_senders = True
+            if not quiet:
+                on_datagram(bytes(view[:count]), sender)
+            if echo:
+                try:
+                    sock.sendto(view[:count], sender)
+                except OSError as error:
+                    self.logger.warning("Cannot echo to %s: %s", format_address(sender), error.strerror)
+            if limit is not None and totals.datagrams >= limit:
+                return
+
+    def shutdown(self) -> None:
+        """Stop serve_forever() (from another thread) and wait for it."""
+        self._stopping = True
+        try:
+            self.socket.shutdown(socket.SHUT_RDWR)  # wakes a blocked recvfrom on Linux
+        except OSError:
+            pass
+        if not self._done.wait(1.0):
+            self._poke()
+            self._done.wait(1.0)
+
+    def _poke(self) -> None:
+        """Wake the receive loop with an empty datagram to ourselves."""
+        host = self.server_address[0]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1" if self.socket.family == socket.AF_INET else "::1"
+        try:
+            with socket.socket(self.socket.family, socket.SOCK_DGRAM) as poke:
+                poke.sendto(b"", (host, self.server_address[1]))
+        except OSError:
+            pass
+
+    def server_close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "DatagramReceiver":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._done.is_set():
+            self.shutdown()
+        self.server_close()
+
+
+@dataclass
+class SendReport:
+    """What send_datagrams() did."""
+
+    datagrams: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    reply: bytes | None = None
+
+    def describe(self, target: str) -> str:
+        rate = self.datagrams / self.seconds if self.seconds > 0 else 0.0
+        return (
+            f"Sent {self.datagrams} datagrams ({self.bytes} bytes) to {target} "
+            f"in {self.seconds:.3f} s ({rate:,.0f} datagrams/s)"
+        )
+
+
+def check_payload(payload: bytes, family: int, target: str) -> None:
+    """Raise DatagramTooLarge when *payload* does not fit one datagram."""
+    limit = MAX_PAYLOAD.get(family, 65507)
+    if len(payload) > limit:
+        kind = "IPv6" if family == socket.AF_INET6 else "IPv4"
+        raise DatagramTooLarge(
+            f"a datagram of {len(payload)} bytes is larger than the {limit} bytes one {kind} datagram "
+            f"can carry to {target}; nothing was sent"
+        )
+
+
+def send_datagrams(
+    host: str,
+    port: int,
+    payloads: Iterable[bytes],
+    *,
+    repeat: int = 1,
+    interval: float = 0.0,
+    wait_reply: float | None = None,
+) -> SendReport:
+    """Send each payload as one datagram, *repeat* times, then maybe wait for a reply.
+
+    A list or tuple of payloads is checked completely before anything is
+    sent. Raises AddressError (unknown host), DatagramTooLarge, and NoReply
+    when *wait_reply* passes without a datagram or nobody listens.
+    """
+    family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=False)
+    target = format_address((host, port))
+    if isinstance(payloads, (list, tuple)):
+        for payload in payloads:
+            check_payload(payload, family, target)
+    report = SendReport()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect(sockaddr)
+        except OSError as error:
+            raise bind_error(host, port, error, action="send to") from None
+        start = time.perf_counter()
+        try:
+            _send_all(sock, payloads, repeat, interval, family, target, report)
+            report.seconds = time.perf_counter() - start
+            if wait_reply is not None:
+                sock.settimeout(wait_reply)
+                report.reply = sock.recv(RECEIVE_BUFFER)
+            elif sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == errno.ECONNREFUSED:
+                raise ConnectionRefusedError
+        except ConnectionRefusedError:
+            raise NoReply(f"no one is listening on {target}") from None
+        except socket.timeout:
+            raise NoReply(f"no reply from {target} within {wait_reply:g} s") from None
+        except OSError as error:
+            raise bind_error(host, port, error, action="send to") from None
+    return report
+
+
+def _send_all(
+    sock: socket.socket,
+    payloads: Iterable[bytes],
+    repeat: int,
+    interval: float,
+    family: int,
+    target: str,
+    report: SendReport,
+) -> None:
+    send = sock.send
+    listed = payloads if isinstance(payloads, (list, tuple)) else None
+    if listed is not None and len(listed) == 1 and not interval:
+        payload = listed[0]
+        left = repeat
+        while left:  # the flat-out path: nothing but send() in the loop
+            try:
+                for _ in range(left):
+                    send(payload)
+                    left -= 1
+            except OSError as error:
+                if error.errno != errno.ENOBUFS:
+                    raise
+                time.sleep(0.0005)  # out of kernel buffers: back off, then resume
+        report.datagrams += repeat
+        report.bytes += repeat * len(payload)
+        return
+    next_at = time.perf_counter()
+    for round_number in range(repeat):
+        source = listed if listed is not None else payloads
+        for payload in source:
+            if listed is None:
+                check_payload(payload, family, target)
+            if interval and report.datagrams:
+                next_at += interval
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)  # pacing, by design
+            _send_retrying(send, payload)
+            report.datagrams += 1
+            report.bytes += len(payload)
+        if listed is None:
+            break  # a stream (stdin) is read once
+
+
+def _send_retrying(send: Any, payload: bytes) -> None:
+    """send(), waiting briefly when the kernel is out of buffers (ENOBUFS)."""
+    while True:
+        try:
+            send(payload)
+            return
+        except OSError as error:
+            if error.errno != errno.ENOBUFS:
+                raise
+            time.sleep(0.0005)

@@ -1,0 +1,231 @@
+"""UDP receiver and sender: library in-process and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+
+import pytest
+
+from socketlab.errors import AddressError
+from socketlab.udp import DatagramReceiver, DatagramTooLarge, NoReply, send_datagrams
+from support import TIMEOUT, CliServer, has_ipv6, run_cli, wait_until
+
+LISTENING = r"^Listening for UDP on .*:(\d+)$"
+
+
+class Recorder(DatagramReceiver):
+    """Keeps every datagram with its sender."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.got: list[tuple[bytes, tuple]] = []
+        super().__init__(*args, **kwargs)
+
+    def on_datagram(self, data: bytes, sender) -> None:
+        self.got.append((data, sender))
+
+
+@pytest.fixture
+def receiver():
+    started = []
+
+    def start(host: str = "127.0.0.1", **options) -> Recorder:
+        recorder = Recorder((host, 0), **options)
+        thread = threading.Thread(target=recorder.serve_forever, daemon=True)
+        thread.start()
+        started.append((recorder, thread))
+        return recorder
+
+    yield start
+    for recorder, thread in started:
+        recorder.shutdown()
+        recorder.server_close()
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_library_round_trip_and_max_size_datagram(receiver) -> None:
+    """Datagrams arrive whole with their sender; 65507 bytes is not truncated."""
+    recorder = receiver()
+    port = recorder.server_address[1]
+    big = bytes(range(256)) * 255 + bytes(range(227))
+    assert len(big) == 65507
+    report = send_datagrams("127.0.0.1", port, [b"Hello UDP Server"])
+    assert (report.datagrams, report.bytes) == (1, 16)
+    send_datagrams("127.0.0.1", port, [big])
+    send_datagrams("127.0.0.1", port, [b""])
+    wait_until(lambda: len(recorder.got) == 3, what="three datagrams")
+    assert [data for data, _ in recorder.got] == [b"Hello UDP Server", big, b""]
+    assert recorder.got[0][1][0] == "127.0.0.1"
+    assert recorder.totals.datagrams == 3 and recorder.totals.bytes == 16 + 65507
+
+
+def test_oversize_is_refused_before_anything_is_sent(receiver) -> None:
+    """A payload over 65507 bytes raises, and no datagram of the batch leaves."""
+    recorder = receiver()
+    port = recorder.server_address[1]
+    with pytest.raises(DatagramTooLarge, match="65508 bytes is larger than the 65507 bytes one IPv4 datagram"):
+        send_datagrams("127.0.0.1", port, [b"first", b"x" * 65508])
+    send_datagrams("127.0.0.1", port, [b"after"])
+    wait_until(lambda: recorder.got, what="a datagram")
+    assert [data for data, _ in recorder.got] == [b"after"]
+
+
+def test_senders_are_attributed_and_receiver_stays_silent(receiver) -> None:
+    """Three sockets are three senders; without echo nothing is ever sent back."""
+    recorder = receiver()
+    address = recorder.server_address
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    for n, sock in enumerate(socks):
+        sock.sendto(f"from {n}".encode(), address)
+    wait_until(lambda: len(recorder.got) == 3)
+    assert {sender[1] for _, sender in recorder.got} == {sock.getsockname()[1] for sock in socks}
+    assert len(recorder.totals.senders) == 3
+    socks[0].settimeout(0.2)
+    with pytest.raises(socket.timeout):  # socketserver's DatagramRequestHandler would reply b""
+        socks[0].recv(10)
+    for sock in socks:
+        sock.close()
+
+
+def test_echo_and_wait_reply(receiver) -> None:
+    """With echo the datagram comes back unchanged and send_datagrams returns it."""
+    recorder = receiver(echo=True)
+    report = send_datagrams("127.0.0.1", recorder.server_address[1], [b"ping \x00\xff"], wait_reply=TIMEOUT)
+    assert report.reply == b"ping \x00\xff"
+
+
+def test_no_listener_and_no_reply_are_reported(receiver) -> None:
+    """ICMP port unreachable says nobody listens; silence past wait_reply says no reply."""
+    port = free_udp_port()
+    with pytest.raises(NoReply, match=rf"^no one is listening on 127\.0\.0\.1:{port}$"):
+        send_datagrams("127.0.0.1", port, [b"hi"], wait_reply=TIMEOUT)
+    with pytest.raises(NoReply, match=rf"^no one is listening on 127\.0\.0\.1:{port}$"):
+        send_datagrams("127.0.0.1", port, [b"hi"])
+    silent = receiver()
+    with pytest.raises(NoReply, match=r"no reply from 127\.0\.0\.1:\d+ within 0\.2 s"):
+        send_datagrams("127.0.0.1", silent.server_address[1], [b"hi"], wait_reply=0.2)
+
+
+def test_bind_errors_name_the_address(receiver) -> None:
+    """A taken UDP port and an unknown host are one-line AddressErrors."""
+    taken = receiver().server_address[1]
+    with pytest.raises(AddressError, match=rf"^cannot listen on 127\.0\.0\.1:{taken}: address already in use$"):
+        DatagramReceiver(("127.0.0.1", taken))
+    with pytest.raises(AddressError, match="^cannot listen on nosuch.invalid:0: unknown host"):
+        DatagramReceiver(("nosuch.invalid", 0))
+
+
+def test_cli_round_trip_count_and_totals() -> None:
+    """udp-recv --count 1 prints the datagram and the totals, exit 0."""
+    with CliServer("udp-recv", "--port", "0", "--count", "1", ready=LISTENING) as recv:
+        sent = run_cli("udp-send", "--port", str(recv.port), "Hello", "UDP", "Server")
+        assert sent.returncode == 0
+        assert sent.stderr.decode().startswith(f"Sent 1 datagrams (16 bytes) to 127.0.0.1:{recv.port} in ")
+        assert recv.proc.wait(TIMEOUT) == 0
+        rest = recv.out.rest()
+    assert rest[0].startswith("Get message from client 127.0.0.1:") and rest[0].endswith(": Hello UDP Server")
+    assert rest[-1] == "Receiver closed: 1 datagrams, 16 bytes from 1 senders"
+
+
+def test_cli_stdin_lines_are_datagrams_and_escapes() -> None:
+    """Each stdin line is one datagram without its newline; empty ones are shown; ESC escaped."""
+    with CliServer("udp-recv", "--port", "0", "--count", "3", ready=LISTENING) as recv:
+        sent = run_cli("udp-send", "--port", str(recv.port), input=b"a\x1b[1m\r\n\nlast")
+        assert sent.returncode == 0
+        assert recv.proc.wait(TIMEOUT) == 0
+        rest = recv.out.rest()
+    assert rest[0].endswith(": a\\x1b[1m"), rest
+    assert rest[1].endswith(" (empty datagram)")
+    assert rest[2].endswith(": last")
+
+
+def test_cli_hex_dump() -> None:
+    """--hex prints a dump of the datagram."""
+    with CliServer("udp-recv", "--port", "0", "--count", "1", "--hex", ready=LISTENING) as recv:
+        run_cli("udp-send", "--port", str(recv.port), "AB")
+        recv.proc.wait(TIMEOUT)
+        rest = recv.out.rest()
+    assert rest[0].endswith("(2 bytes):")
+    assert rest[1] == "00000000  41 42" + " " * 44 + "|AB|"
+
+
+def test_cli_echo_with_wait_reply() -> None:
+    """udp-recv --echo sends back; udp-send --wait-reply prints the reply on stdout."""
+    with CliServer("udp-recv", "--port", "0", "--echo", ready=LISTENING) as recv:
+        result = run_cli("udp-send", "--port", str(recv.port), "--wait-reply", "5", "ping")
+        assert result.returncode == 0
+        assert result.stdout == b"ping"
+
+
+def test_cli_timeout_and_unreachable_exit_1() -> None:
+    """--timeout with no datagram and a port nobody listens on both exit 1 with one line."""
+    result = run_cli("udp-recv", "--port", "0", "--timeout", "0.3")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1].startswith("Error: no datagram within 0.3 s on 127.0.0.1:")
+    port = free_udp_port()
+    result = run_cli("udp-send", "--port", str(port), "--wait-reply", "2", "hi")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [f"Error: no one is listening on 127.0.0.1:{port}"]
+
+
+def test_cli_oversize_refused() -> None:
+    """A MESSAGE over one datagram: one line, exit 1."""
+    result = run_cli("udp-send", "--port", str(free_udp_port()), "x" * 65508)
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("Error: a datagram of 65508 bytes is larger than the 65507 bytes")
+    assert b"Traceback" not in result.stderr
+
+
+def test_cli_ten_thousand_datagrams_quiet_totals() -> None:
+    """--repeat 10000 into -q: the totals count what arrived (loss is reported, not hidden)."""
+    with CliServer("udp-recv", "--port", "0", "-q", ready=LISTENING) as recv:
+        sent = run_cli("udp-send", "--port", str(recv.port), "--repeat", "10000", "x" * 64)
+        assert sent.returncode == 0
+        assert sent.stderr.decode().startswith("Sent 10000 datagrams (640000 bytes)")
+        status, _ = recv.stop(signal.SIGINT)
+        assert status == 0
+        totals = recv.out.rest()[-1]
+    prefix, _, senders = totals.partition(" bytes from ")
+    count, _, size = prefix.removeprefix("Receiver closed: ").partition(" datagrams, ")
+    received = int(count)
+    assert 0 < received <= 10000 and int(size) == 64 * received and senders == "1 senders"
+    print(f"received {received} of 10000 datagrams ({100 * (10000 - received) / 10000:.2f} % lost)")
+
+
+def test_cli_sigterm_prints_totals() -> None:
+    """SIGTERM stops the receiver within a second with its totals, exit 0."""
+    with CliServer("udp-recv", "--port", "0", ready=LISTENING) as recv:
+        status, seconds = recv.stop(signal.SIGTERM)
+        assert status == 0 and seconds < 1.0
+        assert recv.out.rest() == ["Receiver closed: 0 datagrams, 0 bytes from 0 senders"]
+
+
+def test_cli_port_in_use() -> None:
+    """A taken UDP port is one line naming it, exit 1."""
+    with CliServer("udp-recv", "--port", "0", ready=LISTENING) as recv:
+        result = run_cli("udp-recv", "--port", str(recv.port))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines() == [f"Error: cannot listen on 127.0.0.1:{recv.port}: address already in use"]
+
+
+@pytest.mark.skipif(not has_ipv6(), reason="no IPv6 on this machine")
+def test_ipv6_both_commands(receiver) -> None:
+    """::1 works for the receiver and the sender; 65527 bytes is the IPv6 maximum."""
+    with CliServer("udp-recv", "--host", "::1", "--port", "0", "--count", "1", ready=LISTENING) as recv:
+        assert run_cli("udp-send", "--host", "::1", "--port", str(recv.port), "six").returncode == 0
+        recv.proc.wait(TIMEOUT)
+        assert recv.out.rest()[0].startswith("Get message from client [::1]:")
+    recorder = receiver(host="::1")
+    send_datagrams("::1", recorder.server_address[1], [b"y" * 65527])
+    wait_until(lambda: recorder.got)
+    assert len(recorder.got[0][0]) == 65527
+    with pytest.raises(DatagramTooLarge, match="65527 bytes one IPv6"):
+        send_datagrams("::1", recorder.server_address[1], [b"y" * 65528])
