@@ -33,7 +33,7 @@ from typing import BinaryIO
 from socketlab.addresses import bind_error, format_address, resolve
 from socketlab.errors import AddressError
 from socketlab.serving import ConnectionServer
-from socketlab.text import display_bytes, hexdump
+from socketlab.text import TerminalText, display_bytes, hexdump
 
 logger = logging.getLogger("socketlab.tcp")
 
@@ -190,9 +190,19 @@ def _write_all(fd: int, data: memoryview) -> None:
 
 
 def _copy_socket_to_fd(sock: socket.socket, out_fd: int) -> None:
-    """Copy what the socket receives to *out_fd* until EOF."""
+    """Copy what the socket receives to *out_fd* until EOF.
+
+    Bytes are copied unchanged, except to a terminal: there control
+    characters are shown escaped, so a server cannot drive the terminal.
+    """
     buffer = bytearray(MAX_READ)
     view = memoryview(buffer)
+    if os.isatty(out_fd):
+        terminal = TerminalText()
+        while count := sock.recv_into(view):
+            _write_all(out_fd, memoryview(terminal.feed(view[:count].tobytes()).encode()))
+        _write_all(out_fd, memoryview(terminal.feed(b"", final=True).encode()))
+        return
     while count := sock.recv_into(view):
         _write_all(out_fd, view[:count])
 

@@ -9,6 +9,7 @@ Korean, emoji, accented letters -- passes through untouched.
 
 from __future__ import annotations
 
+import codecs
 import re
 
 #: C0 controls except tab, DEL, C1 controls, the Unicode line/paragraph
@@ -54,3 +55,26 @@ def hexdump(data: bytes, width: int = 16) -> str:
         ascii_part = "".join(chr(b) if 0x20 <= b < 0x7F else "." for b in row)
         rows.append(f"{offset:08x}  {hex_part:<{width * 3 - 1}}  |{ascii_part}|")
     return "\n".join(rows)
+
+
+class TerminalText:
+    """Turns a byte stream, chunk by chunk, into text safe for a terminal.
+
+    UTF-8 sequences split between chunks are decoded whole; line breaks
+    (``\n``, ``\r\n``) and tabs are kept, every other control character is
+    escaped as by escape_controls().
+    """
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._pending_cr = False
+
+    def feed(self, data: bytes, final: bool = False) -> str:
+        text = self._decoder.decode(data, final)
+        if self._pending_cr:
+            text = "\r" + text
+        self._pending_cr = text.endswith("\r") and not final
+        if self._pending_cr:
+            text = text[:-1]
+        lines = text.replace("\r\n", "\n").split("\n")
+        return "\n".join(escape_controls(line) for line in lines)

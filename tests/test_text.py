@@ -28,3 +28,14 @@ def test_hexdump_layout() -> None:
         "00000000  48 65 6c 6c 6f 2c 20 77 6f 72 6c 64 21 00 01 02  |Hello, world!...|",
         "00000010  ff 5a                                            |.Z|",
     ]
+
+
+def test_terminal_text_keeps_lines_and_split_utf8() -> None:
+    """A stream split inside a UTF-8 sequence and a \\r\\n decodes whole; ESC is escaped."""
+    from socketlab.text import TerminalText
+
+    terminal = TerminalText()
+    data = "안녕\r\n\x1b[31mred\tok\n".encode()
+    out = "".join(terminal.feed(data[i : i + 1]) for i in range(len(data)))
+    out += terminal.feed(b"", final=True)
+    assert out == "안녕\n\\x1b[31mred\tok\n"
