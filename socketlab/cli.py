@@ -288,6 +288,103 @@ def write_received(data: bytes) -> None:
         sys.stdout.flush()
 
 
+@main.group()
+def bench() -> None:
+    """Measure chat relays, bulk TCP and UDP on loopback.
+
+    \b
+    socketlab bench chat                         # start a chat server, measure it
+    socketlab bench chat --target 127.0.0.1:4000 # measure any line relay
+    socketlab bench tcp --size 1G
+    socketlab bench udp --count 200000
+    """
+
+
+def progress_printer() -> Any:
+    """A progress callback that rewrites one stderr line on a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(text: str) -> None:
+        sys.stderr.write(f"\r\x1b[K{text}")
+        sys.stderr.flush()
+
+    return show
+
+
+def clear_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+@bench.command("chat")
+@click.option("--target", metavar="HOST:PORT", help="A running line-relaying chat server (default: start socketlab's own).")
+@click.option("--scenario", type=click.Choice(["fanout", "slow", "connections"]), default="fanout", show_default=True)
+@click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
+@click.option("--senders", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
+@click.option("--size", type=click.IntRange(32, 4000), default=64, show_default=True, help="Bytes per message line.")
+@click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out).")
+@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Receiver processes.")
+@click.option("--server-pid", type=int, default=None, help="PID of the target server, to report its CPU and memory.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, server_pid: int | None, as_json: bool) -> None:
+    """Measure a chat relay: copies/s, latency, loss, garbling, order.
+
+    Senders send uniquely tagged lines; every client reads every copy.
+    'slow' adds a client that never reads and compares p99; 'connections'
+    opens --clients idle clients and checks they are all still served.
+
+    \b
+    Examples:
+      socketlab bench chat --rate 250
+      socketlab bench chat --scenario connections --clients 2000
+      socketlab bench chat --target 127.0.0.1:4000 --json
+    """
+    import json
+
+    from socketlab.addresses import parse_address
+    from socketlab.bench import chat as chat_bench
+    from socketlab.bench.report import connections_lines, fanout_lines
+
+    own = None
+    with user_errors():
+        if target:
+            address = parse_address(target)
+        else:
+            own = chat_bench.OwnServer(["--max-clients", str(max(1000, clients + 10))])
+            address = ("127.0.0.1", own.port)
+            server_pid = own.pid
+    progress = None if as_json else progress_printer()
+    output: dict[str, Any] = {"scenario": scenario, "target": target or f"socketlab chat serve (pid {server_pid})"}
+    lines: list[str] = []
+    try:
+        options = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers)
+        if scenario == "fanout":
+            result = chat_bench.run_fanout(address, **options)
+            output["fanout"] = chat_bench.as_dict(result)
+            lines += fanout_lines("fanout", result)
+        elif scenario == "slow":
+            base = chat_bench.run_fanout(address, **options)
+            slowed = chat_bench.run_fanout(address, slow_client=True, **options)
+            ratio = slowed.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
+            output.update(fanout=chat_bench.as_dict(base), slow=chat_bench.as_dict(slowed), p99_ratio=round(ratio, 3))
+            lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
+            lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
+        else:
+            result = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress)
+            output["connections"] = chat_bench.as_dict(result)
+            lines += connections_lines(result)
+    except (RuntimeError, OSError) as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        clear_progress()
+        if own is not None:
+            own.stop()
+    click.echo(json.dumps(output) if as_json else "\n".join(lines))
+
+
 @main.command()
 def demo() -> None:
     """Run the tutorial on loopback and narrate what each side sees.

@@ -1,0 +1,511 @@
+"""Chat relay benchmark: many clients, a few senders, every copy accounted for.
+
+Scenarios:
+
+- ``fanout``: ``clients`` connections, the first ``senders`` of them send
+  ``messages`` tagged lines each (flat out, or ``rate`` per second); every
+  client reads everything. Reports copies/s, latency percentiles, the share
+  of expected copies delivered, duplicates, garbled lines, order violations.
+- ``slow``: ``fanout`` twice, the second time with one more client that
+  never reads; reports both p99s and the server's memory growth.
+- ``connections``: opens ``clients`` idle connections, then one message;
+  reports how many connections were accepted and still served, and (for a
+  server it started) server memory per connection.
+
+One process drives every client through ``selectors``; the clock is the
+monotonic one, shared by senders and receivers.
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import multiprocessing
+import os
+import resource
+import select
+import selectors
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from socketlab.bench.tally import Receipts, Totals, make_message, percentile
+
+#: A run ends this long after the last copy arrived, if copies are still missing.
+QUIET_END = 2.0
+#: Before the first message, wait until the server has been quiet this long (joins settle).
+SETTLE_QUIET = 0.3
+SETTLE_LIMIT = 10.0
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class FanoutResult:
+    clients: int
+    senders: int
+    messages: int
+    size: int
+    rate: float
+    expected: int
+    delivered: int
+    duplicates: int
+    garbled: int
+    order_violations: int
+    seconds: float
+    copies_per_second: float
+    delivered_share: float
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
+    server_rss_kib: dict[str, int] = field(default_factory=dict)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident memory of *pid* in KiB (Linux), 0 when unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) used so far by *pid*, or by this process."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def raise_open_file_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class OwnServer:
+    """A ``socketlab chat serve`` subprocess on a free port."""
+
+    def __init__(self, extra: list[str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "socketlab", "chat", "serve", "--port", "0", "-q", *(extra or [])],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().decode()
+        if "listening on" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"chat server did not start: {line!r}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None) -> list[socket.socket]:
+    """Connect *count* TCP clients; stops early (returning fewer) when refused."""
+    socks = []
+    for _ in range(count):
+        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.settimeout(5)
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            break
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks
+
+
+def drain_until_quiet(socks: list[socket.socket], quiet: float, limit: float) -> int:
+    """Read and discard until nothing arrived for *quiet* seconds; return open sockets."""
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    closed = set()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        events = selector.select(quiet)
+        if not events:
+            break
+        for key, _ in events:
+            try:
+                data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(key.fileobj)
+                closed.add(key.fileobj)
+    selector.close()
+    return len(socks) - len(closed)
+
+
+class ReceiveLoop:
+    """Reads a set of client sockets with epoll, feeding each one's Receipts."""
+
+    def __init__(self, socks: list[socket.socket], totals: Totals, senders: int, messages: int, owns: list[int | None]) -> None:
+        self._poller = select.epoll()
+        self._by_fd: dict[int, tuple[socket.socket, Receipts]] = {}
+        for sock, own in zip(socks, owns):
+            self._by_fd[sock.fileno()] = (sock, Receipts(totals, senders, messages, own=own))
+            self._poller.register(sock.fileno(), select.EPOLLIN)
+        self.open = len(socks)
+
+    def poll(self, timeout: float) -> int:
+        """Read whatever is ready within *timeout* s; return well-formed messages seen."""
+        got = 0
+        for fd, _event in self._poller.poll(timeout):
+            sock, receipts = self._by_fd[fd]
+            try:
+                data = sock.recv(1 << 18)
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if data:
+                got += receipts.feed(data, time.monotonic_ns())
+            else:
+                self._poller.unregister(fd)
+                self.open -= 1
+        return got
+
+    def analyse(self) -> None:
+        for _sock, receipts in self._by_fd.values():
+            receipts.analyse()
+        self._poller.close()
+
+
+def _receiver_worker(address: tuple[str, int], count: int, senders: int, messages: int, link: Any, time_limit: float) -> None:
+    """A forked process that owns *count* receiving clients and reports what they saw."""
+    try:
+        socks = open_clients(address, count)
+        link.send(len(socks))
+        drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
+        link.send("ready")
+        link.recv()  # go
+        totals = Totals()
+        loop = ReceiveLoop(socks, totals, senders, messages, [None] * len(socks))
+        expected = len(socks) * senders * messages
+        gc.disable()
+        cpu_start = cpu_seconds()
+        received = 0
+        last_copy = time.monotonic()
+        deadline = last_copy + time_limit
+        while received < expected and loop.open:
+            got = loop.poll(0.05)
+            now = time.monotonic()
+            if got:
+                received += got
+                last_copy = now
+            elif now - last_copy > QUIET_END or now > deadline:
+                break
+        cpu = cpu_seconds() - cpu_start
+        loop.analyse()
+        link.send({
+            "delivered": totals.delivered,
+            "duplicates": totals.duplicates,
+            "order_violations": totals.order_violations,
+            "garbled": totals.garbled,
+            "latencies": array.array("q", totals.latencies_ns).tobytes(),
+            "last_copy": last_copy,
+            "cpu": cpu,
+        })
+    finally:
+        link.close()
+        os._exit(0)
+
+
+def run_fanout(
+    address: tuple[str, int],
+    *,
+    clients: int = 100,
+    senders: int = 4,
+    messages: int = 2000,
+    size: int = 64,
+    rate: float = 0.0,
+    slow_client: bool = False,
+    server_pid: int | None = None,
+    progress: Progress | None = None,
+    time_limit: float = 120.0,
+    workers: int = 2,
+) -> FanoutResult:
+    """Run one fanout measurement against the chat server at *address*.
+
+    The first *senders* clients send (and receive) in this process; the
+    other clients are split among *workers* forked receiver processes, so
+    reading every copy does not make the benchmark its own bottleneck.
+    """
+    if not 0 < senders < clients:
+        raise ValueError("need at least one sender and one more client")
+    receivers = clients - senders
+    workers = max(1, min(workers, receivers))
+    context = multiprocessing.get_context("fork")
+    links, processes = [], []
+    try:
+        for index in range(workers):
+            share = receivers // workers + (1 if index < receivers % workers else 0)
+            parent, child = context.Pipe()
+            process = context.Process(target=_receiver_worker, args=(address, share, senders, messages, child, time_limit), daemon=True)
+            process.start()
+            child.close()
+            links.append(parent)
+            processes.append(process)
+        connected = sum(link.recv() for link in links)
+        socks = open_clients(address, senders)
+        if connected + len(socks) < clients:
+            raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect")
+        slow = open_clients(address, 1, rcvbuf=4096) if slow_client else []
+        rss_before = rss_kib(server_pid) if server_pid else 0
+        drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
+        for link in links:
+            link.recv()  # ready
+        result = _drive_senders(
+            socks, links, address, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before
+        )
+        for sock in socks + slow:
+            sock.close()
+        return result
+    finally:
+        for process in processes:
+            process.join(1)
+            if process.is_alive():
+                process.kill()
+
+
+def _drive_senders(
+    socks: list[socket.socket],
+    links: list[Any],
+    address: tuple[str, int],
+    senders: int,
+    messages: int,
+    size: int,
+    rate: float,
+    clients: int,
+    server_pid: int | None,
+    progress: Progress | None,
+    time_limit: float,
+    rss_before: int,
+) -> FanoutResult:
+    totals = Totals()
+    loop = ReceiveLoop(socks, totals, senders, messages, list(range(senders)))
+    own_expected = senders * (senders - 1) * messages
+    expected = senders * messages * (clients - 1)
+    pending = [b""] * senders
+    next_seq = [0] * senders
+    interval_ns = int(1e9 / rate) if rate else 0
+    writing = set(range(senders))
+    gc.disable()  # no collector pauses inside the measurement
+    bench_cpu = cpu_seconds()
+    server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+    for link in links:
+        link.send("go")
+    start_ns = time.monotonic_ns()
+    next_due = [start_ns + (i * interval_ns) // senders for i in range(senders)]
+    peak_rss = rss_before
+    received = 0
+    last_copy = last_report = time.monotonic()
+    deadline = last_copy + time_limit
+    batch = 64
+    while writing or (received < own_expected and time.monotonic() - last_copy < QUIET_END):
+        if time.monotonic() > deadline:
+            break
+        timeout = 0.05 if not writing else 0.0 if not interval_ns else max(0.0, min(0.05, (min(next_due[i] for i in writing) - time.monotonic_ns()) / 1e9))
+        got = loop.poll(timeout)
+        if got:
+            received += got
+            last_copy = time.monotonic()
+        now_ns = time.monotonic_ns()
+        for index in list(writing):
+            sock = socks[index]
+            if not pending[index]:
+                seq = next_seq[index]
+                if interval_ns:
+                    if now_ns < next_due[index]:
+                        continue
+                    pending[index] = make_message(index, seq, now_ns, size)
+                    next_seq[index] = seq + 1
+                    next_due[index] += interval_ns
+                else:
+                    count = min(batch, messages - seq)
+                    pending[index] = b"".join(make_message(index, s, now_ns, size) for s in range(seq, seq + count))
+                    next_seq[index] = seq + count
+            try:
+                sent = sock.send(pending[index])
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                writing.discard(index)
+                continue
+            pending[index] = pending[index][sent:]
+            if not pending[index] and next_seq[index] >= messages:
+                writing.discard(index)
+        if time.monotonic() - last_report > 0.25:
+            last_report = time.monotonic()
+            if server_pid:
+                peak_rss = max(peak_rss, rss_kib(server_pid))
+            if progress:
+                progress(f"sent {sum(next_seq):,}/{senders * messages:,} messages")
+    cpu = {"bench_senders": round(cpu_seconds() - bench_cpu, 3)}
+    if server_pid:
+        cpu["server"] = round(cpu_seconds(server_pid) - server_cpu, 3)
+    loop.analyse()
+    last_copies = [last_copy] if received else []
+    for link in links:
+        if not link.poll(time_limit + QUIET_END + 5):
+            raise RuntimeError("a receiver process did not report")
+        report = link.recv()
+        totals.delivered += report["delivered"]
+        totals.duplicates += report["duplicates"]
+        totals.order_violations += report["order_violations"]
+        totals.garbled += report["garbled"]
+        totals.latencies_ns.extend(array.array("q", report["latencies"]))
+        last_copies.append(report["last_copy"])
+        cpu["bench_receivers"] = round(cpu.get("bench_receivers", 0.0) + report["cpu"], 3)
+    if server_pid:
+        peak_rss = max(peak_rss, rss_kib(server_pid))
+        cpu["server"] = round(cpu_seconds(server_pid) - server_cpu, 3)
+    gc.enable()
+    seconds = max(max(last_copies, default=start_ns / 1e9) - start_ns / 1e9, 1e-9)
+    latencies = sorted(totals.latencies_ns)
+    return FanoutResult(
+        clients=clients,
+        senders=senders,
+        messages=messages,
+        size=size,
+        rate=rate,
+        expected=expected,
+        delivered=totals.delivered,
+        duplicates=totals.duplicates,
+        garbled=totals.garbled,
+        order_violations=totals.order_violations,
+        seconds=round(seconds, 3),
+        copies_per_second=round(totals.delivered / seconds),
+        delivered_share=round(totals.delivered / expected, 6) if expected else 0.0,
+        latency_ms={
+            "p50": round(percentile(latencies, 0.50) / 1e6, 3),
+            "p99": round(percentile(latencies, 0.99) / 1e6, 3),
+            "max": round((latencies[-1] if latencies else 0) / 1e6, 3),
+        },
+        cpu_seconds=cpu,
+        server_rss_kib={"before": rss_before, "peak": peak_rss} if server_pid else {},
+    )
+
+
+@dataclass
+class ConnectionsResult:
+    requested: int
+    open_file_limit: int
+    connected: int
+    served: int
+    seconds: float
+    server_rss_kib: dict[str, int] = field(default_factory=dict)
+    kib_per_connection: float | None = None
+
+
+def run_connections(
+    address: tuple[str, int], *, clients: int, server_pid: int | None = None, progress: Progress | None = None
+) -> ConnectionsResult:
+    """Open *clients* idle connections, then check each still receives a broadcast."""
+    limit = raise_open_file_limit()
+    rss_before = rss_kib(server_pid) if server_pid else 0
+    start = time.monotonic()
+    socks: list[socket.socket] = []
+    while len(socks) < clients:
+        more = open_clients(address, min(100, clients - len(socks)))
+        socks += more
+        if progress:
+            progress(f"{len(socks):,}/{clients:,} connected")
+        if not more:
+            break
+        drain_until_quiet(socks[-len(more):], 0.01, 1.0)
+    connected = drain_until_quiet(socks, SETTLE_QUIET, 60.0)
+    rss_after = rss_kib(server_pid) if server_pid else 0
+    served = 0
+    probe = open_clients(address, 1)
+    if probe:
+        drain_until_quiet(socks + probe, SETTLE_QUIET, 30.0)
+        probe[0].setblocking(True)
+        probe[0].sendall(make_message(0, 0, time.monotonic_ns(), 64))
+        served = _count_receivers(socks, b"~0.0.", 10.0)
+        probe[0].close()
+    for sock in socks:
+        sock.close()
+    result = ConnectionsResult(
+        requested=clients,
+        open_file_limit=limit,
+        connected=connected,
+        served=served,
+        seconds=round(time.monotonic() - start, 3),
+    )
+    if server_pid:
+        result.server_rss_kib = {"before": rss_before, "after": rss_after}
+        if connected:
+            result.kib_per_connection = round((rss_after - rss_before) / connected, 2)
+    return result
+
+
+def _count_receivers(socks: list[socket.socket], marker: bytes, limit: float) -> int:
+    """How many sockets receive *marker* within *limit* seconds."""
+    selector = selectors.DefaultSelector()
+    buffers = {}
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+        buffers[sock] = b""
+    got = 0
+    deadline = time.monotonic() + limit
+    while got < len(socks) and time.monotonic() < deadline:
+        for key, _ in selector.select(0.2):
+            sock = key.fileobj
+            try:
+                data = sock.recv(1 << 16)  # type: ignore[union-attr]
+            except (BlockingIOError, InterruptedError):
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                selector.unregister(sock)
+                continue
+            buffers[sock] = (buffers[sock] + data)[-256:]
+            if marker in buffers[sock]:
+                got += 1
+                selector.unregister(sock)
+    selector.close()
+    return got
+
+
+def as_dict(result: Any) -> dict[str, Any]:
+    return asdict(result)

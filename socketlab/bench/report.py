@@ -1,0 +1,47 @@
+"""Human-readable reports of benchmark results (the CLI prints these)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def fanout_lines(title: str, result: Any) -> list[str]:
+    """Describe a FanoutResult in a few aligned lines."""
+    pace = f"{result.rate:g} msg/s per sender" if result.rate else "flat out"
+    lines = [
+        f"{title}: {result.clients} clients, {result.senders} senders x {result.messages} messages "
+        f"of {result.size} bytes, {pace}",
+        f"  delivered   {result.delivered:,} / {result.expected:,} copies ({100 * result.delivered_share:.2f} %), "
+        f"{result.duplicates} duplicates, {result.garbled} garbled lines, {result.order_violations} order violations",
+        f"  throughput  {result.copies_per_second:,} copies/s over {result.seconds:.3f} s",
+        f"  latency     p50 {result.latency_ms['p50']:.3f} ms   p99 {result.latency_ms['p99']:.3f} ms   "
+        f"max {result.latency_ms['max']:.3f} ms",
+    ]
+    cpu = result.cpu_seconds
+    if cpu:
+        parts = [f"{name.replace('_', ' ')} {seconds:.2f} s" for name, seconds in cpu.items()]
+        lines.append("  cpu         " + ", ".join(parts))
+    if result.server_rss_kib:
+        rss = result.server_rss_kib
+        lines.append(f"  server rss  {rss['before']:,} KiB before, {rss['peak']:,} KiB peak")
+    return lines
+
+
+def connections_lines(result: Any) -> list[str]:
+    lines = [
+        f"connections: {result.requested:,} idle clients requested (open-file limit {result.open_file_limit:,})",
+        f"  connected   {result.connected:,}",
+        f"  served      {result.served:,} received a message sent after all had connected",
+        f"  took        {result.seconds:.1f} s",
+    ]
+    if result.server_rss_kib:
+        rss = result.server_rss_kib
+        lines.append(
+            f"  server rss  {rss['before']:,} KiB before, {rss['after']:,} KiB after: "
+            f"{result.kib_per_connection} KiB per connection"
+        )
+    return lines
+
+
+def transfer_lines(results: list[Any]) -> list[str]:
+    return [result.describe() for result in results]

@@ -1,0 +1,128 @@
+"""Sans-IO bookkeeping for the chat benchmark: tagged messages and receipts.
+
+A benchmark message is one line of exactly ``size`` bytes::
+
+    ~<sender>.<seq>.<send time ns>~xxxxxxxx$\\n
+
+Receivers find the tag anywhere after a prefix (``<user3> `` from servers
+that name senders), so any line-relaying server can be measured. A line is
+well formed when it holds exactly one tag followed only by filler and the
+closing ``$``; anything else that contains a tag character is *garbled*
+(two messages merged, or one split) and none of its messages count.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_LINE = re.compile(rb"^[^\n~]*~(\d+\.\d+\.\d+)~x*\$$", re.MULTILINE)
+#: An unfinished line longer than this is garbage: it is counted and dropped.
+MAX_PARTIAL = 1 << 20
+#: Tags held for analysis before feed() analyses them on the spot (bounds memory).
+MAX_HELD_TAGS = 1 << 20
+
+
+def make_message(sender: int, seq: int, sent_ns: int, size: int) -> bytes:
+    """One tagged line of *size* bytes (newline included), or longer if the tag needs it."""
+    head = b"~%d.%d.%d~" % (sender, seq, sent_ns)
+    filler = size - len(head) - 2
+    return head + b"x" * max(filler, 0) + b"$\n"
+
+
+@dataclass
+class Totals:
+    """What all receivers saw together."""
+
+    delivered: int = 0
+    duplicates: int = 0
+    order_violations: int = 0
+    garbled: int = 0
+    latencies_ns: list[int] = field(default_factory=list)
+
+
+class Receipts:
+    """One receiver's view: reassembles lines and checks each sender's sequence.
+
+    ``feed()`` does only C-speed work per chunk (find the well-formed tags,
+    count garbled lines) and keeps the tags with the chunk's arrival time;
+    ``analyse()`` -- called when the measurement is over, or when too many
+    tags are held -- checks sequences and computes latencies. *own* is this
+    client's sender id: copies of its own messages (servers that echo) are
+    ignored.
+    """
+
+    def __init__(self, totals: Totals, senders: int, messages: int, own: int | None = None) -> None:
+        self.totals = totals
+        self.own = own
+        self._partial = b""
+        self._seen = [bytearray(messages) for _ in range(senders)]
+        self._last = [-1] * senders
+        self._held: list[tuple[int, list[bytes]]] = []
+        self._held_count = 0
+
+    def feed(self, data: bytes, now_ns: int) -> int:
+        """Account for *data*, received at *now_ns*; return the well-formed messages in it."""
+        buffer = self._partial + data if self._partial else data
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            self._partial = self._bounded(buffer)
+            return 0
+        self._partial = self._bounded(buffer[end + 1 :])
+        body = buffer[:end]
+        tags = _LINE.findall(body)
+        if body.count(b"~") != 2 * len(tags):
+            self.totals.garbled += sum(1 for line in body.split(b"\n") if b"~" in line and not _LINE.fullmatch(line))
+        self._held.append((now_ns, tags))
+        self._held_count += len(tags)
+        if self._held_count > MAX_HELD_TAGS:
+            self.analyse()
+        return len(tags)
+
+    def analyse(self) -> None:
+        """Check the held tags: duplicates, order, latency."""
+        totals = self.totals
+        seen, last, own = self._seen, self._last, self.own
+        latencies = totals.latencies_ns
+        for now_ns, tags in self._held:
+            for tag in tags:
+                sender_text, seq_text, sent_text = tag.split(b".")
+                sender = int(sender_text)
+                if sender == own or sender >= len(seen):
+                    continue
+                seq = int(seq_text)
+                marks = seen[sender]
+                if seq >= len(marks):
+                    totals.garbled += 1
+                    continue
+                if marks[seq]:
+                    totals.duplicates += 1
+                    continue
+                marks[seq] = 1
+                totals.delivered += 1
+                if seq < last[sender]:
+                    totals.order_violations += 1
+                else:
+                    last[sender] = seq
+                latencies.append(now_ns - int(sent_text))
+        self._held = []
+        self._held_count = 0
+
+    @property
+    def held(self) -> int:
+        """Well-formed tags received but not analysed yet."""
+        return self._held_count
+
+    def _bounded(self, partial: bytes) -> bytes:
+        if len(partial) > MAX_PARTIAL:
+            self.totals.garbled += 1
+            return b""
+        return partial
+
+
+def percentile(sorted_values: list[int], fraction: float) -> int:
+    """The value below which *fraction* of *sorted_values* lie (nearest rank)."""
+    if not sorted_values:
+        return 0
+    index = min(len(sorted_values) - 1, max(0, round(fraction * len(sorted_values)) - 1))
+    return sorted_values[index]
