@@ -385,6 +385,90 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     click.echo(json.dumps(output) if as_json else "\n".join(lines))
 
 
+class ByteSize(click.ParamType):
+    """A size such as 1048576, 64K, 100M or 1G (powers of 1024)."""
+
+    name = "size"
+    _units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in "KMG" else ""
+        number = text[: -1] if unit else text
+        try:
+            size = int(float(number) * self._units[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 4096, 64K, 100M or 1G", param, ctx)
+        if size <= 0:
+            self.fail("the size must be positive", param, ctx)
+        return size
+
+
+@bench.command("tcp")
+@click.option("--size", type=ByteSize(), default="1G", show_default=True, help="Bytes to stream (K, M, G suffixes).")
+@click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True, help="Runs per tool.")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat between the same endpoints, if installed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_tcp(size: int, runs: int, peers: bool, as_json: bool) -> None:
+    """Bulk TCP: a stream through tcp-client into tcp-server -q, in MB/s.
+
+    The data comes from this process through a pipe (no file on disk) and
+    is timed until the server has counted every byte.
+
+    \b
+    Example:
+      socketlab bench tcp --size 1G
+    """
+    import json
+    from dataclasses import asdict
+
+    from socketlab.bench import transfer
+
+    tools = ["socketlab"] + (["socat"] if peers and transfer.has("socat") else [])
+    results = []
+    for _ in range(runs):
+        for tool in tools:
+            result = transfer.run_tcp(size, tool)
+            results.append(result)
+            if not as_json:
+                click.echo(result.describe())
+    best = {tool: max(r.mb_per_second for r in results if r.tool.split()[0] == tool) for tool in tools}
+    if as_json:
+        click.echo(json.dumps({"runs": [asdict(r) | {"mb_per_second": round(r.mb_per_second)} for r in results], "best_mb_per_second": {k: round(v) for k, v in best.items()}}))
+    else:
+        click.echo("best: " + ", ".join(f"{tool} {mbps:,.0f} MB/s" for tool, mbps in best.items()))
+
+
+@bench.command("udp")
+@click.option("--count", type=click.IntRange(1), default=200000, show_default=True, help="Datagrams to send flat out.")
+@click.option("--size", type=click.IntRange(1, 65507), default=64, show_default=True, help="Bytes per datagram.")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat's and ncat's receivers, if installed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_udp(count: int, size: int, peers: bool, as_json: bool) -> None:
+    """UDP: udp-send --repeat flat out into a receiver; datagrams/s and loss.
+
+    \b
+    Example:
+      socketlab bench udp --count 200000
+    """
+    import json
+    from dataclasses import asdict
+
+    from socketlab.bench import transfer
+
+    receivers = ["socketlab"] + ([tool for tool in ("socat", "ncat") if transfer.has(tool)] if peers else [])
+    results = []
+    for receiver in receivers:
+        result = transfer.run_udp(count, size, receiver)
+        results.append(result)
+        if not as_json:
+            click.echo(result.describe())
+    if as_json:
+        click.echo(json.dumps({"runs": [asdict(r) | {"loss": round(r.loss, 6)} for r in results]}))
+
+
 @main.command()
 def demo() -> None:
     """Run the tutorial on loopback and narrate what each side sees.

@@ -59,6 +59,7 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
         server = self.server
         received = 0
         welcome = server.on_connection(peer)
+        wants_chunks = server.echo or server.payload != "quiet" or type(server).on_data is not WelcomeServer.on_data
         try:
             if welcome:
                 sock.sendall(welcome)
@@ -69,10 +70,11 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
                 if not count:
                     break
                 received += count
-                chunk = bytes(view[:count])
-                server.on_data(peer, chunk)
-                if server.echo:
-                    sock.sendall(chunk)
+                if wants_chunks:
+                    chunk = bytes(view[:count])
+                    server.on_data(peer, chunk)
+                    if server.echo:
+                        sock.sendall(chunk)
                 if count == len(buffer) and len(buffer) < MAX_READ:
                     buffer = bytearray(len(buffer) * 4)
                     view = memoryview(buffer)
@@ -208,18 +210,21 @@ def _copy_socket_to_fd(sock: socket.socket, out_fd: int) -> None:
 
 
 def _copy_fd_to_socket(in_fd: int, sock: socket.socket) -> None:
-    """Copy *in_fd* into the socket until EOF, zero-copy where the OS allows."""
-    mode = os.fstat(in_fd).st_mode
-    if stat.S_ISREG(mode):
+    """Copy *in_fd* into the socket until EOF.
+
+    A regular file goes by sendfile() (no copy through user space); anything
+    else is read into one reused buffer -- measured faster than splice() from
+    a pipe into a TCP socket on Linux.
+    """
+    if stat.S_ISREG(os.fstat(in_fd).st_mode):
         while os.sendfile(sock.fileno(), in_fd, None, MAX_READ):
             pass
         return
-    if stat.S_ISFIFO(mode) and hasattr(os, "splice"):
-        while os.splice(in_fd, sock.fileno(), MAX_READ):
-            pass
-        return
-    while chunk := os.read(in_fd, MAX_READ):
-        sock.sendall(chunk)
+    buffer = bytearray(MAX_READ)
+    view = memoryview(buffer)
+    source = open(in_fd, "rb", buffering=0, closefd=False)
+    while count := source.readinto(buffer):
+        sock.sendall(view[:count])
 
 
 class StdioRelay:

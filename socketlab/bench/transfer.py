@@ -1,0 +1,222 @@
+"""Bulk TCP and UDP benchmarks through socketlab's own commands and peers.
+
+``run_tcp`` streams ``size`` bytes from this process through a client
+command into a receiving server command and times it until the receiver
+has everything; ``run_udp`` sends ``count`` datagrams flat out into a
+receiver and counts what arrived. The same source feeds every tool, so the
+figures compare the tools, not the harness. Peers (socat, ncat) are run
+only when installed.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+SOCKETLAB = [sys.executable, "-m", "socketlab"]
+CHUNK = 1 << 20
+#: After the sender is done, how long the UDP receiver may keep draining.
+UDP_DRAIN = 1.0
+
+
+@dataclass
+class TcpResult:
+    tool: str
+    bytes: int
+    seconds: float
+    received: int | None = None
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.bytes / self.seconds / 1e6 if self.seconds else 0.0
+
+    def describe(self) -> str:
+        check = "" if self.received is None else f", receiver counted {self.received:,} bytes"
+        return (
+            f"tcp  {self.tool:<40} {self.bytes:,} bytes in {self.seconds:.3f} s = "
+            f"{self.mb_per_second:,.0f} MB/s{check}"
+        )
+
+
+@dataclass
+class UdpResult:
+    tool: str
+    sent: int
+    received: int
+    send_seconds: float
+
+    @property
+    def loss(self) -> float:
+        return 1 - self.received / self.sent if self.sent else 0.0
+
+    def describe(self) -> str:
+        rate = self.sent / self.send_seconds if self.send_seconds else 0.0
+        return (
+            f"udp  {self.tool:<40} sent {self.sent:,} in {self.send_seconds:.3f} s ({rate:,.0f}/s), "
+            f"received {self.received:,} ({100 * self.loss:.2f} % lost)"
+        )
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    with socket.socket(socket.AF_INET, kind) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def has(tool: str) -> bool:
+    return shutil.which(tool) is not None
+
+
+def _feed(pipe_fd: int, size: int) -> None:
+    """Write *size* bytes into *pipe_fd* (a pipe we own), then close it."""
+    try:
+        fcntl.fcntl(pipe_fd, 1031, CHUNK)  # F_SETPIPE_SZ: fewer wake-ups
+    except OSError:
+        pass
+    block = memoryview(bytes(CHUNK))
+    left = size
+    try:
+        while left:
+            left -= os.write(pipe_fd, block[: min(left, CHUNK)])
+    finally:
+        os.close(pipe_fd)
+
+
+def _wait_port(port: int, limit: float = 5.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.01)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
+    """Stream *size* bytes through *tool*'s client into its server; time it."""
+    if tool == "socketlab":
+        server = subprocess.Popen(
+            SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        assert server.stdout is not None
+        port = int(server.stdout.readline().decode().rsplit(":", 1)[1])
+        client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port)]
+        label = "socketlab tcp-client | tcp-server -q"
+    elif tool == "socat":
+        port = free_port()
+        server = subprocess.Popen(
+            ["socat", "-b", "262144", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "OPEN:/dev/null"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_port_socat(server, port)
+        client_cmd = ["socat", "-b", "262144", "-u", "STDIN", f"TCP:127.0.0.1:{port}"]
+        label = "socat -b 262144 -u (both ends)"
+    else:
+        raise ValueError(f"unknown tool {tool}")
+    read_fd, write_fd = os.pipe()
+    client = subprocess.Popen(client_cmd, stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(read_fd)
+    start = time.perf_counter()
+    feeder = threading.Thread(target=_feed, args=(write_fd, size))
+    feeder.start()
+    received = None
+    try:
+        if tool == "socketlab":
+            assert server.stdout is not None
+            for raw in server.stdout:
+                match = re.search(rb"Client disconnected .* \((\d+) bytes received\)", raw)
+                if match:
+                    received = int(match.group(1))
+                    break
+            seconds = time.perf_counter() - start
+        else:
+            server.wait(600)
+            seconds = time.perf_counter() - start
+    finally:
+        feeder.join()
+        client.wait(60)
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
+    return TcpResult(label, size, seconds, received)
+
+
+def _wait_port_socat(server: subprocess.Popen, port: int) -> None:
+    """Wait until socat listens, without connecting (it serves one connection)."""
+    deadline = time.monotonic() + 5
+    needle = f":{port:04X} ".encode()
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp", "rb") as table:
+            if any(needle in line and line.split()[3] == b"0A" for line in table):
+                return
+        if server.poll() is not None:
+            raise RuntimeError("socat did not start")
+        time.sleep(0.01)
+    raise RuntimeError("socat did not listen")
+
+
+def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResult:
+    """Send *count* datagrams with ``socketlab udp-send --repeat`` into *receiver*."""
+    if receiver == "socketlab":
+        proc = subprocess.Popen(SOCKETLAB + ["udp-recv", "--port", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
+        label = "udp-send --repeat | udp-recv -q"
+    else:
+        port = free_port(socket.SOCK_DGRAM)
+        command = {
+            "socat": ["socat", "-u", f"UDP-RECV:{port},bind=127.0.0.1", "STDOUT"],
+            "ncat": ["ncat", "-u", "-l", "--recv-only", "127.0.0.1", str(port)],
+        }[receiver]
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        _wait_udp_bound(port)
+        label = f"udp-send --repeat | {receiver} receiver"
+    counted: list[int] = []
+    counter = None
+    if receiver != "socketlab":
+        counter = threading.Thread(target=lambda: counted.append(_count_bytes(proc.stdout)), daemon=True)
+        counter.start()
+    sender = subprocess.run(
+        SOCKETLAB + ["udp-send", "--port", str(port), "--repeat", str(count), "x" * size],
+        capture_output=True, timeout=600,
+    )
+    match = re.search(rb"in ([\d.]+) s", sender.stderr)
+    send_seconds = float(match.group(1)) if match else 0.0
+    time.sleep(UDP_DRAIN)  # let the receiver drain its socket buffer
+    proc.send_signal(signal.SIGINT)
+    if receiver == "socketlab":
+        out, _ = proc.communicate(timeout=10)
+        totals = re.search(rb"Receiver closed: (\d+) datagrams", out)
+        received = int(totals.group(1)) if totals else 0
+    else:
+        proc.wait(10)
+        assert counter is not None
+        counter.join(5)
+        received = (counted[0] if counted else 0) // size
+    return UdpResult(label, count, received, send_seconds)
+
+
+def _wait_udp_bound(port: int, limit: float = 5.0) -> None:
+    needle = f":{port:04X} ".encode()
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with open("/proc/net/udp", "rb") as table:
+            if any(needle in line for line in table):
+                return
+        time.sleep(0.01)
+    raise RuntimeError(f"no UDP receiver bound port {port}")
+
+
+def _count_bytes(stream: object) -> int:
+    total = 0
+    while chunk := stream.read1(1 << 16):  # type: ignore[attr-defined]
+        total += len(chunk)
+    return total
