@@ -1,0 +1,176 @@
+"""``socketlab bench``: runs at a small size and reports what really happened."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from socketlab.bench.tally import Receipts, Totals, make_message, percentile
+from support import TIMEOUT, run_cli
+
+
+def test_make_message_is_exactly_size_bytes() -> None:
+    """A tagged message fills its size exactly and ends with $ and a newline."""
+    message = make_message(3, 17, 123456789, 64)
+    assert len(message) == 64
+    assert message.startswith(b"~3.17.123456789~") and message.endswith(b"x$\n")
+
+
+def test_receipts_count_duplicates_order_and_garbled_byte_by_byte() -> None:
+    """Prefixed lines fed one byte at a time: dups, reordering and merged lines are each counted."""
+    totals = Totals()
+    receipts = Receipts(totals, senders=2, messages=10, own=1)
+    m = [make_message(0, seq, 1000, 48) for seq in range(6)]
+    stream = b"<user1> " + m[0] + m[1] + m[1] + m[3] + m[2] + m[4][:-1] + m[5]
+    stream += make_message(1, 0, 1000, 48)  # the receiver's own message: ignored
+    for i in range(len(stream)):
+        receipts.feed(stream[i : i + 1], 2000)
+    receipts.analyse()
+    assert (totals.delivered, totals.duplicates, totals.order_violations, totals.garbled) == (4, 1, 1, 1)
+    assert totals.latencies_ns == [1000] * 4
+
+
+def test_percentile_nearest_rank() -> None:
+    """p50 and p99 of 1..100 are 50 and 99."""
+    values = list(range(1, 101))
+    assert percentile(values, 0.5) == 50 and percentile(values, 0.99) == 99 and percentile([], 0.5) == 0
+
+
+class BrokenRelay:
+    """A chat relay with deliberate faults, per sender line index i (mod 10).
+
+    3: dropped; 5: sent twice; 6 and 7: swapped; 8: sent without its newline,
+    so it merges with 9 into one garbled line.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.clients: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.running = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while self.running:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.clients.append(sock)
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        reader = sock.makefile("rb")
+        index = 0
+        held = None
+        for line in reader:
+            slot = index % 10
+            index += 1
+            if slot == 3:
+                continue
+            if slot == 6:
+                held = line
+                continue
+            out = [line]
+            if slot == 5:
+                out = [line, line]
+            elif slot == 7 and held is not None:
+                out = [line, held]
+            elif slot == 8:
+                out = [line[:-1]]
+            self._relay(sock, b"".join(out))
+
+    def _relay(self, sender: socket.socket, data: bytes) -> None:
+        with self.lock:
+            for client in self.clients:
+                if client is not sender:
+                    try:
+                        client.sendall(data)
+                    except OSError:
+                        pass
+
+    def close(self) -> None:
+        self.running = False
+        self.listener.close()
+        with self.lock:
+            for client in self.clients:
+                client.close()
+
+
+def test_bench_chat_detects_a_broken_relay() -> None:
+    """Against the faulty relay: loss, duplicates, order violations and garbled lines are all reported."""
+    relay = BrokenRelay()
+    try:
+        result = run_cli(
+            "bench", "chat", "--target", f"127.0.0.1:{relay.port}", "--clients", "4", "--senders", "2",
+            "--messages", "50", "--workers", "1", "--json", timeout=TIMEOUT * 3,
+        )
+    finally:
+        relay.close()
+    assert result.returncode == 0, result.stderr
+    fanout = json.loads(result.stdout)["fanout"]
+    receivers_per_sender = 3
+    groups = 50 // 10
+    assert fanout["expected"] == 2 * 50 * receivers_per_sender
+    assert fanout["delivered"] == 2 * receivers_per_sender * (50 - 3 * groups)
+    assert fanout["duplicates"] == 2 * receivers_per_sender * groups
+    assert fanout["order_violations"] == 2 * receivers_per_sender * groups
+    assert fanout["garbled"] == 2 * receivers_per_sender * groups
+    assert fanout["delivered_share"] == pytest.approx(0.7)
+
+
+def test_bench_chat_own_server_small_run_is_clean() -> None:
+    """A small fanout against socketlab's own server: every copy, no faults, sane figures."""
+    result = run_cli("bench", "chat", "--clients", "8", "--senders", "2", "--messages", "100", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    fanout = report["fanout"]
+    assert fanout["expected"] == fanout["delivered"] == 2 * 100 * 7
+    assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
+    assert fanout["copies_per_second"] > 0 and 0 < fanout["latency_ms"]["p50"] <= fanout["latency_ms"]["p99"] <= fanout["latency_ms"]["max"]
+    assert fanout["server_rss_kib"]["peak"] > 0
+
+
+def test_bench_chat_text_report_and_slow_scenario() -> None:
+    """The slow scenario prints both runs and the p99 ratio."""
+    result = run_cli("bench", "chat", "--scenario", "slow", "--clients", "5", "--senders", "1", "--messages", "50", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert text.count("delivered   200 / 200 copies (100.00 %), 0 duplicates, 0 garbled lines, 0 order violations") == 2
+    assert "with a never-reading client:" in text and "p99 with the slow client / without:" in text
+
+
+def test_bench_chat_connections_scenario() -> None:
+    """Idle connections are all accepted and served; memory per connection is reported."""
+    result = run_cli("bench", "chat", "--scenario", "connections", "--clients", "50", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    connections = json.loads(result.stdout)["connections"]
+    assert connections["connected"] == connections["served"] == 50
+    assert connections["kib_per_connection"] is not None
+
+
+def test_bench_chat_unreachable_target_is_one_line() -> None:
+    """A target nobody listens on: one error line, exit 1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("bench", "chat", "--target", f"127.0.0.1:{port}", "--clients", "3", "--workers", "1")
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1].startswith("Error: only 0 of 3 clients could connect")
+
+
+def test_bench_tcp_and_udp_small() -> None:
+    """bench tcp counts every byte; bench udp reports sent and received."""
+    tcp = run_cli("bench", "tcp", "--size", "4M", "--runs", "1", "--no-peers", "--json", timeout=TIMEOUT * 3)
+    assert tcp.returncode == 0, tcp.stderr
+    run = json.loads(tcp.stdout)["runs"][0]
+    assert run["bytes"] == run["received"] == 4 * 1024 * 1024
+    udp = run_cli("bench", "udp", "--count", "2000", "--no-peers", "--json", timeout=TIMEOUT * 3)
+    assert udp.returncode == 0, udp.stderr
+    run = json.loads(udp.stdout)["runs"][0]
+    assert run["sent"] == 2000 and 0 < run["received"] <= 2000
