@@ -39,6 +39,10 @@ QUIET_END = 2.0
 #: Before the first message, wait until the server has been quiet this long (joins settle).
 SETTLE_QUIET = 0.3
 SETTLE_LIMIT = 10.0
+#: Bulk receivers read this often; probe receivers read at once and time every copy.
+BULK_PERIOD = 0.005
+#: Receiving clients whose every copy is timed (in their own process).
+PROBES = 8
 
 Progress = Callable[[str], None]
 
@@ -177,11 +181,13 @@ def drain_until_quiet(socks: list[socket.socket], quiet: float, limit: float) ->
 class ReceiveLoop:
     """Reads a set of client sockets with epoll, feeding each one's Receipts."""
 
-    def __init__(self, socks: list[socket.socket], totals: Totals, senders: int, messages: int, owns: list[int | None]) -> None:
+    def __init__(
+        self, socks: list[socket.socket], totals: Totals, senders: int, messages: int, owns: list[int | None], timed: bool = True
+    ) -> None:
         self._poller = select.epoll()
         self._by_fd: dict[int, tuple[socket.socket, Receipts]] = {}
         for sock, own in zip(socks, owns):
-            self._by_fd[sock.fileno()] = (sock, Receipts(totals, senders, messages, own=own))
+            self._by_fd[sock.fileno()] = (sock, Receipts(totals, senders, messages, own=own, timed=timed))
             self._poller.register(sock.fileno(), select.EPOLLIN)
         self.open = len(socks)
 
@@ -209,8 +215,16 @@ class ReceiveLoop:
         self._poller.close()
 
 
-def _receiver_worker(address: tuple[str, int], count: int, senders: int, messages: int, link: Any, time_limit: float) -> None:
-    """A forked process that owns *count* receiving clients and reports what they saw."""
+def _receiver_worker(
+    address: tuple[str, int], count: int, senders: int, messages: int, link: Any, time_limit: float, probe: bool
+) -> None:
+    """A forked process that owns *count* receiving clients and reports what they saw.
+
+    A *probe* worker reads the moment data arrives and records latencies; a
+    bulk worker reads every BULK_PERIOD seconds, in big gulps, so that
+    reading every copy costs the machine little and disturbs the server
+    under test less.
+    """
     try:
         socks = open_clients(address, count)
         link.send(len(socks))
@@ -218,7 +232,7 @@ def _receiver_worker(address: tuple[str, int], count: int, senders: int, message
         link.send("ready")
         link.recv()  # go
         totals = Totals()
-        loop = ReceiveLoop(socks, totals, senders, messages, [None] * len(socks))
+        loop = ReceiveLoop(socks, totals, senders, messages, [None] * len(socks), timed=probe)
         expected = len(socks) * senders * messages
         gc.disable()
         cpu_start = cpu_seconds()
@@ -233,6 +247,8 @@ def _receiver_worker(address: tuple[str, int], count: int, senders: int, message
                 last_copy = now
             elif now - last_copy > QUIET_END or now > deadline:
                 break
+            if not probe:
+                time.sleep(BULK_PERIOD)
         cpu = cpu_seconds() - cpu_start
         loop.analyse()
         link.send({
@@ -265,21 +281,25 @@ def run_fanout(
 ) -> FanoutResult:
     """Run one fanout measurement against the chat server at *address*.
 
-    The first *senders* clients send (and receive) in this process; the
-    other clients are split among *workers* forked receiver processes, so
-    reading every copy does not make the benchmark its own bottleneck.
+    The first *senders* clients send (and receive, untimed) in this
+    process. Up to PROBES receiving clients run in a probe process that
+    times every copy; the rest are split among *workers* bulk processes.
+    Every client's copies are checked for loss, duplicates, order and
+    garbling; latency comes from the probes.
     """
     if not 0 < senders < clients:
         raise ValueError("need at least one sender and one more client")
     receivers = clients - senders
-    workers = max(1, min(workers, receivers))
+    probes = min(PROBES, receivers)
+    bulk = receivers - probes
+    workers = max(1, min(workers, bulk)) if bulk else 0
+    shares = [(probes, True)] + [(bulk // workers + (1 if i < bulk % workers else 0), False) for i in range(workers)]
     context = multiprocessing.get_context("fork")
     links, processes = [], []
     try:
-        for index in range(workers):
-            share = receivers // workers + (1 if index < receivers % workers else 0)
+        for share, probe in shares:
             parent, child = context.Pipe()
-            process = context.Process(target=_receiver_worker, args=(address, share, senders, messages, child, time_limit), daemon=True)
+            process = context.Process(target=_receiver_worker, args=(address, share, senders, messages, child, time_limit, probe), daemon=True)
             process.start()
             child.close()
             links.append(parent)
@@ -321,7 +341,7 @@ def _drive_senders(
     rss_before: int,
 ) -> FanoutResult:
     totals = Totals()
-    loop = ReceiveLoop(socks, totals, senders, messages, list(range(senders)))
+    loop = ReceiveLoop(socks, totals, senders, messages, list(range(senders)), timed=False)
     own_expected = senders * (senders - 1) * messages
     expected = senders * messages * (clients - 1)
     pending = [b""] * senders

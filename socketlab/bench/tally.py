@@ -49,12 +49,16 @@ class Receipts:
     ``analyse()`` -- called when the measurement is over, or when too many
     tags are held -- checks sequences and computes latencies. *own* is this
     client's sender id: copies of its own messages (servers that echo) are
-    ignored.
+    ignored. With *timed* false no latencies are recorded (a client that
+    reads in batches would only measure its own delay).
     """
 
-    def __init__(self, totals: Totals, senders: int, messages: int, own: int | None = None) -> None:
+    def __init__(
+        self, totals: Totals, senders: int, messages: int, own: int | None = None, timed: bool = True
+    ) -> None:
         self.totals = totals
         self.own = own
+        self.timed = timed
         self._partial = b""
         self._seen = [bytearray(messages) for _ in range(senders)]
         self._last = [-1] * senders
@@ -83,7 +87,7 @@ class Receipts:
         """Check the held tags: duplicates, order, latency."""
         totals = self.totals
         seen, last, own = self._seen, self._last, self.own
-        latencies = totals.latencies_ns
+        latencies = totals.latencies_ns if self.timed else None
         for now_ns, tags in self._held:
             for tag in tags:
                 sender_text, seq_text, sent_text = tag.split(b".")
@@ -104,7 +108,8 @@ class Receipts:
                     totals.order_violations += 1
                 else:
                     last[sender] = seq
-                latencies.append(now_ns - int(sent_text))
+                if latencies is not None:
+                    latencies.append(now_ns - int(sent_text))
         self._held = []
         self._held_count = 0
 
