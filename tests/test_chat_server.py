@@ -286,8 +286,8 @@ def test_cli_sigterm_with_clients_connected() -> None:
         peers = [Peer(server.port) for _ in range(3)]
         for peer in peers:
             peer.line()
-        for n in range(1, 4):
-            server.out.wait_for(rf"^Client connected 127\.0\.0\.1:\d+ as user{n}$")
+        names = {server.out.wait_for(r"^Client connected 127\.0\.0\.1:\d+ as (user\d+)$").group(1) for _ in range(3)}
+        assert names == {"user1", "user2", "user3"}
         status, seconds = server.stop(signal.SIGTERM)
         assert status == 0 and seconds < 1.0
         assert server.out.rest()[-1] == "Server closed"
