@@ -16,7 +16,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_LINE = re.compile(rb"^[^\n~]*~(\d+\.\d+\.\d+)~x*\$$", re.MULTILINE)
+#: A well-formed line, its prefix included (used when a chunk needs a closer look).
+_LINE = re.compile(rb"[^\n~]*~(\d+\.\d+\.\d+)~x*\$")
+#: The fast path: a message's tag, filler and end, anywhere in a chunk.
+_MESSAGE = re.compile(rb"~(\d+\.\d+\.\d+)~x*\$\n")
 #: An unfinished line longer than this is garbage: it is counted and dropped.
 MAX_PARTIAL = 1 << 20
 #: Tags held for analysis before feed() analyses them on the spot (bounds memory).
@@ -73,10 +76,16 @@ class Receipts:
             self._partial = self._bounded(buffer)
             return 0
         self._partial = self._bounded(buffer[end + 1 :])
-        body = buffer[:end]
-        tags = _LINE.findall(body)
-        if body.count(b"~") != 2 * len(tags):
-            self.totals.garbled += sum(1 for line in body.split(b"\n") if b"~" in line and not _LINE.fullmatch(line))
+        body = buffer[: end + 1]
+        tags = _MESSAGE.findall(body)
+        if body.count(b"~") != 2 * len(tags):  # something is off: judge line by line
+            tags = []
+            for line in body.split(b"\n")[:-1]:
+                match = _LINE.fullmatch(line)
+                if match:
+                    tags.append(match.group(1))
+                elif b"~" in line:
+                    self.totals.garbled += 1
         self._held.append((now_ns, tags))
         self._held_count += len(tags)
         if self._held_count > MAX_HELD_TAGS:

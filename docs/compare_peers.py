@@ -1,0 +1,141 @@
+"""Run socketlab's chat benchmarks against socketlab and its peers, side by side.
+
+    python docs/compare_peers.py [--runs 3] [--node-server PATH] [--json out.json]
+
+Starts each chat server on a free loopback port -- ``socketlab chat serve``,
+the tutorial's Node server (needs ``node``) and ``ncat --broker --chat``
+(Debian's ncat) -- runs ``socketlab bench chat`` against it for every
+scenario, and prints a Markdown table of medians over the runs. Peers that
+are not installed are skipped. Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.js"
+
+SCENARIOS = {
+    "flat": ["--messages", "20000"],
+    "paced": ["--rate", "250", "--messages", "2000"],
+    "slow": ["--scenario", "slow", "--messages", "20000"],
+    "connections": ["--scenario", "connections", "--clients", "2000"],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_listening(port: int, limit: float = 10.0) -> None:
+    deadline = time.monotonic() + limit
+    needle = f":{port:04X} ".encode()
+    while time.monotonic() < deadline:
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(name, "rb") as table:
+                if any(needle in line and line.split()[3] == b"0A" for line in table):
+                    return
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def start(peer: str, port: int, node_server: pathlib.Path) -> subprocess.Popen:
+    if peer == "socketlab":
+        command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
+        env = None
+    elif peer == "node":
+        command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
+    else:
+        command, env = ["ncat", "--broker", "--chat", "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_listening(port)
+    return proc
+
+
+def bench(peer: str, scenario: str, node_server: pathlib.Path) -> dict:
+    port = free_port()
+    proc = start(peer, port, node_server)
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
+             "--server-pid", str(proc.pid), "--json", *SCENARIOS[scenario]],
+            capture_output=True, timeout=900,
+        )
+        if out.returncode:
+            return {"error": out.stderr.decode().strip().splitlines()[-1]}
+        return json.loads(out.stdout)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def summarise(scenario: str, reports: list[dict]) -> dict:
+    ok = [r for r in reports if "error" not in r]
+    if not ok:
+        return {"error": reports[-1]["error"]}
+    med = lambda values: statistics.median(values)
+    if scenario == "connections":
+        rows = [r["connections"] for r in ok]
+        return {
+            "connected": med([r["connected"] for r in rows]),
+            "served": med([r["served"] for r in rows]),
+            "kib_per_connection": med([r["kib_per_connection"] or 0 for r in rows]),
+        }
+    key = "slow" if scenario == "slow" else "fanout"
+    rows = [r[key] for r in ok]
+    summary = {
+        "copies_per_second": med([r["copies_per_second"] for r in rows]),
+        "delivered_share": min(r["delivered_share"] for r in rows),
+        "faults": sum(r["duplicates"] + r["garbled"] + r["order_violations"] for r in rows),
+        "p50_ms": med([r["latency_ms"]["p50"] for r in rows]),
+        "p99_ms": med([r["latency_ms"]["p99"] for r in rows]),
+        "server_cpu_s": med([r["cpu_seconds"].get("server", 0) for r in rows]),
+        "rss_growth_kib": med([r["server_rss_kib"]["peak"] - r["server_rss_kib"]["before"] for r in rows]),
+    }
+    if scenario == "slow":
+        summary["p99_base_ms"] = med([r["fanout"]["latency_ms"]["p99"] for r in ok])
+        summary["p99_ratio"] = med([r["p99_ratio"] for r in ok])
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--node-server", type=pathlib.Path, default=DEFAULT_NODE)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--json", type=pathlib.Path, help="also write every raw report here")
+    args = parser.parse_args()
+    peers = ["socketlab"]
+    if shutil.which("node") and args.node_server.exists():
+        peers.append("node")
+    if shutil.which("ncat"):
+        peers.append("ncat")
+    raw: dict = {}
+    table: dict = {}
+    for scenario in args.scenarios.split(","):
+        for run in range(args.runs):
+            for peer in peers:  # interleaved, so drift in the machine hits every peer alike
+                report = bench(peer, scenario, args.node_server)
+                raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
+                print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
+        for peer in peers:
+            table.setdefault(scenario, {})[peer] = summarise(scenario, raw[scenario][peer])
+    if args.json:
+        args.json.write_text(json.dumps({"raw": raw, "summary": table}, indent=1))
+    print(json.dumps(table, indent=1))
+
+
+if __name__ == "__main__":
+    main()
