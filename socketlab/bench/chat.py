@@ -216,7 +216,15 @@ class ReceiveLoop:
 
 
 def _receiver_worker(
-    address: tuple[str, int], count: int, senders: int, messages: int, link: Any, time_limit: float, probe: bool
+    address: tuple[str, int],
+    count: int,
+    senders: int,
+    messages: int,
+    link: Any,
+    time_limit: float,
+    probe: bool,
+    progress: Any,
+    slot: int,
 ) -> None:
     """A forked process that owns *count* receiving clients and reports what they saw.
 
@@ -245,6 +253,7 @@ def _receiver_worker(
             if got:
                 received += got
                 last_copy = now
+                progress[slot] = received
             elif now - last_copy > QUIET_END or now > deadline:
                 break
             if not probe:
@@ -278,6 +287,7 @@ def run_fanout(
     progress: Progress | None = None,
     time_limit: float = 120.0,
     workers: int = 2,
+    window: int = 2000,
 ) -> FanoutResult:
     """Run one fanout measurement against the chat server at *address*.
 
@@ -286,6 +296,11 @@ def run_fanout(
     times every copy; the rest are split among *workers* bulk processes.
     Every client's copies are checked for loss, duplicates, order and
     garbling; latency comes from the probes.
+
+    Flat out, the senders keep at most *window* messages (all senders
+    together) ahead of what the receivers have read (0: no limit): the
+    load is as fast as the server and the readers can go, without an
+    ever-growing queue that would only measure buffering.
     """
     if not 0 < senders < clients:
         raise ValueError("need at least one sender and one more client")
@@ -295,11 +310,16 @@ def run_fanout(
     workers = max(1, min(workers, bulk)) if bulk else 0
     shares = [(probes, True)] + [(bulk // workers + (1 if i < bulk % workers else 0), False) for i in range(workers)]
     context = multiprocessing.get_context("fork")
+    received_by_worker = context.Array("q", len(shares), lock=False)
     links, processes = [], []
     try:
-        for share, probe in shares:
+        for slot, (share, probe) in enumerate(shares):
             parent, child = context.Pipe()
-            process = context.Process(target=_receiver_worker, args=(address, share, senders, messages, child, time_limit, probe), daemon=True)
+            process = context.Process(
+                target=_receiver_worker,
+                args=(address, share, senders, messages, child, time_limit, probe, received_by_worker, slot),
+                daemon=True,
+            )
             process.start()
             child.close()
             links.append(parent)
@@ -314,7 +334,8 @@ def run_fanout(
         for link in links:
             link.recv()  # ready
         result = _drive_senders(
-            socks, links, address, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before
+            socks, links, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before,
+            window, received_by_worker,
         )
         for sock in socks + slow:
             sock.close()
@@ -329,7 +350,6 @@ def run_fanout(
 def _drive_senders(
     socks: list[socket.socket],
     links: list[Any],
-    address: tuple[str, int],
     senders: int,
     messages: int,
     size: int,
@@ -339,6 +359,8 @@ def _drive_senders(
     progress: Progress | None,
     time_limit: float,
     rss_before: int,
+    window: int,
+    received_by_worker: Any,
 ) -> FanoutResult:
     totals = Totals()
     loop = ReceiveLoop(socks, totals, senders, messages, list(range(senders)), timed=False)
@@ -368,6 +390,11 @@ def _drive_senders(
         if got:
             received += got
             last_copy = time.monotonic()
+        if window and not interval_ns:
+            in_flight = sum(next_seq) * (clients - 1) - received - sum(received_by_worker)
+            if in_flight > window * (clients - 1):
+                loop.poll(0.001)  # the readers are behind: let them catch up
+                continue
         now_ns = time.monotonic_ns()
         for index in list(writing):
             sock = socks[index]
@@ -437,7 +464,9 @@ def _drive_senders(
         delivered_share=round(totals.delivered / expected, 6) if expected else 0.0,
         latency_ms={
             "p50": round(percentile(latencies, 0.50) / 1e6, 3),
+            "p90": round(percentile(latencies, 0.90) / 1e6, 3),
             "p99": round(percentile(latencies, 0.99) / 1e6, 3),
+            "p99.9": round(percentile(latencies, 0.999) / 1e6, 3),
             "max": round((latencies[-1] if latencies else 0) / 1e6, 3),
         },
         cpu_seconds=cpu,

@@ -86,15 +86,19 @@ class Outbox:
             self.chunks.append(data)
             self.size += len(data)
             return
+        sent = self._send(data)
+        if sent is not None and sent < len(data):
+            self.backlog(data[sent:])
+
+    def _send(self, data: bytes) -> int | None:
+        """One non-blocking send(): bytes taken (0 if none), None if the connection failed."""
         try:
-            sent = self.sock.send(data, _MSG_DONTWAIT)
+            return self.sock.send(data, _MSG_DONTWAIT)
         except BlockingIOError:
-            sent = 0
+            return 0
         except OSError as error:
             self.fail(_reason_for(error))
-            return
-        if sent < len(data):
-            self.backlog(data[sent:])
+            return None
 
     def backlog(self, rest: bytes) -> None:
         """Start a backlog with *rest* and have the BacklogWriter send it."""
@@ -110,12 +114,8 @@ class Outbox:
         if self.closed or not self.size:
             return
         data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
-        try:
-            sent = self.sock.send(data, _MSG_DONTWAIT)
-        except BlockingIOError:
-            return
-        except OSError as error:
-            self.fail(_reason_for(error))
+        sent = self._send(data)
+        if not sent:
             return
         if sent == len(data):
             self.chunks = []
