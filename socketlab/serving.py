@@ -73,6 +73,7 @@ class ConnectionServer(socketserver.TCPServer):
         if max_clients is not None:
             self.max_clients = max_clients
         self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
+        allow_open_files(self.max_clients + 64)
         self._requested = (host, port)
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
@@ -261,6 +262,27 @@ class ConnectionServer(socketserver.TCPServer):
                     self.logger.warning("%d connection threads did not finish", len(threads))
                     return
                 thread.join(remaining)
+
+
+def allow_open_files(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE toward *wanted* (never above the hard limit).
+
+    Many systems start processes with a soft limit of 1024 descriptors, too
+    few for a server meant to hold a thousand clients. Returns the soft limit.
+    """
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 def run_until_signal(server: Any, on_stop: Callable[[], None] | None = None) -> None:

@@ -364,3 +364,49 @@ def test_chat_over_ipv6() -> None:
         a.line(), a.line(), b.line()
         a.send(b"v6\n")
         assert b.line() == "<user1> v6"
+
+
+def test_chat_connect_on_a_terminal_redraws_the_input_line() -> None:
+    """On a pty, an incoming line is printed above the prompt and the half-typed input is redrawn."""
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    with CliServer("chat", "serve", "--port", "0") as server:
+        main_fd, child_fd = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "socketlab", "chat", "connect", "--port", str(server.port)],
+            stdin=child_fd, stdout=child_fd, stderr=child_fd, close_fds=True,
+        )
+        os.close(child_fd)
+        seen = b""
+
+        def read_until(marker: bytes) -> None:
+            nonlocal seen
+            deadline = time.monotonic() + TIMEOUT
+            while marker not in seen:
+                assert time.monotonic() < deadline, seen
+                if select.select([main_fd], [], [], 0.1)[0]:
+                    seen += os.read(main_fd, 4096)
+
+        try:
+            read_until(b"you are in lobby")
+            os.write(main_fd, b"half typed")
+            read_until(b"half typed")
+            other = Peer(server.port)
+            other.line()
+            other.send(b"\x1b[31mhello\n")
+            read_until(b"<user2> \\x1b[31mhello")
+            read_until(b"> half typed")
+            tail = seen[seen.index(b"<user2>") - 4 :]
+            assert tail.startswith(b"\r\x1b[K<user2> \\x1b[31mhello\r\n> half typed"), tail
+            os.write(main_fd, b" done\n")
+            assert other.line() == "<user1> half typed done"
+            os.write(main_fd, b"\x04")  # Ctrl-D: /quit
+            assert proc.wait(TIMEOUT) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(main_fd)

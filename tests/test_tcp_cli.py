@@ -214,6 +214,10 @@ def test_version_and_help_have_examples() -> None:
 
     result = run_cli("--version")
     assert result.stdout.decode().strip() == f"socketlab, version {__version__}"
-    for command in ("tcp-server", "tcp-client", "demo"):
-        help_text = run_cli(command, "--help").stdout.decode()
-        assert "Example" in help_text and f"socketlab {command}" in help_text
+    commands = [
+        "tcp-server", "tcp-client", "chat serve", "chat connect", "udp-recv", "udp-send", "demo",
+        "bench chat", "bench tcp", "bench udp",
+    ]
+    for command in commands:
+        help_text = run_cli(*command.split(), "--help").stdout.decode()
+        assert "Example" in help_text and f"socketlab {command}" in help_text, command
