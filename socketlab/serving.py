@@ -77,6 +77,7 @@ class ConnectionServer(socketserver.TCPServer):
         self._requested = (host, port)
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread] = {}
+        self._threads: list[threading.Thread] = []  # every connection thread not yet reaped
         self._stopping = False
         self._closed = False
         self._serving = threading.Event()
@@ -219,6 +220,10 @@ class ConnectionServer(socketserver.TCPServer):
         self._start_thread(thread, request)
 
     def _start_thread(self, thread: threading.Thread, request: socket.socket) -> None:
+        with self._lock:
+            if len(self._threads) > 2 * len(self._connections) + 64:
+                self._threads = [t for t in self._threads if t.is_alive()]
+            self._threads.append(thread)
         previous = threading.stack_size(self.thread_stack_size)
         try:
             thread.start()
@@ -251,17 +256,19 @@ class ConnectionServer(socketserver.TCPServer):
             pass
 
     def _join_connections(self, deadline: float) -> None:
-        while True:
-            with self._lock:
-                threads = [t for t in self._connections.values() if t is not threading.current_thread()]
-            if not threads:
+        """Join every connection thread, including ones that just unregistered."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        current = threading.current_thread()
+        for thread in threads:
+            if thread is current or not thread.ident:
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                alive = sum(t.is_alive() for t in threads)
+                self.logger.warning("%d connection threads did not finish", alive)
                 return
-            for thread in threads:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    self.logger.warning("%d connection threads did not finish", len(threads))
-                    return
-                thread.join(remaining)
+            thread.join(remaining)
 
 
 def allow_open_files(wanted: int) -> int:
