@@ -16,11 +16,9 @@ from typing import Any, Callable, Iterator, TypeVar
 import click
 
 from socketlab import __version__
+from socketlab.addresses import DEFAULT_HOST, DEFAULT_PORT
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 3000
 
 
 @contextlib.contextmanager

@@ -249,6 +249,7 @@ class ChatHandler(socketserver.BaseRequestHandler):
         reason: str | None = "disconnected"
         size = FIRST_READ
         verbose = message_log.isEnabledFor(logging.DEBUG)
+        track_idle = server.idle_timeout is not None
         while True:
             try:
                 data = sock.recv(size)
@@ -261,7 +262,8 @@ class ChatHandler(socketserver.BaseRequestHandler):
                 if items and server.receive(conn, items, verbose):
                     reason = None
                 break
-            conn.last_active = time.monotonic()
+            if track_idle:
+                conn.last_active = time.monotonic()
             if len(data) == size and size < MAX_READ:
                 size *= 4
             items = framer.feed(data)
