@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -53,9 +54,25 @@ def port_option(func: F) -> F:
     )(func)
 
 
+class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Log lines to stdout; if the reader goes away (``| head``), go quiet instead of
+    printing a traceback for every later line. The server keeps serving."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError):
+            self.setLevel(logging.CRITICAL + 1)
+            try:
+                devnull = open(os.devnull, "w")
+                os.dup2(devnull.fileno(), sys.stdout.fileno())  # no error at exit either
+            except OSError:
+                pass
+            return
+        super().handleError(record)
+
+
 def log_to_stdout(level: int = logging.INFO) -> None:
     """Send socketlab's log records to stdout, one message per line, flushed."""
-    handler = logging.StreamHandler(sys.stdout)
+    handler = ConsoleHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("socketlab")
     root.handlers[:] = [handler]

@@ -221,3 +221,21 @@ def test_version_and_help_have_examples() -> None:
     for command in commands:
         help_text = run_cli(*command.split(), "--help").stdout.decode()
         assert "Example" in help_text and f"socketlab {command}" in help_text, command
+
+
+def test_server_keeps_serving_when_its_log_reader_goes_away() -> None:
+    """`socketlab tcp-server | head -1`: no traceback, clients still served, clean stop."""
+    proc = subprocess.Popen(CLI + ["tcp-server", "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        first = proc.stdout.readline().decode()
+        port = int(first.rsplit(":", 1)[1])
+        proc.stdout.close()  # the reader of the log is gone
+        for _ in range(3):
+            assert run_cli("tcp-client", "--port", str(port), "hi").stdout == b"Welcome to Socket Server\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+        assert proc.stderr.read() == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
