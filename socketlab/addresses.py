@@ -62,16 +62,17 @@ def describe_os_error(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-def resolve(host: str, port: int, kind: int, *, passive: bool) -> tuple[int, Any]:
+def resolve(host: str, port: int, kind: int, *, passive: bool, action: str | None = None) -> tuple[int, Any]:
     """Resolve *host*/*port* to ``(family, sockaddr)`` for a socket of *kind*.
 
-    Raises AddressError naming the address when the host is unknown.
+    Raises AddressError naming the address when the host is unknown; its
+    message starts ``cannot <action>`` (default: listen on / connect to).
     """
     flags = socket.AI_PASSIVE if passive else 0
     try:
         infos = socket.getaddrinfo(host or None, port, 0, kind, 0, flags)
     except (socket.gaierror, UnicodeError) as error:
-        action = "listen on" if passive else "connect to"
+        action = action or ("listen on" if passive else "connect to")
         reason = describe_os_error(error) if isinstance(error, OSError) else "unknown host"
         raise AddressError(f"cannot {action} {format_address((host, port))}: {reason}") from None
     family, _kind, _proto, _name, sockaddr = infos[0]

@@ -271,7 +271,7 @@ def send_datagrams(
     sent. Raises AddressError (unknown host), DatagramTooLarge, and NoReply
     when *wait_reply* passes without a datagram or nobody listens.
     """
-    family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=False)
+    family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=False, action="send to")
     target = format_address((host, port))
     if isinstance(payloads, (list, tuple)):
         for payload in payloads:

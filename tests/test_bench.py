@@ -161,7 +161,9 @@ def test_bench_chat_unreachable_target_is_one_line() -> None:
         port = probe.getsockname()[1]
     result = run_cli("bench", "chat", "--target", f"127.0.0.1:{port}", "--clients", "3", "--workers", "1")
     assert result.returncode == 1
-    assert result.stderr.decode().splitlines()[-1].startswith("Error: only 0 of 3 clients could connect")
+    assert result.stderr.decode().splitlines()[-1] == (
+        f"Error: only 0 of 3 clients could connect (cannot connect to 127.0.0.1:{port}: connection refused)"
+    )
 
 
 def test_bench_tcp_and_udp_small() -> None:

@@ -176,6 +176,14 @@ def test_cli_timeout_and_unreachable_exit_1() -> None:
     assert result.stderr.decode().splitlines() == [f"Error: no one is listening on 127.0.0.1:{port}"]
 
 
+def test_cli_unknown_host() -> None:
+    """An unknown target host: one line naming it, exit 1."""
+    result = run_cli("udp-send", "--host", "nosuch.invalid", "--port", "5", "x")
+    assert result.returncode == 1
+    assert result.stderr.decode().startswith("Error: cannot send to nosuch.invalid:5: unknown host")
+    assert len(result.stderr.splitlines()) == 1
+
+
 def test_cli_oversize_refused() -> None:
     """A MESSAGE over one datagram: one line, exit 1."""
     result = run_cli("udp-send", "--port", str(free_udp_port()), "x" * 65508)

@@ -153,6 +153,18 @@ def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None
     return socks
 
 
+def _why_not(address: tuple[str, int]) -> str:
+    """': <reason>' when one more connection to *address* fails now, else ''."""
+    from socketlab.errors import AddressError
+    from socketlab.tcp import connect
+
+    try:
+        connect(*address, timeout=5).close()
+    except AddressError as error:
+        return f" ({error})"
+    return ""
+
+
 def drain_until_quiet(socks: list[socket.socket], quiet: float, limit: float) -> int:
     """Read and discard until nothing arrived for *quiet* seconds; return open sockets."""
     selector = selectors.DefaultSelector()
@@ -327,7 +339,7 @@ def run_fanout(
         connected = sum(link.recv() for link in links)
         socks = open_clients(address, senders)
         if connected + len(socks) < clients:
-            raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect")
+            raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect{_why_not(address)}")
         slow = open_clients(address, 1, rcvbuf=4096) if slow_client else []
         rss_before = rss_kib(server_pid) if server_pid else 0
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
