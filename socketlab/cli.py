@@ -376,7 +376,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     output: dict[str, Any] = {"scenario": scenario, "target": target or f"socketlab chat serve (pid {server_pid})"}
     lines: list[str] = []
     try:
-        options = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window)
+        options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window)
         if scenario == "fanout":
             result = chat_bench.run_fanout(address, **options)
             output["fanout"] = chat_bench.as_dict(result)
@@ -389,9 +389,9 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
             lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
             lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
         else:
-            result = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress)
-            output["connections"] = chat_bench.as_dict(result)
-            lines += connections_lines(result)
+            connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress)
+            output["connections"] = chat_bench.as_dict(connections)
+            lines += connections_lines(connections)
     except (RuntimeError, OSError) as error:
         raise click.ClickException(str(error)) from None
     finally:

@@ -63,7 +63,7 @@ def tcp_part(echo: Echo) -> None:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         log.expect(echo, "Server is listening")
-        host, port = server.server_address[:2]
+        host, port = "127.0.0.1", server.server_address[1]
         with connect(host, port) as sock:
             echo(f"  [client] Connected to Server {format_address((host, port))}")
             log.expect(echo, "Client connected")

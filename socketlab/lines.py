@@ -58,15 +58,14 @@ class LineBuffer:
             self._skipping = False
             chunk = chunk[end + 1 :]
         data = self._partial + chunk if self._partial else chunk
-        lines: list[Item] = data.split(b"\n")  # type: ignore[assignment]
-        partial = lines.pop()
+        pieces = data.split(b"\n")
+        partial = pieces.pop()
         limit = self.max_line
-        for index, line in enumerate(lines):
-            assert isinstance(line, bytes)
+        lines: list[Item] = []
+        for line in pieces:
             if line.endswith(b"\r"):
-                line = lines[index] = line[:-1]
-            if len(line) > limit:
-                lines[index] = LineTooLong(limit)
+                line = line[:-1]
+            lines.append(line if len(line) <= limit else LineTooLong(limit))
         if len(partial) > limit + 1 or (len(partial) > limit and not partial.endswith(b"\r")):
             lines.append(LineTooLong(limit))
             partial = b""

@@ -14,6 +14,7 @@ never retry or pretend.
 
 from __future__ import annotations
 
+import builtins
 import errno
 import logging
 import socket
@@ -29,7 +30,7 @@ from socketlab.text import display_bytes, hexdump
 logger = logging.getLogger("socketlab.udp")
 
 #: Largest UDP payloads: 65535 minus the IP and UDP headers (IPv6 has no IP header in its length).
-MAX_PAYLOAD = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+MAX_PAYLOAD: dict[int, int] = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 #: Receive buffer big enough for any datagram, so none is ever truncated.
 RECEIVE_BUFFER = 65536
 #: Kernel receive buffer the receiver asks for, to ride out bursts.
@@ -235,7 +236,7 @@ class SendReport:
     datagrams: int = 0
     bytes: int = 0
     seconds: float = 0.0
-    reply: bytes | None = None
+    reply: builtins.bytes | None = None
 
     def describe(self, target: str) -> str:
         rate = self.datagrams / self.seconds if self.seconds > 0 else 0.0
@@ -327,7 +328,7 @@ def _send_all(
         report.bytes += repeat * len(payload)
         return
     next_at = time.perf_counter()
-    for round_number in range(repeat):
+    for _round in range(repeat):
         source = listed if listed is not None else payloads
         for payload in source:
             if listed is None:

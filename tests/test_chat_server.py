@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import selectors
 import signal
 import socket
@@ -29,7 +28,7 @@ def chat():
         return server
 
     yield start
-    for server, context in reversed(started):
+    for _server, context in reversed(started):
         context.__exit__(None, None, None)
 
 

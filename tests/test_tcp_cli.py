@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from support import CLI, TIMEOUT, CliServer, has_ipv6, recv_until_closed, run_cli, wait_until
+from support import CLI, TIMEOUT, CliServer, has_ipv6, recv_until_closed, run_cli
 
 
 def free_port() -> int:

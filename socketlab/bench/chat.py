@@ -550,20 +550,20 @@ def _count_receivers(socks: list[socket.socket], marker: bytes, limit: float) ->
     deadline = time.monotonic() + limit
     while got < len(socks) and time.monotonic() < deadline:
         for key, _ in selector.select(0.2):
-            sock = key.fileobj
+            ready: socket.socket = key.fileobj  # type: ignore[assignment]
             try:
-                data = sock.recv(1 << 16)  # type: ignore[union-attr]
+                data = ready.recv(1 << 16)
             except (BlockingIOError, InterruptedError):
                 continue
             except OSError:
                 data = b""
             if not data:
-                selector.unregister(sock)
+                selector.unregister(ready)
                 continue
-            buffers[sock] = (buffers[sock] + data)[-256:]
-            if marker in buffers[sock]:
+            buffers[ready] = (buffers[ready] + data)[-256:]
+            if marker in buffers[ready]:
                 got += 1
-                selector.unregister(sock)
+                selector.unregister(ready)
     selector.close()
     return got
 
