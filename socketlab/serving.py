@@ -22,7 +22,7 @@ For the caller: ``server_address`` (the real address, port 0 resolved),
 ``server_close()``, ``connection_count``.
 
 May be overridden: ``on_listening()``, ``on_close()``, ``on_refused(request, address)``,
-``close_connections()``.
+``start_connection(request, address)``, ``close_connections()``.
 
 Class variables that may be overridden: ``max_clients``, ``full_message``,
 ``request_queue_size``, ``thread_stack_size``, ``join_timeout``.
@@ -76,7 +76,7 @@ class ConnectionServer(socketserver.TCPServer):
         allow_open_files(self.max_clients + 64)
         self._requested = (host, port)
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread] = {}
+        self._connections: dict[socket.socket, threading.Thread | None] = {}
         self._threads: list[threading.Thread] = []  # every connection thread not yet reaped
         self._stopping = False
         self._closed = False
@@ -206,34 +206,45 @@ class ConnectionServer(socketserver.TCPServer):
         with self._lock:
             full = len(self._connections) >= self.max_clients
             if not full:
-                thread = threading.Thread(
-                    target=self._serve_connection,
-                    args=(request, client_address),
-                    name=f"conn-{format_address(client_address)}",
-                    daemon=True,
-                )
-                self._connections[request] = thread
+                self._connections[request] = None
         if full:
             self.on_refused(request, client_address)
             self._close_request(request)
             return
-        self._start_thread(thread, request)
+        try:
+            self.start_connection(request, client_address)
+        except Exception as error:  # e.g. "can't start new thread": refuse this one, keep serving
+            self.logger.error("Cannot serve %s: %s", format_address(client_address), error)
+            self.forget_connection(request)
+            self._close_request(request)
 
-    def _start_thread(self, thread: threading.Thread, request: socket.socket) -> None:
+    def start_connection(self, request: socket.socket, client_address: Any) -> None:
+        """Serve an accepted, registered connection: by default on a thread of its own.
+
+        A subclass that serves connections another way must call
+        forget_connection() and close the socket when a connection ends.
+        """
+        thread = threading.Thread(
+            target=self._serve_connection,
+            args=(request, client_address),
+            name=f"conn-{format_address(client_address)}",
+            daemon=True,
+        )
         with self._lock:
+            self._connections[request] = thread
             if len(self._threads) > 2 * len(self._connections) + 64:
                 self._threads = [t for t in self._threads if t.is_alive()]
             self._threads.append(thread)
         previous = threading.stack_size(self.thread_stack_size)
         try:
             thread.start()
-        except RuntimeError as error:  # cannot start a new thread
-            self.logger.error("Cannot serve %s: %s", request, error)
-            with self._lock:
-                self._connections.pop(request, None)
-            self._close_request(request)
         finally:
             threading.stack_size(previous)
+
+    def forget_connection(self, request: socket.socket) -> None:
+        """Unregister a connection that has ended (it no longer counts toward max_clients)."""
+        with self._lock:
+            self._connections.pop(request, None)
 
     def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
         try:
@@ -244,8 +255,7 @@ class ConnectionServer(socketserver.TCPServer):
             )
             self.logger.debug("Traceback", exc_info=True)
         finally:
-            with self._lock:
-                self._connections.pop(request, None)
+            self.forget_connection(request)
             self._close_request(request)
 
     @staticmethod
