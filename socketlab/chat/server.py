@@ -226,7 +226,9 @@ class BacklogWriter:
 class ChatConnection:
     """The I/O layer's state for one client."""
 
-    __slots__ = ("sock", "peer", "outbox", "member", "last_active", "framer", "read_size", "closing", "half_closed")
+    __slots__ = (
+        "sock", "peer", "outbox", "member", "last_active", "framer", "read_size", "closing", "half_closed", "peer_done"
+    )
 
     def __init__(self, sock: socket.socket, peer: str, outbox: Outbox, max_line: int) -> None:
         self.sock = sock
@@ -239,6 +241,8 @@ class ChatConnection:
         #: Set when the client has left: when to give up flushing and close.
         self.closing: float | None = None
         self.half_closed = False
+        #: The client closed its side while we were still flushing to it.
+        self.peer_done = False
 
 
 class ReaderLoop:
@@ -381,9 +385,13 @@ class ReaderLoop:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 self._finish(conn)
+                return
+            if conn.peer_done:
+                self._finish(conn)
 
     def _stop_reading(self, conn: ChatConnection) -> None:
         """EOF while still flushing: wait for the flush without polling the socket."""
+        conn.peer_done = True
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
