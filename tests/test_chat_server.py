@@ -417,3 +417,24 @@ def test_chat_connect_on_a_terminal_redraws_the_input_line() -> None:
             if proc.poll() is None:
                 proc.kill()
             os.close(main_fd)
+
+
+def test_shutdown_twice_and_no_threads_left() -> None:
+    """shutdown() is idempotent and leaves no reader, writer or connection thread behind."""
+    import threading as _threading
+
+    before = set(_threading.enumerate())
+    server = ChatServer(("127.0.0.1", 0))
+    thread = _threading.Thread(target=server.serve_forever)
+    thread.start()
+    peers = [Peer(server.server_address[1]) for _ in range(3)]
+    for peer in peers:
+        assert peer.line().startswith("* welcome")
+    server.shutdown()
+    server.shutdown()
+    server.server_close()
+    thread.join(TIMEOUT)
+    assert set(_threading.enumerate()) - before == set()
+    for peer in peers:
+        assert peer.rest().endswith(b"* server shutting down\n")
+        peer.close()

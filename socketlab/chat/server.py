@@ -267,6 +267,7 @@ class ReaderLoop:
         self._selector.register(self._wake_r, selectors.EVENT_READ)
         self._closing: dict[ChatConnection, None] = {}
         self._running = True
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="chat-reader", daemon=True)
 
     def start(self) -> None:
@@ -280,10 +281,15 @@ class ReaderLoop:
 
     @property
     def count(self) -> int:
-        return len(self._selector.get_map()) - 1
+        """Connections still open."""
+        mapping = self._selector.get_map() if not self._stopped else None
+        return len(mapping) - 1 if mapping else 0
 
     def stop(self) -> None:
-        """Stop the thread and close whatever is still open."""
+        """Stop the thread and close whatever is still open (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._running = False
         self._wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
