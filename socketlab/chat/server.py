@@ -61,11 +61,12 @@ class Outbox:
 
     ``write()`` offers data to the kernel at once when nothing is waiting;
     the rest waits here, at most ``limit`` bytes, until the BacklogWriter
-    sends it. Overflow or a send error closes the outbox and wakes the
-    client's reader thread with ``shutdown()``; ``reason`` says why.
+    sends it. Overflow or a send error closes the outbox and shuts the
+    socket down, which the reader loop sees as the client leaving;
+    ``reason`` says why.
     """
 
-    __slots__ = ("sock", "limit", "writer", "chunks", "size", "closed", "reason", "drained")
+    __slots__ = ("sock", "limit", "writer", "chunks", "size", "closed", "reason")
 
     def __init__(self, sock: socket.socket, limit: int, writer: "BacklogWriter") -> None:
         self.sock = sock
@@ -75,7 +76,6 @@ class Outbox:
         self.size = 0
         self.closed = False
         self.reason: str | None = None
-        self.drained: threading.Event | None = None
 
     def write(self, data: bytes) -> None:
         """Send *data* now if nothing is waiting, else queue it behind the backlog."""
@@ -123,14 +123,12 @@ class Outbox:
             self.chunks = []
             self.size = 0
             self.writer.unwatch(self)
-            if self.drained is not None:
-                self.drained.set()
         else:
             self.chunks = [data[sent:]]
             self.size = len(data) - sent
 
     def fail(self, reason: str) -> None:
-        """Drop the backlog, stop writing, and wake the reader thread."""
+        """Drop the backlog, stop writing, and shut the socket down (the reader loop sees EOF)."""
         if self.closed:
             return
         self.closed = True
@@ -138,8 +136,6 @@ class Outbox:
         self.chunks = []
         self.size = 0
         self.writer.unwatch(self)
-        if self.drained is not None:
-            self.drained.set()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -454,6 +450,7 @@ class ChatServer(ConnectionServer):
         self.shutting_down = False
         self.writer = BacklogWriter(self)
         self.reader = ReaderLoop(self)
+        # No handler class: start_connection() hands connections to the reader thread.
         super().__init__(address, socketserver.BaseRequestHandler, max_clients=max_clients, logger=logger)
 
     def on_listening(self) -> None:
