@@ -27,6 +27,7 @@ DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.j
 
 SCENARIOS = {
     "flat": ["--messages", "20000"],
+    "capacity": ["--messages", "20000", "--check", "probes"],
     "paced": ["--rate", "250", "--messages", "2000"],
     "slow": ["--scenario", "slow", "--messages", "20000"],
     "connections": ["--scenario", "connections", "--clients", "2000"],
@@ -93,7 +94,7 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
             "served": med([r["served"] for r in rows]),
             "kib_per_connection": med([r["kib_per_connection"] or 0 for r in rows]),
         }
-    key = "slow" if scenario == "slow" else "fanout"
+    key = "slow" if scenario == "slow" else "fanout"  # flat, capacity and paced report a fanout
     rows = [r[key] for r in ok]
     summary = {
         "copies_per_second": med([r["copies_per_second"] for r in rows]),

@@ -343,9 +343,10 @@ def clear_progress() -> None:
 @click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out).")
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Receiver processes.")
 @click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
+@click.option("--check", type=click.Choice(["all", "probes"]), default="all", show_default=True, help="Check every copy, or let bulk readers only count lines (a capacity measurement).")
 @click.option("--server-pid", type=int, default=None, help="PID of the target server, to report its CPU and memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, server_pid: int | None, as_json: bool) -> None:
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, server_pid: int | None, as_json: bool) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
@@ -376,7 +377,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     output: dict[str, Any] = {"scenario": scenario, "target": target or f"socketlab chat serve (pid {server_pid})"}
     lines: list[str] = []
     try:
-        options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window)
+        options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all")
         if scenario == "fanout":
             result = chat_bench.run_fanout(address, **options)
             output["fanout"] = chat_bench.as_dict(result)

@@ -176,3 +176,22 @@ def test_bench_tcp_and_udp_small() -> None:
     assert udp.returncode == 0, udp.stderr
     run = json.loads(udp.stdout)["runs"][0]
     assert run["sent"] == 2000 and 0 < run["received"] <= 2000
+
+
+def test_bench_chat_check_probes_counts_every_copy() -> None:
+    """--check probes: bulk readers count lines, and every expected copy is still accounted for."""
+    result = run_cli("bench", "chat", "--clients", "20", "--senders", "2", "--messages", "200", "--check", "probes", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    fanout = json.loads(result.stdout)["fanout"]
+    assert fanout["expected"] == fanout["delivered"] == 2 * 200 * 19
+    assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
+
+
+def test_unchecked_receipts_count_messages_not_notices() -> None:
+    """Count-only receipts count message endings, even split between chunks, and skip notices."""
+    totals = Totals()
+    receipts = Receipts(totals, senders=1, messages=10, checked=False)
+    stream = b"* user9 joined lobby\n" + make_message(0, 0, 1, 40) + make_message(0, 1, 1, 40)
+    cut = stream.index(b"$\n", 30) + 1  # split between "$" and its newline
+    assert receipts.feed(stream[:cut], 0) + receipts.feed(stream[cut:], 0) == 2
+    assert totals.delivered == 2
