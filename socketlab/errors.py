@@ -15,10 +15,3 @@ class SocketlabError(Exception):
 class AddressError(SocketlabError):
     """A host or port could not be resolved, bound or connected to."""
 
-
-class LocalProtocolError(SocketlabError):
-    """Our caller asked for something the protocol does not allow."""
-
-
-class RemoteProtocolError(SocketlabError):
-    """The peer broke the protocol."""

@@ -74,7 +74,6 @@ class ConnectionServer(socketserver.TCPServer):
             self.max_clients = max_clients
         self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
         allow_open_files(self.max_clients + 64)
-        self._requested = (host, port)
         self._lock = threading.Lock()
         self._connections: dict[socket.socket, threading.Thread | None] = {}
         self._threads: list[threading.Thread] = []  # every connection thread not yet reaped

@@ -153,6 +153,16 @@ def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None
     return socks
 
 
+def _read(sock: socket.socket, size: int) -> bytes | None:
+    """One non-blocking recv(): the bytes, None if nothing is ready, b"" if closed or failed."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def _why_not(address: tuple[str, int]) -> str:
     """': <reason>' when one more connection to *address* fails now, else ''."""
     from socketlab.errors import AddressError
@@ -177,13 +187,7 @@ def drain_until_quiet(socks: list[socket.socket], quiet: float, limit: float) ->
         if not events:
             break
         for key, _ in events:
-            try:
-                data = key.fileobj.recv(1 << 16)  # type: ignore[union-attr]
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError:
-                data = b""
-            if not data:
+            if _read(key.fileobj, 1 << 16) == b"":  # type: ignore[arg-type]
                 selector.unregister(key.fileobj)
                 closed.add(key.fileobj)
     selector.close()
@@ -215,12 +219,9 @@ class ReceiveLoop:
         got = 0
         for fd, _event in self._poller.poll(timeout):
             sock, receipts = self._by_fd[fd]
-            try:
-                data = sock.recv(1 << 18)
-            except (BlockingIOError, InterruptedError):
+            data = _read(sock, 1 << 18)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if data:
                 got += receipts.feed(data, time.monotonic_ns())
             else:
@@ -564,12 +565,9 @@ def _count_receivers(socks: list[socket.socket], marker: bytes, limit: float) ->
     while got < len(socks) and time.monotonic() < deadline:
         for key, _ in selector.select(0.2):
             ready: socket.socket = key.fileobj  # type: ignore[assignment]
-            try:
-                data = ready.recv(1 << 16)
-            except (BlockingIOError, InterruptedError):
+            data = _read(ready, 1 << 16)
+            if data is None:
                 continue
-            except OSError:
-                data = b""
             if not data:
                 selector.unregister(ready)
                 continue

@@ -42,6 +42,3 @@ def connections_lines(result: Any) -> list[str]:
         )
     return lines
 
-
-def transfer_lines(results: list[Any]) -> list[str]:
-    return [result.describe() for result in results]

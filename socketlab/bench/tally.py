@@ -141,11 +141,6 @@ class Receipts:
         self._held = []
         self._held_count = 0
 
-    @property
-    def held(self) -> int:
-        """Well-formed tags received but not analysed yet."""
-        return self._held_count
-
     def _bounded(self, partial: bytes) -> bytes:
         if len(partial) > MAX_PARTIAL:
             self.totals.garbled += 1

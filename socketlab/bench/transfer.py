@@ -91,16 +91,6 @@ def _feed(pipe_fd: int, size: int) -> None:
         os.close(pipe_fd)
 
 
-def _wait_port(port: int, limit: float = 5.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.01)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port}")
-
-
 def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
     """Stream *size* bytes through *tool*'s client into its server; time it."""
     if tool == "socketlab":

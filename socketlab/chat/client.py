@@ -14,7 +14,6 @@ import sys
 import threading
 from typing import Callable, Iterator, TextIO
 
-from socketlab.errors import AddressError
 from socketlab.lines import LineBuffer, LineTooLong
 from socketlab.tcp import connect
 from socketlab.text import escape_controls
@@ -167,5 +166,3 @@ def run_session(
         out.write("\r\x1b[K")
         out.flush()
 
-
-__all__ = ["ChatClient", "run_session", "AddressError"]
