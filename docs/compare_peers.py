@@ -1,6 +1,7 @@
 """Run socketlab's chat benchmarks against socketlab and its peers, side by side.
 
-    python docs/compare_peers.py [--runs 3] [--node-server PATH] [--json out.json]
+    python docs/compare_peers.py [--runs 3] [--scenarios flat,paced,...] [--bench-args "--window 8000"]
+                                 [--node-server PATH] [--json out.json]
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
 the tutorial's Node server (needs ``node``) and ``ncat --broker --chat``
@@ -65,13 +66,13 @@ def start(peer: str, port: int, node_server: pathlib.Path) -> subprocess.Popen:
     return proc
 
 
-def bench(peer: str, scenario: str, node_server: pathlib.Path) -> dict:
+def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str]) -> dict:
     port = free_port()
     proc = start(peer, port, node_server)
     try:
         out = subprocess.run(
             [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
-             "--server-pid", str(proc.pid), "--json", *SCENARIOS[scenario]],
+             "--server-pid", str(proc.pid), "--json", *SCENARIOS[scenario], *extra],
             capture_output=True, timeout=900,
         )
         if out.returncode:
@@ -117,6 +118,7 @@ def main() -> None:
     parser.add_argument("--node-server", type=pathlib.Path, default=DEFAULT_NODE)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", type=pathlib.Path, help="also write every raw report here")
+    parser.add_argument("--bench-args", default="", help='more options for every run, e.g. "--window 8000"')
     args = parser.parse_args()
     peers = ["socketlab"]
     if shutil.which("node") and args.node_server.exists():
@@ -128,7 +130,7 @@ def main() -> None:
     for scenario in args.scenarios.split(","):
         for run in range(args.runs):
             for peer in peers:  # interleaved, so drift in the machine hits every peer alike
-                report = bench(peer, scenario, args.node_server)
+                report = bench(peer, scenario, args.node_server, args.bench_args.split())
                 raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
         for peer in peers:

@@ -195,3 +195,14 @@ def test_unchecked_receipts_count_messages_not_notices() -> None:
     cut = stream.index(b"$\n", 30) + 1  # split between "$" and its newline
     assert receipts.feed(stream[:cut], 0) + receipts.feed(stream[cut:], 0) == 2
     assert totals.delivered == 2
+
+
+def test_bench_chat_tiny_window_still_delivers_everything() -> None:
+    """Senders held back by --window also read their own copies, and those count:
+    the window reopens and every copy arrives (this once stalled the run)."""
+    result = run_cli("bench", "chat", "--clients", "6", "--senders", "3", "--messages", "300", "--window", "5", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    fanout = json.loads(result.stdout)["fanout"]
+    assert fanout["expected"] == fanout["delivered"] == 3 * 300 * 5
+    assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
+    assert fanout["seconds"] < 5

@@ -419,7 +419,10 @@ def _drive_senders(
         if window and not interval_ns:
             in_flight = sum(next_seq) * (clients - 1) - received - sum(received_by_worker)
             if in_flight > window * (clients - 1):
-                loop.poll(0.001)  # the readers are behind: let them catch up
+                got = loop.poll(0.001)  # the readers are behind: let them catch up
+                if got:  # the senders' own copies count too, or the window would shrink for good
+                    received += got
+                    last_copy = time.monotonic()
                 continue
         now_ns = time.monotonic_ns()
         for index in list(writing):
