@@ -1,0 +1,79 @@
+"""The chat server's delivery step, without sockets: coalescing and backlogs."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from socketlab.chat.protocol import Member, Room
+from socketlab.chat.server import ChatServer, Outbox
+
+
+class RecordingSocket:
+    """Takes at most *accept* bytes per send() and records what it took."""
+
+    def __init__(self, accept: int = 1 << 30) -> None:
+        self.accept = accept
+        self.sends: list[bytes] = []
+
+    def send(self, data: bytes, flags: int = 0) -> int:
+        taken = bytes(data[: self.accept])
+        self.sends.append(taken)
+        return len(taken)
+
+
+class RecordingWriter:
+    def __init__(self) -> None:
+        self.watched: list[Outbox] = []
+
+    def watch(self, outbox: Outbox) -> None:
+        self.watched.append(outbox)
+
+    def unwatch(self, outbox: Outbox) -> None:
+        if outbox in self.watched:
+            self.watched.remove(outbox)
+
+
+def member(name: str, sock: RecordingSocket, writer: RecordingWriter, limit: int = 1 << 20) -> Member:
+    outbox = Outbox(sock, limit, writer)  # type: ignore[arg-type]
+    return Member(0, name, Room("lobby"), SimpleNamespace(outbox=outbox))
+
+
+def test_one_send_per_receiver_in_the_order_of_the_deliveries() -> None:
+    writer = RecordingWriter()
+    socks = {name: RecordingSocket() for name in "abc"}
+    a, b, c = (member(name, socks[name], writer) for name in "abc")
+    ChatServer._deliver_joined([([b, c], b"<a> 1\n"), ([a, c], b"<b> 2\n"), ([a, b, c], b"* notice\n"), ([b], b"! a\n")])
+    assert socks["a"].sends == [b"<b> 2\n* notice\n"]
+    assert socks["b"].sends == [b"<a> 1\n* notice\n! a\n"]
+    assert socks["c"].sends == [b"<a> 1\n<b> 2\n* notice\n"]
+    assert writer.watched == []
+
+
+def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
+    writer = RecordingWriter()
+    slow_sock, fast_sock = RecordingSocket(accept=5), RecordingSocket()
+    slow, fast = member("slow", slow_sock, writer), member("fast", fast_sock, writer)
+    ChatServer._deliver_joined([([slow, fast], b"first\n"), ([slow, fast], b"second\n")])
+    assert slow_sock.sends == [b"first"]
+    assert fast_sock.sends == [b"first\nsecond\n"]
+    box = slow.transport.outbox
+    assert writer.watched == [box]
+    assert b"".join(box.chunks) == b"\nsecond\n"
+    ChatServer._deliver_joined([([slow, fast], b"third\n"), ([fast], b"x\n")])
+    assert slow_sock.sends == [b"first"]  # queued behind the backlog, not sent around it
+    assert b"".join(box.chunks) == b"\nsecond\nthird\n"
+    slow_sock.accept = 100
+    box.flush()
+    assert slow_sock.sends[-1] == b"\nsecond\nthird\n"
+    assert box.size == 0 and writer.watched == []
+
+
+def test_a_receiver_over_its_backlog_limit_is_dropped_as_too_slow() -> None:
+    writer = RecordingWriter()
+    stuck = RecordingSocket(accept=0)
+    stuck.shutdown = lambda how: None  # type: ignore[attr-defined]
+    slow = member("slow", stuck, writer, limit=10)
+    ChatServer._deliver_joined([([slow], b"12345\n"), ([slow], b"67890\n")])
+    box = slow.transport.outbox
+    assert box.closed and box.reason == "too slow"
+    assert box.size == 0
