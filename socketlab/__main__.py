@@ -1,6 +1,6 @@
 """``python -m socketlab`` runs the command line."""
 
-from socketlab.cli import main
+from socketlab.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -9,6 +9,7 @@ command so ``socketlab --help`` starts fast.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -54,18 +55,37 @@ def port_option(func: F) -> F:
     )(func)
 
 
+#: errno values that mean our output cannot be written (full disk, closed pipe, ...).
+_OUTPUT_ERRORS = {errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
 class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log lines to stdout; if the reader goes away (``| head``), go quiet instead of
-    printing a traceback for every later line. The server keeps serving."""
+    """Log lines to stdout; if they cannot be written (``| head`` went away, a
+    full disk), say so once on stderr -- nothing for a closed pipe -- and go
+    quiet instead of printing a traceback for every later line. The server
+    keeps serving."""
 
     def handleError(self, record: logging.LogRecord) -> None:
-        if isinstance(sys.exc_info()[1], BrokenPipeError):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError) and error.errno in _OUTPUT_ERRORS:
             self.setLevel(logging.CRITICAL + 1)
-            try:
-                devnull = open(os.devnull, "w")
-                os.dup2(devnull.fileno(), sys.stdout.fileno())  # no error at exit either
-            except OSError:
-                pass
+            _drop_stdout()
+            if error.errno != errno.EPIPE:
+                sys.stderr.write(f"socketlab: cannot write the log to stdout ({error.strerror}); going on without it\n")
             return
         super().handleError(record)
 
@@ -503,5 +523,22 @@ def demo() -> None:
         run_demo(click.echo)
 
 
+def run() -> None:
+    """The console script: :func:`main`, with unwritable output as one line, not a traceback.
+
+    A reader that went away (``socketlab demo | head``) ends the command
+    quietly with status 1; a full disk or a failing device says so.
+    """
+    try:
+        main()
+    except OSError as error:
+        if error.errno not in _OUTPUT_ERRORS:
+            raise
+        _drop_stdout()
+        if error.errno != errno.EPIPE:
+            sys.stderr.write(f"Error: cannot write output: {error.strerror}\n")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    run()

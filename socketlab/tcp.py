@@ -31,7 +31,7 @@ import threading
 from typing import BinaryIO
 
 from socketlab.addresses import bind_error, format_address, resolve
-from socketlab.errors import AddressError
+from socketlab.errors import AddressError, OutputError
 from socketlab.serving import ConnectionServer
 from socketlab.text import TerminalText, display_bytes, hexdump
 
@@ -186,9 +186,15 @@ def exchange(host: str, port: int, data: bytes, timeout: float | None = 5.0) -> 
 
 
 def _write_all(fd: int, data: memoryview) -> None:
-    while data:
-        written = os.write(fd, data)
-        data = data[written:]
+    """Write all of *data* to *fd*; a closed pipe raises BrokenPipeError, other failures OutputError."""
+    try:
+        while data:
+            written = os.write(fd, data)
+            data = data[written:]
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise OutputError(f"cannot write output: {error.strerror}") from None
 
 
 def _copy_socket_to_fd(sock: socket.socket, out_fd: int) -> None:

@@ -240,3 +240,32 @@ def test_server_keeps_serving_when_its_log_reader_goes_away() -> None:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_unwritable_output_is_one_line_error() -> None:
+    """stdout on a full device: help, the demo and tcp-client say so in one line, exit 1."""
+    with open("/dev/full", "wb") as full:
+        for args in (["--help"], ["demo"]):
+            result = subprocess.run(CLI + args, stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT)
+            assert result.returncode == 1
+            assert result.stderr.decode().splitlines() == ["Error: cannot write output: No space left on device"]
+        with CliServer("tcp-server", "--port", "0") as server:
+            result = subprocess.run(CLI + ["tcp-client", "--port", str(server.port), "hi"], stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT)
+        assert result.returncode == 1
+        assert result.stderr.decode().splitlines()[-1] == "Error: cannot write output: No space left on device"
+        assert b"Traceback" not in result.stderr
+
+
+def test_demo_into_a_closed_pipe_ends_quietly() -> None:
+    """`socketlab demo | head -1`: status 1, nothing on stderr."""
+    proc = subprocess.Popen(CLI + ["demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().startswith(b"== TCP")
+        proc.stdout.close()
+        _, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 1
+        assert err == b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
