@@ -1,4 +1,4 @@
-"""The chat server's delivery step, without sockets: coalescing and backlogs."""
+"""The chat server's delivery step, without sockets: non-blocking sends and backlogs."""
 
 from __future__ import annotations
 
@@ -38,28 +38,18 @@ def member(name: str, sock: RecordingSocket, writer: RecordingWriter, limit: int
     return Member(0, name, Room("lobby"), SimpleNamespace(outbox=outbox))
 
 
-def test_one_send_per_receiver_in_the_order_of_the_deliveries() -> None:
-    writer = RecordingWriter()
-    socks = {name: RecordingSocket() for name in "abc"}
-    a, b, c = (member(name, socks[name], writer) for name in "abc")
-    ChatServer._deliver_joined([([b, c], b"<a> 1\n"), ([a, c], b"<b> 2\n"), ([a, b, c], b"* notice\n"), ([b], b"! a\n")])
-    assert socks["a"].sends == [b"<b> 2\n* notice\n"]
-    assert socks["b"].sends == [b"<a> 1\n* notice\n! a\n"]
-    assert socks["c"].sends == [b"<a> 1\n<b> 2\n* notice\n"]
-    assert writer.watched == []
-
-
 def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
+    """A partial send leaves the rest in the backlog; later lines queue behind it, never around it."""
     writer = RecordingWriter()
     slow_sock, fast_sock = RecordingSocket(accept=5), RecordingSocket()
     slow, fast = member("slow", slow_sock, writer), member("fast", fast_sock, writer)
-    ChatServer._deliver_joined([([slow, fast], b"first\n"), ([slow, fast], b"second\n")])
+    ChatServer._deliver([([slow, fast], b"first\n"), ([slow, fast], b"second\n")])
     assert slow_sock.sends == [b"first"]
-    assert fast_sock.sends == [b"first\nsecond\n"]
+    assert fast_sock.sends == [b"first\n", b"second\n"]
     box = slow.transport.outbox
     assert writer.watched == [box]
     assert b"".join(box.chunks) == b"\nsecond\n"
-    ChatServer._deliver_joined([([slow, fast], b"third\n"), ([fast], b"x\n")])
+    ChatServer._deliver([([slow, fast], b"third\n"), ([fast], b"x\n")])
     assert slow_sock.sends == [b"first"]  # queued behind the backlog, not sent around it
     assert b"".join(box.chunks) == b"\nsecond\nthird\n"
     slow_sock.accept = 100
@@ -69,11 +59,12 @@ def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
 
 
 def test_a_receiver_over_its_backlog_limit_is_dropped_as_too_slow() -> None:
+    """More waiting than max_backlog: the outbox closes as "too slow" and holds nothing."""
     writer = RecordingWriter()
     stuck = RecordingSocket(accept=0)
     stuck.shutdown = lambda how: None  # type: ignore[attr-defined]
     slow = member("slow", stuck, writer, limit=10)
-    ChatServer._deliver_joined([([slow], b"12345\n"), ([slow], b"67890\n")])
+    ChatServer._deliver([([slow], b"12345\n"), ([slow], b"67890\n")])
     box = slow.transport.outbox
     assert box.closed and box.reason == "too slow"
     assert box.size == 0

@@ -196,6 +196,31 @@ def test_reset_mid_line_is_announced_and_partial_line_dropped(chat) -> None:
     assert b.line() == "* in lobby: user2"
 
 
+def test_a_failure_serving_one_client_closes_only_that_client(chat, caplog) -> None:
+    """A bug hit by one client's line: that client is closed and leaves its room; the rest go on."""
+    server = chat()
+    a, b = join(server, 2)
+    real_receive = server.hub.receive
+
+    def receive(member, items):
+        if member.name == "user1" and b"boom" in items:
+            raise RuntimeError("hub bug")
+        return real_receive(member, items)
+
+    server.hub.receive = receive  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="socketlab.chat"):
+        a.send(b"boom\n")
+        assert b.line() == "* user1 left lobby (server error)"
+        assert a.rest() == b""
+    assert "Error serving 127.0.0.1:" in caplog.text and "RuntimeError: hub bug" in caplog.text
+    b.send(b"/who\n")
+    assert b.line() == "* in lobby: user2"
+    c = Peer(server.server_address[1])
+    assert c.line() == "* welcome user3, you are in lobby (type /help)"
+    c.send(b"still here\n")
+    assert b.until("<user3> still here")[-1] == "<user3> still here"
+
+
 def test_half_closed_client_lines_delivered_then_left(chat) -> None:
     """A client that ends its side: its last (unterminated) line is relayed, then it leaves."""
     server = chat()

@@ -314,7 +314,6 @@ class ReaderLoop:
                 if not self._running:
                     return
                 continue
-            batch: list[tuple[ChatConnection, list[Any]]] = []
             for key, _mask in events:
                 conn = key.data
                 if conn is None:
@@ -324,26 +323,14 @@ class ReaderLoop:
                         pass
                     continue
                 try:
-                    self._readable(conn, batch, verbose, track_idle)
+                    self._readable(conn, verbose, track_idle)
                 except Exception as error:  # one client must never take the reader down
-                    self._failed(conn, error)
-            if batch:
-                quitters, failures = server.receive_batch(batch, verbose)
-                for conn in quitters:
-                    self._leave(conn, None)  # a plain /quit
-                for conn, error in failures:
-                    self._failed(conn, error)
+                    server.logger.error("Error serving %s: %s: %s", conn.peer, type(error).__name__, error)
+                    self._abandon(conn)
             if self._closing:
                 self._advance_closing()
 
-    def _failed(self, conn: ChatConnection, error: Exception) -> None:
-        self.server.logger.error("Error serving %s: %s: %s", conn.peer, type(error).__name__, error)
-        self._finish(conn)
-
-    def _readable(
-        self, conn: ChatConnection, batch: list[tuple[ChatConnection, list[Any]]], verbose: bool, track_idle: bool
-    ) -> None:
-        """Read what *conn* sent; its complete lines join *batch*, an EOF is handled at once."""
+    def _readable(self, conn: ChatConnection, verbose: bool, track_idle: bool) -> None:
         try:
             data = conn.sock.recv(conn.read_size if conn.closing is None else MAX_READ)
         except (BlockingIOError, InterruptedError):
@@ -371,8 +358,17 @@ class ReaderLoop:
         if len(data) == conn.read_size and conn.read_size < MAX_READ:
             conn.read_size *= 4
         items = conn.framer.feed(data)
-        if items:
-            batch.append((conn, items))
+        if items and server.receive(conn, items, verbose):
+            self._leave(conn, None)  # a plain /quit
+
+    def _abandon(self, conn: ChatConnection) -> None:
+        """Close *conn* after an unexpected error, taking it out of the hub too."""
+        if conn.closing is None:
+            try:
+                self.server.depart(conn, "server error")
+            except Exception:  # the hub itself is failing: closing the socket is all that is left
+                pass
+        self._finish(conn)
 
     def _leave(self, conn: ChatConnection, reason: str | None) -> None:
         """The client is gone or going: tell its room, then flush and close."""
@@ -495,60 +491,25 @@ class ChatServer(ConnectionServer):
 
     def receive(self, conn: ChatConnection, items: list[Any], verbose: bool) -> bool:
         """Hand *conn*'s lines to the hub and deliver the result; True on /quit."""
-        quitters, failures = self.receive_batch([(conn, items)], verbose)
-        if failures:
-            raise failures[0][1]
-        return bool(quitters)
-
-    def receive_batch(
-        self, batch: list[tuple[ChatConnection, list[Any]]], verbose: bool
-    ) -> tuple[list[ChatConnection], list[tuple[ChatConnection, Exception]]]:
-        """Run the hub for several clients' lines, in order, and deliver it all at once.
-
-        One lock hold and -- the point of batching -- one send() per
-        receiver for everything the batch produced, however many senders
-        it came from. Returns the clients that sent /quit and those whose
-        lines raised (the caller closes them).
-        """
+        member = conn.member
+        assert member is not None
         if verbose:
-            for conn, items in batch:
-                for item in items:
-                    if isinstance(item, bytes):
-                        message_log.debug("%s: %s", conn.member.name if conn.member else conn.peer, display_bytes(item))
-        quitters: list[ChatConnection] = []
-        failures: list[tuple[ChatConnection, Exception]] = []
-        changes: list[tuple[tuple[str, str], tuple[str, str]]] = []
+            for item in items:
+                if isinstance(item, bytes):
+                    message_log.debug("%s: %s", member.name, display_bytes(item))
         with self.lock:
-            if self.shutting_down:
-                return quitters, failures
-            deliveries: list[Delivery] = []
-            for conn, items in batch:
-                member = conn.member
-                assert member is not None
-                if conn.outbox.closed:
-                    continue
-                before = (member.name, member.room.name)
-                try:
-                    reaction = self.hub.receive(member, items)
-                except Exception as error:  # a bug for one client must not cost the others their lines
-                    failures.append((conn, error))
-                    continue
-                deliveries += reaction.deliveries
-                if reaction.quit:
-                    quitters.append(conn)
-                after = (member.name, member.room.name)
-                if before != after:
-                    changes.append((before, after))
-            if len(deliveries) == 1:
-                self._deliver(deliveries)
-            elif deliveries:
-                self._deliver_joined(deliveries)
-        for before, after in changes:
+            if conn.outbox.closed or self.shutting_down:
+                return False
+            before = (member.name, member.room.name)
+            reaction = self.hub.receive(member, items)
+            self._deliver(reaction.deliveries)
+            after = (member.name, member.room.name)
+        if before != after:
             if before[0] != after[0]:
                 client_log.info("%s is now known as %s", before[0], after[0])
             if before[1] != after[1]:
                 client_log.info("%s left %s and joined %s", after[0], before[1], after[1])
-        return quitters, failures
+        return reaction.quit
 
     def depart(self, conn: ChatConnection, reason: str | None) -> None:
         """*conn* has left (*reason*, or None after /quit): tell its room."""
@@ -601,33 +562,6 @@ class ChatServer(ConnectionServer):
     def _backlog_bytes(self) -> int:
         with self.lock:
             return sum(m.transport.outbox.size for m in self.hub.members)
-
-    @classmethod
-    def _deliver_joined(cls, deliveries: list[Delivery]) -> None:
-        """Deliver several deliveries with one send() per receiver (server lock held).
-
-        Each receiver's pieces are joined in delivery order, so every
-        receiver still sees the one order the hub decided.
-        """
-        pieces: dict[Member, list[bytes]] = {}
-        for members, data in deliveries:
-            for member in members:
-                mine = pieces.get(member)
-                if mine is None:
-                    pieces[member] = [data]
-                else:
-                    mine.append(data)
-        # Most receivers get the same pieces (everyone in the room but the
-        # senders): join each distinct sequence once.
-        groups: dict[tuple[bytes, ...], list[Member]] = {}
-        for member, parts in pieces.items():
-            key = tuple(parts)
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [member]
-            else:
-                group.append(member)
-        cls._deliver([(members, key[0] if len(key) == 1 else b"".join(key)) for key, members in groups.items()])
 
     @staticmethod
     def _deliver(deliveries: list[Delivery]) -> None:
