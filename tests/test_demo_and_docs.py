@@ -17,7 +17,9 @@ def test_demo_exits_zero_with_narrated_tcp_transcript() -> None:
     result = run_cli("demo", timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    tcp = lines[lines.index("== TCP: a welcome server and a client ==") :]
+    start = lines.index("== TCP: a welcome server and a client ==")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("== "))
+    tcp = [line for line in lines[start:end] if line.strip()]
     patterns = [
         r"\[server\] Server is listening on 127\.0\.0\.1:\d+",
         r"\[client\] Connected to Server 127\.0\.0\.1:\d+",
@@ -29,7 +31,7 @@ def test_demo_exits_zero_with_narrated_tcp_transcript() -> None:
         r"\[client\] Disconnected from Server",
         r"\[server\] Server closed",
     ]
-    for pattern, line in zip(patterns, tcp[1:]):
+    for pattern, line in zip(patterns, tcp[1:], strict=True):
         assert re.search(pattern, line), (pattern, line)
 
 

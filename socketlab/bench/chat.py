@@ -209,7 +209,7 @@ class ReceiveLoop:
     ) -> None:
         self._poller = select.epoll()
         self._by_fd: dict[int, tuple[socket.socket, Receipts]] = {}
-        for sock, own in zip(socks, owns):
+        for sock, own in zip(socks, owns, strict=True):
             self._by_fd[sock.fileno()] = (sock, Receipts(totals, senders, messages, own=own, timed=timed, checked=checked))
             self._poller.register(sock.fileno(), select.EPOLLIN)
         self.open = len(socks)
