@@ -16,6 +16,5 @@ class AddressError(SocketlabError):
     """A host or port could not be resolved, bound or connected to."""
 
 
-
 class OutputError(SocketlabError):
     """What was received could not be written out (a full disk, a failing device)."""

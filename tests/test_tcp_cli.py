@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from support import CLI, TIMEOUT, CliServer, has_ipv6, recv_until_closed, run_cli
+from support import CLI, TIMEOUT, CliServer, has_ipv6, recv_until_closed, run_cli, wait_until
 
 
 def free_port() -> int:
@@ -255,6 +255,26 @@ def test_unwritable_output_is_one_line_error() -> None:
         assert result.returncode == 1
         assert result.stderr.decode().splitlines()[-1] == "Error: cannot write output: No space left on device"
         assert b"Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_server_whose_log_cannot_be_written_says_so_once_and_serves() -> None:
+    """tcp-server logging to a full device: one line on stderr, clients still served, clean stop."""
+    port = free_port()
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.Popen(CLI + ["tcp-server", "--port", str(port)], stdout=full, stderr=subprocess.PIPE)
+    try:
+        wait_until(lambda: run_cli("tcp-client", "--port", str(port), "hi").returncode == 0, what="server answering")
+        assert run_cli("tcp-client", "--port", str(port), "again").stdout == b"Welcome to Socket Server\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(TIMEOUT) == 0
+        assert proc.stderr.read().decode().splitlines() == [
+            "socketlab: cannot write the log to stdout (No space left on device); going on without it"
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
 
 
 def test_demo_into_a_closed_pipe_ends_quietly() -> None:
