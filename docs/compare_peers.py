@@ -129,7 +129,10 @@ def main() -> None:
     table: dict = {}
     for scenario in args.scenarios.split(","):
         for run in range(args.runs):
-            for peer in peers:  # interleaved, so drift in the machine hits every peer alike
+            # Interleaved, so drift in the machine hits every peer alike, and each run starts
+            # with a different peer, so no peer always follows the same one.
+            shift = run % len(peers)
+            for peer in peers[shift:] + peers[:shift]:
                 report = bench(peer, scenario, args.node_server, args.bench_args.split())
                 raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
