@@ -2,12 +2,15 @@
 
     python docs/compare_peers.py [--runs 3] [--scenarios flat,paced,...] [--bench-args "--window 8000"]
                                  [--node-server PATH] [--json out.json]
+    python docs/compare_peers.py --reanalyse out.json
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
 the tutorial's Node server (needs ``node``) and ``ncat --broker --chat``
 (Debian's ncat) -- runs ``socketlab bench chat`` against it for every
-scenario, and prints a Markdown table of medians over the runs. Peers that
-are not installed are skipped. Nothing leaves 127.0.0.1.
+scenario, and prints the medians over the runs as JSON, with socketlab's
+ratio to each peer and a 95 % bootstrap interval for it (an interval that
+contains 1.0 means the runs cannot tell the two apart). Peers that are not
+installed are skipped. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import argparse
 import json
 import os
 import pathlib
+import random
 import shutil
 import socket
 import statistics
@@ -112,6 +116,49 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
     return summary
 
 
+def ratio_interval(ours: list[float], theirs: list[float], resamples: int = 4000) -> list[float]:
+    """[low, ratio, high]: median(ours) / median(theirs) and its 95 % bootstrap interval.
+
+    The seed is fixed, so the same runs always give the same interval.
+    """
+    rng = random.Random(0)
+    med = statistics.median
+    ratios = sorted(
+        med(rng.choices(ours, k=len(ours))) / med(rng.choices(theirs, k=len(theirs))) for _ in range(resamples)
+    )
+    low, high = ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
+    return [round(low, 3), round(med(ours) / med(theirs), 3), round(high, 3)]
+
+
+def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
+    """socketlab / each peer, for copies/s and p99 of a fanout scenario."""
+    if scenario in ("connections", "slow") or "socketlab" not in reports:
+        return {}
+
+    def values(peer: str, metric: str) -> list[float]:
+        rows = [r["fanout"] for r in reports[peer] if "error" not in r]
+        return [r["copies_per_second"] if metric == "copies_per_second" else r["latency_ms"]["p99"] for r in rows]
+
+    result = {}
+    for peer in reports:
+        if peer != "socketlab" and values(peer, "copies_per_second") and values("socketlab", "copies_per_second"):
+            result[peer] = {
+                metric: ratio_interval(values("socketlab", metric), values(peer, metric))
+                for metric in ("copies_per_second", "p99_ms")
+            }
+    return result
+
+
+def analyse(raw: dict) -> dict:
+    """Medians per scenario and peer, and socketlab's ratios to the peers."""
+    table: dict = {}
+    for scenario, reports in raw.items():
+        table[scenario] = {peer: summarise(scenario, rows) for peer, rows in reports.items()}
+        if ratios(scenario, reports):
+            table[scenario]["socketlab_over"] = ratios(scenario, reports)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -119,14 +166,17 @@ def main() -> None:
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", type=pathlib.Path, help="also write every raw report here")
     parser.add_argument("--bench-args", default="", help='more options for every run, e.g. "--window 8000"')
+    parser.add_argument("--reanalyse", type=pathlib.Path, help="only summarise the raw reports of an earlier --json")
     args = parser.parse_args()
+    if args.reanalyse:
+        print(json.dumps(analyse(json.loads(args.reanalyse.read_text())["raw"]), indent=1))
+        return
     peers = ["socketlab"]
     if shutil.which("node") and args.node_server.exists():
         peers.append("node")
     if shutil.which("ncat"):
         peers.append("ncat")
     raw: dict = {}
-    table: dict = {}
     for scenario in args.scenarios.split(","):
         for run in range(args.runs):
             # Interleaved, so drift in the machine hits every peer alike, and each run starts
@@ -136,8 +186,7 @@ def main() -> None:
                 report = bench(peer, scenario, args.node_server, args.bench_args.split())
                 raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
-        for peer in peers:
-            table.setdefault(scenario, {})[peer] = summarise(scenario, raw[scenario][peer])
+    table = analyse(raw)
     if args.json:
         args.json.write_text(json.dumps({"raw": raw, "summary": table}, indent=1))
     print(json.dumps(table, indent=1))
