@@ -15,6 +15,9 @@ server people leave running:
   for them forever);
 - at most ``max_clients`` connections are served; the next one is sent
   ``full_message`` and closed;
+- every connection waiting in the kernel's queue is accepted in one wake-up
+  (up to ``accept_burst``) and handed to ``start_connections()`` together,
+  so a server can welcome a crowd in one step;
 - handler errors are logged in one line instead of printing a traceback.
 
 For the caller: ``server_address`` (the real address, port 0 resolved),
@@ -22,10 +25,11 @@ For the caller: ``server_address`` (the real address, port 0 resolved),
 ``server_close()``, ``connection_count``.
 
 May be overridden: ``on_listening()``, ``on_close()``, ``on_refused(request, address)``,
-``start_connection(request, address)``, ``close_connections()``.
+``start_connection(request, address)``, ``start_connections(accepted)``,
+``close_connections()``.
 
 Class variables that may be overridden: ``max_clients``, ``full_message``,
-``request_queue_size``, ``thread_stack_size``, ``join_timeout``.
+``request_queue_size``, ``accept_burst``, ``thread_stack_size``, ``join_timeout``.
 """
 
 from __future__ import annotations
@@ -55,6 +59,8 @@ class ConnectionServer(socketserver.TCPServer):
     full_message: bytes = b"server is full\n"
     #: listen() backlog: connections the kernel queues before accept().
     request_queue_size = 1024
+    #: Most connections accepted in one wake-up and handed to start_connections() together.
+    accept_burst: int = 64
     #: Stack size of connection threads; small stacks keep idle clients cheap.
     thread_stack_size: int = 256 * 1024
     #: How long shutdown() waits for connection threads to finish.
@@ -117,13 +123,14 @@ class ConnectionServer(socketserver.TCPServer):
                 return
             self._serving.set()
             self.on_listening()
+            self.socket.setblocking(False)  # accept until the queue is empty, never wait in accept()
             with selectors.DefaultSelector() as selector:
                 selector.register(self.socket, selectors.EVENT_READ)
                 selector.register(self._wake_r, selectors.EVENT_READ)
                 while not self._stopping:
                     for key, _mask in selector.select():
                         if key.fileobj is self.socket and not self._stopping:
-                            self._accept_one()
+                            self._accept_waiting()
         finally:
             self._serving.clear()
             self._stopped.set()
@@ -191,17 +198,33 @@ class ConnectionServer(socketserver.TCPServer):
 
     # -- internals --------------------------------------------------------
 
-    def _accept_one(self) -> None:
+    def _accept_waiting(self) -> None:
+        """Accept the connections waiting (at most accept_burst) and start them together."""
+        accepted: list[tuple[socket.socket, Any]] = []
         try:
-            request, client_address = self.socket.accept()
-        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-            return
-        except OSError as error:
-            if error.errno in _RETRYABLE_ACCEPT_ERRORS:
-                self.logger.error("Cannot accept a connection: %s; retrying", error.strerror)
-                time.sleep(0.05)  # back off: the listener stays readable meanwhile
-                return
-            raise
+            while len(accepted) < self.accept_burst:
+                try:
+                    request, client_address = self.socket.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except ConnectionAbortedError:
+                    continue
+                except OSError as error:
+                    if error.errno not in _RETRYABLE_ACCEPT_ERRORS:
+                        raise
+                    self.logger.error("Cannot accept a connection: %s; retrying", error.strerror)
+                    time.sleep(0.05)  # back off: the listener stays readable meanwhile
+                    break
+                if self._admit(request, client_address):
+                    accepted.append((request, client_address))
+        finally:  # even when accept() fails for good, the ones accepted are served
+            if accepted:
+                self.start_connections(accepted)
+
+    def _admit(self, request: socket.socket, client_address: Any) -> bool:
+        """Register *request*, or refuse and close it when the server is full."""
+        # Handlers get a blocking socket whatever the platform's accept() inherits.
+        request.setblocking(True)
         with self._lock:
             full = len(self._connections) >= self.max_clients
             if not full:
@@ -209,13 +232,17 @@ class ConnectionServer(socketserver.TCPServer):
         if full:
             self.on_refused(request, client_address)
             self._close_request(request)
-            return
-        try:
-            self.start_connection(request, client_address)
-        except Exception as error:  # e.g. "can't start new thread": refuse this one, keep serving
-            self.logger.error("Cannot serve %s: %s", format_address(client_address), error)
-            self.forget_connection(request)
-            self._close_request(request)
+        return not full
+
+    def start_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
+        """Serve connections accepted in one wake-up: by default start_connection() for each."""
+        for request, client_address in accepted:
+            try:
+                self.start_connection(request, client_address)
+            except Exception as error:  # e.g. "can't start new thread": refuse this one, keep serving
+                self.logger.error("Cannot serve %s: %s", format_address(client_address), error)
+                self.forget_connection(request)
+                self._close_request(request)
 
     def start_connection(self, request: socket.socket, client_address: Any) -> None:
         """Serve an accepted, registered connection: by default on a thread of its own.

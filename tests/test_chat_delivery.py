@@ -43,7 +43,8 @@ def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
     writer = RecordingWriter()
     slow_sock, fast_sock = RecordingSocket(accept=5), RecordingSocket()
     slow, fast = member("slow", slow_sock, writer), member("fast", fast_sock, writer)
-    ChatServer._deliver([([slow, fast], b"first\n"), ([slow, fast], b"second\n")])
+    ChatServer._deliver([([slow, fast], b"first\n")])
+    ChatServer._deliver([([slow, fast], b"second\n")])
     assert slow_sock.sends == [b"first"]
     assert fast_sock.sends == [b"first\n", b"second\n"]
     box = slow.transport.outbox
@@ -52,6 +53,7 @@ def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
     ChatServer._deliver([([slow, fast], b"third\n"), ([fast], b"x\n")])
     assert slow_sock.sends == [b"first"]  # queued behind the backlog, not sent around it
     assert b"".join(box.chunks) == b"\nsecond\nthird\n"
+    assert fast_sock.sends[-1] == b"third\nx\n"  # one step's deliveries: one send per receiver
     slow_sock.accept = 100
     box.flush()
     assert slow_sock.sends[-1] == b"\nsecond\nthird\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from socketlab.chat.protocol import ChatHub, Delivery, Member, clean_text
+from socketlab.chat.protocol import ChatHub, Delivery, Member, clean_text, coalesce
 from socketlab.lines import LineBuffer, LineTooLong
 
 
@@ -55,6 +55,45 @@ def test_connect_names_users_and_announces_joins() -> None:
         "* user2 joined lobby",
     ]
     assert inbox.lines(second) == ["* welcome user2, you are in lobby (type /help)"]
+
+
+def test_coalesce_keeps_every_members_bytes_and_order_in_one_delivery() -> None:
+    """A crowd joining and a /join: each member gets the same bytes, once, joined."""
+    hub = ChatHub()
+    sequential, merged = Inboxes(), Inboxes()
+    deliveries: list[Delivery] = []
+    members = []
+    for _ in range(5):
+        member, joined = hub.connect()
+        members.append(member)
+        deliveries += joined
+    deliveries += hub.receive(members[0], [b"/join den", b"hi"]).deliveries
+    sequential.take(deliveries)
+    result = coalesce(deliveries)
+    merged.take(result)
+    receivers = [member for group, _data in result for member in group]
+    assert sorted(m.number for m in receivers) == [1, 2, 3, 4, 5]  # each member once
+    for member in members:
+        assert merged.data[member] == sequential.data[member]
+    assert merged.lines(members[2]) == [
+        "* welcome user3, you are in lobby (type /help)",
+        "* user4 joined lobby",
+        "* user5 joined lobby",
+        "* user1 left lobby",
+    ]
+    # Members 2-5 were told the same things after their welcomes, but the welcomes differ:
+    assert len(result) == 5
+    assert coalesce(deliveries[:1]) == deliveries[:1]
+
+
+def test_coalesce_shares_one_join_between_members_told_the_same() -> None:
+    hub, _inbox, (a, b, c) = setup()
+    deliveries: list[Delivery] = []
+    for _ in range(3):
+        deliveries += hub.connect()[1]
+    result = coalesce(deliveries)
+    old = [(list(group), data) for group, data in result if a in group]
+    assert old == [([a, b, c], b"* user4 joined lobby\n* user5 joined lobby\n* user6 joined lobby\n")]
 
 
 def test_message_reaches_others_not_sender_and_bursts_coalesce() -> None:

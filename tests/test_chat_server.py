@@ -267,6 +267,48 @@ def test_quit_flushes_bye_and_closes(chat) -> None:
     assert b.line() == "* user1 left lobby"
 
 
+def test_a_crowd_accepted_at_once_is_welcomed_together_in_order() -> None:
+    """Clients queued before the server accepts are started together; each reads exactly
+    its welcome and the joins after it, as if they had come one by one."""
+
+    bursts: list[int] = []
+
+    class Recording(ChatServer):
+        def start_connections(self, accepted):
+            bursts.append(len(accepted))
+            super().start_connections(accepted)
+
+    server = Recording(("127.0.0.1", 0))
+    crowd = [Peer(server.server_address[1]) for _ in range(20)]  # queued: nothing accepts yet
+    with serving(server):
+        for number, peer in enumerate(crowd, 1):
+            expected = [f"* welcome user{number}, you are in lobby (type /help)"]
+            expected += [f"* user{later} joined lobby" for later in range(number + 1, 21)]
+            assert peer.lines(len(expected)) == expected
+        assert sum(bursts) == 20
+        assert bursts[0] > 1, bursts
+        crowd[5].send(b"hello\n")
+        assert [peer.line() for peer in crowd if peer is not crowd[5]] == ["<user6> hello"] * 19
+        late = Peer(server.server_address[1])
+        assert late.line() == "* welcome user21, you are in lobby (type /help)"
+        assert crowd[0].line() == "* user21 joined lobby"
+        for peer in crowd + [late]:
+            peer.close()
+
+
+def test_a_crowd_beyond_max_clients_is_refused_past_the_limit() -> None:
+    server = ChatServer(("127.0.0.1", 0), max_clients=3)
+    crowd = [Peer(server.server_address[1]) for _ in range(5)]  # queued: nothing accepts yet
+    with serving(server):
+        assert crowd[0].lines(3) == [
+            "* welcome user1, you are in lobby (type /help)", "* user2 joined lobby", "* user3 joined lobby"
+        ]
+        assert [peer.rest() for peer in crowd[3:]] == [b"! server full\n"] * 2
+        assert server.connection_count == 3
+        for peer in crowd:
+            peer.close()
+
+
 def test_max_clients_refuses_with_server_full(chat) -> None:
     """The client beyond max_clients reads '! server full' and EOF."""
     server = chat(max_clients=2)

@@ -92,6 +92,28 @@ class Reaction:
     quit: bool = False
 
 
+def coalesce(deliveries: Sequence[Delivery]) -> list[Delivery]:
+    """The same bytes to the same members, in the same order, at most one delivery per member.
+
+    Members that get the same deliveries share one joined ``bytes``, so a
+    burst of join notices to a big lobby is joined once, not per member.
+    """
+    if len(deliveries) < 2:
+        return list(deliveries)
+    received: dict[Member, list[int]] = {}
+    for index, (members, _data) in enumerate(deliveries):
+        for member in members:
+            indices = received.get(member)
+            if indices is None:
+                received[member] = [index]
+            else:
+                indices.append(index)
+    groups: dict[tuple[int, ...], list[Member]] = {}
+    for member, indices in received.items():
+        groups.setdefault(tuple(indices), []).append(member)
+    return [(members, b"".join(deliveries[i][1] for i in indices)) for indices, members in groups.items()]
+
+
 def notice(text: str) -> bytes:
     """A server line: ``* text``."""
     return f"* {text}\n".encode()

@@ -3,7 +3,9 @@
 Design, and why:
 
 - The accept thread (``ConnectionServer``) welcomes each client and hands it
-  to the one :class:`ReaderLoop` thread, which waits on every client with
+  to the one :class:`ReaderLoop` thread (clients accepted in one wake-up are
+  welcomed together, so a crowd joining costs one send per member, not one
+  per member per newcomer), which waits on every client with
   ``epoll``, frames lines with :class:`~socketlab.lines.LineBuffer` and hands
   them to the sans-IO :class:`~socketlab.chat.protocol.ChatHub` under the
   server's one lock. The lock makes the hub's decisions and the hand-off of
@@ -36,7 +38,7 @@ import time
 from typing import Any
 
 from socketlab.addresses import format_address
-from socketlab.chat.protocol import ChatHub, Delivery, Member
+from socketlab.chat.protocol import ChatHub, Delivery, Member, coalesce
 from socketlab.lines import DEFAULT_MAX_LINE, LineBuffer
 from socketlab.serving import ConnectionServer
 from socketlab.text import display_bytes
@@ -269,10 +271,11 @@ class ReaderLoop:
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, conn: ChatConnection) -> None:
-        """Start reading *conn* (any thread)."""
-        conn.sock.setblocking(False)
-        self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+    def add(self, conns: list[ChatConnection]) -> None:
+        """Start reading *conns* (any thread)."""
+        for conn in conns:
+            conn.sock.setblocking(False)
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
         self._wake()
 
     @property
@@ -326,7 +329,7 @@ class ReaderLoop:
                     self._readable(conn, verbose, track_idle)
                 except Exception as error:  # one client must never take the reader down
                     server.logger.error("Error serving %s: %s: %s", conn.peer, type(error).__name__, error)
-                    self._abandon(conn)
+                    self.abandon(conn)
             if self._closing:
                 self._advance_closing()
 
@@ -361,9 +364,9 @@ class ReaderLoop:
         if items and server.receive(conn, items, verbose):
             self._leave(conn, None)  # a plain /quit
 
-    def _abandon(self, conn: ChatConnection) -> None:
+    def abandon(self, conn: ChatConnection) -> None:
         """Close *conn* after an unexpected error, taking it out of the hub too."""
-        if conn.closing is None:
+        if conn.closing is None and conn.member is not None:
             try:
                 self.server.depart(conn, "server error")
             except Exception:  # the hub itself is failing: closing the socket is all that is left
@@ -468,26 +471,43 @@ class ChatServer(ConnectionServer):
         super().on_listening()
 
     def start_connection(self, request: socket.socket, client_address: Any) -> None:
-        """Welcome the client and hand it to the reader thread."""
-        conn = self.open_connection(request, format_address(client_address))
-        if conn is None:
-            self.forget_connection(request)
-            request.close()
+        """Welcome one client and hand it to the reader thread."""
+        self.start_connections([(request, client_address)])
+
+    def start_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
+        """Welcome clients accepted together and hand them to the reader thread.
+
+        The hub connects them one by one under one lock hold, and their
+        welcomes and join notices go out coalesced: one send per member.
+        """
+        conns = [
+            ChatConnection(sock, format_address(address), Outbox(sock, self.max_backlog, self.writer), self.max_line)
+            for sock, address in accepted
+        ]
+        try:
+            with self.lock:
+                if self.shutting_down:
+                    conns, refused = [], conns
+                else:
+                    refused = []
+                    deliveries: list[Delivery] = []
+                    for conn in conns:
+                        conn.member, joined = self.hub.connect(conn)
+                        deliveries += joined
+                    self._deliver(deliveries)
+        except Exception as error:  # a bug in the hub: refuse these clients, keep serving
+            self.logger.error("Cannot welcome %d clients: %s: %s", len(conns), type(error).__name__, error)
+            for conn in conns:
+                self.reader.abandon(conn)
             return
-        self.reader.add(conn)
-
-    # -- called by the reader thread --------------------------------------
-
-    def open_connection(self, sock: socket.socket, peer: str) -> ChatConnection | None:
-        """Register a new client with the hub and send its welcome."""
-        conn = ChatConnection(sock, peer, Outbox(sock, self.max_backlog, self.writer), self.max_line)
-        with self.lock:
-            if self.shutting_down:
-                return None
-            conn.member, deliveries = self.hub.connect(conn)
-            self._deliver(deliveries)
-        client_log.info("Client connected %s as %s", peer, conn.member.name)
-        return conn
+        for conn in refused:
+            self.forget_connection(conn.sock)
+            conn.sock.close()
+        if conns:
+            self.reader.add(conns)
+        if client_log.isEnabledFor(logging.INFO):
+            for conn in conns:
+                client_log.info("Client connected %s as %s", conn.peer, conn.member.name)  # type: ignore[union-attr]
 
     def receive(self, conn: ChatConnection, items: list[Any], verbose: bool) -> bool:
         """Hand *conn*'s lines to the hub and deliver the result; True on /quit."""
@@ -569,8 +589,12 @@ class ChatServer(ConnectionServer):
 
         The hot path of the relay: Outbox.write() inlined for the common
         case -- nothing waiting, the kernel takes it all -- which is one
-        non-blocking send() per receiver.
+        non-blocking send() per receiver. Several deliveries (a command's
+        replies and notices, a crowd's joins) are coalesced first, so each
+        receiver still gets one send.
         """
+        if len(deliveries) > 1:
+            deliveries = coalesce(deliveries)
         for members, data in deliveries:
             size = len(data)
             for member in members:
