@@ -97,21 +97,34 @@ def coalesce(deliveries: Sequence[Delivery]) -> list[Delivery]:
 
     Members that get the same deliveries share one joined ``bytes``, so a
     burst of join notices to a big lobby is joined once, not per member.
+    Each member's deliveries so far are a path in a trie of delivery
+    indices: memory grows with the members and the distinct paths, not with
+    members times deliveries.
     """
     if len(deliveries) < 2:
         return list(deliveries)
-    received: dict[Member, list[int]] = {}
+    node_of: dict[Member, int] = {}
+    child: dict[tuple[int, int], int] = {}  # (node, delivery index) -> node
+    parent: list[tuple[int, int]] = [(0, -1)]  # node -> (parent node, delivery index); 0 is the root
     for index, (members, _data) in enumerate(deliveries):
         for member in members:
-            indices = received.get(member)
-            if indices is None:
-                received[member] = [index]
-            else:
-                indices.append(index)
-    groups: dict[tuple[int, ...], list[Member]] = {}
-    for member, indices in received.items():
-        groups.setdefault(tuple(indices), []).append(member)
-    return [(members, b"".join(deliveries[i][1] for i in indices)) for indices, members in groups.items()]
+            step = (node_of.get(member, 0), index)
+            node = child.get(step)
+            if node is None:
+                node = child[step] = len(parent)
+                parent.append(step)
+            node_of[member] = node
+    groups: dict[int, list[Member]] = {}
+    for member, node in node_of.items():
+        groups.setdefault(node, []).append(member)
+    coalesced: list[Delivery] = []
+    for node, members in groups.items():
+        indices = []
+        while node:
+            node, index = parent[node]
+            indices.append(index)
+        coalesced.append((members, b"".join(deliveries[i][1] for i in reversed(indices))))
+    return coalesced
 
 
 def notice(text: str) -> bytes:
