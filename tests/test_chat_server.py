@@ -221,6 +221,29 @@ def test_a_failure_serving_one_client_closes_only_that_client(chat, caplog) -> N
     assert b.until("<user3> still here")[-1] == "<user3> still here"
 
 
+def test_a_failure_welcoming_clients_closes_only_them(chat, caplog) -> None:
+    """A bug while connecting newcomers to the hub: they are closed unwelcomed; the server goes on."""
+    server = chat()
+    (a,) = join(server, 1)
+    real_connect = server.hub.connect
+
+    def connect(transport=None):
+        raise RuntimeError("hub bug")
+
+    server.hub.connect = connect  # type: ignore[method-assign]
+    with caplog.at_level("ERROR", logger="socketlab.chat"):
+        refused = Peer(server.server_address[1])
+        assert refused.rest() == b""
+    assert "Cannot welcome 1 new client(s): RuntimeError: hub bug" in caplog.text
+    wait_until(lambda: server.connection_count == 1, what="the refused client to be forgotten")
+    server.hub.connect = real_connect  # type: ignore[method-assign]
+    b = Peer(server.server_address[1])
+    assert b.line() == "* welcome user2, you are in lobby (type /help)"
+    assert a.line() == "* user2 joined lobby"
+    b.send(b"hello\n")
+    assert a.line() == "<user2> hello"
+
+
 def test_half_closed_client_lines_delivered_then_left(chat) -> None:
     """A client that ends its side: its last (unterminated) line is relayed, then it leaves."""
     server = chat()

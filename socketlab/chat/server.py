@@ -496,7 +496,7 @@ class ChatServer(ConnectionServer):
                         deliveries += joined
                     self._deliver(deliveries)
         except Exception as error:  # a bug in the hub: refuse these clients, keep serving
-            self.logger.error("Cannot welcome %d clients: %s: %s", len(conns), type(error).__name__, error)
+            self.logger.error("Cannot welcome %d new client(s): %s: %s", len(conns), type(error).__name__, error)
             for conn in conns:
                 self.reader.abandon(conn)
             return
