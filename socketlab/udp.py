@@ -18,6 +18,7 @@ import builtins
 import errno
 import logging
 import socket
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ MAX_PAYLOAD: dict[int, int] = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
 RECEIVE_BUFFER = 65536
 #: Kernel receive buffer the receiver asks for, to ride out bursts.
 SOCKET_RCVBUF = 32 * 1024 * 1024
+#: Linux's SO_RCVBUFFORCE, which Python's socket module does not name (value from <asm/socket.h>).
+SO_RCVBUFFORCE: int | None = getattr(socket, "SO_RCVBUFFORCE", 33 if sys.platform.startswith("linux") else None)
 #: Distinct senders remembered for the totals; beyond this they are counted as "more".
 MAX_TRACKED_SENDERS = 65536
 
@@ -107,11 +110,11 @@ class DatagramReceiver:
         self._done.set()
 
     def _grow_receive_buffer(self) -> None:
-        force = getattr(socket, "SO_RCVBUFFORCE", None)
+        """Ask for SOCKET_RCVBUF: forced past net.core.rmem_max with CAP_NET_ADMIN, else up to it."""
         try:
-            if force is None:
+            if SO_RCVBUFFORCE is None:
                 raise PermissionError
-            self.socket.setsockopt(socket.SOL_SOCKET, force, SOCKET_RCVBUF)
+            self.socket.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, SOCKET_RCVBUF)
         except OSError:
             try:  # capped by net.core.rmem_max for unprivileged users
                 self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_RCVBUF)

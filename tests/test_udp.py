@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
+from socketlab import udp
 from socketlab.errors import AddressError
-from socketlab.udp import DatagramReceiver, DatagramTooLarge, NoReply, send_datagrams
+from socketlab.udp import SOCKET_RCVBUF, DatagramReceiver, DatagramTooLarge, NoReply, send_datagrams
 from support import TIMEOUT, CliServer, has_ipv6, run_cli, wait_until
 
 LISTENING = r"^Listening for UDP on .*:(\d+)$"
@@ -49,6 +50,34 @@ def free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def has_net_admin() -> bool:
+    """Whether this process holds CAP_NET_ADMIN (root in a container may not)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> 12 & 1)
+    return False
+
+
+def receive_buffer() -> int:
+    receiver = DatagramReceiver(("127.0.0.1", 0))
+    try:
+        return receiver.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    finally:
+        receiver.server_close()
+
+
+def test_receive_buffer_forced_when_allowed_else_as_large_as_rmem_max(monkeypatch) -> None:
+    """With CAP_NET_ADMIN the receiver gets the full 32 MiB; without it (or without
+    SO_RCVBUFFORCE) the most that net.core.rmem_max allows. Linux reports twice the
+    size asked for: the rest is its bookkeeping."""
+    with open("/proc/sys/net/core/rmem_max") as limit:
+        capped = 2 * min(SOCKET_RCVBUF, int(limit.read()))
+    assert receive_buffer() == (2 * SOCKET_RCVBUF if has_net_admin() else capped)
+    monkeypatch.setattr(udp, "SO_RCVBUFFORCE", None)
+    assert receive_buffer() == capped
 
 
 def test_library_round_trip_and_max_size_datagram(receiver) -> None:
