@@ -34,6 +34,21 @@ def user_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from None
 
 
+@contextlib.contextmanager
+def bench_errors() -> Iterator[None]:
+    """A benchmark that cannot run (a process that will not start, a refused
+    connection) fails with one ``Error: ...`` line; output errors go on to run()."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in _OUTPUT_ERRORS:
+            raise
+        text = error.strerror or str(error)
+        raise click.ClickException(f"{text}: {error.filename}" if error.filename else text) from None
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+
+
 def host_option(func: F) -> F:
     return click.option(
         "--host",
@@ -386,7 +401,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     from socketlab.bench.report import connections_lines, fanout_lines
 
     own = None
-    with user_errors():
+    with user_errors(), bench_errors():
         if target:
             address = parse_address(target)
         else:
@@ -396,29 +411,28 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     progress = None if as_json else progress_printer()
     output: dict[str, Any] = {"scenario": scenario, "target": target or f"socketlab chat serve (pid {server_pid})"}
     lines: list[str] = []
-    try:
-        options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all")
-        if scenario == "fanout":
-            result = chat_bench.run_fanout(address, **options)
-            output["fanout"] = chat_bench.as_dict(result)
-            lines += fanout_lines("fanout", result)
-        elif scenario == "slow":
-            base = chat_bench.run_fanout(address, **options)
-            slowed = chat_bench.run_fanout(address, slow_client=True, **options)
-            ratio = slowed.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
-            output.update(fanout=chat_bench.as_dict(base), slow=chat_bench.as_dict(slowed), p99_ratio=round(ratio, 3))
-            lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
-            lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
-        else:
-            connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress)
-            output["connections"] = chat_bench.as_dict(connections)
-            lines += connections_lines(connections)
-    except (RuntimeError, OSError) as error:
-        raise click.ClickException(str(error)) from None
-    finally:
-        clear_progress()
-        if own is not None:
-            own.stop()
+    with bench_errors():
+        try:
+            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all")
+            if scenario == "fanout":
+                result = chat_bench.run_fanout(address, **options)
+                output["fanout"] = chat_bench.as_dict(result)
+                lines += fanout_lines("fanout", result)
+            elif scenario == "slow":
+                base = chat_bench.run_fanout(address, **options)
+                slowed = chat_bench.run_fanout(address, slow_client=True, **options)
+                ratio = slowed.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
+                output.update(fanout=chat_bench.as_dict(base), slow=chat_bench.as_dict(slowed), p99_ratio=round(ratio, 3))
+                lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
+                lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
+            else:
+                connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress)
+                output["connections"] = chat_bench.as_dict(connections)
+                lines += connections_lines(connections)
+        finally:
+            clear_progress()
+            if own is not None:
+                own.stop()
     click.echo(json.dumps(output) if as_json else "\n".join(lines))
 
 
@@ -467,7 +481,8 @@ def bench_tcp(size: int, runs: int, peers: bool, as_json: bool) -> None:
     results = []
     for _ in range(runs):
         for tool in tools:
-            result = transfer.run_tcp(size, tool)
+            with bench_errors():
+                result = transfer.run_tcp(size, tool)
             results.append(result)
             if not as_json:
                 click.echo(result.describe())
@@ -498,7 +513,8 @@ def bench_udp(count: int, size: int, peers: bool, as_json: bool) -> None:
     receivers = ["socketlab"] + ([tool for tool in ("socat", "ncat") if transfer.has(tool)] if peers else [])
     results = []
     for receiver in receivers:
-        result = transfer.run_udp(count, size, receiver)
+        with bench_errors():
+            result = transfer.run_udp(count, size, receiver)
         results.append(result)
         if not as_json:
             click.echo(result.describe())

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -164,6 +166,35 @@ def test_bench_chat_unreachable_target_is_one_line() -> None:
     assert result.stderr.decode().splitlines()[-1] == (
         f"Error: only 0 of 3 clients could connect (cannot connect to 127.0.0.1:{port}: connection refused)"
     )
+
+
+def bench_with_interpreter(interpreter: str, command: list[str]) -> subprocess.CompletedProcess[bytes]:
+    """Run ``socketlab bench COMMAND`` with *interpreter* standing in for its child processes' Python."""
+    script = (
+        f"import sys; sys.executable = {interpreter!r}; from socketlab.cli import run; "
+        f"sys.argv = ['socketlab', 'bench', *{command!r}]; run()"
+    )
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=TIMEOUT)
+
+
+COMMANDS = {"udp": ["udp", "--count", "10", "--no-peers"], "tcp": ["tcp", "--size", "1M", "--no-peers"], "chat": ["chat", "--clients", "3"]}
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_bench_that_cannot_start_its_processes_is_one_line(name: str) -> None:
+    """The interpreter for the benchmark's own processes is missing: one error line, exit 1."""
+    result = bench_with_interpreter("/nonexistent/python3", COMMANDS[name])
+    assert result.returncode == 1
+    assert result.stderr.decode() == "Error: No such file or directory: /nonexistent/python3\n"
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_bench_whose_server_does_not_start_is_one_line(name: str) -> None:
+    """A child that runs but never says it listens (here: echo) is killed and named."""
+    result = bench_with_interpreter("/bin/echo", COMMANDS[name])
+    server = {"udp": "udp-recv", "tcp": "tcp-server", "chat": "chat serve"}[name]
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"Error: socketlab {server} did not start\n"
 
 
 def test_bench_tcp_and_udp_small() -> None:

@@ -27,12 +27,12 @@ import select
 import selectors
 import socket
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
+from socketlab.bench.transfer import SOCKETLAB, listening_port
 
 #: A run ends this long after the last copy arrived, if copies are still missing.
 QUIET_END = 2.0
@@ -110,16 +110,11 @@ class OwnServer:
 
     def __init__(self, extra: list[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "socketlab", "chat", "serve", "--port", "0", "-q", *(extra or [])],
+            SOCKETLAB + ["chat", "serve", "--port", "0", "-q", *(extra or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().decode()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"chat server did not start: {line!r}")
-        self.port = int(line.rsplit(":", 1)[1])
+        self.port = listening_port(self.proc, "socketlab chat serve")
 
     @property
     def pid(self) -> int:

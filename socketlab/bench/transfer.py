@@ -91,14 +91,37 @@ def _feed(pipe_fd: int, size: int) -> None:
         os.close(pipe_fd)
 
 
+def listening_port(proc: subprocess.Popen, what: str) -> int:
+    """The port in the ``... listening on HOST:PORT`` line *proc* prints first.
+
+    Raises RuntimeError (and kills *proc*) when it printed something else:
+    it did not start.
+    """
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    if "listening" in line.lower():
+        try:
+            return int(line.rsplit(":", 1)[1])
+        except ValueError:
+            pass
+    stop(proc)
+    raise RuntimeError(f"{what} did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Kill *proc* if it still runs, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+
+
 def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
     """Stream *size* bytes through *tool*'s client into its server; time it."""
     if tool == "socketlab":
         server = subprocess.Popen(
             SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
-        assert server.stdout is not None
-        port = int(server.stdout.readline().decode().rsplit(":", 1)[1])
+        port = listening_port(server, "socketlab tcp-server")
         client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port)]
         label = "socketlab tcp-client | tcp-server -q"
     elif tool == "socat":
@@ -107,14 +130,24 @@ def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
             ["socat", "-b", "262144", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "OPEN:/dev/null"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        _wait_port_socat(server, port)
+        try:
+            _wait_port_socat(server, port)
+        except RuntimeError:
+            stop(server)
+            raise
         client_cmd = ["socat", "-b", "262144", "-u", "STDIN", f"TCP:127.0.0.1:{port}"]
         label = "socat -b 262144 -u (both ends)"
     else:
         raise ValueError(f"unknown tool {tool}")
     read_fd, write_fd = os.pipe()
-    client = subprocess.Popen(client_cmd, stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    os.close(read_fd)
+    try:
+        client = subprocess.Popen(client_cmd, stdin=read_fd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError:
+        os.close(write_fd)
+        stop(server)
+        raise
+    finally:
+        os.close(read_fd)
     start = time.perf_counter()
     feeder = threading.Thread(target=_feed, args=(write_fd, size))
     feeder.start()
@@ -157,8 +190,7 @@ def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResul
     """Send *count* datagrams with ``socketlab udp-send --repeat`` into *receiver*."""
     if receiver == "socketlab":
         proc = subprocess.Popen(SOCKETLAB + ["udp-recv", "--port", "0", "-q"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().decode().rsplit(":", 1)[1])
+        port = listening_port(proc, "socketlab udp-recv")
         label = "udp-send --repeat | udp-recv -q"
     else:
         port = free_port(socket.SOCK_DGRAM)
@@ -174,10 +206,17 @@ def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResul
     if receiver != "socketlab":
         counter = threading.Thread(target=lambda: counted.append(_count_bytes(proc.stdout)), daemon=True)
         counter.start()
-    sender = subprocess.run(
-        SOCKETLAB + ["udp-send", "--port", str(port), "--repeat", str(count), "x" * size],
-        capture_output=True, timeout=600,
-    )
+    try:
+        sender = subprocess.run(
+            SOCKETLAB + ["udp-send", "--port", str(port), "--repeat", str(count), "x" * size],
+            capture_output=True, timeout=600,
+        )
+    except OSError:
+        stop(proc)
+        raise
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise RuntimeError("udp-send did not finish within 600 s") from None
     match = re.search(rb"in ([\d.]+) s", sender.stderr)
     send_seconds = float(match.group(1)) if match else 0.0
     time.sleep(UDP_DRAIN)  # let the receiver drain its socket buffer
