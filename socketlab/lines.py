@@ -61,11 +61,15 @@ class LineBuffer:
         pieces = data.split(b"\n")
         partial = pieces.pop()
         limit = self.max_line
-        lines: list[Item] = []
-        for line in pieces:
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            lines.append(line if len(line) <= limit else LineTooLong(limit))
+        lines: list[Item]
+        if b"\r" not in data and (not pieces or max(map(len, pieces)) <= limit):
+            lines = pieces  # type: ignore[assignment]  # the common case, without a loop per line
+        else:
+            lines = []
+            for line in pieces:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                lines.append(line if len(line) <= limit else LineTooLong(limit))
         if len(partial) > limit + 1 or (len(partial) > limit and not partial.endswith(b"\r")):
             lines.append(LineTooLong(limit))
             partial = b""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from socketlab.chat.protocol import ChatHub, Delivery, Member, clean_text, coalesce
 from socketlab.lines import LineBuffer, LineTooLong
 
@@ -94,6 +96,37 @@ def test_coalesce_shares_one_join_between_members_told_the_same() -> None:
     result = coalesce(deliveries)
     old = [(list(group), data) for group, data in result if a in group]
     assert old == [([a, b, c], b"* user4 joined lobby\n* user5 joined lobby\n* user6 joined lobby\n")]
+
+
+class LineByLine(ChatHub):
+    """The hub with its one-pass path for ordinary bursts turned off."""
+
+    @staticmethod
+    def _plain_burst(member, items):
+        return None
+
+
+def test_one_pass_burst_relays_exactly_what_the_line_rules_relay() -> None:
+    """Random bursts (commands, blanks, controls, bad UTF-8, long lines among them):
+    receive() gives the same deliveries, to the same members, as the rules applied line by line."""
+    rng = random.Random(5)
+    anything = [b"a", b"Z", b"1", b" ", b"\t", b"/", b"~", b"\x1b", b"\xc3\xa9", b"\xff"]
+    mostly_plain = [b"a", b"Z", b"1", b"~", b"$", b"a", b"Z", b" ", b"/"]
+    one_pass = 0
+    for _ in range(600):
+        alphabet = rng.choice([anything, mostly_plain])
+        items: list = [b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 6))) for _ in range(rng.randint(1, 6))]
+        if rng.random() < 0.1:
+            items.insert(rng.randint(0, len(items)), LineTooLong(4096))
+        results = []
+        for hub in (ChatHub(), LineByLine()):
+            sender, _ = hub.connect()
+            hub.connect()
+            reaction = hub.receive(sender, items)
+            results.append(([([m.name for m in members], data) for members, data in reaction.deliveries], reaction.quit))
+        assert results[0] == results[1], items
+        one_pass += ChatHub._plain_burst(sender, items) is not None
+    assert 50 < one_pass < 550  # both paths were exercised
 
 
 def test_message_reaches_others_not_sender_and_bursts_coalesce() -> None:

@@ -24,6 +24,29 @@ def test_lines_survive_every_split() -> None:
         assert buffer.finish() == [b"last"]
 
 
+def test_random_streams_give_what_reading_line_by_line_gives() -> None:
+    """Any mix of short, long and \\r-ended lines, in any pieces: each line once, in order,
+    without its terminator, or one LineTooLong in its place."""
+    rng = random.Random(11)
+    alphabet = [b"a", b"b", b" ", b"/", b"\r", b"\n", b"\n", b"\xc3\xa9"]
+    for _ in range(400):
+        limit = rng.randint(1, 12)
+        stream = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 90))) + b"\n"
+        expected: list = []
+        for line in stream.split(b"\n")[:-1]:
+            line = line[:-1] if line.endswith(b"\r") else line
+            expected.append(line if len(line) <= limit else LineTooLong(limit))
+        buffer = LineBuffer(limit)
+        got = []
+        pos = 0
+        while pos < len(stream):
+            step = rng.randint(1, 24)
+            got += buffer.feed(stream[pos : pos + step])
+            pos += step
+        assert got == expected, (stream, limit)
+        assert buffer.finish() == []
+
+
 def test_long_line_reported_once_and_rest_skipped() -> None:
     """An overlong line yields one LineTooLong; the next line arrives intact."""
     buffer = LineBuffer(8)
