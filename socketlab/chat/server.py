@@ -503,11 +503,11 @@ class ChatServer(ConnectionServer):
         for conn in refused:
             self.forget_connection(conn.sock)
             conn.sock.close()
-        if conns:
-            self.reader.add(conns)
-        if client_log.isEnabledFor(logging.INFO):
+        if client_log.isEnabledFor(logging.INFO):  # before the reader can see a /nick from them
             for conn in conns:
                 client_log.info("Client connected %s as %s", conn.peer, conn.member.name)  # type: ignore[union-attr]
+        if conns:
+            self.reader.add(conns)
 
     def receive(self, conn: ChatConnection, items: list[Any], verbose: bool) -> bool:
         """Hand *conn*'s lines to the hub and deliver the result; True on /quit."""
