@@ -7,6 +7,17 @@ import pytest
 from socketlab.lines import LineBuffer, LineTooLong
 
 
+def feed_in_pieces(buffer: LineBuffer, stream: bytes, rng: random.Random, longest: int) -> list:
+    """Feed *stream* in random pieces of 1 to *longest* bytes; return every item."""
+    got = []
+    pos = 0
+    while pos < len(stream):
+        step = rng.randint(1, longest)
+        got += buffer.feed(stream[pos : pos + step])
+        pos += step
+    return got
+
+
 def test_lines_survive_every_split() -> None:
     """Feeding the stream one byte at a time or in random pieces gives the same lines."""
     stream = b"one\ntwo\r\n\nthree \xf0\x9f\x91\x8d\nlast"
@@ -14,13 +25,7 @@ def test_lines_survive_every_split() -> None:
     rng = random.Random(7)
     for _ in range(50):
         buffer = LineBuffer(100)
-        got = []
-        pos = 0
-        while pos < len(stream):
-            step = rng.randint(1, 6)
-            got += buffer.feed(stream[pos : pos + step])
-            pos += step
-        assert got == expected
+        assert feed_in_pieces(buffer, stream, rng, 6) == expected
         assert buffer.finish() == [b"last"]
 
 
@@ -37,13 +42,7 @@ def test_random_streams_give_what_reading_line_by_line_gives() -> None:
             line = line[:-1] if line.endswith(b"\r") else line
             expected.append(line if len(line) <= limit else LineTooLong(limit))
         buffer = LineBuffer(limit)
-        got = []
-        pos = 0
-        while pos < len(stream):
-            step = rng.randint(1, 24)
-            got += buffer.feed(stream[pos : pos + step])
-            pos += step
-        assert got == expected, (stream, limit)
+        assert feed_in_pieces(buffer, stream, rng, 24) == expected, (stream, limit)
         assert buffer.finish() == []
 
 
