@@ -1,7 +1,7 @@
 """Run socketlab's chat benchmarks against socketlab and its peers, side by side.
 
     python docs/compare_peers.py [--runs 3] [--scenarios flat,paced,...] [--bench-args "--window 8000"]
-                                 [--node-server PATH] [--json out.json]
+                                 [--peers socketlab,node,ncat] [--node-server PATH] [--json out.json]
     python docs/compare_peers.py --reanalyse out.json
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
@@ -167,15 +167,17 @@ def main() -> None:
     parser.add_argument("--json", type=pathlib.Path, help="also write every raw report here")
     parser.add_argument("--bench-args", default="", help='more options for every run, e.g. "--window 8000"')
     parser.add_argument("--reanalyse", type=pathlib.Path, help="only summarise the raw reports of an earlier --json")
+    parser.add_argument("--peers", default="socketlab,node,ncat", help="which servers to run (those installed)")
     args = parser.parse_args()
     if args.reanalyse:
         print(json.dumps(analyse(json.loads(args.reanalyse.read_text())["raw"]), indent=1))
         return
-    peers = ["socketlab"]
-    if shutil.which("node") and args.node_server.exists():
-        peers.append("node")
-    if shutil.which("ncat"):
-        peers.append("ncat")
+    installed = {
+        "socketlab": True,
+        "node": bool(shutil.which("node")) and args.node_server.exists(),
+        "ncat": bool(shutil.which("ncat")),
+    }
+    peers = [peer for peer in args.peers.split(",") if installed.get(peer)]
     raw: dict = {}
     for scenario in args.scenarios.split(","):
         for run in range(args.runs):
