@@ -10,7 +10,8 @@ the tutorial's Node server (needs ``node``) and ``ncat --broker --chat``
 scenario, and prints the medians over the runs as JSON, with socketlab's
 ratio to each peer and a 95 % bootstrap interval for it (an interval that
 contains 1.0 means the runs cannot tell the two apart). Peers that are not
-installed are skipped. Nothing leaves 127.0.0.1.
+installed are skipped. Nothing leaves 127.0.0.1. Run it with the Python that has
+socketlab installed: it runs `python -m socketlab` with that interpreter.
 """
 
 from __future__ import annotations
@@ -21,11 +22,11 @@ import os
 import pathlib
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import time
+
+from socketlab.bench.transfer import free_port, wait_listening
 
 HERE = pathlib.Path(__file__).resolve().parent
 DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.js"
@@ -39,24 +40,6 @@ SCENARIOS = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_listening(port: int, limit: float = 10.0) -> None:
-    deadline = time.monotonic() + limit
-    needle = f":{port:04X} ".encode()
-    while time.monotonic() < deadline:
-        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
-            with open(name, "rb") as table:
-                if any(needle in line and line.split()[3] == b"0A" for line in table):
-                    return
-        time.sleep(0.02)
-    raise RuntimeError(f"nothing listens on port {port}")
-
-
 def start(peer: str, port: int, node_server: pathlib.Path) -> subprocess.Popen:
     if peer == "socketlab":
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
@@ -66,7 +49,7 @@ def start(peer: str, port: int, node_server: pathlib.Path) -> subprocess.Popen:
     else:
         command, env = ["ncat", "--broker", "--chat", "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_listening(port)
+    wait_listening(port, proc, peer)
     return proc
 
 

@@ -131,7 +131,7 @@ def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            _wait_port_socat(server, port)
+            wait_listening(port, server, "socat", limit=5)
         except RuntimeError:
             stop(server)
             raise
@@ -172,18 +172,23 @@ def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
     return TcpResult(label, size, seconds, received)
 
 
-def _wait_port_socat(server: subprocess.Popen, port: int) -> None:
-    """Wait until socat listens, without connecting (it serves one connection)."""
-    deadline = time.monotonic() + 5
+def wait_listening(port: int, proc: subprocess.Popen | None = None, what: str = "the server", limit: float = 10.0) -> None:
+    """Wait until something listens on TCP *port* on this host, without connecting to it
+    (``socat -u`` serves one connection only): read ``/proc/net/tcp`` and ``tcp6``.
+
+    RuntimeError when *proc* exits first or *limit* seconds pass.
+    """
+    deadline = time.monotonic() + limit
     needle = f":{port:04X} ".encode()
     while time.monotonic() < deadline:
-        with open("/proc/net/tcp", "rb") as table:
-            if any(needle in line and line.split()[3] == b"0A" for line in table):
-                return
-        if server.poll() is not None:
-            raise RuntimeError("socat did not start")
-        time.sleep(0.01)
-    raise RuntimeError("socat did not listen")
+        for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(name, "rb") as table:
+                if any(needle in line and line.split()[3] == b"0A" for line in table):
+                    return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what} did not start")
+        time.sleep(0.01)  # deadline loop: the server binds meanwhile
+    raise RuntimeError(f"{what} did not listen on port {port}")
 
 
 def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResult:
