@@ -205,18 +205,22 @@ def chat() -> None:
 @click.option("--max-line", type=click.IntRange(16), default=4096, show_default=True, help="Longest line in bytes.")
 @click.option("--max-backlog", type=click.IntRange(1024), default=1024 * 1024, show_default=True, help="Bytes waiting for a client before it is dropped as too slow.")
 @click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Drop clients silent for this many seconds (default: never).")
+@click.option("--web", metavar="[HOST:]PORT", help="Also serve the chat page and its WebSocket (/ws) here (0: a free port).")
+@click.option("--web-origin", "web_origins", metavar="ORIGIN", multiple=True, help="Another origin whose pages may open the WebSocket (repeatable).")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
-def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, verbose: bool, quiet: bool) -> None:
-    """Run the chat server; nc, telnet or 'chat connect' are clients.
+def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, web: str | None, web_origins: tuple[str, ...], verbose: bool, quiet: bool) -> None:
+    """Run the chat server; nc, telnet, 'chat connect' and browsers are clients.
 
     Every line a client sends reaches the other members of its room as
     '<name> text'. Commands: /nick /join /leave /who /rooms /msg /quit /help
-    (docs/protocol.md). Ctrl-C or SIGTERM tells clients and stops.
+    (docs/protocol.md). With --web, browsers join the same rooms from the
+    page it serves. Ctrl-C or SIGTERM tells clients and stops.
 
     \b
-    Example:
+    Examples:
       socketlab chat serve --port 3000 --room-size 2
+      socketlab chat serve --room-size 2 --web 8080   # and open http://127.0.0.1:8080/
     """
     from socketlab.chat.server import ChatServer
     from socketlab.serving import run_until_signal
@@ -233,9 +237,32 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
             max_line=max_line,
             max_backlog=max_backlog,
             idle_timeout=idle_timeout,
+            web=web_address(web, host) if web is not None else None,
+            web_origins=[check_origin(origin) for origin in web_origins],
         )
     with server:
         run_until_signal(server)
+
+
+def web_address(text: str, default_host: str) -> tuple[str, int]:
+    """``PORT`` or ``HOST:PORT`` for --web; the host defaults to the chat's own."""
+    from socketlab.addresses import parse_address
+
+    if text.isdigit() and int(text) < 65536:
+        return default_host, int(text)
+    if text.rpartition(":")[2] == "0":  # HOST:0, a free port
+        return parse_address(text[:-1] + "1")[0], 0
+    return parse_address(text)
+
+
+def check_origin(origin: str) -> str:
+    """An origin as browsers send it: ``scheme://host[:port]``, no path."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment:
+        raise click.BadParameter(f"{origin!r} is not an origin like https://example.org or http://localhost:8000", param_hint="'--web-origin'")
+    return origin
 
 
 @chat.command("connect")

@@ -28,8 +28,12 @@ May be overridden: ``on_listening()``, ``on_close()``, ``on_refused(request, add
 ``start_connection(request, address)``, ``start_connections(accepted)``,
 ``close_connections()``.
 
+More listening sockets (a second protocol on another port) are served by
+the same accept loop: ``add_listener(sock, start)``.
+
 Class variables that may be overridden: ``max_clients``, ``full_message``,
-``request_queue_size``, ``accept_burst``, ``thread_stack_size``, ``join_timeout``.
+``request_queue_size``, ``accept_burst``, ``thread_stack_size``, ``join_timeout``,
+``blocking_connections``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,63 @@ from socketlab.addresses import bind_error, format_address, resolve
 
 _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
+#: What to do with the connections one listener accepted in one wake-up.
+StartConnections = Callable[[list[tuple[socket.socket, Any]]], None]
+
+
+class Waker:
+    """Wakes a thread blocked in ``selector.select()`` from any other thread.
+
+    ``register(selector)`` adds its read end (with ``data=None``); ``wake()``
+    makes it readable; the woken thread calls ``drain()``.
+    """
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+
+    def register(self, selector: selectors.BaseSelector) -> None:
+        selector.register(self._read, selectors.EVENT_READ, None)
+
+    def is_waker(self, fileobj: Any) -> bool:
+        return fileobj is self._read
+
+    def wake(self) -> None:
+        try:
+            self._write.send(b"x")
+        except OSError:  # already pending (buffer full) or closed: either way nothing to add
+            pass
+
+    def drain(self) -> None:
+        try:
+            self._read.recv(4096)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()
+
+
+def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A listening TCP socket on *host*:*port* ("::" also serves IPv4).
+
+    Raises AddressError naming the address when it cannot be bound.
+    """
+    family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as error:
+        sock.close()
+        raise bind_error(host, port, error) from None
+    return sock
+
 
 class ConnectionServer(socketserver.TCPServer):
     """Threaded TCP server with tracked connections and a prompt shutdown."""
@@ -65,6 +126,8 @@ class ConnectionServer(socketserver.TCPServer):
     thread_stack_size: int = 256 * 1024
     #: How long shutdown() waits for connection threads to finish.
     join_timeout: float = 2.0
+    #: Accepted sockets are made blocking (for a thread per connection) or non-blocking.
+    blocking_connections: bool = True
 
     def __init__(
         self,
@@ -88,13 +151,14 @@ class ConnectionServer(socketserver.TCPServer):
         self._serving = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._waker = Waker()
+        self._listeners: dict[socket.socket, tuple[StartConnections, bool]] = {}
         try:
             super().__init__(sockaddr, handler_class, bind_and_activate=True)
         except OSError as error:
-            self._wake_r.close()
-            self._wake_w.close()
+            self._waker.close()
             raise bind_error(host, port, error) from None
+        self._listeners[self.socket] = (self.start_connections, True)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6:
@@ -115,6 +179,16 @@ class ConnectionServer(socketserver.TCPServer):
         with self._lock:
             return len(self._connections)
 
+    def add_listener(self, sock: socket.socket, start: StartConnections, *, admit: bool = False) -> None:
+        """Also accept connections on the listening *sock* and hand them to *start*.
+
+        With *admit*, they count toward max_clients like the main listener's;
+        otherwise *start* decides (e.g. after a handshake, with
+        register_connection()). Call before serve_forever(); server_close()
+        closes *sock*.
+        """
+        self._listeners[sock] = (start, admit)
+
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Accept connections until shutdown(); each runs on its own thread."""
         self._stopped.clear()
@@ -123,14 +197,15 @@ class ConnectionServer(socketserver.TCPServer):
                 return
             self._serving.set()
             self.on_listening()
-            self.socket.setblocking(False)  # accept until the queue is empty, never wait in accept()
             with selectors.DefaultSelector() as selector:
-                selector.register(self.socket, selectors.EVENT_READ)
-                selector.register(self._wake_r, selectors.EVENT_READ)
+                for listener, handling in self._listeners.items():
+                    listener.setblocking(False)  # accept until the queue is empty, never wait in accept()
+                    selector.register(listener, selectors.EVENT_READ, handling)
+                self._waker.register(selector)
                 while not self._stopping:
                     for key, _mask in selector.select():
-                        if key.fileobj is self.socket and not self._stopping:
-                            self._accept_waiting()
+                        if key.data is not None and not self._stopping:
+                            self._accept_waiting(key.fileobj, *key.data)  # type: ignore[arg-type]
         finally:
             self._serving.clear()
             self._stopped.set()
@@ -141,10 +216,7 @@ class ConnectionServer(socketserver.TCPServer):
         Idempotent; call it from any thread but the one in serve_forever().
         """
         self._stopping = True
-        try:
-            self._wake_w.send(b"x")
-        except OSError:
-            pass
+        self._waker.wake()
         self._stopped.wait()
         self.close_connections()
         self._join_connections(time.monotonic() + self.join_timeout)
@@ -156,8 +228,9 @@ class ConnectionServer(socketserver.TCPServer):
     def server_close(self) -> None:
         """Close the listening socket (and any connection still open)."""
         super().server_close()
-        for sock in (self._wake_r, self._wake_w):
-            sock.close()
+        for listener in self._listeners:
+            listener.close()
+        self._waker.close()
         if self.connection_count:
             self.close_connections()
 
@@ -198,13 +271,13 @@ class ConnectionServer(socketserver.TCPServer):
 
     # -- internals --------------------------------------------------------
 
-    def _accept_waiting(self) -> None:
-        """Accept the connections waiting (at most accept_burst) and start them together."""
+    def _accept_waiting(self, listener: socket.socket, start: StartConnections, admit: bool) -> None:
+        """Accept the connections waiting on *listener* (at most accept_burst) and start them together."""
         accepted: list[tuple[socket.socket, Any]] = []
         try:
             while len(accepted) < self.accept_burst:
                 try:
-                    request, client_address = self.socket.accept()
+                    request, client_address = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     break
                 except ConnectionAbortedError:
@@ -215,24 +288,29 @@ class ConnectionServer(socketserver.TCPServer):
                     self.logger.error("Cannot accept a connection: %s; retrying", error.strerror)
                     time.sleep(0.05)  # back off: the listener stays readable meanwhile
                     break
-                if self._admit(request, client_address):
+                # Whatever the platform's accept() inherits, as the connections are served.
+                request.setblocking(self.blocking_connections)
+                if not admit or self._admit(request, client_address):
                     accepted.append((request, client_address))
         finally:  # even when accept() fails for good, the ones accepted are served
             if accepted:
-                self.start_connections(accepted)
+                start(accepted)
+
+    def register_connection(self, request: socket.socket) -> bool:
+        """Count *request* toward max_clients; False (and nothing registered) when full."""
+        with self._lock:
+            if len(self._connections) >= self.max_clients:
+                return False
+            self._connections[request] = None
+            return True
 
     def _admit(self, request: socket.socket, client_address: Any) -> bool:
         """Register *request*, or refuse and close it when the server is full."""
-        # Handlers get a blocking socket whatever the platform's accept() inherits.
-        request.setblocking(True)
-        with self._lock:
-            full = len(self._connections) >= self.max_clients
-            if not full:
-                self._connections[request] = None
-        if full:
-            self.on_refused(request, client_address)
-            self._close_request(request)
-        return not full
+        if self.register_connection(request):
+            return True
+        self.on_refused(request, client_address)
+        self._close_request(request)
+        return False
 
     def start_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
         """Serve connections accepted in one wake-up: by default start_connection() for each."""

@@ -1,11 +1,12 @@
-"""The chat server's delivery step, without sockets: non-blocking sends and backlogs."""
+"""The chat core's delivery step, without sockets: non-blocking sends and backlogs."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from socketlab.chat.protocol import Member, Room
-from socketlab.chat.server import ChatServer, Outbox
+from socketlab.chat.outbox import Outbox
+from socketlab.chat.service import ChatService
 
 
 class RecordingSocket:
@@ -35,7 +36,7 @@ class RecordingWriter:
 
 def member(name: str, sock: RecordingSocket, writer: RecordingWriter, limit: int = 1 << 20) -> Member:
     outbox = Outbox(sock, limit, writer)  # type: ignore[arg-type]
-    return Member(0, name, Room("lobby"), SimpleNamespace(outbox=outbox))
+    return Member(0, name, Room("lobby"), SimpleNamespace(outbox=outbox, send=outbox.write))
 
 
 def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
@@ -43,14 +44,14 @@ def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
     writer = RecordingWriter()
     slow_sock, fast_sock = RecordingSocket(accept=5), RecordingSocket()
     slow, fast = member("slow", slow_sock, writer), member("fast", fast_sock, writer)
-    ChatServer._deliver([([slow, fast], b"first\n")])
-    ChatServer._deliver([([slow, fast], b"second\n")])
+    ChatService.deliver([([slow, fast], b"first\n")])
+    ChatService.deliver([([slow, fast], b"second\n")])
     assert slow_sock.sends == [b"first"]
     assert fast_sock.sends == [b"first\n", b"second\n"]
     box = slow.transport.outbox
     assert writer.watched == [box]
     assert b"".join(box.chunks) == b"\nsecond\n"
-    ChatServer._deliver([([slow, fast], b"third\n"), ([fast], b"x\n")])
+    ChatService.deliver([([slow, fast], b"third\n"), ([fast], b"x\n")])
     assert slow_sock.sends == [b"first"]  # queued behind the backlog, not sent around it
     assert b"".join(box.chunks) == b"\nsecond\nthird\n"
     assert fast_sock.sends[-1] == b"third\nx\n"  # one step's deliveries: one send per receiver
@@ -66,7 +67,7 @@ def test_a_receiver_over_its_backlog_limit_is_dropped_as_too_slow() -> None:
     stuck = RecordingSocket(accept=0)
     stuck.shutdown = lambda how: None  # type: ignore[attr-defined]
     slow = member("slow", stuck, writer, limit=10)
-    ChatServer._deliver([([slow], b"12345\n"), ([slow], b"67890\n")])
+    ChatService.deliver([([slow], b"12345\n"), ([slow], b"67890\n")])
     box = slow.transport.outbox
     assert box.closed and box.reason == "too slow"
     assert box.size == 0

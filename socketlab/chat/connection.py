@@ -1,0 +1,86 @@
+"""A chat client's connection as the reader loop sees it, and the TCP line transport.
+
+:class:`Connection` holds what every transport shares -- the socket, its
+bounded :class:`~socketlab.chat.outbox.Outbox`, the hub member, the state of
+a departure -- and implements :class:`~socketlab.chat.service.Transport`
+for the chat core. A transport subclass turns received bytes into chat lines
+(``data_received``) and lines into bytes on the wire (``send``):
+:class:`LineConnection` for plain TCP lines here,
+:class:`~socketlab.chat.web.WebConnection` for WebSocket.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from socketlab.chat.outbox import Outbox
+from socketlab.chat.protocol import Member
+from socketlab.lines import Item, LineBuffer
+
+#: First and largest recv() sizes: reads grow only while data keeps coming.
+FIRST_READ = 4096
+MAX_READ = 65536
+
+
+class Connection:
+    """One client of the reader loop. ``send()`` and ``close()`` run under the chat lock."""
+
+    __slots__ = (
+        "sock", "peer", "outbox", "member", "last_active", "read_size", "closing", "half_closed", "peer_done",
+        "send",
+    )
+
+    def __init__(self, sock: socket.socket, peer: str, outbox: Outbox) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.outbox = outbox
+        self.member: Member | None = None
+        self.last_active = time.monotonic()
+        self.read_size = FIRST_READ
+        #: Set when the client has left: when to give up flushing and close.
+        self.closing: float | None = None
+        self.half_closed = False
+        #: The client closed its side while we were still flushing to it.
+        self.peer_done = False
+        self.send = outbox.write
+
+    def data_received(self, data: bytes) -> list[Item]:
+        """Chat lines completed by *data* (reader thread, lock not held)."""
+        raise NotImplementedError
+
+    def eof_received(self) -> list[Item]:
+        """The client ended its side: the lines that completes."""
+        return []
+
+    def ready_to_join(self) -> bool:
+        """True when a client not yet in the hub has finished its handshake."""
+        return False
+
+    def ended(self) -> str | None:
+        """Why the transport itself is over (e.g. a closing handshake), else None."""
+        return None
+
+    def goodbye(self, reason: str | None) -> None:
+        """Queue the transport's own farewell, if it has one (lock held)."""
+
+    def close(self, reason: str) -> None:
+        """Say goodbye, then shut the socket once the outbox is flushed (lock held)."""
+        self.goodbye(reason)
+        self.outbox.end(reason)
+
+
+class LineConnection(Connection):
+    """The TCP line transport: ``\\n``-terminated lines both ways, as sent."""
+
+    __slots__ = ("framer",)
+
+    def __init__(self, sock: socket.socket, peer: str, outbox: Outbox, max_line: int) -> None:
+        super().__init__(sock, peer, outbox)
+        self.framer = LineBuffer(max_line)
+
+    def data_received(self, data: bytes) -> list[Item]:
+        return self.framer.feed(data)
+
+    def eof_received(self) -> list[Item]:
+        return self.framer.finish()

@@ -1,0 +1,195 @@
+"""Bounded, never-blocking output for the chat's connections.
+
+Every byte a chat client is owed goes through its :class:`Outbox`:
+``write()`` offers data to the kernel at once (the socket is non-blocking)
+and keeps only what the kernel did not take, at most ``limit`` bytes; a
+single :class:`BacklogWriter` thread sends the rest when the socket becomes
+writable. A client that stops reading fills only its own backlog and is
+dropped as ``too slow``; nobody else waits. Transports (TCP lines, WebSocket
+frames) encode first and write bytes here; the outbox knows nothing of them.
+"""
+
+from __future__ import annotations
+
+import errno
+import selectors
+import socket
+import threading
+import time
+from typing import Callable
+
+from socketlab.serving import Waker
+
+
+def reason_for(error: OSError) -> str:
+    """The departure reason a failed send or recv means, e.g. ``connection reset``."""
+    if error.errno in (errno.ECONNRESET, errno.EPIPE):
+        return "connection reset"
+    return error.strerror or str(error)
+
+
+class Outbox:
+    """One connection's outgoing bytes. Every method runs under the chat lock.
+
+    Overflow or a send error closes the outbox and shuts the socket down,
+    which the reader loop sees as the client leaving; ``reason`` says why.
+    """
+
+    __slots__ = ("sock", "limit", "writer", "chunks", "size", "closed", "reason", "ending")
+
+    def __init__(self, sock: socket.socket, limit: int, writer: "BacklogWriter") -> None:
+        self.sock = sock
+        self.limit = limit
+        self.writer = writer
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.closed = False
+        self.reason: str | None = None
+        #: end() was called: fail with this reason once the backlog is sent.
+        self.ending: str | None = None
+
+    def write(self, data: bytes) -> None:
+        """Send *data* now if nothing is waiting, else queue it behind the backlog.
+
+        The relay's hot path: one non-blocking send() when the kernel takes it all.
+        """
+        if self.size or self.closed:
+            if self.closed or self.ending is not None:  # nothing goes out after a goodbye
+                return
+            if self.size + len(data) > self.limit:
+                self.fail("too slow")
+                return
+            self.chunks.append(data)
+            self.size += len(data)
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            self.fail(reason_for(error))
+            return
+        if sent != len(data):
+            self._backlog(data[sent:])
+
+    def _backlog(self, rest: bytes) -> None:
+        """Start a backlog with *rest* and have the BacklogWriter send it."""
+        if len(rest) > self.limit:
+            self.fail("too slow")
+            return
+        self.chunks.append(rest)
+        self.size = len(rest)
+        self.writer.watch(self)
+
+    def flush(self) -> None:
+        """Send as much of the backlog as the kernel takes now."""
+        if self.closed or not self.size:
+            return
+        data = self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            return
+        except OSError as error:
+            self.fail(reason_for(error))
+            return
+        if sent == len(data):
+            self.chunks = []
+            self.size = 0
+            self.writer.unwatch(self)
+            if self.ending is not None:
+                self.fail(self.ending)
+        elif sent:
+            self.chunks = [data[sent:]]
+            self.size = len(data) - sent
+
+    def end(self, reason: str) -> None:
+        """Shut the socket down, as fail() does, once the backlog is sent."""
+        if self.closed or self.ending is not None:
+            return
+        if self.size:
+            self.ending = reason
+        else:
+            self.fail(reason)
+
+    def fail(self, reason: str) -> None:
+        """Drop the backlog, stop writing, and shut the socket down (the reader loop sees EOF)."""
+        if self.closed:
+            return
+        self.close()
+        self.reason = reason
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Stop writing for good (the socket is being closed)."""
+        self.closed = True
+        self.chunks = []
+        self.size = 0
+        self.writer.unwatch(self)
+
+
+class BacklogWriter:
+    """One thread that sends backlogs when sockets become writable.
+
+    Every ``tick`` seconds (when set) it also calls *sweep* -- idle clients,
+    keepalive pings, handshake deadlines -- outside the lock.
+    """
+
+    def __init__(self, lock: threading.Lock, tick: float | None, sweep: Callable[[], None]) -> None:
+        self.lock = lock
+        self.tick = tick
+        self._sweep = sweep
+        self._selector = selectors.DefaultSelector()
+        self._waker = Waker()
+        self._waker.register(self._selector)
+        self._running = True
+        self._thread = threading.Thread(target=self._run, name="chat-backlog-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def watch(self, outbox: Outbox) -> None:
+        """Send *outbox*'s backlog when its socket is writable (lock held)."""
+        try:
+            self._selector.register(outbox.sock, selectors.EVENT_WRITE, outbox)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def unwatch(self, outbox: Outbox) -> None:
+        """Stop watching *outbox* (lock held)."""
+        try:
+            self._selector.unregister(outbox.sock)
+        except (KeyError, ValueError, OSError):
+            pass
+
+    def stop(self) -> None:
+        self._running = False
+        self._waker.wake()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self._selector.close()
+        self._waker.close()
+
+    def _run(self) -> None:
+        tick = self.tick
+        next_sweep = time.monotonic() + (tick or 0)
+        while self._running:
+            try:
+                events = self._selector.select(tick)
+            except (OSError, ValueError):
+                if not self._running:
+                    return
+                continue
+            with self.lock:
+                for key, _mask in events:
+                    if key.data is not None:
+                        key.data.flush()
+            for key, _mask in events:
+                if key.data is None:
+                    self._waker.drain()
+            if tick and time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + tick
+                self._sweep()

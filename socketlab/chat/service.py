@@ -1,0 +1,139 @@
+"""The chat's transport-neutral core: one hub, one lock, delivery.
+
+:class:`ChatService` runs the sans-IO :class:`~socketlab.chat.protocol.ChatHub`
+under one lock and hands what it decides to each member's :class:`Transport`
+in the same lock hold, so every member of a room -- on TCP, on a WebSocket,
+on whatever transport comes next -- sees the room's lines in one order. It
+knows members only through the transport interface: *send these bytes*,
+*close with this reason*. Sockets, framing and threads live in the
+transports and the server around it.
+
+Loggers: ``socketlab.chat.clients`` (joins, nick changes, departures) and
+``socketlab.chat.messages`` (message text, at DEBUG).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Callable, Protocol, Sequence
+
+from socketlab.chat.protocol import ChatHub, Delivery, Member, coalesce
+from socketlab.lines import Item
+from socketlab.text import display_bytes
+
+client_log = logging.getLogger("socketlab.chat.clients")
+message_log = logging.getLogger("socketlab.chat.messages")
+
+SHUTDOWN_REASON = "server shutting down"
+
+
+class Transport(Protocol):
+    """What the chat core needs of a member's connection. Called with the lock held; never blocks."""
+
+    #: Who is on the other end, for the log (``HOST:PORT``).
+    peer: str
+
+    def send(self, data: bytes) -> None:
+        """Send *data*, one or more whole lines, after everything sent before."""
+
+    def close(self, reason: str) -> None:
+        """End the connection once what was sent is out; *reason* says why (for the log and the room)."""
+
+
+class ChatService:
+    """A hub, the lock that serialises it, and delivery to transports.
+
+    For the I/O layer: ``join()``, ``receive()``, ``depart()`` and
+    ``shut_down()``, each safe from any thread; ``lock`` for anything else
+    that must not interleave with a delivery (a transport's own writes).
+    """
+
+    def __init__(self, hub: ChatHub) -> None:
+        self.hub = hub
+        self.lock = threading.Lock()
+        self.shutting_down = False
+
+    def join(self, transports: Sequence[Transport]) -> list[Member] | None:
+        """Welcome clients that arrived together; None when the server is shutting down.
+
+        The hub connects them one by one under one lock hold, and their
+        welcomes and join notices go out coalesced: one send per member.
+        """
+        with self.lock:
+            if self.shutting_down:
+                return None
+            members: list[Member] = []
+            deliveries: list[Delivery] = []
+            for transport in transports:
+                member, joined = self.hub.connect(transport)
+                members.append(member)
+                deliveries += joined
+            self.deliver(deliveries)
+        if client_log.isEnabledFor(logging.INFO):
+            for member in members:
+                client_log.info("Client connected %s as %s", member.transport.peer, member.name)
+        return members
+
+    def receive(self, member: Member, items: list[Item]) -> bool:
+        """Handle *member*'s lines and deliver the result; True when it quit."""
+        if message_log.isEnabledFor(logging.DEBUG):
+            for item in items:
+                if isinstance(item, bytes):
+                    message_log.debug("%s: %s", member.name, display_bytes(item))
+        with self.lock:
+            if self.shutting_down:
+                return False
+            before = (member.name, member.room.name)
+            reaction = self.hub.receive(member, items)
+            self.deliver(reaction.deliveries)
+            after = (member.name, member.room.name)
+        if before != after:
+            if before[0] != after[0]:
+                client_log.info("%s is now known as %s", before[0], after[0])
+            if before[1] != after[1]:
+                client_log.info("%s left %s and joined %s", after[0], before[1], after[1])
+        return reaction.quit
+
+    def depart(self, member: Member, reason: str | None) -> None:
+        """*member* has left (*reason*, or None after /quit): tell its room."""
+        with self.lock:
+            if self.shutting_down and reason == "disconnected":
+                reason = SHUTDOWN_REASON
+            deliveries = self.hub.disconnect(member, reason)
+            if not self.shutting_down:
+                self.deliver(deliveries)
+        client_log.info("Client disconnected %s (%s)", member.name, reason or "quit")
+
+    def shut_down(self) -> bool:
+        """Tell every member the server is going and close their transports; False if already done."""
+        with self.lock:
+            if self.shutting_down:
+                return False
+            self.shutting_down = True
+            self.deliver(self.hub.announce(SHUTDOWN_REASON))
+            for member in self.hub.members:
+                member.transport.close(SHUTDOWN_REASON)
+            return True
+
+    def close_members(self, select: Callable[[Any], bool], reason: str, line: bytes) -> None:
+        """Send *line* to every member whose transport *select* picks, then close it with *reason*."""
+        with self.lock:
+            for member in self.hub.members:
+                if select(member.transport):
+                    member.transport.send(line)
+                    member.transport.close(reason)
+
+    @staticmethod
+    def deliver(deliveries: list[Delivery]) -> None:
+        """Hand each delivery to its receivers' transports (lock held).
+
+        Several deliveries (a command's replies and notices, a crowd's joins)
+        are coalesced first, so each receiver gets one send.
+        """
+        if len(deliveries) > 1:
+            deliveries = coalesce(deliveries)
+        for members, data in deliveries:
+            for member in members:
+                member.transport.send(data)
+

@@ -1,0 +1,342 @@
+"""The chat's WebSocket transport: the page, the handshake, lines in text messages.
+
+A browser connects to the web address: ``GET /`` (and the page's two static
+files) are answered and closed; ``GET /ws`` upgrades to a WebSocket whose
+text messages carry the chat's line protocol unchanged -- each message from
+the client is one or more lines (the last newline optional), each message to
+it one or more whole lines.
+
+:class:`WebSession` is sans-IO: bytes in, chat lines out, bytes to send
+queued. The HTTP parsing, the handshake, framing, masking, ping/pong and the
+closing handshake are ``websockets``' Sans-I/O :class:`ServerProtocol`;
+this module adds routing, the Origin rule, limits (request head size and
+time, message size, ping rate, keepalive) and the line framing.
+:class:`WebConnection` joins a session to a socket's outbox for the reader loop.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import socket
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Sequence
+
+from websockets.datastructures import Headers
+from websockets.frames import CloseCode, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from socketlab.chat.connection import Connection
+from socketlab.chat.outbox import Outbox
+from socketlab.lines import Item, LineBuffer
+
+logger = logging.getLogger("socketlab.chat.web")
+#: websockets' own per-connection log lines stay quiet: this module logs one line per event instead.
+_protocol_log = logging.getLogger("socketlab.chat.web.protocol")
+_protocol_log.setLevel(logging.CRITICAL + 1)
+_protocol_log.propagate = False
+
+#: Longest request head (request line and headers) before the request is refused.
+MAX_HEAD = 8192
+#: Seconds a client has to send its whole request head.
+HEAD_TIMEOUT = 10.0
+#: A quiet WebSocket is pinged after this many seconds...
+PING_INTERVAL = 20.0
+#: ... and closed (1011) when no pong has come this many seconds after the ping.
+PING_TIMEOUT = 20.0
+#: Pings a client may send per second (a burst of as many) before it is closed (1008).
+MAX_PINGS_PER_SECOND = 20.0
+
+#: URL path -> (file in socketlab/chat/static, Content-Type). Nothing else is ever served.
+PAGES = {
+    "/": ("index.html", "text/html; charset=utf-8"),
+    "/chat.js": ("chat.js", "text/javascript; charset=utf-8"),
+    "/chat.css": ("chat.css", "text/css; charset=utf-8"),
+}
+_PAGE_HEADERS = (
+    ("Cache-Control", "no-cache"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Content-Security-Policy", "default-src 'self'; connect-src 'self'; frame-ancestors 'none'"),
+    ("Connection", "close"),
+)
+
+#: The departure reason of a connection the server closed with this code.
+_CLOSE_REASONS: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.UNSUPPORTED_DATA: "binary message",
+    CloseCode.INVALID_DATA: "invalid UTF-8",
+    CloseCode.POLICY_VIOLATION: "too many pings",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+    CloseCode.INTERNAL_ERROR: "keepalive timeout",
+}
+#: The close code for a departure the server starts, by reason.
+_CLOSE_CODES = {
+    "server shutting down": CloseCode.GOING_AWAY,
+    "server full": CloseCode.TRY_AGAIN_LATER,
+}
+
+
+def load_pages() -> dict[str, tuple[bytes, str]]:
+    """The page's files from the package: URL path -> (body, Content-Type)."""
+    static = resources.files("socketlab.chat") / "static"
+    return {path: (static.joinpath(name).read_bytes(), kind) for path, (name, kind) in PAGES.items()}
+
+
+@dataclass
+class WebSite:
+    """What every web connection of one server shares."""
+
+    pages: dict[str, tuple[bytes, str]]
+    #: Origins allowed besides the page's own (``--web-origin``).
+    origins: tuple[str, ...] = ()
+    #: "http" (or "https" behind TLS): the scheme of the page's own origin.
+    scheme: str = "http"
+    #: Largest WebSocket message accepted (bigger ones close with 1009).
+    max_message: int = 65536
+    max_line: int = 4096
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
+    head_timeout: float = HEAD_TIMEOUT
+    statuses: dict[int, int] = field(default_factory=dict)
+
+
+class WebSession:
+    """One web connection, sans-IO: an HTTP request, then maybe a WebSocket.
+
+    ``receive(data, now)`` returns the chat lines completed by *data*;
+    ``outgoing()`` the bytes to send (``b""``: end our side);
+    ``opened`` turns true once the upgrade is sent, ``ended`` says why the
+    connection is over. ``tick(now)`` runs the timers.
+    """
+
+    def __init__(self, site: WebSite, now: float) -> None:
+        self.site = site
+        self.protocol = ServerProtocol(max_size=site.max_message, logger=_protocol_log)
+        self.framer = LineBuffer(site.max_line)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._head_bytes = 0
+        self._deadline = now + site.head_timeout
+        self.request: Request | None = None
+        self.status: int | None = None
+        self.opened = False
+        self.ended: str | None = None
+        self._last_heard = now
+        self._ping_sent: float | None = None
+        self._ping_budget = MAX_PINGS_PER_SECOND
+        self._ping_refill = now
+
+    # -- input ---------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> list[Item]:
+        """Feed bytes from the client; return the chat lines they complete."""
+        if self.ended is not None:
+            return []
+        self._last_heard = now
+        self.protocol.receive_data(data)
+        if self.request is None:
+            self._head_bytes += len(data)
+            events = self.protocol.events_received()
+            if not events:
+                self._waiting_for_head()
+                return []
+            request, *events = events
+            assert isinstance(request, Request)
+            self.request = request
+            self._respond(request)
+        else:
+            events = self.protocol.events_received()
+        return self._frames(events, now)
+
+    def receive_eof(self) -> None:
+        """The client ended its side."""
+        if self.ended is None:
+            self.ended = "disconnected"
+        if not self.protocol.reader.eof:
+            self.protocol.receive_eof()
+
+    def _waiting_for_head(self) -> None:
+        if self.protocol.handshake_exc is not None:  # websockets refused the request (or answered it)
+            self.ended = "bad request"
+        elif self._head_bytes > MAX_HEAD:
+            self._send_response(self.protocol.reject(431, "Request header fields too large.\n"))
+            self.ended = "request head too large"
+
+    def _frames(self, events: Sequence[object], now: float) -> list[Item]:
+        items: list[Item] = []
+        protocol = self.protocol
+        for frame in events:
+            opcode = frame.opcode  # type: ignore[attr-defined]
+            if opcode is Opcode.TEXT or opcode is Opcode.CONT:
+                try:
+                    self._utf8.decode(frame.data, frame.fin)  # type: ignore[attr-defined]
+                except UnicodeDecodeError:
+                    self._utf8.reset()
+                    protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                    break
+                items += self.framer.feed(frame.data)  # type: ignore[attr-defined]
+                if frame.fin:  # type: ignore[attr-defined]
+                    items += self.framer.finish()
+            elif opcode is Opcode.BINARY:
+                protocol.fail(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
+                break
+            elif opcode is Opcode.PING:
+                self._ping_budget = min(MAX_PINGS_PER_SECOND, self._ping_budget + (now - self._ping_refill) * MAX_PINGS_PER_SECOND)
+                self._ping_refill = now
+                self._ping_budget -= 1
+                if self._ping_budget < 0:
+                    protocol.fail(CloseCode.POLICY_VIOLATION, "too many pings")
+                    break
+            elif opcode is Opcode.PONG:
+                self._ping_sent = None
+        if self.ended is None and protocol.state in (State.CLOSING, State.CLOSED):
+            self.ended = self._why_closed()
+        return items
+
+    def _why_closed(self) -> str:
+        sent = self.protocol.close_sent
+        if self.protocol.close_rcvd is not None and (sent is None or self.protocol.close_rcvd_then_sent):
+            return "disconnected"  # the client closed: a departure like a TCP EOF
+        if sent is not None:
+            return _CLOSE_REASONS.get(sent.code, f"closed ({sent.code})")
+        return "protocol error"
+
+    # -- the HTTP request ----------------------------------------------------
+
+    def _respond(self, request: Request) -> None:
+        """Answer *request*: the WebSocket upgrade at /ws, a page, or an HTTP error."""
+        path = request.path.partition("?")[0]
+        protocol = self.protocol
+        if request.method != "GET":
+            response = protocol.reject(405, "Method not allowed: use GET.\n")
+            response.headers["Allow"] = "GET"
+        elif path == "/ws":
+            response = self._upgrade(request)
+        elif path in self.site.pages:
+            body, kind = self.site.pages[path]
+            headers = Headers([("Content-Type", kind), ("Content-Length", str(len(body))), *_PAGE_HEADERS])
+            response = Response(200, "OK", headers, body)
+        else:
+            response = protocol.reject(404, "Not found.\n")
+        self._send_response(response)
+
+    def _upgrade(self, request: Request) -> Response:
+        protocol = self.protocol
+        try:
+            hosts = request.headers.get_all("Host")
+            origins = request.headers.get_all("Origin")
+        except Exception:  # noqa: BLE001 -- any malformed header is a bad request
+            hosts, origins = [], ["?", "?"]
+        if len(hosts) != 1 or len(origins) > 1:
+            return protocol.reject(400, "Bad request: one Host header and at most one Origin header.\n")
+        # No Origin: not a browser (websocat, a script), which a cross-site page cannot drive.
+        protocol.origins = [None, f"{self.site.scheme}://{hosts[0]}", *self.site.origins]  # type: ignore[list-item]
+        response = protocol.accept(request)
+        if response.status_code == 426:  # missing or wrong Upgrade header: a plain 400
+            response = protocol.reject(400, response.body.decode().partition("\n")[0] + "\n")
+        return response
+
+    def _send_response(self, response: Response) -> None:
+        self.status = response.status_code
+        self.protocol.send_response(response)
+        if response.status_code == 101:
+            self.opened = True
+        else:
+            self.ended = f"HTTP {response.status_code}"
+
+    # -- output --------------------------------------------------------------
+
+    def send_lines(self, data: bytes) -> None:
+        """Queue *data* (whole lines, valid UTF-8) as one text message, if the WebSocket is open."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_text(data)
+
+    def close(self, reason: str | None) -> None:
+        """Start the closing handshake: 1000, 1001 on shutdown, 1013 when full."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(_CLOSE_CODES.get(reason or "", CloseCode.NORMAL_CLOSURE), reason or "")
+
+    def outgoing(self) -> list[bytes]:
+        """Bytes to send, in order; ``b""`` means: end our side after them."""
+        return self.protocol.data_to_send()
+
+    # -- timers ----------------------------------------------------------------
+
+    def tick(self, now: float) -> str | None:
+        """Run the handshake deadline and keepalive; return a reason to drop the connection now."""
+        if self.ended is not None:
+            return None
+        if not self.opened:
+            if now > self._deadline:
+                self.ended = "request head timeout"
+                return self.ended
+            return None
+        if self._ping_sent is not None:
+            if now - self._ping_sent > self.site.ping_timeout:
+                self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                self.ended = "keepalive timeout"
+                return self.ended
+        elif now - self._last_heard > self.site.ping_interval:
+            self.protocol.send_ping(b"keepalive")
+            self._ping_sent = now
+        return None
+
+
+class WebConnection(Connection):
+    """The WebSocket transport for the reader loop: a :class:`WebSession` over an outbox.
+
+    The session is shared by the reader thread (input) and deliveries
+    (output), so every use of it holds the chat lock.
+    """
+
+    __slots__ = ("session", "lock")
+
+    def __init__(self, sock: socket.socket, peer: str, outbox: Outbox, session: WebSession, lock: object) -> None:
+        super().__init__(sock, peer, outbox)
+        self.session = session
+        self.lock = lock
+        self.send = self._send_lines
+
+    def data_received(self, data: bytes) -> list[Item]:
+        now = time.monotonic()
+        with self.lock:  # type: ignore[attr-defined]
+            items = self.session.receive(data, now)
+            self.pump()
+        return items
+
+    def eof_received(self) -> list[Item]:
+        with self.lock:  # type: ignore[attr-defined]
+            self.session.receive_eof()
+            self.pump()
+        return []
+
+    def ready_to_join(self) -> bool:
+        return self.session.opened and self.session.ended is None
+
+    def ended(self) -> str | None:
+        return self.session.ended
+
+    def _send_lines(self, data: bytes) -> None:
+        self.session.send_lines(data)
+        self.pump()
+
+    def goodbye(self, reason: str | None) -> None:
+        self.session.close(reason)
+        self.pump()
+
+    def tick(self, now: float) -> None:
+        """Run the session's timers (lock held); end the connection when one expired."""
+        reason = self.session.tick(now)
+        self.pump()
+        if reason is not None:
+            self.outbox.end(reason)
+
+    def pump(self) -> None:
+        """Move the session's outgoing bytes to the outbox (lock held)."""
+        for chunk in self.session.outgoing():
+            if chunk:
+                self.outbox.write(chunk)
