@@ -406,18 +406,22 @@ def clear_progress() -> None:
 @click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Receiver processes.")
 @click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
 @click.option("--check", type=click.Choice(["all", "probes"]), default="all", show_default=True, help="Check every copy, or let bulk readers only count lines (a capacity measurement).")
+@click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
 @click.option("--server-pid", type=int, default=None, help="PID of the target server, to report its CPU and memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, server_pid: int | None, as_json: bool) -> None:
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, server_pid: int | None, as_json: bool) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
     'slow' adds a client that never reads and compares p99; 'connections'
     opens --clients idle clients and checks they are all still served.
+    With --transport ws every client is a WebSocket client (--target is then
+    the server's web address).
 
     \b
     Examples:
       socketlab bench chat --rate 250
+      socketlab bench chat --transport ws
       socketlab bench chat --scenario connections --clients 2000
       socketlab bench chat --target 127.0.0.1:4000 --json
     """
@@ -428,19 +432,20 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     from socketlab.bench.report import connections_lines, fanout_lines
 
     own = None
+    web = transport == "ws"
     with user_errors(), bench_errors():
         if target:
             address = parse_address(target)
         else:
-            own = chat_bench.OwnServer(["--max-clients", str(max(1000, clients + 10))])
-            address = ("127.0.0.1", own.port)
+            own = chat_bench.OwnServer(["--max-clients", str(max(1000, clients + 10))], web=web)
+            address = ("127.0.0.1", own.web_port or own.port)
             server_pid = own.pid
     progress = None if as_json else progress_printer()
-    output: dict[str, Any] = {"scenario": scenario, "target": target or f"socketlab chat serve (pid {server_pid})"}
+    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "target": target or f"socketlab chat serve (pid {server_pid})"}
     lines: list[str] = []
     with bench_errors():
         try:
-            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all")
+            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all", web=web)
             if scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
@@ -453,7 +458,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
                 lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
                 lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
             else:
-                connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress)
+                connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress, web=web)
                 output["connections"] = chat_bench.as_dict(connections)
                 lines += connections_lines(connections)
         finally:

@@ -7,11 +7,12 @@ so the transcript reads in the same order every time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import queue
 import threading
-from typing import Callable
+from typing import Callable, Iterator
 
 from socketlab.addresses import format_address
 
@@ -108,6 +109,22 @@ class DemoChatter:
             self.echo(f"  [{self.label}] {line}")
 
 
+@contextlib.contextmanager
+def narrated_clients(log: ServerLog) -> Iterator[None]:
+    """Narrate the chat's client events (joins, renames, departures) through *log* meanwhile."""
+    clients_logger = logging.getLogger("socketlab.chat.clients")
+    clients_logger.addHandler(log)
+    saved = clients_logger.propagate, clients_logger.level
+    clients_logger.propagate = False
+    clients_logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        clients_logger.removeHandler(log)
+        clients_logger.propagate, level = saved
+        clients_logger.setLevel(level)
+
+
 def chat_part(echo: Echo) -> None:
     """Chat: three clients, a broadcast, then a room of two that refuses a third."""
     from socketlab.chat.server import ChatServer
@@ -115,60 +132,142 @@ def chat_part(echo: Echo) -> None:
     echo("")
     echo("== Chat: a broadcast server with rooms of at most two ==")
     logger, log = demo_logger("chat")
-    clients_logger = logging.getLogger("socketlab.chat.clients")
-    clients_logger.addHandler(log)
-    saved = clients_logger.propagate, clients_logger.level
-    clients_logger.propagate = False
-    clients_logger.setLevel(logging.INFO)
-    try:
-        with ChatServer(("127.0.0.1", 0), room_size=2, logger=logger) as server:
-            thread = threading.Thread(target=server.serve_forever, daemon=True)
-            thread.start()
-            log.expect(echo, "Server is listening")
-            port = server.server_address[1]
-            people: list[DemoChatter] = []
-            for name in ("alice", "bob", "carol"):
-                person = DemoChatter(echo, name, port)
-                log.expect(echo, "Client connected")
-                person.hears()
-                for earlier in people:
-                    earlier.hears()
-                people.append(person)
-            alice, bob, carol = people
-            for number, person in enumerate(people, 1):
-                person.say(f"/nick {person.label}", log, f"user{number} is now known as")
-                for everyone in people:
-                    everyone.hears()
-            echo("  -- a message reaches everyone else in the room, not its sender --")
-            alice.say("Hello everyone")
-            bob.hears()
-            carol.hears()
-            echo("  -- alice and bob move to room1, which holds two --")
-            alice.say("/join room1", log, "alice left lobby and joined room1")
-            alice.hears()
-            bob.hears()
-            carol.hears()
-            bob.say("/join room1", log, "bob left lobby and joined room1")
-            bob.hears()
-            alice.hears()
-            carol.hears()
-            carol.say("/join room1")
-            carol.hears()
-            echo("  -- messages in room1 stay in room1 --")
-            bob.say("just the two of us")
-            alice.hears()
-            carol.say("/who")
-            carol.hears()
-            server.shutdown()
-            for person in people:
-                person.hears()
-                person.client.close()
-            log.expect(echo, "Server closed")
-            thread.join()
-    finally:
-        clients_logger.removeHandler(log)
-        clients_logger.propagate, level = saved
-        clients_logger.setLevel(level)
+    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, logger=logger) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        log.expect(echo, "Server is listening")
+        port = server.server_address[1]
+        people: list[DemoChatter] = []
+        for name in ("alice", "bob", "carol"):
+            person = DemoChatter(echo, name, port)
+            log.expect(echo, "Client connected")
+            person.hears()
+            for earlier in people:
+                earlier.hears()
+            people.append(person)
+        alice, bob, carol = people
+        for number, person in enumerate(people, 1):
+            person.say(f"/nick {person.label}", log, f"user{number} is now known as")
+            for everyone in people:
+                everyone.hears()
+        echo("  -- a message reaches everyone else in the room, not its sender --")
+        alice.say("Hello everyone")
+        bob.hears()
+        carol.hears()
+        echo("  -- alice and bob move to room1, which holds two --")
+        alice.say("/join room1", log, "alice left lobby and joined room1")
+        alice.hears()
+        bob.hears()
+        carol.hears()
+        bob.say("/join room1", log, "bob left lobby and joined room1")
+        bob.hears()
+        alice.hears()
+        carol.hears()
+        carol.say("/join room1")
+        carol.hears()
+        echo("  -- messages in room1 stay in room1 --")
+        bob.say("just the two of us")
+        alice.hears()
+        carol.say("/who")
+        carol.hears()
+        server.shutdown()
+        for person in people:
+            person.hears()
+            person.client.close()
+        log.expect(echo, "Server closed")
+        thread.join()
+
+
+class DemoBrowser:
+    """A WebSocket client, as the chat page uses, whose every line is narrated."""
+
+    def __init__(self, echo: Echo, label: str, port: int) -> None:
+        from websockets.sync.client import connect
+        from websockets.typing import Origin
+
+        self.echo = echo
+        self.label = label
+        self._stack = contextlib.ExitStack()
+        own_page = Origin(f"http://127.0.0.1:{port}")
+        opening = connect(f"ws://127.0.0.1:{port}/ws", origin=own_page, open_timeout=STEP_TIMEOUT)
+        self.ws = self._stack.enter_context(opening)
+        self._lines: list[str] = []
+
+    def say(self, text: str, log: ServerLog | None = None, server_says: str = "") -> None:
+        self.echo(f"  [{self.label}] > {text}")
+        self.ws.send(text)
+        if log is not None:
+            log.expect(self.echo, server_says)
+
+    def hears(self, count: int = 1) -> None:
+        for _ in range(count):
+            if not self._lines:
+                message = self.ws.recv(timeout=STEP_TIMEOUT)
+                self._lines = str(message).splitlines()
+            self.echo(f"  [{self.label}] {self._lines.pop(0)}")
+
+    def closed(self) -> None:
+        """Wait for the server's close and narrate its code."""
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            self.ws.recv(timeout=STEP_TIMEOUT)
+        except ConnectionClosed:
+            pass
+        code = self.ws.close_code
+        self.echo(f"  [{self.label}] connection closed by the server with code {code}")
+        self._stack.close()
+
+
+def web_part(echo: Echo) -> None:
+    """Web: a browser's WebSocket and a terminal in one room of two."""
+    from socketlab.chat.server import ChatServer
+
+    echo("")
+    echo("== Web: a browser (WebSocket) and terminals in the same rooms ==")
+    logger, log = demo_logger("web")
+    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, web=("127.0.0.1", 0), logger=logger) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        log.expect(echo, "Server is listening")
+        log.expect(echo, "Web chat on")
+        echo("  -- the page at / opens a WebSocket to /ws; each text message carries chat lines --")
+        dana = DemoBrowser(echo, "browser dana", server.web_address[1])
+        log.expect(echo, "Client connected")
+        dana.hears()
+        erin = DemoChatter(echo, "terminal erin", server.server_address[1])
+        log.expect(echo, "Client connected")
+        erin.hears()
+        dana.hears()
+        dana.say("/nick dana", log, "user1 is now known as")
+        dana.hears()
+        erin.hears()
+        dana.say("/join chess", log, "dana left lobby and joined chess")
+        dana.hears()
+        erin.hears()
+        erin.say("/nick erin", log, "user2 is now known as")
+        erin.hears()
+        erin.say("/join chess", log, "erin left lobby and joined chess")
+        erin.hears()
+        dana.hears()
+        echo("  -- one room, one order, whichever transport a member uses --")
+        dana.say("hello from the browser")
+        erin.hears()
+        erin.say("hello from the terminal")
+        dana.hears()
+        frank = DemoBrowser(echo, "browser frank", server.web_address[1])
+        log.expect(echo, "Client connected")
+        frank.hears()
+        frank.say("/join chess")
+        frank.hears()
+        server.shutdown()
+        for browser in (dana, frank):
+            browser.hears()
+            browser.closed()
+        erin.hears()
+        erin.client.close()
+        log.expect(echo, "Server closed")
+        thread.join()
 
 
 def udp_part(echo: Echo) -> None:
@@ -196,4 +295,5 @@ def run_demo(echo: Echo) -> None:
     """Run every part of the demo, writing the transcript through *echo*."""
     tcp_part(echo)
     chat_part(echo)
+    web_part(echo)
     udp_part(echo)

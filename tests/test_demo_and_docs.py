@@ -65,7 +65,7 @@ def test_demo_chat_part() -> None:
     result = run_cli("demo", timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    chat = lines[lines.index("== Chat: a broadcast server with rooms of at most two ==") : lines.index("== UDP: datagrams, no connection ==") - 1]
+    chat = lines[lines.index("== Chat: a broadcast server with rooms of at most two ==") : lines.index("== Web: a browser (WebSocket) and terminals in the same rooms ==") - 1]
     hello = chat.index("  [alice] > Hello everyone")
     assert chat[hello + 1 : hello + 3] == ["  [bob] <alice> Hello everyone", "  [carol] <alice> Hello everyone"]
     refused = chat.index("  [carol] > /join room1")
@@ -95,3 +95,27 @@ def test_udp_hello_example() -> None:
         "receiver got b'Hello UDP Server' from 127.0.0.1",
         "1 datagrams, 16 bytes from 1 senders",
     ]
+
+
+def test_demo_web_part_puts_a_websocket_member_in_a_room_with_a_terminal() -> None:
+    """The demo's web part: a WebSocket member and a terminal member chat in one room of two,
+    a third (WebSocket) member is refused, and shutdown closes browsers with 1001."""
+    result = run_cli("demo", timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    start = lines.index("== Web: a browser (WebSocket) and terminals in the same rooms ==")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("== "))
+    web = lines[start:end]
+    expected_in_order = [
+        r"\[server\] Web chat on http://127\.0\.0\.1:\d+/$",
+        r"\[browser dana\] \* welcome user1, you are in lobby \(type /help\)$",
+        r"\[terminal erin\] \* welcome user2, you are in lobby \(type /help\)$",
+        r"\[terminal erin\] <dana> hello from the browser$",
+        r"\[browser dana\] <erin> hello from the terminal$",
+        r"\[browser frank\] ! room chess is full \(2/2\)$",
+        r"\[browser dana\] connection closed by the server with code 1001$",
+        r"\[server\] Server closed$",
+    ]
+    position = 0
+    for pattern in expected_in_order:
+        position = next(i for i in range(position, len(web)) if re.search(pattern, web[i])) + 1

@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
+from socketlab.bench.wire import WebSocketClient, frame
 from socketlab.bench.transfer import SOCKETLAB, listening_port
 
 #: A run ends this long after the last copy arrived, if copies are still missing.
@@ -106,15 +107,16 @@ def raise_open_file_limit() -> int:
 
 
 class OwnServer:
-    """A ``socketlab chat serve`` subprocess on a free port."""
+    """A ``socketlab chat serve`` subprocess on a free port (and a free web port with *web*)."""
 
-    def __init__(self, extra: list[str] | None = None) -> None:
+    def __init__(self, extra: list[str] | None = None, web: bool = False) -> None:
         self.proc = subprocess.Popen(
-            SOCKETLAB + ["chat", "serve", "--port", "0", "-q", *(extra or [])],
+            SOCKETLAB + ["chat", "serve", "--port", "0", "-q", *(["--web", "0"] if web else []), *(extra or [])],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
         self.port = listening_port(self.proc, "socketlab chat serve")
+        self.web_port = listening_port(self.proc, "socketlab chat serve --web", "Web chat on http://") if web else None
 
     @property
     def pid(self) -> int:
@@ -129,9 +131,9 @@ class OwnServer:
             self.proc.wait()
 
 
-def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None) -> list[socket.socket]:
-    """Connect *count* TCP clients; stops early (returning fewer) when refused."""
-    socks = []
+def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None, web: bool = False) -> list[Any]:
+    """Connect *count* clients (WebSocket ones with *web*); stops early (returning fewer) when refused."""
+    socks: list[Any] = []
     for _ in range(count):
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
@@ -140,11 +142,12 @@ def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None
         try:
             sock.settimeout(5)
             sock.connect(address)
+            client = WebSocketClient(sock, address) if web else sock
         except OSError:
             sock.close()
             break
         sock.setblocking(False)
-        socks.append(sock)
+        socks.append(client)
     return socks
 
 
@@ -170,7 +173,7 @@ def _why_not(address: tuple[str, int]) -> str:
     return ""
 
 
-def drain_until_quiet(socks: list[socket.socket], quiet: float, limit: float) -> int:
+def drain_until_quiet(socks: list[Any], quiet: float, limit: float) -> int:
     """Read and discard until nothing arrived for *quiet* seconds; return open sockets."""
     selector = selectors.DefaultSelector()
     for sock in socks:
@@ -194,7 +197,7 @@ class ReceiveLoop:
 
     def __init__(
         self,
-        socks: list[socket.socket],
+        socks: list[Any],
         totals: Totals,
         senders: int,
         messages: int,
@@ -241,6 +244,7 @@ def _receiver_worker(
     progress: Any,
     slot: int,
     checked: bool = True,
+    web: bool = False,
 ) -> None:
     """A forked process that owns *count* receiving clients and reports what they saw.
 
@@ -250,7 +254,7 @@ def _receiver_worker(
     under test less.
     """
     try:
-        socks = open_clients(address, count)
+        socks = open_clients(address, count, web=web)
         link.send(len(socks))
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         link.send("ready")
@@ -305,6 +309,7 @@ def run_fanout(
     workers: int = 2,
     window: int = 2000,
     check_all: bool = True,
+    web: bool = False,
 ) -> FanoutResult:
     """Run one fanout measurement against the chat server at *address*.
 
@@ -322,6 +327,9 @@ def run_fanout(
     With *check_all* false the bulk readers only count lines, so that
     reading costs the machine far less than relaying; the probes and
     senders still check every copy they get.
+
+    With *web*, every client is a WebSocket client of a chat server's web
+    address: the lines travel in text messages.
     """
     if not 0 < senders < clients:
         raise ValueError("need at least one sender and one more client")
@@ -338,7 +346,7 @@ def run_fanout(
             parent, child = context.Pipe()
             process = context.Process(
                 target=_receiver_worker,
-                args=(address, share, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all),
+                args=(address, share, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all, web),
                 daemon=True,
             )
             process.start()
@@ -346,10 +354,10 @@ def run_fanout(
             links.append(parent)
             processes.append(process)
         connected = sum(link.recv() for link in links)
-        socks = open_clients(address, senders)
+        socks = open_clients(address, senders, web=web)
         if connected + len(socks) < clients:
             raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect{_why_not(address)}")
-        slow = open_clients(address, 1, rcvbuf=4096) if slow_client else []
+        slow = open_clients(address, 1, rcvbuf=4096, web=web) if slow_client else []
         rss_before = rss_kib(server_pid) if server_pid else 0
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         for link in links:
@@ -369,7 +377,7 @@ def run_fanout(
 
 
 def _drive_senders(
-    socks: list[socket.socket],
+    socks: list[Any],
     links: list[Any],
     senders: int,
     messages: int,
@@ -427,12 +435,12 @@ def _drive_senders(
                 if interval_ns:
                     if now_ns < next_due[index]:
                         continue
-                    pending[index] = make_message(index, seq, now_ns, size)
+                    pending[index] = frame(sock, make_message(index, seq, now_ns, size))
                     next_seq[index] = seq + 1
                     next_due[index] += interval_ns
                 else:
                     count = min(batch, messages - seq)
-                    pending[index] = b"".join(make_message(index, s, now_ns, size) for s in range(seq, seq + count))
+                    pending[index] = frame(sock, b"".join(make_message(index, s, now_ns, size) for s in range(seq, seq + count)))
                     next_seq[index] = seq + count
             try:
                 sent = sock.send(pending[index])
@@ -510,15 +518,16 @@ class ConnectionsResult:
 
 
 def run_connections(
-    address: tuple[str, int], *, clients: int, server_pid: int | None = None, progress: Progress | None = None
+    address: tuple[str, int], *, clients: int, server_pid: int | None = None, progress: Progress | None = None,
+    web: bool = False,
 ) -> ConnectionsResult:
     """Open *clients* idle connections, then check each still receives a broadcast."""
     limit = raise_open_file_limit()
     rss_before = rss_kib(server_pid) if server_pid else 0
     start = time.monotonic()
-    socks: list[socket.socket] = []
+    socks: list[Any] = []
     while len(socks) < clients:
-        more = open_clients(address, min(100, clients - len(socks)))
+        more = open_clients(address, min(100, clients - len(socks)), web=web)
         socks += more
         if progress:
             progress(f"{len(socks):,}/{clients:,} connected")
@@ -528,11 +537,11 @@ def run_connections(
     connected = drain_until_quiet(socks, SETTLE_QUIET, 60.0)
     rss_after = rss_kib(server_pid) if server_pid else 0
     served = 0
-    probe = open_clients(address, 1)
+    probe = open_clients(address, 1, web=web)
     if probe:
         drain_until_quiet(socks + probe, SETTLE_QUIET, 30.0)
         probe[0].setblocking(True)
-        probe[0].sendall(make_message(0, 0, time.monotonic_ns(), 64))
+        probe[0].sendall(frame(probe[0], make_message(0, 0, time.monotonic_ns(), 64)))
         served = _count_receivers(socks, b"~0.0.", 10.0)
         probe[0].close()
     for sock in socks:
@@ -551,7 +560,7 @@ def run_connections(
     return result
 
 
-def _count_receivers(socks: list[socket.socket], marker: bytes, limit: float) -> int:
+def _count_receivers(socks: list[Any], marker: bytes, limit: float) -> int:
     """How many sockets receive *marker* within *limit* seconds."""
     selector = selectors.DefaultSelector()
     buffers = {}

@@ -91,17 +91,18 @@ def _feed(pipe_fd: int, size: int) -> None:
         os.close(pipe_fd)
 
 
-def listening_port(proc: subprocess.Popen, what: str) -> int:
-    """The port in the ``... listening on HOST:PORT`` line *proc* prints first.
+def listening_port(proc: subprocess.Popen, what: str, marker: str = "listening") -> int:
+    """The port in the ``... listening on HOST:PORT`` line *proc* prints next
+    (or the next line containing another *marker*, e.g. ``... http://HOST:PORT/``).
 
     Raises RuntimeError (and kills *proc*) when it printed something else:
     it did not start.
     """
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
-    if "listening" in line.lower():
+    if marker.lower() in line.lower():
         try:
-            return int(line.rsplit(":", 1)[1])
+            return int(line.rstrip().rstrip("/").rsplit(":", 1)[1])
         except ValueError:
             pass
     stop(proc)
