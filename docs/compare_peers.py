@@ -1,7 +1,8 @@
 """Run socketlab's chat benchmarks against socketlab and its peers, side by side.
 
     python docs/compare_peers.py [--runs 3] [--scenarios flat,paced,...] [--bench-args "--window 8000"]
-                                 [--peers socketlab,node,ncat] [--node-server PATH] [--json out.json]
+                                 [--peers socketlab,node,ncat,build] [--node-server PATH] [--build PATH]
+                                 [--json out.json]
     python docs/compare_peers.py --reanalyse out.json
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
@@ -12,6 +13,10 @@ ratio to each peer and a 95 % bootstrap interval for it (an interval that
 contains 1.0 means the runs cannot tell the two apart). Peers that are not
 installed are skipped. Nothing leaves 127.0.0.1. Run it with the Python that has
 socketlab installed: it runs `python -m socketlab` with that interpreter.
+
+The peer ``build`` is another socketlab source tree (``--build PATH``, e.g. a
+``git worktree`` of an earlier commit) serving the chat, so two builds are
+measured side by side by the same benchmark.
 """
 
 from __future__ import annotations
@@ -40,22 +45,23 @@ SCENARIOS = {
 }
 
 
-def start(peer: str, port: int, node_server: pathlib.Path) -> subprocess.Popen:
-    if peer == "socketlab":
+def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None) -> subprocess.Popen:
+    if peer in ("socketlab", "build"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
-        env = None
+        env = {**os.environ, "PYTHONPATH": str(build)} if peer == "build" else None
     elif peer == "node":
         command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
     else:
         command, env = ["ncat", "--broker", "--chat", "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cwd = build if peer == "build" else None  # python -m puts the working directory first on the path
+    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_listening(port, proc, peer)
     return proc
 
 
-def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str]) -> dict:
+def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str], build: pathlib.Path | None = None) -> dict:
     port = free_port()
-    proc = start(peer, port, node_server)
+    proc = start(peer, port, node_server, build)
     try:
         out = subprocess.run(
             [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
@@ -151,6 +157,7 @@ def main() -> None:
     parser.add_argument("--bench-args", default="", help='more options for every run, e.g. "--window 8000"')
     parser.add_argument("--reanalyse", type=pathlib.Path, help="only summarise the raw reports of an earlier --json")
     parser.add_argument("--peers", default="socketlab,node,ncat", help="which servers to run (those installed)")
+    parser.add_argument("--build", type=pathlib.Path, help="the peer 'build': another socketlab source tree")
     args = parser.parse_args()
     if args.reanalyse:
         print(json.dumps(analyse(json.loads(args.reanalyse.read_text())["raw"]), indent=1))
@@ -159,6 +166,7 @@ def main() -> None:
         "socketlab": True,
         "node": bool(shutil.which("node")) and args.node_server.exists(),
         "ncat": bool(shutil.which("ncat")),
+        "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),
     }
     peers = [peer for peer in args.peers.split(",") if installed.get(peer)]
     raw: dict = {}
@@ -168,7 +176,7 @@ def main() -> None:
             # with a different peer, so no peer always follows the same one.
             shift = run % len(peers)
             for peer in peers[shift:] + peers[:shift]:
-                report = bench(peer, scenario, args.node_server, args.bench_args.split())
+                report = bench(peer, scenario, args.node_server, args.bench_args.split(), args.build)
                 raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
     table = analyse(raw)

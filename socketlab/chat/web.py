@@ -119,6 +119,8 @@ class WebSession:
         self.protocol = ServerProtocol(max_size=site.max_message, logger=_protocol_log)
         self.framer = LineBuffer(site.max_line)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        #: Lines of a fragmented message whose final fragment has not come yet (at most max_message bytes).
+        self._unfinished: list[Item] = []
         self._head_bytes = 0
         self._deadline = now + site.head_timeout
         self.request: Request | None = None
@@ -126,6 +128,9 @@ class WebSession:
         self.opened = False
         self.ended: str | None = None
         self._last_heard = now
+        #: When the client last sent a text message (or connected): what the idle timeout measures.
+        #: Pongs and pings are the keepalive, not activity: a browser answers pings by itself.
+        self.last_message = now
         self._ping_sent: float | None = None
         self._ping_budget = MAX_PINGS_PER_SECOND
         self._ping_refill = now
@@ -172,15 +177,21 @@ class WebSession:
         for frame in events:
             opcode = frame.opcode  # type: ignore[attr-defined]
             if opcode is Opcode.TEXT or opcode is Opcode.CONT:
+                self.last_message = now
                 try:
                     self._utf8.decode(frame.data, frame.fin)  # type: ignore[attr-defined]
                 except UnicodeDecodeError:
                     self._utf8.reset()
+                    self._unfinished = []
                     protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
                     break
-                items += self.framer.feed(frame.data)  # type: ignore[attr-defined]
+                # A message is the unit: its lines are handed on only once all of it has
+                # arrived valid, so a message that ends in 1007 or 1009 relays nothing.
+                self._unfinished += self.framer.feed(frame.data)  # type: ignore[attr-defined]
                 if frame.fin:  # type: ignore[attr-defined]
+                    items += self._unfinished
                     items += self.framer.finish()
+                    self._unfinished = []
             elif opcode is Opcode.BINARY:
                 protocol.fail(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
                 break
@@ -306,6 +317,8 @@ class WebConnection(Connection):
         with self.lock:  # type: ignore[attr-defined]
             items = self.session.receive(data, now)
             self.pump()
+        # The reader counted any bytes as activity; for the idle timeout only messages count.
+        self.last_active = self.session.last_message
         return items
 
     def eof_received(self) -> list[Item]:
