@@ -14,7 +14,9 @@ contains 1.0 means the runs cannot tell the two apart). Peers that are not
 installed are skipped. Nothing leaves 127.0.0.1. Run it with the Python that has
 socketlab installed: it runs `python -m socketlab` with that interpreter.
 
-The peer ``build`` is another socketlab source tree (``--build PATH``, e.g. a
+The peer ``ws`` is socketlab's own server measured through WebSocket
+clients (``chat serve --web``, ``bench chat --transport ws``). The peer
+``build`` is another socketlab source tree (``--build PATH``, e.g. a
 ``git worktree`` of an earlier commit) serving the chat, so two builds are
 measured side by side by the same benchmark.
 """
@@ -45,9 +47,11 @@ SCENARIOS = {
 }
 
 
-def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None) -> subprocess.Popen:
-    if peer in ("socketlab", "build"):
+def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
+    if peer in ("socketlab", "build", "ws"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
+        if peer == "ws":
+            command += ["--web", str(web_port)]
         env = {**os.environ, "PYTHONPATH": str(build)} if peer == "build" else None
     elif peer == "node":
         command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
@@ -60,8 +64,11 @@ def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path |
 
 
 def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str], build: pathlib.Path | None = None) -> dict:
-    port = free_port()
-    proc = start(peer, port, node_server, build)
+    port, web_port = free_port(), free_port()
+    proc = start(peer, port, node_server, build, web_port)
+    if peer == "ws":
+        wait_listening(web_port, proc, "socketlab chat serve --web")
+        port, extra = web_port, ["--transport", "ws", *extra]
     try:
         out = subprocess.run(
             [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
@@ -164,6 +171,7 @@ def main() -> None:
         return
     installed = {
         "socketlab": True,
+        "ws": True,
         "node": bool(shutil.which("node")) and args.node_server.exists(),
         "ncat": bool(shutil.which("ncat")),
         "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),

@@ -229,6 +229,7 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
     logging.getLogger("socketlab.chat.messages").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if quiet:
         logging.getLogger("socketlab.chat.clients").setLevel(logging.WARNING)
+        logging.getLogger("socketlab.chat.web").setLevel(logging.WARNING)
     with user_errors():
         server = ChatServer(
             (host, port),

@@ -161,6 +161,16 @@ def test_methods_other_than_get_are_405_with_allow_get(method: str, path: str) -
     assert session.ended == "HTTP 405" and not session.opened
 
 
+@pytest.mark.parametrize("method, expected", [("POST", 405), ("PUT", 405), ("GET", 400)])
+def test_a_request_with_a_body_is_answered_not_just_closed(method: str, expected: int) -> None:
+    """websockets refuses request bodies without an answer; the session answers: 405 for another
+    method (with 'Allow: GET'), 400 for a GET."""
+    session, status, headers, _body, eof = http(head(method, "/ws", "Content-Length: 5") + b"hello")
+    assert (status, eof, session.status) == (expected, True, expected)
+    assert headers.get("allow") == ("GET" if expected == 405 else None)
+    assert session.ended == "bad request" and not session.opened
+
+
 @pytest.mark.parametrize("extra", [(), ("Connection: Upgrade",), ("Upgrade: h2c", "Connection: Upgrade")])
 def test_ws_without_the_upgrade_headers_is_a_plain_400(extra: tuple[str, ...]) -> None:
     """GET /ws that is not a WebSocket handshake: 400 (not websockets' 426), then EOF."""

@@ -122,6 +122,9 @@ class WebSession:
         #: Lines of a fragmented message whose final fragment has not come yet (at most max_message bytes).
         self._unfinished: list[Item] = []
         self._head_bytes = 0
+        self._head_start = b""
+        #: Bytes to send before the protocol's own (an answer websockets did not give).
+        self._queued: list[bytes] = []
         self._deadline = now + site.head_timeout
         self.request: Request | None = None
         self.status: int | None = None
@@ -145,6 +148,8 @@ class WebSession:
         self.protocol.receive_data(data)
         if self.request is None:
             self._head_bytes += len(data)
+            if len(self._head_start) < 16:
+                self._head_start += data[:16]
             events = self.protocol.events_received()
             if not events:
                 self._waiting_for_head()
@@ -165,8 +170,20 @@ class WebSession:
             self.protocol.receive_eof()
 
     def _waiting_for_head(self) -> None:
-        if self.protocol.handshake_exc is not None:  # websockets refused the request (or answered it)
+        if self.protocol.handshake_exc is not None:  # websockets refused the request
             self.ended = "bad request"
+            pending = self.protocol.data_to_send()
+            if pending == [b""]:  # refused without an answer (e.g. a request body): answer it here
+                method = self._head_start.partition(b" ")[0]
+                if method != b"GET" and method.isalpha():
+                    response = self.protocol.reject(405, "Method not allowed: use GET.\n")
+                    response.headers["Allow"] = "GET"
+                else:
+                    response = self.protocol.reject(400, "Bad request.\n")
+                pending = [response.serialize(), b""]
+            if pending[0].startswith(b"HTTP/1.1 "):
+                self.status = int(pending[0][9:12])
+            self._queued = pending
         elif self._head_bytes > MAX_HEAD:
             self._send_response(self.protocol.reject(431, "Request header fields too large.\n"))
             self.ended = "request head too large"
@@ -215,6 +232,12 @@ class WebSession:
         if sent is not None:
             return _CLOSE_REASONS.get(sent.code, f"closed ({sent.code})")
         return "protocol error"
+
+    def describe(self) -> str:
+        """The request, for the log: ``GET /path`` or its first bytes, escaped."""
+        if self.request is not None:
+            return f"{self.request.method} {self.request.path}"[:200]
+        return repr(self._head_start)[2:-1]
 
     # -- the HTTP request ----------------------------------------------------
 
@@ -273,6 +296,9 @@ class WebSession:
 
     def outgoing(self) -> list[bytes]:
         """Bytes to send, in order; ``b""`` means: end our side after them."""
+        if self._queued:
+            queued, self._queued = self._queued, []
+            return queued + self.protocol.data_to_send()
         return self.protocol.data_to_send()
 
     # -- timers ----------------------------------------------------------------
@@ -314,9 +340,13 @@ class WebConnection(Connection):
 
     def data_received(self, data: bytes) -> list[Item]:
         now = time.monotonic()
+        session = self.session
+        answered = session.ended is not None
         with self.lock:  # type: ignore[attr-defined]
-            items = self.session.receive(data, now)
+            items = session.receive(data, now)
             self.pump()
+        if not answered and session.ended is not None and (session.status or 400) >= 400:
+            logger.info("Refused web request from %s: %s (%s)", self.peer, session.status or "closed", session.describe())
         # The reader counted any bytes as activity; for the idle timeout only messages count.
         self.last_active = self.session.last_message
         return items
