@@ -70,6 +70,43 @@ def port_option(func: F) -> F:
     )(func)
 
 
+def tls_server_options(func: F) -> F:
+    """--tls-cert and --tls-key: serve TLS."""
+    func = click.option("--tls-key", metavar="FILE", type=click.Path(dir_okay=False), help="Its private key, PEM, unencrypted (default: inside --tls-cert).")(func)
+    return click.option("--tls-cert", metavar="FILE", type=click.Path(dir_okay=False), help="Serve TLS with this certificate (PEM, chain included).")(func)
+
+
+def tls_client_options(func: F) -> F:
+    """--tls, --tls-ca and --tls-no-verify: connect with TLS."""
+    func = click.option("--tls-no-verify", is_flag=True, help="Do not verify the server's certificate (insecure; says so on stderr).")(func)
+    func = click.option("--tls-ca", metavar="FILE", type=click.Path(dir_okay=False), help="Trust these CA certificates (PEM) instead of the system's.")(func)
+    return click.option("--tls", "use_tls", is_flag=True, help="Connect with TLS, verifying the server's certificate and name.")(func)
+
+
+def server_tls(cert: str | None, key: str | None) -> Any:
+    """The server SSLContext for --tls-cert/--tls-key, or None; errors are one line."""
+    if key and not cert:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    if not cert:
+        return None
+    from socketlab.tls import server_context
+
+    with user_errors():
+        return server_context(cert, key)
+
+
+def client_tls(use_tls: bool, ca: str | None, no_verify: bool) -> Any:
+    """The client SSLContext for --tls (implied by --tls-ca/--tls-no-verify), or None."""
+    if not (use_tls or ca or no_verify):
+        return None
+    from socketlab.tls import client_context
+
+    if no_verify:
+        click.echo("Warning: --tls-no-verify: the server's certificate is not checked; anyone in between can read and change the traffic", err=True)
+    with user_errors():
+        return client_context(ca, verify=not no_verify)
+
+
 #: errno values that mean our output cannot be written (full disk, closed pipe, ...).
 _OUTPUT_ERRORS = {errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
 
@@ -135,7 +172,8 @@ def main() -> None:
 @click.option("--hex", "hex_dump", is_flag=True, help="Log payloads as a hex dump.")
 @click.option("-q", "--quiet", is_flag=True, help="Log no payloads: connections and byte counts only.")
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True, help="Clients served at once.")
-def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int) -> None:
+@tls_server_options
+def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int, tls_cert: str | None, tls_key: str | None) -> None:
     """The tutorial's TCP server: greet each client, log what it sends.
 
     Each client gets the welcome line; every chunk it sends is logged with
@@ -149,10 +187,11 @@ def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, q
     from socketlab.serving import run_until_signal
     from socketlab.tcp import WelcomeServer
 
+    tls = server_tls(tls_cert, tls_key)
     log_to_stdout()
     payload = "quiet" if quiet else "hex" if hex_dump else "text"
     with user_errors():
-        server = WelcomeServer((host, port), welcome=welcome, echo=echo, payload=payload, max_clients=max_clients)
+        server = WelcomeServer((host, port), welcome=welcome, echo=echo, payload=payload, max_clients=max_clients, tls=tls)
     with server:
         run_until_signal(server)
 
@@ -160,9 +199,10 @@ def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, q
 @main.command("tcp-client")
 @host_option
 @port_option
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect timeout in seconds.")
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect (and TLS handshake) timeout in seconds.")
+@tls_client_options
 @click.argument("message", nargs=-1)
-def tcp_client(host: str, port: int, timeout: float, message: tuple[str, ...]) -> None:
+def tcp_client(host: str, port: int, timeout: float, use_tls: bool, tls_ca: str | None, tls_no_verify: bool, message: tuple[str, ...]) -> None:
     """Connect, send MESSAGE (or stdin), print what the server sends.
 
     With MESSAGE: sends it plus a newline, ends the sending side and prints
@@ -178,11 +218,12 @@ def tcp_client(host: str, port: int, timeout: float, message: tuple[str, ...]) -
     from socketlab.addresses import format_address
     from socketlab.tcp import connect, relay_stdio
 
+    tls = client_tls(use_tls, tls_ca, tls_no_verify)
     payload = (" ".join(message) + "\n").encode() if message else None
     with user_errors():
-        sock = connect(host, port, timeout)
+        sock = connect(host, port, timeout, tls=tls)
         with sock:
-            click.echo(f"Connected to Server {format_address((host, port))}", err=True)
+            click.echo(f"Connected to Server {format_address((host, port))}{' (TLS)' if tls else ''}", err=True)
             relay_stdio(sock, host, port, payload)
     click.echo("Disconnected from Server", err=True)
 
@@ -207,9 +248,10 @@ def chat() -> None:
 @click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Drop clients silent for this many seconds (default: never).")
 @click.option("--web", metavar="[HOST:]PORT", help="Also serve the chat page and its WebSocket (/ws) here (0: a free port).")
 @click.option("--web-origin", "web_origins", metavar="ORIGIN", multiple=True, help="Another origin whose pages may open the WebSocket (repeatable).")
+@tls_server_options
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
-def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, web: str | None, web_origins: tuple[str, ...], verbose: bool, quiet: bool) -> None:
+def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, web: str | None, web_origins: tuple[str, ...], tls_cert: str | None, tls_key: str | None, verbose: bool, quiet: bool) -> None:
     """Run the chat server; nc, telnet, 'chat connect' and browsers are clients.
 
     Every line a client sends reaches the other members of its room as
@@ -225,6 +267,7 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
     from socketlab.chat.server import ChatServer
     from socketlab.serving import run_until_signal
 
+    tls = server_tls(tls_cert, tls_key)
     log_to_stdout()
     logging.getLogger("socketlab.chat.messages").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if quiet:
@@ -240,6 +283,7 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
             idle_timeout=idle_timeout,
             web=web_address(web, host) if web is not None else None,
             web_origins=[check_origin(origin) for origin in web_origins],
+            tls=tls,
         )
     with server:
         run_until_signal(server)
@@ -271,8 +315,9 @@ def check_origin(origin: str) -> str:
 @port_option
 @click.option("--name", help="Nickname to take at once (/nick).")
 @click.option("--room", help="Room to join at once (/join).")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect timeout in seconds.")
-def chat_connect(host: str, port: int, name: str | None, room: str | None, timeout: float) -> None:
+@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect (and TLS handshake) timeout in seconds.")
+@tls_client_options
+def chat_connect(host: str, port: int, name: str | None, room: str | None, timeout: float, use_tls: bool, tls_ca: str | None, tls_no_verify: bool) -> None:
     """Chat from a terminal or a pipe: stdin lines out, server lines in.
 
     At the end of stdin it sends /quit and waits for the server to close.
@@ -284,10 +329,11 @@ def chat_connect(host: str, port: int, name: str | None, room: str | None, timeo
     from socketlab.addresses import format_address
     from socketlab.chat.client import ChatClient, run_session
 
+    tls = client_tls(use_tls, tls_ca, tls_no_verify)
     with user_errors():
-        client = ChatClient.connect(host, port, timeout)
+        client = ChatClient.connect(host, port, timeout, tls=tls)
     with client:
-        click.echo(f"Connected to Server {format_address((host, port))}", err=True)
+        click.echo(f"Connected to Server {format_address((host, port))}{' (TLS)' if tls else ''}", err=True)
         run_session(client, name=name, room=room)
     click.echo("Disconnected from Server", err=True)
 

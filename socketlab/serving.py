@@ -128,6 +128,8 @@ class ConnectionServer(socketserver.TCPServer):
     join_timeout: float = 2.0
     #: Accepted sockets are made blocking (for a thread per connection) or non-blocking.
     blocking_connections: bool = True
+    #: The server's TLS context, if it speaks TLS (set by subclasses that do).
+    tls_context: Any = None
 
     def __init__(
         self,
@@ -243,7 +245,7 @@ class ConnectionServer(socketserver.TCPServer):
 
     def on_listening(self) -> None:
         """Called once serve_forever() is accepting connections."""
-        self.logger.info("Server is listening on %s", self.address_text)
+        self.logger.info("Server is listening on %s%s", self.address_text, " (TLS)" if self.tls_context else "")
 
     def on_close(self) -> None:
         """Called once, when shutdown() has closed every connection."""

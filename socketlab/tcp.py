@@ -26,13 +26,15 @@ import os
 import stat
 import socket
 import socketserver
+import ssl
 import sys
 import threading
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
-from socketlab.addresses import bind_error, format_address, resolve
+from socketlab.addresses import bind_error, describe_os_error, format_address, resolve
 from socketlab.errors import AddressError, OutputError
 from socketlab.serving import ConnectionServer
+from socketlab.tls import HANDSHAKE_TIMEOUT, TlsError, TlsStream
 from socketlab.text import TerminalText, display_bytes, hexdump
 
 logger = logging.getLogger("socketlab.tcp")
@@ -54,10 +56,18 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
     server: "WelcomeServer"
 
     def handle(self) -> None:
-        sock: socket.socket = self.request
+        sock: Any = self.request
         peer = format_address(self.client_address)
         server = self.server
         received = 0
+        if server.tls_context is not None:  # on this connection's own thread, never the accepting one
+            sock = TlsStream.server(sock, server.tls_context)
+            try:
+                sock.handshake(server.handshake_timeout)
+            except (TlsError, OSError) as error:
+                reason = str(error) if isinstance(error, TlsError) else describe_os_error(error)
+                server.logger.info("TLS handshake failed with %s: %s", peer, reason)
+                return
         welcome = server.on_connection(peer)
         wants_chunks = server.echo or server.payload != "quiet" or type(server).on_data is not WelcomeServer.on_data
         try:
@@ -108,11 +118,15 @@ class WelcomeServer(ConnectionServer):
         echo: bool = False,
         payload: str = "text",
         max_clients: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         logger: logging.Logger = logger,
     ) -> None:
         if payload not in PAYLOAD_MODES:
             raise ValueError(f"payload must be one of {PAYLOAD_MODES}")
         self.welcome = (welcome + "\n").encode() if welcome else b""
+        self.tls_context = tls
+        self.handshake_timeout = handshake_timeout
         self.echo = echo
         self.payload = payload
         super().__init__(address, WelcomeHandler, max_clients=max_clients, logger=logger)
@@ -150,10 +164,13 @@ class WelcomeServer(ConnectionServer):
 # -- client side -------------------------------------------------------------
 
 
-def connect(host: str, port: int, timeout: float | None = 5.0) -> socket.socket:
+def connect(host: str, port: int, timeout: float | None = 5.0, tls: ssl.SSLContext | None = None) -> Any:
     """Open a TCP connection to *host*:*port*, in blocking mode once connected.
 
-    Raises AddressError naming the address on unknown host, refusal or timeout.
+    With *tls* (a client SSLContext) the handshake runs too, within *timeout*,
+    and a :class:`~socketlab.tls.TlsStream` (used like a socket) is returned.
+    Raises AddressError naming the address on unknown host, refusal or
+    timeout, TlsError naming the reason when the handshake fails.
     """
     family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=False)
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -164,7 +181,18 @@ def connect(host: str, port: int, timeout: float | None = 5.0) -> socket.socket:
         sock.close()
         raise bind_error(host, port, error, action="connect to") from None
     sock.settimeout(None)
-    return sock
+    if tls is None:
+        return sock
+    stream = TlsStream.client(sock, tls, host)
+    try:
+        stream.handshake(timeout)
+    except TlsError as error:
+        sock.close()
+        raise TlsError(f"TLS handshake with {format_address((host, port))} failed: {error}") from None
+    except OSError as error:
+        sock.close()
+        raise bind_error(host, port, error, action="finish the TLS handshake with") from None
+    return stream
 
 
 def exchange(host: str, port: int, data: bytes, timeout: float | None = 5.0) -> bytes:
@@ -222,7 +250,7 @@ def _copy_fd_to_socket(in_fd: int, sock: socket.socket) -> None:
     else is read into one reused buffer -- measured faster than splice() from
     a pipe into a TCP socket on Linux.
     """
-    if stat.S_ISREG(os.fstat(in_fd).st_mode):
+    if isinstance(sock, socket.socket) and stat.S_ISREG(os.fstat(in_fd).st_mode):
         while os.sendfile(sock.fileno(), in_fd, None, MAX_READ):
             pass
         return

@@ -10,9 +10,10 @@ redrawn below each incoming line instead of being garbled.
 from __future__ import annotations
 
 import socket
+import ssl
 import sys
 import threading
-from typing import Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from socketlab.lines import LineBuffer, LineTooLong
 from socketlab.tcp import connect
@@ -28,14 +29,17 @@ PROMPT = "> "
 class ChatClient:
     """A connection to a chat server that speaks in lines."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Any) -> None:
         self.sock = sock
         self._send_lock = threading.Lock()
 
     @classmethod
-    def connect(cls, host: str, port: int, timeout: float | None = 5.0) -> "ChatClient":
-        """Connect to *host*:*port*; raises AddressError naming the address."""
-        return cls(connect(host, port, timeout))
+    def connect(cls, host: str, port: int, timeout: float | None = 5.0, tls: ssl.SSLContext | None = None) -> "ChatClient":
+        """Connect to *host*:*port* (over TLS with a client context *tls*).
+
+        Raises AddressError naming the address, or TlsError naming why the handshake failed.
+        """
+        return cls(connect(host, port, timeout, tls=tls))
 
     def send_line(self, text: str) -> None:
         """Send *text* as one line (a newline inside it would start another)."""

@@ -17,6 +17,7 @@ import time
 from socketlab.chat.outbox import Outbox
 from socketlab.chat.protocol import Member
 from socketlab.lines import Item, LineBuffer
+from socketlab.tls import TlsLayer
 
 #: First and largest recv() sizes: reads grow only while data keeps coming.
 FIRST_READ = 4096
@@ -28,13 +29,19 @@ class Connection:
 
     __slots__ = (
         "sock", "peer", "outbox", "member", "last_active", "read_size", "closing", "half_closed", "peer_done",
-        "send",
+        "send", "tls", "deadline",
     )
 
-    def __init__(self, sock: socket.socket, peer: str, outbox: Outbox) -> None:
+    def __init__(
+        self, sock: socket.socket, peer: str, outbox: Outbox, tls: TlsLayer | None = None, deadline: float | None = None
+    ) -> None:
         self.sock = sock
         self.peer = peer
         self.outbox = outbox
+        #: TLS under the transport (the outbox is then a TlsOutbox over the same layer).
+        self.tls = tls
+        #: Until a client joins the hub: when its handshake (TLS, WebSocket) must be done.
+        self.deadline = deadline
         self.member: Member | None = None
         self.last_active = time.monotonic()
         self.read_size = FIRST_READ
@@ -55,7 +62,12 @@ class Connection:
 
     def ready_to_join(self) -> bool:
         """True when a client not yet in the hub has finished its handshake."""
-        return False
+        return self.tls is not None and self.tls.handshake_done
+
+    def tick(self, now: float) -> None:
+        """Timers (lock held): a client not in the hub by its deadline is dropped."""
+        if self.member is None and self.deadline is not None and now > self.deadline:
+            self.outbox.fail("handshake timeout")
 
     def ended(self) -> str | None:
         """Why the transport itself is over (e.g. a closing handshake), else None."""
@@ -64,9 +76,15 @@ class Connection:
     def goodbye(self, reason: str | None) -> None:
         """Queue the transport's own farewell, if it has one (lock held)."""
 
+    def farewell(self, reason: str | None) -> None:
+        """The transport's goodbye, then TLS's close_notify (lock held)."""
+        self.goodbye(reason)
+        if self.tls is not None:
+            self.outbox.write_raw(self.tls.close())
+
     def close(self, reason: str) -> None:
         """Say goodbye, then shut the socket once the outbox is flushed (lock held)."""
-        self.goodbye(reason)
+        self.farewell(reason)
         self.outbox.end(reason)
 
 
@@ -75,8 +93,11 @@ class LineConnection(Connection):
 
     __slots__ = ("framer",)
 
-    def __init__(self, sock: socket.socket, peer: str, outbox: Outbox, max_line: int) -> None:
-        super().__init__(sock, peer, outbox)
+    def __init__(
+        self, sock: socket.socket, peer: str, outbox: Outbox, max_line: int,
+        tls: TlsLayer | None = None, deadline: float | None = None,
+    ) -> None:
+        super().__init__(sock, peer, outbox, tls, deadline)
         self.framer = LineBuffer(max_line)
 
     def data_received(self, data: bytes) -> list[Item]:

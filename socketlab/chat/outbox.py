@@ -19,6 +19,7 @@ import time
 from typing import Callable
 
 from socketlab.serving import Waker
+from socketlab.tls import TlsError, TlsLayer
 
 
 def reason_for(error: OSError) -> str:
@@ -47,6 +48,10 @@ class Outbox:
         self.reason: str | None = None
         #: end() was called: fail with this reason once the backlog is sent.
         self.ending: str | None = None
+
+    def write_raw(self, data: bytes) -> None:
+        """What write() does, for bytes already encoded for the wire (TlsOutbox encrypts in write())."""
+        self.write(data)
 
     def write(self, data: bytes) -> None:
         """Send *data* now if nothing is waiting, else queue it behind the backlog.
@@ -193,3 +198,28 @@ class BacklogWriter:
             if tick and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + tick
                 self._sweep()
+
+
+class TlsOutbox(Outbox):
+    """An outbox that encrypts: ``write()`` takes plaintext, ``write_raw()`` records (the handshake's)."""
+
+    __slots__ = ("tls",)
+
+    def __init__(self, sock: socket.socket, limit: int, writer: BacklogWriter, tls: TlsLayer) -> None:
+        super().__init__(sock, limit, writer)
+        self.tls = tls
+
+    def write(self, data: bytes) -> None:
+        if self.closed:
+            return
+        try:
+            records = self.tls.send(data)
+        except TlsError as error:
+            self.fail(f"TLS error: {error}")
+            return
+        if records:
+            Outbox.write(self, records)
+
+    def write_raw(self, records: bytes) -> None:
+        if records:
+            Outbox.write(self, records)

@@ -13,6 +13,7 @@ most FLUSH_TIMEOUT seconds.
 
 from __future__ import annotations
 
+import logging
 import selectors
 import socket
 import threading
@@ -22,9 +23,12 @@ from typing import TYPE_CHECKING
 from socketlab.chat.connection import MAX_READ, Connection
 from socketlab.chat.outbox import reason_for
 from socketlab.serving import Waker
+from socketlab.tls import TlsError
 
 if TYPE_CHECKING:
     from socketlab.chat.server import ChatServer
+
+tls_log = logging.getLogger("socketlab.chat.clients")
 
 #: How long a departing client (and shutdown) waits for its backlog to drain.
 FLUSH_TIMEOUT = 2.0
@@ -113,17 +117,18 @@ class ReaderLoop:
                 self.finish(conn) if conn.half_closed else self._stop_reading(conn)
             return
         if not data:
-            reason: str | None = conn.outbox.reason or "disconnected"
-            items = conn.eof_received()
-            if items and conn.member is not None and self.service.receive(conn.member, items):
-                reason = None
-            self.leave(conn, reason)
+            self._ended(conn)
             return
         if track_idle:
             conn.last_active = time.monotonic()
         if len(data) == conn.read_size and conn.read_size < MAX_READ:
             conn.read_size *= 4
-        items = conn.data_received(data)
+        if conn.tls is not None:
+            plain = self._decrypt(conn, data)
+            if plain is None:
+                return
+            data = plain
+        items = conn.data_received(data) if data else []
         if conn.member is None and conn.ready_to_join():
             self.server.join_late(conn)
         if items and conn.member is not None and not conn.outbox.closed:
@@ -133,6 +138,37 @@ class ReaderLoop:
         ended = conn.ended()
         if ended is not None:
             self.leave(conn, conn.outbox.reason or ended)
+        elif conn.tls is not None and conn.tls.peer_closed:  # close_notify: the client ended its side
+            self._ended(conn)
+
+    def _ended(self, conn: Connection) -> None:
+        """The client ended its side: its last unterminated line still counts, then it leaves."""
+        reason: str | None = conn.outbox.reason or "disconnected"
+        items = conn.eof_received()
+        if items and conn.member is not None and self.service.receive(conn.member, items):
+            reason = None
+        self.leave(conn, reason)
+
+    def _decrypt(self, conn: Connection, data: bytes) -> bytes | None:
+        """TLS records in, plaintext out (handshake replies sent); None when the client was dropped."""
+        tls = conn.tls
+        assert tls is not None
+        failure = None
+        with self.service.lock:
+            try:
+                plain = tls.receive(data)
+            except TlsError as error:
+                plain, failure = b"", str(error)
+            conn.outbox.write_raw(tls.outgoing())
+        if failure is None:
+            return plain
+        stage = "handshake" if not tls.handshake_done else "connection"
+        tls_log.info("TLS %s failed with %s: %s", stage, conn.peer, failure)
+        if conn.member is None:
+            self.finish(conn)
+        else:
+            self.leave(conn, "TLS error")
+        return None
 
     def abandon(self, conn: Connection) -> None:
         """Close *conn* after an unexpected error, taking it out of the hub too."""
@@ -150,7 +186,7 @@ class ReaderLoop:
         if conn.member is not None:
             self.service.depart(conn.member, reason)
         with self.service.lock:
-            conn.goodbye(reason)
+            conn.farewell(reason)
         if conn.outbox.reason is not None or reason == "connection reset" or self.service.shutting_down:
             self.finish(conn)
             return

@@ -32,21 +32,24 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
+import ssl
 import time
 from typing import Any, Iterable
 
 from socketlab.addresses import format_address
 from socketlab.chat.connection import Connection, LineConnection
-from socketlab.chat.outbox import BacklogWriter, Outbox
+from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
 from socketlab.chat.protocol import ChatHub
 from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatService
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
 from socketlab.lines import DEFAULT_MAX_LINE
 from socketlab.serving import ConnectionServer, open_listener
+from socketlab.tls import HANDSHAKE_TIMEOUT, TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
 web_log = logging.getLogger("socketlab.chat.web")
+client_tls_log = logging.getLogger("socketlab.chat.clients")
 
 #: Default bytes a client may have waiting for it before it is dropped as too slow.
 DEFAULT_MAX_BACKLOG = 1024 * 1024
@@ -65,7 +68,9 @@ class ChatServer(ConnectionServer):
     bytes per line, ``max_backlog`` bytes waiting per client, ``idle_timeout``
     seconds of silence (None: no limit). ``web=(host, port)`` also serves the
     chat page and its WebSocket there; ``web_origins`` are origins allowed
-    besides the page's own.
+    besides the page's own. With ``tls`` (a server SSLContext) both listeners
+    speak TLS (the page is then https and wss); a client has
+    ``handshake_timeout`` seconds to finish its handshake.
     """
 
     full_message = b"! server full\n"
@@ -85,18 +90,26 @@ class ChatServer(ConnectionServer):
         web: tuple[str, int] | None = None,
         web_origins: Iterable[str] = (),
         web_site: WebSite | None = None,
+        tls: ssl.SSLContext | None = None,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
         logger: logging.Logger = logger,
     ) -> None:
         self.max_line = max_line
         self.max_backlog = max_backlog
         self.idle_timeout = idle_timeout or None
+        self.tls_context = tls
+        self.handshake_timeout = handshake_timeout
         self.service = ChatService(ChatHub(room_size=room_size, max_line=max_line))
         self.hub = self.service.hub
         self.lock = self.service.lock
         if web is not None and web_site is None:
-            web_site = WebSite(load_pages(), origins=tuple(web_origins), max_line=max_line, max_message=max(65536, 4 * max_line))
+            web_site = WebSite(
+                load_pages(), origins=tuple(web_origins), scheme="https" if tls else "http",
+                max_line=max_line, max_message=max(65536, 4 * max_line),
+            )
         self.web_site = web_site if web is not None else None
-        self._handshaking: set[WebConnection] = set()
+        #: Connections not in the hub yet (a TLS or WebSocket handshake under way).
+        self._handshaking: set[Connection] = set()
         self._web_members: set[WebConnection] = set()
         self.writer = BacklogWriter(self.lock, self._tick(), self.sweep)
         self.reader = ReaderLoop(self)
@@ -121,6 +134,8 @@ class ChatServer(ConnectionServer):
         periods = []
         if self.idle_timeout:
             periods.append(self.idle_timeout / 4)
+        if self.tls_context is not None:
+            periods.append(self.handshake_timeout / 4)
         if self.web_site is not None:
             site = self.web_site
             periods += [site.head_timeout / 4, site.ping_interval / 4, site.ping_timeout / 4]
@@ -131,13 +146,28 @@ class ChatServer(ConnectionServer):
         self.reader.start()
         super().on_listening()
         if self.web_socket is not None:
-            self.logger.info("Web chat on http://%s/", format_address(self.web_address))
+            scheme = "https" if self.tls_context else "http"
+            self.logger.info("Web chat on %s://%s/", scheme, format_address(self.web_address))
 
     # -- TCP clients ----------------------------------------------------------
 
     def start_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
-        """Welcome TCP clients accepted together and hand them to the reader thread."""
-        conns: list[Connection] = [
+        """Welcome TCP clients accepted together and hand them to the reader thread.
+
+        Over TLS they join the hub once their handshake is done (join_late()).
+        """
+        if self.tls_context is not None:
+            deadline = time.monotonic() + self.handshake_timeout
+            conns: list[Connection] = []
+            for sock, address in accepted:
+                tls = TlsLayer(self.tls_context, server_side=True)
+                outbox = TlsOutbox(sock, self.max_backlog, self.writer, tls)
+                conns.append(LineConnection(sock, format_address(address), outbox, self.max_line, tls, deadline))
+            with self.lock:
+                self._handshaking.update(conns)
+            self.reader.add(conns)
+            return
+        conns = [
             LineConnection(sock, format_address(address), Outbox(sock, self.max_backlog, self.writer), self.max_line)
             for sock, address in accepted
         ]
@@ -176,7 +206,7 @@ class ChatServer(ConnectionServer):
             with self.lock:
                 full = len(self._handshaking) >= self.max_pending_web
                 if not full:
-                    conn = WebConnection(sock, peer, Outbox(sock, self.max_backlog, self.writer), WebSession(self.web_site, now), self.lock)
+                    conn = self._web_connection(sock, peer, now)
                     self._handshaking.add(conn)
                     conns.append(conn)
             if full:
@@ -185,11 +215,23 @@ class ChatServer(ConnectionServer):
         if conns:
             self.reader.add(conns)
 
+    def _web_connection(self, sock: socket.socket, peer: str, now: float) -> WebConnection:
+        assert self.web_site is not None
+        session = WebSession(self.web_site, now)
+        if self.tls_context is None:
+            return WebConnection(sock, peer, Outbox(sock, self.max_backlog, self.writer), session, self.lock)
+        tls = TlsLayer(self.tls_context, server_side=True)
+        outbox = TlsOutbox(sock, self.max_backlog, self.writer, tls)
+        return WebConnection(sock, peer, outbox, session, self.lock, tls, now + self.handshake_timeout)
+
     def join_late(self, conn: Connection) -> None:
-        """A web client finished its WebSocket handshake: make it a member, or refuse it (reader thread)."""
-        assert isinstance(conn, WebConnection)
+        """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread)."""
         with self.lock:
             self._handshaking.discard(conn)
+        if not isinstance(conn, WebConnection):  # a TCP client over TLS, counted when accepted
+            if self._join([conn]):
+                client_tls_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
+            return
         if not self.register_connection(conn.sock):
             self.logger.warning("Refused %s: server is full (%d clients)", conn.peer, self.max_clients)
             self._refuse(conn, "server full", self.full_message)
@@ -211,9 +253,9 @@ class ChatServer(ConnectionServer):
     def connection_closed(self, conn: Connection) -> None:
         """*conn* is closed: it no longer counts anywhere."""
         self.forget_connection(conn.sock)
-        if isinstance(conn, WebConnection):
-            with self.lock:
-                self._handshaking.discard(conn)
+        with self.lock:
+            self._handshaking.discard(conn)
+            if isinstance(conn, WebConnection):
                 self._web_members.discard(conn)
 
     def sweep(self) -> None:
@@ -227,7 +269,7 @@ class ChatServer(ConnectionServer):
                 "idle timeout",
                 f"! idle for {idle:g} s, disconnecting\n".encode(),
             )
-        if self.web_site is not None:
+        if self._handshaking or self._web_members:
             with self.lock:
                 for conn in (*self._handshaking, *self._web_members):
                     conn.tick(now)

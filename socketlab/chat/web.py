@@ -19,13 +19,14 @@ from __future__ import annotations
 import codecs
 import logging
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Sequence
 
 from websockets.datastructures import Headers
-from websockets.frames import CloseCode, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -33,6 +34,7 @@ from websockets.server import ServerProtocol
 from socketlab.chat.connection import Connection
 from socketlab.chat.outbox import Outbox
 from socketlab.lines import Item, LineBuffer
+from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat.web")
 #: websockets' own per-connection log lines stay quiet: this module logs one line per event instead.
@@ -332,8 +334,11 @@ class WebConnection(Connection):
 
     __slots__ = ("session", "lock")
 
-    def __init__(self, sock: socket.socket, peer: str, outbox: Outbox, session: WebSession, lock: object) -> None:
-        super().__init__(sock, peer, outbox)
+    def __init__(
+        self, sock: socket.socket, peer: str, outbox: Outbox, session: WebSession, lock: threading.Lock,
+        tls: TlsLayer | None = None, deadline: float | None = None,
+    ) -> None:
+        super().__init__(sock, peer, outbox, tls, deadline)
         self.session = session
         self.lock = lock
         self.send = self._send_lines
@@ -342,7 +347,7 @@ class WebConnection(Connection):
         now = time.monotonic()
         session = self.session
         answered = session.ended is not None
-        with self.lock:  # type: ignore[attr-defined]
+        with self.lock:
             items = session.receive(data, now)
             self.pump()
         if not answered and session.ended is not None and (session.status or 400) >= 400:
@@ -352,7 +357,7 @@ class WebConnection(Connection):
         return items
 
     def eof_received(self) -> list[Item]:
-        with self.lock:  # type: ignore[attr-defined]
+        with self.lock:
             self.session.receive_eof()
             self.pump()
         return []
@@ -363,9 +368,22 @@ class WebConnection(Connection):
     def ended(self) -> str | None:
         return self.session.ended
 
+    #: The last delivery's bytes and their text frame: a delivery to many browsers is framed once.
+    #: Server frames are unmasked and this server negotiates no extension, so one frame fits all.
+    _framed: tuple[bytes, bytes] = (b"", b"")
+
     def _send_lines(self, data: bytes) -> None:
-        self.session.send_lines(data)
-        self.pump()
+        """Send *data* as one text message (lock held): the relay's hot path for browsers.
+
+        The session's protocol has nothing queued here (every use of it is
+        pumped at once), so the frame can go straight to the outbox.
+        """
+        if self.session.protocol.state is not State.OPEN:
+            return
+        framed = WebConnection._framed
+        if framed[0] is not data:
+            framed = WebConnection._framed = (data, Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[]))
+        self.outbox.write(framed[1])
 
     def goodbye(self, reason: str | None) -> None:
         self.session.close(reason)
@@ -373,6 +391,7 @@ class WebConnection(Connection):
 
     def tick(self, now: float) -> None:
         """Run the session's timers (lock held); end the connection when one expired."""
+        super().tick(now)
         reason = self.session.tick(now)
         self.pump()
         if reason is not None:

@@ -1,0 +1,295 @@
+"""TLS for socketlab's servers and clients, from the standard library's ``ssl``.
+
+- :func:`server_context` and :func:`client_context` make contexts with the
+  library's secure defaults (TLS 1.2 at least), turning every setup failure --
+  a missing file, a key that does not match, an encrypted key -- into one
+  readable :class:`TlsError` line.
+- :class:`TlsLayer` is TLS sans-IO: ``ssl.SSLObject`` between two
+  ``MemoryBIO`` s. Ciphertext in, plaintext out and back; no socket, no
+  thread. The chat's reader loop runs it for every TLS client, so a client
+  stuck in its handshake costs the others nothing.
+- :class:`TlsStream` puts a TlsLayer over a blocking socket for code with a
+  thread per connection (``tcp-server``, ``tcp-client``, ``chat connect``):
+  ``recv``/``sendall``/``shutdown`` like a socket, safe to read on one thread
+  while another writes, and with a real half-close: ``shutdown(SHUT_WR)``
+  sends TLS's close_notify, then ends the TCP side, and reading goes on.
+  The socket stays the caller's own, so ``socket.shutdown()`` still wakes a
+  blocked reader.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import threading
+
+from socketlab.errors import SocketlabError
+
+#: Seconds a TLS handshake may take before the connection is dropped.
+HANDSHAKE_TIMEOUT = 10.0
+#: Ciphertext read per recv() by TlsStream.
+READ_SIZE = 256 * 1024
+
+#: OpenSSL verification codes, in words a person can act on.
+_VERIFY_REASONS = {
+    10: "certificate expired",
+    9: "certificate not yet valid",
+    18: "unknown issuer (self-signed certificate)",
+    19: "unknown issuer (self-signed certificate in the chain)",
+    20: "unknown issuer",
+    21: "unknown issuer",
+    62: "host name mismatch",
+    64: "IP address mismatch",
+}
+
+
+class TlsError(SocketlabError):
+    """TLS could not be set up, or a handshake or record failed; one readable line."""
+
+
+def _file_problem(path: str, what: str) -> str | None:
+    if not os.path.exists(path):
+        return f"{what} {path!r} does not exist"
+    if not os.access(path, os.R_OK):
+        return f"{what} {path!r} is not readable"
+    return None
+
+
+def server_context(cert: str, key: str | None = None) -> ssl.SSLContext:
+    """A server context from PEM files (*key* may be inside *cert*); raises TlsError."""
+    for path, what in ((cert, "certificate file"), (key, "key file")):
+        if path and (problem := _file_problem(path, what)):
+            raise TlsError(problem)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    def refuse_password() -> str:
+        raise TlsError(f"the key in {key or cert!r} is encrypted; give an unencrypted key (e.g. openssl pkey -in KEY -out PLAIN)")
+
+    try:
+        context.load_cert_chain(cert, key, password=refuse_password)
+    except TlsError:
+        raise
+    except ssl.SSLError as error:
+        text = str(error).lower()
+        if "key values mismatch" in text or "x509_check_private_key" in text:
+            raise TlsError(f"the key does not match the certificate in {cert!r}") from None
+        if "bad decrypt" in text or "bad password" in text:
+            raise TlsError(f"the key in {key or cert!r} is encrypted; give an unencrypted key") from None
+        raise TlsError(f"cannot load the certificate and key ({cert!r}, {key or cert!r}): no valid PEM certificate and matching key") from None
+    except OSError as error:
+        raise TlsError(f"cannot read {error.filename or cert!r}: {error.strerror}") from None
+    return context
+
+
+def client_context(ca: str | None = None, verify: bool = True) -> ssl.SSLContext:
+    """A client context: verify against *ca* (PEM) or the system's trust store, host name included."""
+    if ca and (problem := _file_problem(ca, "CA file")):
+        raise TlsError(problem)
+    try:
+        context = ssl.create_default_context(cafile=ca)
+    except ssl.SSLError:
+        raise TlsError(f"no valid PEM certificate in CA file {ca!r}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def describe(error: ssl.SSLError) -> str:
+    """A failed handshake or record in a few words, e.g. ``certificate expired``."""
+    if isinstance(error, ssl.SSLCertVerificationError):
+        reason = _VERIFY_REASONS.get(error.verify_code, error.verify_message or "verification failed")
+        return f"certificate verification failed: {reason}"
+    reason = (error.reason or str(error)).lower().replace("_", " ")
+    if reason in ("wrong version number", "http request", "unknown protocol", "record layer failure"):
+        return f"not TLS ({reason})"
+    return reason
+
+
+class TlsLayer:
+    """One TLS connection, sans-IO: ``receive(ciphertext) -> plaintext``, ``send(plaintext) -> ciphertext``.
+
+    The handshake runs inside ``receive()`` (and ``start()`` for a client);
+    ``outgoing()`` returns the records the handshake or an alert produced.
+    Raises TlsError when the peer's bytes are not acceptable TLS. Not
+    thread-safe: the caller serialises calls.
+    """
+
+    def __init__(self, context: ssl.SSLContext, *, server_side: bool, server_hostname: str | None = None) -> None:
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=server_side, server_hostname=server_hostname)
+        self.handshake_done = False
+        #: The peer sent close_notify: no more plaintext will come.
+        self.peer_closed = False
+        self._closed = False
+
+    def start(self) -> bytes:
+        """Begin the handshake (a client's first flight); returns the records to send."""
+        self._handshake()
+        return self.outgoing()
+
+    def receive(self, data: bytes) -> bytes:
+        """Feed ciphertext from the peer; return the plaintext it completes (maybe b"")."""
+        if data:
+            self._in.write(data)
+        if not self.handshake_done and not self._handshake():
+            return b""
+        chunks = []
+        while not self.peer_closed:
+            try:
+                chunk = self._ssl.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:
+                self.peer_closed = True
+                break
+            except ssl.SSLError as error:
+                raise TlsError(describe(error)) from None
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _handshake(self) -> bool:
+        try:
+            self._ssl.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        except ssl.SSLError as error:
+            raise TlsError(describe(error)) from None
+        self.handshake_done = True
+        return True
+
+    def send(self, data: bytes) -> bytes:
+        """Encrypt *data*; returns the records to send (b"" once closed)."""
+        if self._closed or not data:
+            return b""
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as error:
+            raise TlsError(describe(error)) from None
+        return self._out.read()
+
+    def outgoing(self) -> bytes:
+        """Records waiting to be sent (handshake messages, alerts, tickets)."""
+        return self._out.read()
+
+    def close(self) -> bytes:
+        """Send close_notify (once): returns the records to send. Reading may go on."""
+        if self._closed or not self.handshake_done:
+            return b""
+        self._closed = True
+        try:
+            self._ssl.unwrap()
+        except (ssl.SSLWantReadError, ssl.SSLError):  # it waits for the peer's close_notify: we don't
+            pass
+        return self._out.read()
+
+    @property
+    def version(self) -> str | None:
+        return self._ssl.version()
+
+
+class TlsStream:
+    """A blocking socket with TLS on it, used like a socket: ``recv``, ``sendall``, ``shutdown``.
+
+    One thread may read while another writes. ``handshake(timeout)`` must run
+    first; it raises TlsError (naming the reason) when the peer is not
+    acceptable.
+    """
+
+    def __init__(self, sock: socket.socket, layer: TlsLayer) -> None:
+        self.sock = sock
+        self.layer = layer
+        self._lock = threading.Lock()
+        self._plain = b""
+
+    @classmethod
+    def server(cls, sock: socket.socket, context: ssl.SSLContext) -> "TlsStream":
+        return cls(sock, TlsLayer(context, server_side=True))
+
+    @classmethod
+    def client(cls, sock: socket.socket, context: ssl.SSLContext, host: str) -> "TlsStream":
+        hostname = host if context.check_hostname else None
+        return cls(sock, TlsLayer(context, server_side=False, server_hostname=hostname))
+
+    def handshake(self, timeout: float | None = HANDSHAKE_TIMEOUT) -> None:
+        """Complete the handshake; raises TlsError (or OSError, e.g. timed out)."""
+        previous = self.sock.gettimeout()
+        self.sock.settimeout(timeout)
+        try:
+            if self.layer.handshake_done:
+                return
+            self.sock.sendall(self.layer.start())
+            while not self.layer.handshake_done:
+                data = self.sock.recv(READ_SIZE)
+                if not data:
+                    raise TlsError("the peer closed the connection during the TLS handshake")
+                try:
+                    self._plain += self.layer.receive(data)
+                finally:  # the next flight, or the alert that tells the peer why we give up
+                    if out := self.layer.outgoing():
+                        self.sock.sendall(out)
+        finally:
+            self.sock.settimeout(previous)
+
+    def recv(self, size: int) -> bytes:
+        """Up to *size* bytes of plaintext; b"" when the peer has closed (close_notify or EOF)."""
+        while not self._plain:
+            if self.layer.peer_closed:
+                return b""
+            data = self.sock.recv(READ_SIZE)
+            with self._lock:
+                if not data:
+                    self.layer.peer_closed = True
+                    return b""
+                self._plain = self.layer.receive(data)
+                out = self.layer.outgoing()
+            if out:
+                try:
+                    self.sock.sendall(out)
+                except OSError:  # our side may be closed already; nothing of ours is lost
+                    pass
+        chunk, self._plain = self._plain[:size], self._plain[size:]
+        return chunk
+
+    def recv_into(self, buffer: bytearray | memoryview) -> int:
+        data = self.recv(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def sendall(self, data: bytes | bytearray | memoryview) -> None:
+        with self._lock:
+            records = self.layer.send(bytes(data))
+        self.sock.sendall(records)
+
+    def shutdown(self, how: int) -> None:
+        """SHUT_WR/SHUT_RDWR: close_notify first, then the socket's own shutdown."""
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            with self._lock:
+                records = self.layer.close()
+            if records:
+                try:
+                    self.sock.sendall(records)
+                except OSError:
+                    pass
+        self.sock.shutdown(how)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.sock.settimeout(timeout)
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "TlsStream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
