@@ -125,31 +125,32 @@ def _drop_stdout() -> None:
         os.close(devnull)
 
 
-class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Log lines to stdout; if they cannot be written (``| head`` went away, a
-    full disk), say so once on stderr -- nothing for a closed pipe -- and go
-    quiet instead of printing a traceback for every later line. The server
-    keeps serving."""
-
-    def handleError(self, record: logging.LogRecord) -> None:
-        error = sys.exc_info()[1]
-        if isinstance(error, OSError) and error.errno in _OUTPUT_ERRORS:
-            self.setLevel(logging.CRITICAL + 1)
-            _drop_stdout()
-            if error.errno != errno.EPIPE:
-                sys.stderr.write(f"socketlab: cannot write the log to stdout ({error.strerror}); going on without it\n")
-            return
-        super().handleError(record)
-
-
 def log_to_stdout(level: int = logging.INFO) -> None:
-    """Send socketlab's log records to stdout, one message per line, flushed."""
-    handler = ConsoleHandler(sys.stdout)
+    """Send socketlab's log records to stdout, one message per line.
+
+    No serving thread ever waits for stdout: lines go through a bounded queue
+    to a writer thread, and are dropped (and counted, and said so) when
+    stdout does not take them (socketlab.logqueue).
+    """
+    import atexit
+
+    from socketlab.logqueue import BoundedLogHandler
+
+    handler = BoundedLogHandler(sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("socketlab")
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    atexit.register(_close_log, handler)
+
+
+def _close_log(handler: Any) -> None:
+    """At exit: give the log half a second to reach stdout; if stdout takes no
+    more, point it at /dev/null so the interpreter's final flush cannot block."""
+    if not handler.drain(handler.close_timeout):
+        _drop_stdout()
+    handler.close(timeout=0)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -246,12 +247,13 @@ def chat() -> None:
 @click.option("--max-line", type=click.IntRange(16), default=4096, show_default=True, help="Longest line in bytes.")
 @click.option("--max-backlog", type=click.IntRange(1024), default=1024 * 1024, show_default=True, help="Bytes waiting for a client before it is dropped as too slow.")
 @click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Drop clients silent for this many seconds (default: never).")
+@click.option("--max-rate", type=click.FloatRange(0), default=20.0, show_default=True, metavar="LINES", help="Lines per second per client (a burst of twice that; bytes: 1 MiB/s); over it a client is read later, never dropped (0: no limit).")
 @click.option("--web", metavar="[HOST:]PORT", help="Also serve the chat page and its WebSocket (/ws) here (0: a free port).")
 @click.option("--web-origin", "web_origins", metavar="ORIGIN", multiple=True, help="Another origin whose pages may open the WebSocket (repeatable).")
 @tls_server_options
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
-def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, web: str | None, web_origins: tuple[str, ...], tls_cert: str | None, tls_key: str | None, verbose: bool, quiet: bool) -> None:
+def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, max_rate: float, web: str | None, web_origins: tuple[str, ...], tls_cert: str | None, tls_key: str | None, verbose: bool, quiet: bool) -> None:
     """Run the chat server; nc, telnet, 'chat connect' and browsers are clients.
 
     Every line a client sends reaches the other members of its room as
@@ -281,6 +283,7 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
             max_line=max_line,
             max_backlog=max_backlog,
             idle_timeout=idle_timeout,
+            max_rate=max_rate,
             web=web_address(web, host) if web is not None else None,
             web_origins=[check_origin(origin) for origin in web_origins],
             tls=tls,
@@ -484,7 +487,9 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
         if target:
             address = parse_address(target)
         else:
-            own = chat_bench.OwnServer(["--max-clients", str(max(1000, clients + 10))], web=web)
+            # Flood control off but in the flood scenario: the others compare like for like with peers.
+            limits = ["--max-clients", str(max(1000, clients + 10))] + ([] if scenario == "flood" else ["--max-rate", "0"])
+            own = chat_bench.OwnServer(limits, web=web)
             address = ("127.0.0.1", own.web_port or own.port)
             server_pid = own.pid
     progress = None if as_json else progress_printer()
