@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import ssl
 import threading
@@ -43,9 +44,21 @@ _VERIFY_REASONS = {
     64: "IP address mismatch",
 }
 
+#: OpenSSL's reasons for a first record that no TLS peer would send (a plaintext or random client).
+_NOT_TLS = ("wrong version number", "http request", "unknown protocol", "record layer failure", "packet length too long")
+
 
 class TlsError(SocketlabError):
     """TLS could not be set up, or a handshake or record failed; one readable line."""
+
+
+class TlsConnectionError(TlsError, OSError):
+    """A record failed on an open :class:`TlsStream`; an OSError too, as a socket's failures are,
+    so code written for sockets (``except OSError``) ends the connection instead of crashing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.strerror = message
 
 
 def _file_problem(path: str, what: str) -> str | None:
@@ -77,10 +90,29 @@ def server_context(cert: str, key: str | None = None) -> ssl.SSLContext:
             raise TlsError(f"the key does not match the certificate in {cert!r}") from None
         if "bad decrypt" in text or "bad password" in text:
             raise TlsError(f"the key in {key or cert!r} is encrypted; give an unencrypted key") from None
-        raise TlsError(f"cannot load the certificate and key ({cert!r}, {key or cert!r}): no valid PEM certificate and matching key") from None
+        raise TlsError(_pem_problem(cert, key)) from None
     except OSError as error:
         raise TlsError(f"cannot read {error.filename or cert!r}: {error.strerror}") from None
     return context
+
+
+def _pem_labels(path: str) -> set[str]:
+    """The kinds of PEM blocks in *path* (``CERTIFICATE``, ``PRIVATE KEY``, ...); empty if unreadable."""
+    try:
+        with open(path, "rb") as file:
+            text = file.read(1 << 20)
+    except OSError:
+        return set()
+    return {label.decode("ascii", "replace") for label in re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----", text)}
+
+
+def _pem_problem(cert: str, key: str | None) -> str:
+    """Why OpenSSL's "PEM lib" refused *cert* / *key*, in words: which file lacks what."""
+    if "CERTIFICATE" not in _pem_labels(cert):
+        return f"no PEM certificate in {cert!r}"
+    if not any(label.endswith("PRIVATE KEY") for label in _pem_labels(key or cert)):
+        return f"no PEM private key in {key!r}" if key else f"no PEM private key in {cert!r}; give the key's own file too"
+    return f"cannot load the certificate and key ({cert!r}, {key or cert!r}): no valid PEM certificate and matching key"
 
 
 def client_context(ca: str | None = None, verify: bool = True) -> ssl.SSLContext:
@@ -101,10 +133,15 @@ def client_context(ca: str | None = None, verify: bool = True) -> ssl.SSLContext
 def describe(error: ssl.SSLError) -> str:
     """A failed handshake or record in a few words, e.g. ``certificate expired``."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        reason = _VERIFY_REASONS.get(error.verify_code, error.verify_message or "verification failed")
+        message = error.verify_message or "verification failed"
+        reason = _VERIFY_REASONS.get(error.verify_code, message)
+        # OpenSSL: "Hostname mismatch, certificate is not valid for 'example.org'." -- say which name
+        _, found, name = message.partition("certificate is not valid for ")
+        if error.verify_code in (62, 64) and found:
+            reason += f" (the certificate is not valid for {name.rstrip('.')})"
         return f"certificate verification failed: {reason}"
     reason = (error.reason or str(error)).lower().replace("_", " ")
-    if reason in ("wrong version number", "http request", "unknown protocol", "record layer failure"):
+    if reason in _NOT_TLS:
         return f"not TLS ({reason})"
     return reason
 
@@ -144,12 +181,13 @@ class TlsLayer:
                 chunk = self._ssl.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:
+            except ssl.SSLZeroReturnError:  # close_notify, when ours went first
                 self.peer_closed = True
                 break
             except ssl.SSLError as error:
                 raise TlsError(describe(error)) from None
-            if not chunk:
+            if not chunk:  # close_notify, when the peer's came first: read() returns b"", not an error
+                self.peer_closed = True
                 break
             chunks.append(chunk)
         return b"".join(chunks)
@@ -199,7 +237,8 @@ class TlsStream:
 
     One thread may read while another writes. ``handshake(timeout)`` must run
     first; it raises TlsError (naming the reason) when the peer is not
-    acceptable.
+    acceptable. Afterwards every failure is an OSError, as with a socket: a
+    bad record raises :class:`TlsConnectionError`.
     """
 
     def __init__(self, sock: socket.socket, layer: TlsLayer) -> None:
@@ -238,22 +277,31 @@ class TlsStream:
             self.sock.settimeout(previous)
 
     def recv(self, size: int) -> bytes:
-        """Up to *size* bytes of plaintext; b"" when the peer has closed (close_notify or EOF)."""
+        """Up to *size* bytes of plaintext; b"" when the peer has closed (close_notify or EOF).
+
+        Raises OSError: the socket's own, or TlsConnectionError when a record is not acceptable.
+        """
         while not self._plain:
             if self.layer.peer_closed:
                 return b""
             data = self.sock.recv(READ_SIZE)
+            failure = None
             with self._lock:
                 if not data:
                     self.layer.peer_closed = True
                     return b""
-                self._plain = self.layer.receive(data)
-                out = self.layer.outgoing()
+                try:
+                    self._plain = self.layer.receive(data)
+                except TlsError as error:
+                    failure = str(error)
+                out = self.layer.outgoing()  # a reply, or the alert that tells the peer why we give up
             if out:
                 try:
                     self.sock.sendall(out)
                 except OSError:  # our side may be closed already; nothing of ours is lost
                     pass
+            if failure is not None:
+                raise TlsConnectionError(failure)
         chunk, self._plain = self._plain[:size], self._plain[size:]
         return chunk
 
@@ -264,7 +312,10 @@ class TlsStream:
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
-            records = self.layer.send(bytes(data))
+            try:
+                records = self.layer.send(bytes(data))
+            except TlsError as error:
+                raise TlsConnectionError(str(error)) from None
         self.sock.sendall(records)
 
     def shutdown(self, how: int) -> None:
