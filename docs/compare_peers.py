@@ -50,6 +50,8 @@ SCENARIOS = {
 def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
     if peer in ("socketlab", "build", "ws"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
+        if peer != "build":  # flood control off, like the peers (an older build has none)
+            command += ["--max-rate", "0"]
         if peer == "ws":
             command += ["--web", str(web_port)]
         env = {**os.environ, "PYTHONPATH": str(build)} if peer == "build" else None

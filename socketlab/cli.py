@@ -247,7 +247,7 @@ def chat() -> None:
 @click.option("--max-line", type=click.IntRange(16), default=4096, show_default=True, help="Longest line in bytes.")
 @click.option("--max-backlog", type=click.IntRange(1024), default=1024 * 1024, show_default=True, help="Bytes waiting for a client before it is dropped as too slow.")
 @click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Drop clients silent for this many seconds (default: never).")
-@click.option("--max-rate", type=click.FloatRange(0), default=20.0, show_default=True, metavar="LINES", help="Lines per second per client (a burst of twice that; bytes: 1 MiB/s); over it a client is read later, never dropped (0: no limit).")
+@click.option("--max-rate", type=click.FloatRange(0), default=20.0, show_default=True, metavar="LINES", help="Lines per second per client (a burst of twice that; bytes: 8 MiB/s); over it a client is read later, never dropped (0: no limit).")
 @click.option("--web", metavar="[HOST:]PORT", help="Also serve the chat page and its WebSocket (/ws) here (0: a free port).")
 @click.option("--web-origin", "web_origins", metavar="ORIGIN", multiple=True, help="Another origin whose pages may open the WebSocket (repeatable).")
 @tls_server_options

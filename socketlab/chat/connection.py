@@ -14,6 +14,7 @@ from __future__ import annotations
 import socket
 import time
 
+from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import Outbox
 from socketlab.chat.protocol import Member
 from socketlab.lines import Item, LineBuffer
@@ -29,7 +30,7 @@ class Connection:
 
     __slots__ = (
         "sock", "peer", "outbox", "member", "last_active", "read_size", "closing", "half_closed", "peer_done",
-        "send", "tls", "deadline",
+        "send", "tls", "deadline", "gate",
     )
 
     def __init__(
@@ -42,6 +43,8 @@ class Connection:
         self.tls = tls
         #: Until a client joins the hub: when its handshake (TLS, WebSocket) must be done.
         self.deadline = deadline
+        #: Flood control (lines and bytes per second), if the server limits clients.
+        self.gate: FloodGate | None = None
         self.member: Member | None = None
         self.last_active = time.monotonic()
         self.read_size = FIRST_READ

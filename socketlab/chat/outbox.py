@@ -130,10 +130,11 @@ class Outbox:
 
     def close(self) -> None:
         """Stop writing for good (the socket is being closed)."""
+        if self.size:  # only a backlog is watched
+            self.writer.unwatch(self)
         self.closed = True
         self.chunks = []
         self.size = 0
-        self.writer.unwatch(self)
 
 
 class BacklogWriter:

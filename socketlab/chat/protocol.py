@@ -22,6 +22,8 @@ from socketlab.lines import LineTooLong
 from socketlab.text import escape_controls
 
 LOBBY = "lobby"
+#: Rooms of this many members or more hear no arrivals and departures (see ChatHub).
+DEFAULT_ANNOUNCE_LIMIT = 100
 #: Nicknames and room names: 1 to 32 ASCII letters, digits, ``_`` or ``-``.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
 #: Names the server hands out (``user<N>``) cannot be taken with /nick.
@@ -148,12 +150,16 @@ class ChatHub:
 
     Not thread-safe: the caller serialises calls (the server uses one lock).
     ``room_size`` caps every room but the lobby (0: no cap); ``max_line`` is
-    only quoted in the "line too long" reply.
+    only quoted in the "line too long" reply. Arrivals and departures are
+    announced in rooms of fewer than ``announce_limit`` members (0: always):
+    in a crowd -- a busy server's lobby -- each would cost a send to every
+    member, and a stream of connections would cost the square of the crowd.
     """
 
-    def __init__(self, room_size: int = 0, max_line: int = 4096) -> None:
+    def __init__(self, room_size: int = 0, max_line: int = 4096, announce_limit: int = DEFAULT_ANNOUNCE_LIMIT) -> None:
         self.room_size = room_size
         self.max_line = max_line
+        self.announce_limit = announce_limit
         self.connections = 0
         self.rooms: dict[str, Room] = {LOBBY: Room(LOBBY)}
         self._by_name: dict[str, Member] = {}
@@ -171,9 +177,8 @@ class ChatHub:
         member.rename(name)
         self._by_name[name.lower()] = member
         deliveries: list[Delivery] = []
-        others = list(lobby.members)
-        if others:
-            deliveries.append((others, notice(f"{name} joined {LOBBY}")))
+        if lobby.members and self._announced(lobby):
+            deliveries.append((list(lobby.members), notice(f"{name} joined {LOBBY}")))
         lobby.members[member] = None
         deliveries.append(([member], notice(f"welcome {name}, you are in {LOBBY} (type /help)")))
         return member, deliveries
@@ -212,7 +217,7 @@ class ChatHub:
         self._by_name.pop(member.name.lower(), None)
         self._drop_if_empty(room)
         suffix = f" ({reason})" if reason else ""
-        if not room.members:
+        if not room.members or not self._announced(room):
             return []
         return [(list(room.members), notice(f"{member.name} left {room.name}{suffix}"))]
 
@@ -285,10 +290,10 @@ class ChatHub:
         if room is None:
             room = self.rooms[name] = Room(name)
         del old.members[member]
-        if old.members:
+        if old.members and self._announced(old):
             out.append((list(old.members), notice(f"{member.name} left {old.name}")))
         self._drop_if_empty(old)
-        if room.members:
+        if room.members and self._announced(room):
             out.append((list(room.members), notice(f"{member.name} joined {name}")))
         room.members[member] = None
         member.room = room
@@ -354,6 +359,10 @@ class ChatHub:
             if others:
                 deliveries.append((others, b"".join(burst)))
             burst.clear()
+
+    def _announced(self, room: Room) -> bool:
+        """Whether arrivals and departures are announced in *room* (not in a crowd)."""
+        return not self.announce_limit or len(room.members) < self.announce_limit
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members and room.name != LOBBY:

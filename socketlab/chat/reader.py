@@ -14,6 +14,7 @@ most FLUSH_TIMEOUT seconds.
 from __future__ import annotations
 
 import logging
+import select
 import selectors
 import socket
 import threading
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from socketlab.chat.connection import MAX_READ, Connection
 from socketlab.chat.outbox import reason_for
+from socketlab.lines import Item
 from socketlab.serving import Waker
 from socketlab.tls import TlsError
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from socketlab.chat.server import ChatServer
 
 tls_log = logging.getLogger("socketlab.chat.clients")
+
+#: The selector key data of the epoll object that watches paused clients for hang-ups.
+_HANGUPS = object()
 
 #: How long a departing client (and shutdown) waits for its backlog to drain.
 FLUSH_TIMEOUT = 2.0
@@ -44,6 +49,13 @@ class ReaderLoop:
         self._waker = Waker()
         self._waker.register(self._selector)
         self._closing: dict[Connection, None] = {}
+        #: Clients over their flood budget, not read until the time given.
+        self._paused: dict[Connection, float] = {}
+        #: Paused clients that hang up are noticed without reading them: epoll's EPOLLRDHUP, where there is epoll.
+        self._hangups = select.epoll() if hasattr(select, "epoll") else None
+        self._paused_by_fd: dict[int, Connection] = {}
+        if self._hangups is not None:
+            self._selector.register(self._hangups.fileno(), selectors.EVENT_READ, _HANGUPS)
         self._running = True
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="chat-reader", daemon=True)
@@ -61,7 +73,8 @@ class ReaderLoop:
     def count(self) -> int:
         """Connections still open."""
         mapping = self._selector.get_map() if not self._stopped else None
-        return len(mapping) - 1 if mapping else 0
+        internal = 1 + (self._hangups is not None)
+        return len(mapping) - internal + len(self._paused) if mapping else 0
 
     def stop(self) -> None:
         """Stop the thread and close whatever is still open (idempotent)."""
@@ -73,16 +86,24 @@ class ReaderLoop:
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(5)
         for key in list(self._selector.get_map().values()):
-            if key.data is not None:
+            if isinstance(key.data, Connection):
                 self.finish(key.data)
+        for conn in list(self._paused):
+            self.finish(conn)
         self._selector.close()
+        if self._hangups is not None:
+            self._hangups.close()
         self._waker.close()
 
     def _run(self) -> None:
         track_idle = self.server.idle_timeout is not None
         while self._running:
+            timeout = 0.05 if self._closing else None
+            if self._paused:
+                soonest = max(0.0, min(self._paused.values()) - time.monotonic())
+                timeout = soonest if timeout is None else min(timeout, soonest)
             try:
-                events = self._selector.select(0.05 if self._closing else None)
+                events = self._selector.select(timeout)
             except (OSError, ValueError):
                 if not self._running:
                     return
@@ -92,6 +113,9 @@ class ReaderLoop:
                 if conn is None:
                     self._waker.drain()
                     continue
+                if conn is _HANGUPS:
+                    self._paused_hung_up()
+                    continue
                 try:
                     self._readable(conn, track_idle)
                 except Exception as error:  # one client must never take the reader down
@@ -100,6 +124,8 @@ class ReaderLoop:
             if self._closing:
                 for conn in list(self._closing):
                     self._advance(conn)
+            if self._paused:
+                self._resume_due()
 
     def _readable(self, conn: Connection, track_idle: bool) -> None:
         try:
@@ -121,7 +147,8 @@ class ReaderLoop:
             return
         if track_idle:
             conn.last_active = time.monotonic()
-        if len(data) == conn.read_size and conn.read_size < MAX_READ:
+        size = len(data)
+        if size == conn.read_size and conn.read_size < MAX_READ:
             conn.read_size *= 4
         if conn.tls is not None:
             plain = self._decrypt(conn, data)
@@ -131,15 +158,84 @@ class ReaderLoop:
         items = conn.data_received(data) if data else []
         if conn.member is None and conn.ready_to_join():
             self.server.join_late(conn)
-        if items and conn.member is not None and not conn.outbox.closed:
-            if self.service.receive(conn.member, items):
-                self.leave(conn, None)  # a plain /quit
-                return
+        if conn.gate is not None:
+            now = time.monotonic()
+            items = conn.gate.admit(items, size, now)
+            resume = conn.gate.resume_at(now)
+            if resume is not None:
+                self._pause(conn, resume)
+        if not self._hand_on(conn, items):
+            return
         ended = conn.ended()
         if ended is not None:
             self.leave(conn, conn.outbox.reason or ended)
         elif conn.tls is not None and conn.tls.peer_closed:  # close_notify: the client ended its side
             self._ended(conn)
+
+    def _hand_on(self, conn: Connection, items: list[Item]) -> bool:
+        """Give *conn*'s lines to the chat; False when it quit (and has left)."""
+        if items and conn.member is not None and not conn.outbox.closed:
+            if self.service.receive(conn.member, items):
+                self.leave(conn, None)  # a plain /quit
+                return False
+        return True
+
+    def _pause(self, conn: Connection, until: float) -> None:
+        """Over its flood budget: stop reading *conn* until *until* (TCP flow control does the rest)."""
+        if conn not in self._paused:
+            try:
+                self._selector.unregister(conn.sock)
+            except (KeyError, ValueError):
+                pass
+            if self._hangups is not None:
+                fd = conn.sock.fileno()
+                self._hangups.register(fd, select.EPOLLRDHUP)
+                self._paused_by_fd[fd] = conn
+        self._paused[conn] = until
+
+    def _unpause(self, conn: Connection) -> bool:
+        """Take *conn* off the paused list (reading it again is the caller's); False if it was not paused."""
+        if self._paused.pop(conn, None) is None:
+            return False
+        if self._hangups is not None:
+            fd = conn.sock.fileno()
+            self._paused_by_fd.pop(fd, None)
+            try:
+                self._hangups.unregister(fd)
+            except OSError:
+                pass
+        return True
+
+    def _paused_hung_up(self) -> None:
+        """Paused clients that closed or reset: they leave now, their held lines with them."""
+        assert self._hangups is not None
+        for fd, mask in self._hangups.poll(0):
+            conn = self._paused_by_fd.get(fd)
+            if conn is None:
+                continue
+            held = conn.gate.drop() if conn.gate is not None else 0
+            if held:
+                tls_log.info("Dropped %d lines over the rate limit from %s: it left", held, conn.peer)
+            self.leave(conn, "connection reset" if mask & select.EPOLLERR else "disconnected")
+
+    def _resume_due(self) -> None:
+        """Release held lines of paused clients whose budget refilled; read them again when all are out."""
+        now = time.monotonic()
+        for conn, until in list(self._paused.items()):
+            if conn.outbox.closed:  # dropped meanwhile (too slow, idle, shutdown): it leaves now
+                self.leave(conn, conn.outbox.reason or "disconnected")
+                continue
+            if until > now:
+                continue
+            assert conn.gate is not None
+            if not self._hand_on(conn, conn.gate.release(now)):
+                continue
+            resume = conn.gate.resume_at(now)
+            if resume is not None:
+                self._paused[conn] = resume
+            else:
+                self._unpause(conn)
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _ended(self, conn: Connection) -> None:
         """The client ended its side: its last unterminated line still counts, then it leaves."""
@@ -183,6 +279,8 @@ class ReaderLoop:
         """The client is gone or going: tell its room, say goodbye, then flush and close."""
         if conn.closing is not None:
             return
+        if self._unpause(conn):  # read again: the departure reads until the client closes
+            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
         if conn.member is not None:
             self.service.depart(conn.member, reason)
         with self.service.lock:
@@ -221,6 +319,7 @@ class ReaderLoop:
     def finish(self, conn: Connection) -> None:
         """Close *conn* for good and unregister it everywhere."""
         self._closing.pop(conn, None)
+        self._unpause(conn)
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):

@@ -38,8 +38,9 @@ from typing import Any, Iterable
 
 from socketlab.addresses import format_address
 from socketlab.chat.connection import Connection, LineConnection
+from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
-from socketlab.chat.protocol import ChatHub
+from socketlab.chat.protocol import DEFAULT_ANNOUNCE_LIMIT, ChatHub
 from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatService
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
@@ -70,7 +71,11 @@ class ChatServer(ConnectionServer):
     chat page and its WebSocket there; ``web_origins`` are origins allowed
     besides the page's own. With ``tls`` (a server SSLContext) both listeners
     speak TLS (the page is then https and wss); a client has
-    ``handshake_timeout`` seconds to finish its handshake.
+    ``handshake_timeout`` seconds to finish its handshake. ``max_rate`` > 0
+    limits each client to that many lines per second (a burst of twice
+    that) and 8 MiB per second: a client over it is simply
+    not read until its budget refills (see :mod:`socketlab.chat.flood`).
+    Rooms of ``announce_limit`` members or more hear no joins and departures.
     """
 
     full_message = b"! server full\n"
@@ -92,6 +97,8 @@ class ChatServer(ConnectionServer):
         web_site: WebSite | None = None,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        max_rate: float = 0,
+        announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
         logger: logging.Logger = logger,
     ) -> None:
         self.max_line = max_line
@@ -99,7 +106,8 @@ class ChatServer(ConnectionServer):
         self.idle_timeout = idle_timeout or None
         self.tls_context = tls
         self.handshake_timeout = handshake_timeout
-        self.service = ChatService(ChatHub(room_size=room_size, max_line=max_line))
+        self.max_rate = max_rate
+        self.service = ChatService(ChatHub(room_size=room_size, max_line=max_line, announce_limit=announce_limit))
         self.hub = self.service.hub
         self.lock = self.service.lock
         if web is not None and web_site is None:
@@ -165,14 +173,22 @@ class ChatServer(ConnectionServer):
                 conns.append(LineConnection(sock, format_address(address), outbox, self.max_line, tls, deadline))
             with self.lock:
                 self._handshaking.update(conns)
-            self.reader.add(conns)
+            self.reader.add(self._gated(conns))
             return
         conns = [
             LineConnection(sock, format_address(address), Outbox(sock, self.max_backlog, self.writer), self.max_line)
             for sock, address in accepted
         ]
         if self._join(conns):
-            self.reader.add(conns)
+            self.reader.add(self._gated(conns))
+
+    def _gated(self, conns: list[Connection]) -> list[Connection]:
+        """*conns* with their flood gates, if the server limits clients."""
+        if self.max_rate > 0:
+            now = time.monotonic()
+            for conn in conns:
+                conn.gate = FloodGate(self.max_rate, now)
+        return conns
 
     def _join(self, conns: list[Connection]) -> bool:
         """Put *conns* in the hub and start reading them; False if they were refused."""
@@ -213,7 +229,7 @@ class ChatServer(ConnectionServer):
                 web_log.warning("Refused web client %s: %d requests already pending", peer, self.max_pending_web)
                 sock.close()
         if conns:
-            self.reader.add(conns)
+            self.reader.add(self._gated(conns))
 
     def _web_connection(self, sock: socket.socket, peer: str, now: float) -> WebConnection:
         assert self.web_site is not None

@@ -1,0 +1,105 @@
+"""Flood control for one chat client, sans-IO: budgets of lines and bytes per second.
+
+:class:`FloodGate` admits a client's lines at most ``line_rate`` per second,
+with a burst of twice that, and its raw bytes at most 8 MiB per second
+(:class:`ByteBudget`, twice that in a burst), so a client pouring bytes
+without newlines is held too. Nothing is dropped and nobody is disconnected: lines over the
+budget wait here (at most what one read brought), and the reader loop stops
+reading the client until ``resume_at()`` -- TCP flow control then slows the
+sender down, and everyone else is served as usual. A client that leaves
+while lines of its are held loses those (``drop()`` says how many): it is
+gone, and its slot is free at once.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+from socketlab.lines import Item
+
+#: Default lines per second per client on the command line (a burst of twice that).
+DEFAULT_MAX_RATE = 20.0
+#: Bytes per second one client may send (twice that in a burst). Reading and skipping bytes costs
+#: the reader about one recv() per 64 KiB, so this keeps any client from occupying it, yet drains a
+#: departed flooder's buffered bytes within a second or two: its FIN, queued behind them, then
+#: arrives, its departure is seen and its slot freed. (Budgets shared per address would make a
+#: crowd of such departures wait for each other.)
+DEFAULT_BYTE_RATE = 8 * 1024 * 1024
+
+
+class ByteBudget:
+    """Bytes per second; a read may run it into debt, which is then waited off."""
+
+    __slots__ = ("rate", "tokens", "stamp")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens = 2 * rate
+        self.stamp = now
+
+    def spend(self, size: int, now: float) -> None:
+        self._refill(now)
+        self.tokens -= size
+
+    def wait(self, now: float) -> float:
+        """Seconds until the debt is paid (0 when there is none)."""
+        self._refill(now)
+        return -self.tokens / self.rate if self.tokens < 0 else 0.0
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(2 * self.rate, self.tokens + max(0.0, now - self.stamp) * self.rate)
+        self.stamp = max(self.stamp, now)
+
+
+class FloodGate:
+    """One client's input budget. ``now`` is any monotonic clock, in seconds."""
+
+    __slots__ = ("line_rate", "budget", "lines", "stamp", "held")
+
+    def __init__(self, line_rate: float, now: float, budget: ByteBudget | None = None) -> None:
+        if line_rate <= 0:
+            raise ValueError("line_rate must be positive (no FloodGate means no limit)")
+        self.line_rate = line_rate
+        self.budget = budget or ByteBudget(DEFAULT_BYTE_RATE, now)
+        #: Line tokens now: a full burst to begin with.
+        self.lines = 2 * line_rate
+        self.stamp = now
+        self.held: deque[Item] = deque()
+
+    def _refill(self, now: float) -> None:
+        elapsed = max(0.0, now - self.stamp)
+        self.stamp = now
+        self.lines = min(2 * self.line_rate, self.lines + elapsed * self.line_rate)
+
+    def admit(self, items: Sequence[Item], size: int, now: float) -> list[Item]:
+        """A read of *size* bytes completed *items*: return those within budget, hold the rest."""
+        self._refill(now)
+        self.budget.spend(size, now)
+        self.held.extend(items)
+        return self._release()
+
+    def release(self, now: float) -> list[Item]:
+        """Held lines the budget allows by *now*."""
+        self._refill(now)
+        return self._release()
+
+    def _release(self) -> list[Item]:
+        count = min(len(self.held), int(self.lines))
+        self.lines -= count
+        return [self.held.popleft() for _ in range(count)]
+
+    def drop(self) -> int:
+        """The client left: forget its held lines; return how many there were."""
+        count = len(self.held)
+        self.held.clear()
+        return count
+
+    def resume_at(self, now: float) -> float | None:
+        """When reading this client may go on; None: now."""
+        self._refill(now)
+        waits = [self.budget.wait(now)]
+        if self.held:
+            waits.append((1 - self.lines) / self.line_rate if self.lines < 1 else 0.0)
+        wait = max(waits, default=0.0)
+        return now + wait if wait > 0 else None
