@@ -76,6 +76,26 @@ def tls_server_options(func: F) -> F:
     return click.option("--tls-cert", metavar="FILE", type=click.Path(dir_okay=False), help="Serve TLS with this certificate (PEM, chain included).")(func)
 
 
+def access_options(func: F) -> F:
+    """--allow and --deny: who may connect."""
+    func = click.option("--deny", multiple=True, metavar="SPEC", help="Refuse these peers: an address, a CIDR block or @FILE (repeatable; wins over --allow).")(func)
+    return click.option("--allow", multiple=True, metavar="SPEC", help="Let in only these peers: an address, a CIDR block or @FILE (repeatable).")(func)
+
+
+def per_ip_option(func: F) -> F:
+    return click.option("--max-per-ip", type=click.IntRange(1), default=None, metavar="N", help="Connections at once from one address (default: no limit).")(func)
+
+
+def access_rules(allow: tuple[str, ...], deny: tuple[str, ...]) -> Any:
+    """The AccessRules of --allow/--deny, or None; a bad rule is one error line."""
+    if not allow and not deny:
+        return None
+    from socketlab.access import AccessRules
+
+    with user_errors():
+        return AccessRules.parse(allow=allow, deny=deny)
+
+
 def tls_client_options(func: F) -> F:
     """--tls, --tls-ca and --tls-no-verify: connect with TLS."""
     func = click.option("--tls-no-verify", is_flag=True, help="Do not verify the server's certificate (insecure; says so on stderr).")(func)
@@ -173,8 +193,10 @@ def main() -> None:
 @click.option("--hex", "hex_dump", is_flag=True, help="Log payloads as a hex dump.")
 @click.option("-q", "--quiet", is_flag=True, help="Log no payloads: connections and byte counts only.")
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True, help="Clients served at once.")
+@per_ip_option
+@access_options
 @tls_server_options
-def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int, tls_cert: str | None, tls_key: str | None) -> None:
+def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int, max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None) -> None:
     """The tutorial's TCP server: greet each client, log what it sends.
 
     Each client gets the welcome line; every chunk it sends is logged with
@@ -189,10 +211,14 @@ def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, q
     from socketlab.tcp import WelcomeServer
 
     tls = server_tls(tls_cert, tls_key)
+    access = access_rules(allow, deny)
     log_to_stdout()
     payload = "quiet" if quiet else "hex" if hex_dump else "text"
     with user_errors():
-        server = WelcomeServer((host, port), welcome=welcome, echo=echo, payload=payload, max_clients=max_clients, tls=tls)
+        server = WelcomeServer(
+            (host, port), welcome=welcome, echo=echo, payload=payload, max_clients=max_clients, tls=tls,
+            access=access, max_per_ip=max_per_ip,
+        )
     with server:
         run_until_signal(server)
 
@@ -250,10 +276,12 @@ def chat() -> None:
 @click.option("--max-rate", type=click.FloatRange(0), default=20.0, show_default=True, metavar="LINES", help="Lines per second per client (a burst of twice that; bytes: 8 MiB/s); over it a client is read later, never dropped (0: no limit).")
 @click.option("--web", metavar="[HOST:]PORT", help="Also serve the chat page and its WebSocket (/ws) here (0: a free port).")
 @click.option("--web-origin", "web_origins", metavar="ORIGIN", multiple=True, help="Another origin whose pages may open the WebSocket (repeatable).")
+@per_ip_option
+@access_options
 @tls_server_options
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
-def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, max_rate: float, web: str | None, web_origins: tuple[str, ...], tls_cert: str | None, tls_key: str | None, verbose: bool, quiet: bool) -> None:
+def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, max_rate: float, web: str | None, web_origins: tuple[str, ...], max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None, verbose: bool, quiet: bool) -> None:
     """Run the chat server; nc, telnet, 'chat connect' and browsers are clients.
 
     Every line a client sends reaches the other members of its room as
@@ -270,6 +298,7 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
     from socketlab.serving import run_until_signal
 
     tls = server_tls(tls_cert, tls_key)
+    access = access_rules(allow, deny)
     log_to_stdout()
     logging.getLogger("socketlab.chat.messages").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if quiet:
@@ -287,6 +316,8 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
             web=web_address(web, host) if web is not None else None,
             web_origins=[check_origin(origin) for origin in web_origins],
             tls=tls,
+            access=access,
+            max_per_ip=max_per_ip,
         )
     with server:
         run_until_signal(server)
@@ -349,7 +380,8 @@ def chat_connect(host: str, port: int, name: str | None, room: str | None, timeo
 @click.option("-q", "--quiet", is_flag=True, help="Print no datagrams, only the totals at exit.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit 0 after this many datagrams.")
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, help="Exit 1 after this many seconds without a datagram.")
-def udp_recv(host: str, port: int, echo: bool, hex_dump: bool, quiet: bool, count: int | None, timeout: float | None) -> None:
+@access_options
+def udp_recv(host: str, port: int, echo: bool, hex_dump: bool, quiet: bool, count: int | None, timeout: float | None, allow: tuple[str, ...], deny: tuple[str, ...]) -> None:
     """Print each UDP datagram with its sender's address.
 
     Datagrams arrive whole or not at all; this counts what arrives and prints
@@ -362,10 +394,13 @@ def udp_recv(host: str, port: int, echo: bool, hex_dump: bool, quiet: bool, coun
     from socketlab.serving import run_until_signal
     from socketlab.udp import DatagramReceiver
 
+    access = access_rules(allow, deny)
     log_to_stdout()
     payload = "quiet" if quiet else "hex" if hex_dump else "text"
     with user_errors():
-        receiver = DatagramReceiver((host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout)
+        receiver = DatagramReceiver(
+            (host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access
+        )
     with receiver, user_errors():
         run_until_signal(receiver, on_stop=receiver.on_close)
 

@@ -48,6 +48,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from socketlab.access import AccessRules, PerAddressLimit, RateLimitedLog
 from socketlab.addresses import bind_error, format_address, resolve
 
 _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -137,10 +138,19 @@ class ConnectionServer(socketserver.TCPServer):
         handler_class: Callable[..., socketserver.BaseRequestHandler],
         *,
         max_clients: int | None = None,
+        access: AccessRules | None = None,
+        max_per_ip: int | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         host, port = address
         self.logger = logger or logging.getLogger("socketlab.server")
+        #: Who may connect (None: everyone); checked right after accept, before anything is read or sent.
+        self.access = access if access is not None and access.restricts else None
+        #: Concurrent connections per peer address (None: no limit).
+        self.per_ip = PerAddressLimit(max_per_ip) if max_per_ip else None
+        self._peer_hosts: dict[socket.socket, str] = {}
+        #: Refusals are logged, but never more than a few a second: a flood cannot fill a disk.
+        self.refusal_log = RateLimitedLog(self.logger, what="refused connections")
         if max_clients is not None:
             self.max_clients = max_clients
         self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
@@ -225,6 +235,7 @@ class ConnectionServer(socketserver.TCPServer):
         with self._lock:
             first, self._closed = not self._closed, True
         if first:
+            self.refusal_log.flush()
             self.on_close()
 
     def server_close(self) -> None:
@@ -253,8 +264,8 @@ class ConnectionServer(socketserver.TCPServer):
 
     def on_refused(self, request: socket.socket, client_address: Any) -> None:
         """Called for a connection beyond max_clients, before it is closed."""
-        self.logger.warning(
-            "Refused %s: server is full (%d clients)", format_address(client_address), self.max_clients
+        self.refusal_log.log(
+            logging.WARNING, "Refused %s: server is full (%d clients)", format_address(client_address), self.max_clients
         )
         try:
             request.send(self.full_message, socket.MSG_DONTWAIT)
@@ -290,6 +301,8 @@ class ConnectionServer(socketserver.TCPServer):
                     self.logger.error("Cannot accept a connection: %s; retrying", error.strerror)
                     time.sleep(0.05)  # back off: the listener stays readable meanwhile
                     break
+                if (self.access is not None or self.per_ip is not None) and not self._screen(request, client_address):
+                    continue
                 # Whatever the platform's accept() inherits, as the connections are served.
                 request.setblocking(self.blocking_connections)
                 if not admit or self._admit(request, client_address):
@@ -297,6 +310,29 @@ class ConnectionServer(socketserver.TCPServer):
         finally:  # even when accept() fails for good, the ones accepted are served
             if accepted:
                 start(accepted)
+
+    def _screen(self, request: socket.socket, client_address: Any) -> bool:
+        """Apply --allow/--deny and --max-per-ip to a connection just accepted; close it if refused."""
+        host = client_address[0]
+        if self.access is not None and not self.access.permits(host):
+            self.refusal_log.log(logging.INFO, "Refused %s: not allowed", format_address(client_address))
+            self._close_request(request)
+            return False
+        if self.per_ip is not None:
+            if not self.per_ip.acquire(host):
+                self.refusal_log.log(
+                    logging.INFO, "Refused %s: %d connections from that address already", format_address(client_address),
+                    self.per_ip.limit,
+                )
+                self.on_too_many_from(request)
+                self._close_request(request)
+                return False
+            with self._lock:
+                self._peer_hosts[request] = host
+        return True
+
+    def on_too_many_from(self, request: socket.socket) -> None:
+        """Called for a connection over max_per_ip, before it is closed (by default: nothing is sent)."""
 
     def register_connection(self, request: socket.socket) -> bool:
         """Count *request* toward max_clients; False (and nothing registered) when full."""
@@ -311,6 +347,7 @@ class ConnectionServer(socketserver.TCPServer):
         if self.register_connection(request):
             return True
         self.on_refused(request, client_address)
+        self.forget_connection(request)  # its per-address count
         self._close_request(request)
         return False
 
@@ -348,9 +385,12 @@ class ConnectionServer(socketserver.TCPServer):
             threading.stack_size(previous)
 
     def forget_connection(self, request: socket.socket) -> None:
-        """Unregister a connection that has ended (it no longer counts toward max_clients)."""
+        """Unregister a connection that has ended (it no longer counts toward max_clients or max_per_ip)."""
         with self._lock:
             self._connections.pop(request, None)
+            host = self._peer_hosts.pop(request, None)
+        if host is not None and self.per_ip is not None:
+            self.per_ip.release(host)
 
     def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
         try:

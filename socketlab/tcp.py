@@ -31,6 +31,7 @@ import sys
 import threading
 from typing import Any, BinaryIO
 
+from socketlab.access import AccessRules
 from socketlab.addresses import bind_error, describe_os_error, format_address, resolve
 from socketlab.errors import AddressError, OutputError
 from socketlab.serving import ConnectionServer
@@ -120,6 +121,8 @@ class WelcomeServer(ConnectionServer):
         max_clients: int | None = None,
         tls: ssl.SSLContext | None = None,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        access: AccessRules | None = None,
+        max_per_ip: int | None = None,
         logger: logging.Logger = logger,
     ) -> None:
         if payload not in PAYLOAD_MODES:
@@ -129,7 +132,9 @@ class WelcomeServer(ConnectionServer):
         self.handshake_timeout = handshake_timeout
         self.echo = echo
         self.payload = payload
-        super().__init__(address, WelcomeHandler, max_clients=max_clients, logger=logger)
+        super().__init__(
+            address, WelcomeHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip, logger=logger
+        )
 
     # -- events (override to change behaviour) ----------------------------
 

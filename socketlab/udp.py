@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from socketlab.access import AccessRules
 from socketlab.addresses import bind_error, format_address, resolve
 from socketlab.errors import SocketlabError
 from socketlab.text import display_bytes, hexdump
@@ -62,10 +63,13 @@ class ReceiverTotals:
     bytes: int = 0
     senders: set[Any] = field(default_factory=set)
     more_senders: bool = False
+    #: Datagrams dropped because their sender is not allowed (--allow/--deny).
+    refused: int = 0
 
     def describe(self) -> str:
         count = f"{len(self.senders)}{'+' if self.more_senders else ''}"
-        return f"{self.datagrams} datagrams, {self.bytes} bytes from {count} senders"
+        refused = f", {self.refused} refused" if self.refused else ""
+        return f"{self.datagrams} datagrams, {self.bytes} bytes from {count} senders{refused}"
 
 
 class DatagramReceiver:
@@ -74,7 +78,9 @@ class DatagramReceiver:
     Raises AddressError when the address cannot be bound. ``payload`` is
     what on_datagram() logs: ``"text"``, ``"hex"`` or ``"quiet"``.
     ``max_datagrams`` ends serve_forever() after that many; ``timeout``
-    makes it raise ReceiveTimeout after that many silent seconds.
+    makes it raise ReceiveTimeout after that many silent seconds. With
+    ``access`` (an :class:`~socketlab.access.AccessRules`), datagrams from
+    senders it does not permit are dropped and counted as refused.
     """
 
     def __init__(
@@ -85,10 +91,12 @@ class DatagramReceiver:
         payload: str = "text",
         max_datagrams: int | None = None,
         timeout: float | None = None,
+        access: AccessRules | None = None,
         logger: logging.Logger = logger,
     ) -> None:
         host, port = address
         self.logger = logger
+        self.access = access if access is not None and access.restricts else None
         self.echo = echo
         self.payload = payload
         self.max_datagrams = max_datagrams
@@ -168,6 +176,7 @@ class DatagramReceiver:
         quiet = self.payload == "quiet" and type(self).on_datagram is DatagramReceiver.on_datagram
         echo = self.echo
         limit = self.max_datagrams
+        access = self.access
         while not self._stopping:
             try:
                 count, sender = recvfrom_into(buffer)
@@ -181,6 +190,9 @@ class DatagramReceiver:
                 raise
             if self._stopping:  # woken by shutdown(), not a datagram
                 return
+            if access is not None and not access.permits(sender[0]):
+                totals.refused += 1
+                continue
             totals.datagrams += 1
             totals.bytes += count
             if sender not in senders:

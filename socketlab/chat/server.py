@@ -36,6 +36,7 @@ import ssl
 import time
 from typing import Any, Iterable
 
+from socketlab.access import AccessRules
 from socketlab.addresses import format_address
 from socketlab.chat.connection import Connection, LineConnection
 from socketlab.chat.flood import FloodGate
@@ -76,7 +77,11 @@ class ChatServer(ConnectionServer):
     that) and 8 MiB per second: a client over it is simply
     not read until its budget refills (see :mod:`socketlab.chat.flood`).
     Rooms of ``announce_limit`` members or more hear no joins and departures.
+    ``access`` (:class:`~socketlab.access.AccessRules`) and ``max_per_ip``
+    screen both listeners' connections right after accept.
     """
+
+    too_many_message = b"! too many connections from your address\n"
 
     full_message = b"! server full\n"
     blocking_connections = False
@@ -99,6 +104,8 @@ class ChatServer(ConnectionServer):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         max_rate: float = 0,
         announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
+        access: AccessRules | None = None,
+        max_per_ip: int | None = None,
         logger: logging.Logger = logger,
     ) -> None:
         self.max_line = max_line
@@ -123,7 +130,10 @@ class ChatServer(ConnectionServer):
         self.reader = ReaderLoop(self)
         self.web_socket: socket.socket | None = None
         # No handler class: start_connections() hands connections to the reader thread.
-        super().__init__(address, socketserver.BaseRequestHandler, max_clients=max_clients, logger=logger)
+        super().__init__(
+            address, socketserver.BaseRequestHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip,
+            logger=logger,
+        )
         if web is not None:
             try:
                 self.web_socket = open_listener(*web)
@@ -209,6 +219,12 @@ class ChatServer(ConnectionServer):
 
     def start_connection(self, request: socket.socket, client_address: Any) -> None:
         self.start_connections([(request, client_address)])
+
+    def on_too_many_from(self, request: socket.socket) -> None:
+        try:
+            request.send(self.too_many_message, socket.MSG_DONTWAIT)
+        except OSError:
+            pass
 
     # -- web clients ------------------------------------------------------------
 
