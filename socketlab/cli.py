@@ -580,28 +580,36 @@ class ByteSize(click.ParamType):
 @click.option("--size", type=ByteSize(), default="1G", show_default=True, help="Bytes to stream (K, M, G suffixes).")
 @click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True, help="Runs per tool.")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat between the same endpoints, if installed.")
+@click.option("--tls", "use_tls", is_flag=True, help="Over TLS (a certificate made with openssl for the run; socat uses OPENSSL-LISTEN/OPENSSL).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_tcp(size: int, runs: int, peers: bool, as_json: bool) -> None:
+def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, as_json: bool) -> None:
     """Bulk TCP: a stream through tcp-client into tcp-server -q, in MB/s.
 
     The data comes from this process through a pipe (no file on disk) and
     is timed until the server has counted every byte.
 
     \b
-    Example:
+    Examples:
       socketlab bench tcp --size 1G
+      socketlab bench tcp --size 1G --tls
     """
     import json
+    import tempfile
     from dataclasses import asdict
 
     from socketlab.bench import transfer
 
     tools = ["socketlab"] + (["socat"] if peers and transfer.has("socat") else [])
     results = []
+    workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
+    certificate = None
+    if use_tls:
+        with bench_errors():
+            certificate = transfer.Certificate.make(workdir.name)
     for _ in range(runs):
         for tool in tools:
             with bench_errors():
-                result = transfer.run_tcp(size, tool)
+                result = transfer.run_tcp(size, tool, tls=certificate)
             results.append(result)
             if not as_json:
                 click.echo(result.describe())

@@ -384,6 +384,14 @@ class ConnectionServer(socketserver.TCPServer):
         finally:
             threading.stack_size(previous)
 
+    def replace_connection(self, old: socket.socket, new: socket.socket) -> None:
+        """*new* now stands for the registered *old* (e.g. TLS wrapped around it): shutdown() shuts *new*."""
+        with self._lock:
+            if old in self._connections:
+                self._connections[new] = self._connections.pop(old)
+            if old in self._peer_hosts:
+                self._peer_hosts[new] = self._peer_hosts.pop(old)
+
     def forget_connection(self, request: socket.socket) -> None:
         """Unregister a connection that has ended (it no longer counts toward max_clients or max_per_ip)."""
         with self._lock:

@@ -35,7 +35,7 @@ from socketlab.access import AccessRules
 from socketlab.addresses import bind_error, describe_os_error, format_address, resolve
 from socketlab.errors import AddressError, OutputError
 from socketlab.serving import ConnectionServer
-from socketlab.tls import HANDSHAKE_TIMEOUT, TlsError, TlsStream
+from socketlab.tls import HANDSHAKE_TIMEOUT, TlsError, TlsStream, describe
 from socketlab.text import TerminalText, display_bytes, hexdump
 
 logger = logging.getLogger("socketlab.tcp")
@@ -58,17 +58,33 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: Any = self.request
+        if self.server.tls_context is None:
+            self.serve(sock)
+            return
+        # TLS on this connection's own thread, never the accepting one. One thread uses the
+        # connection, so the standard library's SSLSocket serves (OpenSSL reads and writes the
+        # socket itself); it is registered in place of the plain socket, so shutdown() still
+        # wakes this thread.
+        tls_sock = self.server.tls_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.server.replace_connection(sock, tls_sock)
+        try:
+            tls_sock.settimeout(self.server.handshake_timeout)
+            try:
+                tls_sock.do_handshake()
+            except (ssl.SSLError, OSError) as error:
+                reason = describe(error) if isinstance(error, ssl.SSLError) else describe_os_error(error)
+                self.server.logger.info("TLS handshake failed with %s: %s", format_address(self.client_address), reason)
+                return
+            tls_sock.settimeout(None)
+            self.serve(tls_sock)
+        finally:
+            self.server.forget_connection(tls_sock)
+            tls_sock.close()
+
+    def serve(self, sock: Any) -> None:
         peer = format_address(self.client_address)
         server = self.server
         received = 0
-        if server.tls_context is not None:  # on this connection's own thread, never the accepting one
-            sock = TlsStream.server(sock, server.tls_context)
-            try:
-                sock.handshake(server.handshake_timeout)
-            except (TlsError, OSError) as error:
-                reason = str(error) if isinstance(error, TlsError) else describe_os_error(error)
-                server.logger.info("TLS handshake failed with %s: %s", peer, reason)
-                return
         welcome = server.on_connection(peer)
         wants_chunks = server.echo or server.payload != "quiet" or type(server).on_data is not WelcomeServer.on_data
         try:
@@ -94,8 +110,10 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
             return
         server.on_end(peer, received)
         try:
+            if isinstance(sock, ssl.SSLSocket):  # our close_notify too (the client's has come)
+                sock = sock.unwrap()
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
+        except (OSError, ValueError):
             pass
 
 

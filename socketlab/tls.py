@@ -202,7 +202,7 @@ class TlsLayer:
         self.handshake_done = True
         return True
 
-    def send(self, data: bytes) -> bytes:
+    def send(self, data: bytes | bytearray | memoryview) -> bytes:
         """Encrypt *data*; returns the records to send (b"" once closed)."""
         if self._closed or not data:
             return b""
@@ -313,7 +313,7 @@ class TlsStream:
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
         with self._lock:
             try:
-                records = self.layer.send(bytes(data))
+                records = self.layer.send(data)
             except TlsError as error:
                 raise TlsConnectionError(str(error)) from None
         self.sock.sendall(records)

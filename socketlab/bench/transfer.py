@@ -101,10 +101,9 @@ def listening_port(proc: subprocess.Popen, what: str, marker: str = "listening")
     assert proc.stdout is not None
     line = proc.stdout.readline().decode()
     if marker.lower() in line.lower():
-        try:
-            return int(line.rstrip().rstrip("/").rsplit(":", 1)[1])
-        except ValueError:
-            pass
+        ports = re.findall(r":(\d+)\b", line)
+        if ports:
+            return int(ports[-1])
     stop(proc)
     raise RuntimeError(f"{what} did not start")
 
@@ -116,28 +115,57 @@ def stop(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_tcp(size: int, tool: str = "socketlab") -> TcpResult:
-    """Stream *size* bytes through *tool*'s client into its server; time it."""
+@dataclass
+class Certificate:
+    """A self-signed certificate for 127.0.0.1 and localhost, made for one benchmark run."""
+
+    cert: str
+    key: str
+
+    @classmethod
+    def make(cls, directory: str) -> "Certificate":
+        """Make one with the openssl command (ECDSA P-256, valid one day); RuntimeError without it."""
+        cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
+        command = [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout", key, "-out", cert,
+        ]
+        try:
+            subprocess.run(command, check=True, capture_output=True, timeout=30)
+        except (OSError, subprocess.CalledProcessError) as error:
+            raise RuntimeError(f"cannot make a test certificate with openssl: {error}") from None
+        return cls(cert, key)
+
+
+def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None) -> TcpResult:
+    """Stream *size* bytes through *tool*'s client into its server (over TLS with *tls*); time it."""
     if tool == "socketlab":
+        tls_server = ["--tls-cert", tls.cert, "--tls-key", tls.key] if tls else []
         server = subprocess.Popen(
-            SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", ""], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+            SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", "", *tls_server],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
         port = listening_port(server, "socketlab tcp-server")
-        client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port)]
-        label = "socketlab tcp-client | tcp-server -q"
+        client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port), *(["--tls-ca", tls.cert] if tls else [])]
+        label = f"socketlab tcp-client | tcp-server -q{' (TLS)' if tls else ''}"
     elif tool == "socat":
         port = free_port()
+        listen = f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr"
+        connect = f"TCP:127.0.0.1:{port}"
+        if tls:
+            listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,cert={tls.cert},key={tls.key},verify=0"
+            connect = f"OPENSSL:127.0.0.1:{port},cafile={tls.cert},commonname=localhost"
         server = subprocess.Popen(
-            ["socat", "-b", "262144", "-u", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr", "OPEN:/dev/null"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["socat", "-b", "262144", "-u", listen, "OPEN:/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             wait_listening(port, server, "socat", limit=5)
         except RuntimeError:
             stop(server)
             raise
-        client_cmd = ["socat", "-b", "262144", "-u", "STDIN", f"TCP:127.0.0.1:{port}"]
-        label = "socat -b 262144 -u (both ends)"
+        client_cmd = ["socat", "-b", "262144", "-u", "STDIN", connect]
+        label = f"socat -b 262144 -u (both ends){' OPENSSL' if tls else ''}"
     else:
         raise ValueError(f"unknown tool {tool}")
     read_fd, write_fd = os.pipe()
