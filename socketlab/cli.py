@@ -492,9 +492,10 @@ def clear_progress() -> None:
 @click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
 @click.option("--check", type=click.Choice(["all", "probes"]), default="all", show_default=True, help="Check every copy, or let bulk readers only count lines (a capacity measurement).")
 @click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
+@click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
 @click.option("--server-pid", type=int, default=None, help="PID of the target server, to report its CPU and memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, server_pid: int | None, as_json: bool) -> None:
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, use_tls: bool, server_pid: int | None, as_json: bool) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
@@ -511,6 +512,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
       socketlab bench chat --target 127.0.0.1:4000 --json
     """
     import json
+    import tempfile
 
     from socketlab.addresses import parse_address
     from socketlab.bench import chat as chat_bench
@@ -518,21 +520,32 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
 
     own = None
     web = transport == "ws"
+    workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
+    tls_context = None
     with user_errors(), bench_errors():
+        server_options = ["--max-clients", str(max(1000, clients + 10))]
+        if scenario != "flood":  # flood control off, so the comparison with peers is like for like
+            server_options += ["--max-rate", "0"]
+        if use_tls:
+            from socketlab.bench.transfer import Certificate
+            from socketlab.tls import client_context
+
+            certificate = Certificate.make(workdir.name)
+            server_options += ["--tls-cert", certificate.cert, "--tls-key", certificate.key]
+            tls_context = client_context(certificate.cert if not target else None, verify=not target)
         if target:
             address = parse_address(target)
         else:
-            # Flood control off but in the flood scenario: the others compare like for like with peers.
-            limits = ["--max-clients", str(max(1000, clients + 10))] + ([] if scenario == "flood" else ["--max-rate", "0"])
-            own = chat_bench.OwnServer(limits, web=web)
+            own = chat_bench.OwnServer(server_options, web=web)
             address = ("127.0.0.1", own.web_port or own.port)
             server_pid = own.pid
     progress = None if as_json else progress_printer()
-    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "target": target or f"socketlab chat serve (pid {server_pid})"}
+    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {server_pid})"}
+    kind = chat_bench.ClientKind(web=web, tls=tls_context)
     lines: list[str] = []
     with bench_errors():
         try:
-            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all", web=web)
+            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all", kind=kind)
             if scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
@@ -545,7 +558,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
                 lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
                 lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
             else:
-                connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress, web=web)
+                connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress, kind=kind)
                 output["connections"] = chat_bench.as_dict(connections)
                 lines += connections_lines(connections)
         finally:

@@ -305,6 +305,11 @@ class TlsStream:
         chunk, self._plain = self._plain[:size], self._plain[size:]
         return chunk
 
+    def take_plaintext(self) -> bytes:
+        """Plaintext that came with the end of the handshake, not yet read."""
+        plain, self._plain = self._plain, b""
+        return plain
+
     def recv_into(self, buffer: bytearray | memoryview) -> int:
         data = self.recv(len(buffer))
         buffer[: len(data)] = data

@@ -26,13 +26,14 @@ import resource
 import select
 import selectors
 import socket
+import ssl
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
-from socketlab.bench.wire import WebSocketClient, frame
+from socketlab.bench.wire import BenchClient, frame
 from socketlab.bench.transfer import SOCKETLAB, listening_port
 
 #: A run ends this long after the last copy arrived, if copies are still missing.
@@ -116,7 +117,7 @@ class OwnServer:
             stderr=subprocess.DEVNULL,
         )
         self.port = listening_port(self.proc, "socketlab chat serve")
-        self.web_port = listening_port(self.proc, "socketlab chat serve --web", "Web chat on http://") if web else None
+        self.web_port = listening_port(self.proc, "socketlab chat serve --web", "Web chat on") if web else None
 
     @property
     def pid(self) -> int:
@@ -131,8 +132,19 @@ class OwnServer:
             self.proc.wait()
 
 
-def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None, web: bool = False) -> list[Any]:
-    """Connect *count* clients (WebSocket ones with *web*); stops early (returning fewer) when refused."""
+@dataclass(frozen=True)
+class ClientKind:
+    """How the benchmark's clients talk to the server: lines over TCP, or in WebSocket messages; TLS or not."""
+
+    web: bool = False
+    tls: ssl.SSLContext | None = None
+
+
+PLAIN = ClientKind()
+
+
+def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None, kind: ClientKind = PLAIN) -> list[Any]:
+    """Connect *count* clients of *kind*; stops early (returning fewer) when refused."""
     socks: list[Any] = []
     for _ in range(count):
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
@@ -142,7 +154,7 @@ def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None
         try:
             sock.settimeout(5)
             sock.connect(address)
-            client = WebSocketClient(sock, address) if web else sock
+            client = BenchClient(sock, address, kind.web, kind.tls) if kind != PLAIN else sock
         except OSError:
             sock.close()
             break
@@ -244,7 +256,7 @@ def _receiver_worker(
     progress: Any,
     slot: int,
     checked: bool = True,
-    web: bool = False,
+    kind: ClientKind = PLAIN,
 ) -> None:
     """A forked process that owns *count* receiving clients and reports what they saw.
 
@@ -254,7 +266,7 @@ def _receiver_worker(
     under test less.
     """
     try:
-        socks = open_clients(address, count, web=web)
+        socks = open_clients(address, count, kind=kind)
         link.send(len(socks))
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         link.send("ready")
@@ -309,7 +321,7 @@ def run_fanout(
     workers: int = 2,
     window: int = 2000,
     check_all: bool = True,
-    web: bool = False,
+    kind: ClientKind = PLAIN,
 ) -> FanoutResult:
     """Run one fanout measurement against the chat server at *address*.
 
@@ -328,8 +340,8 @@ def run_fanout(
     reading costs the machine far less than relaying; the probes and
     senders still check every copy they get.
 
-    With *web*, every client is a WebSocket client of a chat server's web
-    address: the lines travel in text messages.
+    *kind* says how clients talk: lines over TCP, or in WebSocket text
+    messages to a chat server's web address; TLS underneath or not.
     """
     if not 0 < senders < clients:
         raise ValueError("need at least one sender and one more client")
@@ -346,7 +358,7 @@ def run_fanout(
             parent, child = context.Pipe()
             process = context.Process(
                 target=_receiver_worker,
-                args=(address, share, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all, web),
+                args=(address, share, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all, kind),
                 daemon=True,
             )
             process.start()
@@ -354,10 +366,10 @@ def run_fanout(
             links.append(parent)
             processes.append(process)
         connected = sum(link.recv() for link in links)
-        socks = open_clients(address, senders, web=web)
+        socks = open_clients(address, senders, kind=kind)
         if connected + len(socks) < clients:
             raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect{_why_not(address)}")
-        slow = open_clients(address, 1, rcvbuf=4096, web=web) if slow_client else []
+        slow = open_clients(address, 1, rcvbuf=4096, kind=kind) if slow_client else []
         rss_before = rss_kib(server_pid) if server_pid else 0
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         for link in links:
@@ -519,7 +531,7 @@ class ConnectionsResult:
 
 def run_connections(
     address: tuple[str, int], *, clients: int, server_pid: int | None = None, progress: Progress | None = None,
-    web: bool = False,
+    kind: ClientKind = PLAIN,
 ) -> ConnectionsResult:
     """Open *clients* idle connections, then check each still receives a broadcast."""
     limit = raise_open_file_limit()
@@ -527,7 +539,7 @@ def run_connections(
     start = time.monotonic()
     socks: list[Any] = []
     while len(socks) < clients:
-        more = open_clients(address, min(100, clients - len(socks)), web=web)
+        more = open_clients(address, min(100, clients - len(socks)), kind=kind)
         socks += more
         if progress:
             progress(f"{len(socks):,}/{clients:,} connected")
@@ -537,7 +549,7 @@ def run_connections(
     connected = drain_until_quiet(socks, SETTLE_QUIET, 60.0)
     rss_after = rss_kib(server_pid) if server_pid else 0
     served = 0
-    probe = open_clients(address, 1, web=web)
+    probe = open_clients(address, 1, kind=kind)
     if probe:
         drain_until_quiet(socks + probe, SETTLE_QUIET, 30.0)
         probe[0].setblocking(True)
