@@ -482,7 +482,7 @@ def clear_progress() -> None:
 
 @bench.command("chat")
 @click.option("--target", metavar="HOST:PORT", help="A running line-relaying chat server (default: start socketlab's own).")
-@click.option("--scenario", type=click.Choice(["fanout", "slow", "connections"]), default="fanout", show_default=True)
+@click.option("--scenario", type=click.Choice(["fanout", "slow", "connections", "flood"]), default="fanout", show_default=True)
 @click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
 @click.option("--senders", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
@@ -493,14 +493,20 @@ def clear_progress() -> None:
 @click.option("--check", type=click.Choice(["all", "probes"]), default="all", show_default=True, help="Check every copy, or let bulk readers only count lines (a capacity measurement).")
 @click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
 @click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
+@click.option("--abusers", type=click.IntRange(1, 200), default=40, show_default=True, help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.")
+@click.option("--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts.")
 @click.option("--server-pid", type=int, default=None, help="PID of the target server, to report its CPU and memory.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, use_tls: bool, server_pid: int | None, as_json: bool) -> None:
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: int | None, as_json: bool) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
     'slow' adds a client that never reads and compares p99; 'connections'
     opens --clients idle clients and checks they are all still served.
+    'flood' runs socketlab's own server with its flood control on: a paced
+    fanout (--rate, 10 by default, 100 messages) without and with one client
+    sending flat out, then --abusers abusing clients for --abuse-seconds while
+    two members chat and newcomers arrive.
     With --transport ws every client is a WebSocket client (--target is then
     the server's web address).
 
@@ -550,6 +556,20 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
                 lines += fanout_lines("fanout", result)
+            elif scenario == "flood":
+                from socketlab.bench import flood
+                from socketlab.bench.report import abuse_lines
+
+                if not rate:
+                    options.update(rate=10.0, messages=min(messages, 100))
+                base = chat_bench.run_fanout(address, **options)
+                flooded = chat_bench.run_fanout(address, flooder=True, **options)
+                abuse = flood.run_abuse(address, abusers=abusers, seconds=abuse_seconds)
+                ratio = flooded.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
+                output.update(fanout=chat_bench.as_dict(base), flooded=chat_bench.as_dict(flooded), p99_ratio=round(ratio, 3), abuse=chat_bench.as_dict(abuse))
+                lines += fanout_lines("fanout", base) + fanout_lines("with a client sending flat out", flooded)
+                lines.append(f"p99 with the flooding client / without: {ratio:.2f}x ({flooded.flooder_bytes:,} bytes sent by it)")
+                lines += abuse_lines(abuse)
             elif scenario == "slow":
                 base = chat_bench.run_fanout(address, **options)
                 slowed = chat_bench.run_fanout(address, slow_client=True, **options)

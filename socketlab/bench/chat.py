@@ -67,6 +67,8 @@ class FanoutResult:
     latency_ms: dict[str, float] = field(default_factory=dict)
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     server_rss_kib: dict[str, int] = field(default_factory=dict)
+    #: Bytes a flooding client beside the run got into the server's direction (0: none ran).
+    flooder_bytes: int = 0
 
 
 def rss_kib(pid: int) -> int:
@@ -322,6 +324,7 @@ def run_fanout(
     window: int = 2000,
     check_all: bool = True,
     kind: ClientKind = PLAIN,
+    flooder: bool = False,
 ) -> FanoutResult:
     """Run one fanout measurement against the chat server at *address*.
 
@@ -342,6 +345,9 @@ def run_fanout(
 
     *kind* says how clients talk: lines over TCP, or in WebSocket text
     messages to a chat server's web address; TLS underneath or not.
+
+    With *flooder*, one more client (a plain TCP one, in a process of its
+    own) sends ordinary lines flat out while the senders send.
     """
     if not 0 < senders < clients:
         raise ValueError("need at least one sender and one more client")
@@ -374,10 +380,18 @@ def run_fanout(
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         for link in links:
             link.recv()  # ready
+        flooding = None
+        if flooder:
+            from socketlab.bench.flood import flooding_client
+
+            flooding = flooding_client(address, seconds=messages / rate + 1 if rate else 10.0)
+            processes.append(flooding[0])
         result = _drive_senders(
             socks, links, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before,
             window, received_by_worker,
         )
+        if flooding is not None and flooding[1].poll(time_limit):
+            result.flooder_bytes = flooding[1].recv()
         for sock in socks + slow:
             sock.close()
         return result

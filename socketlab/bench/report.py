@@ -42,3 +42,16 @@ def connections_lines(result: Any) -> list[str]:
         )
     return lines
 
+
+
+def abuse_lines(result: Any) -> list[str]:
+    """Describe an AbuseResult."""
+    trips = result.round_trip_ms
+    return [
+        f"abuse: {result.abusers} abusers for {result.seconds:g} s: {result.abuser_connections:,} connections, "
+        f"{result.abuser_bytes / 1e6:,.0f} MB sent",
+        f"  two members {result.round_trips} round trips: p50 {trips['p50']:.3f} ms   p99 {trips['p99']:.3f} ms   "
+        f"max {trips['max']:.3f} ms",
+        f"  newcomers   {result.newcomers - result.newcomers_refused} of {result.newcomers} welcomed, "
+        f"slowest in {result.slowest_welcome_ms:.1f} ms",
+    ]

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Sequence, TypeVar
+
+N = TypeVar("N", int, float)
 
 #: A well-formed line, its prefix included (used when a chunk needs a closer look).
 _LINE = re.compile(rb"[^\n~]*~(\d+\.\d+\.\d+)~x*\$")
@@ -148,7 +151,7 @@ class Receipts:
         return partial
 
 
-def percentile(sorted_values: list[int], fraction: float) -> int:
+def percentile(sorted_values: Sequence[N], fraction: float) -> N | int:
     """The value below which *fraction* of *sorted_values* lie (nearest rank)."""
     if not sorted_values:
         return 0
