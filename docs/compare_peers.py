@@ -15,7 +15,9 @@ installed are skipped. Nothing leaves 127.0.0.1. Run it with the Python that has
 socketlab installed: it runs `python -m socketlab` with that interpreter.
 
 The peer ``ws`` is socketlab's own server measured through WebSocket
-clients (``chat serve --web``, ``bench chat --transport ws``). The peer
+clients (``chat serve --web``, ``bench chat --transport ws``), and ``tls``
+the same server with TLS (a certificate made with openssl, ``bench chat
+--tls``). The peer
 ``build`` is another socketlab source tree (``--build PATH``, e.g. a
 ``git worktree`` of an earlier commit) serving the chat, so two builds are
 measured side by side by the same benchmark.
@@ -32,10 +34,14 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 
-from socketlab.bench.transfer import free_port, wait_listening
+from socketlab.bench.transfer import Certificate, free_port, wait_listening
 
 HERE = pathlib.Path(__file__).resolve().parent
+_WORKDIR = tempfile.TemporaryDirectory(prefix="compare-peers-")
+#: The peer 'tls' serves with this certificate (made when first needed).
+CERTIFICATE: Certificate
 DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.js"
 
 SCENARIOS = {
@@ -48,12 +54,14 @@ SCENARIOS = {
 
 
 def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
-    if peer in ("socketlab", "build", "ws"):
+    if peer in ("socketlab", "build", "ws", "tls"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
         if peer != "build":  # flood control off, like the peers (an older build has none)
             command += ["--max-rate", "0"]
         if peer == "ws":
             command += ["--web", str(web_port)]
+        if peer == "tls":
+            command += ["--tls-cert", CERTIFICATE.cert, "--tls-key", CERTIFICATE.key]
         env = {**os.environ, "PYTHONPATH": str(build)} if peer == "build" else None
     elif peer == "node":
         command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
@@ -71,6 +79,8 @@ def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str],
     if peer == "ws":
         wait_listening(web_port, proc, "socketlab chat serve --web")
         port, extra = web_port, ["--transport", "ws", *extra]
+    if peer == "tls":
+        extra = ["--tls", *extra]
     try:
         out = subprocess.run(
             [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
@@ -174,11 +184,15 @@ def main() -> None:
     installed = {
         "socketlab": True,
         "ws": True,
+        "tls": bool(shutil.which("openssl")),
         "node": bool(shutil.which("node")) and args.node_server.exists(),
         "ncat": bool(shutil.which("ncat")),
         "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),
     }
     peers = [peer for peer in args.peers.split(",") if installed.get(peer)]
+    if "tls" in peers:
+        global CERTIFICATE
+        CERTIFICATE = Certificate.make(_WORKDIR.name)
     raw: dict = {}
     for scenario in args.scenarios.split(","):
         for run in range(args.runs):
