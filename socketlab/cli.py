@@ -279,26 +279,33 @@ def chat() -> None:
 @per_ip_option
 @access_options
 @tls_server_options
+@click.option("--redis", "redis_url", metavar="URL", envvar="SOCKETLAB_REDIS", help="Join a cluster through Redis: redis://HOST:PORT/DB, rediss://, a password in the URL (env SOCKETLAB_REDIS).")
+@click.option("--cluster", default="socketlab", show_default=True, metavar="NAME", help="With --redis: the cluster's name; servers with the same Redis and name serve one chat.")
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
-def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, max_rate: float, web: str | None, web_origins: tuple[str, ...], max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None, verbose: bool, quiet: bool) -> None:
+def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, max_rate: float, web: str | None, web_origins: tuple[str, ...], max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None, redis_url: str | None, cluster: str, verbose: bool, quiet: bool) -> None:
     """Run the chat server; nc, telnet, 'chat connect' and browsers are clients.
 
     Every line a client sends reaches the other members of its room as
     '<name> text'. Commands: /nick /join /leave /who /rooms /msg /quit /help
     (docs/protocol.md). With --web, browsers join the same rooms from the
-    page it serves. Ctrl-C or SIGTERM tells clients and stops.
+    page it serves. With --redis, every server started with the same Redis
+    and --cluster serves one chat (docs/cluster.md). Ctrl-C or SIGTERM tells
+    clients and stops.
 
     \b
     Examples:
       socketlab chat serve --port 3000 --room-size 2
       socketlab chat serve --room-size 2 --web 8080   # and open http://127.0.0.1:8080/
+      socketlab chat serve --port 3001 --redis redis://127.0.0.1:6379/0
     """
     from socketlab.chat.server import ChatServer
     from socketlab.serving import run_until_signal
 
     tls = server_tls(tls_cert, tls_key)
     access = access_rules(allow, deny)
+    if redis_url:
+        check_redis_url(redis_url)
     log_to_stdout()
     logging.getLogger("socketlab.chat.messages").setLevel(logging.DEBUG if verbose else logging.WARNING)
     if quiet:
@@ -318,9 +325,21 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
             tls=tls,
             access=access,
             max_per_ip=max_per_ip,
+            redis=redis_url or None,
+            cluster=cluster,
         )
     with server:
         run_until_signal(server)
+
+
+def check_redis_url(url: str) -> None:
+    """--redis needs the extra and a redis:// (or rediss://, unix://) URL: one error line otherwise."""
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise click.ClickException("--redis needs the redis package: pip install 'socketlab[redis]'") from None
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise click.BadParameter(f"{url!r} is not a URL like redis://HOST:PORT/DB", param_hint="'--redis'")
 
 
 def web_address(text: str, default_host: str) -> tuple[str, int]:

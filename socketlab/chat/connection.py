@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import socket
 import time
+from typing import Any
 
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import Outbox
-from socketlab.chat.protocol import Member
 from socketlab.lines import Item, LineBuffer
 from socketlab.tls import TlsLayer
 
@@ -45,7 +45,8 @@ class Connection:
         self.deadline = deadline
         #: Flood control (lines and bytes per second), if the server limits clients.
         self.gate: FloodGate | None = None
-        self.member: Member | None = None
+        #: The chat core's handle for this client once it joined (a hub Member, or a cluster Ticket).
+        self.member: Any = None
         self.last_active = time.monotonic()
         self.read_size = FIRST_READ
         #: Set when the client has left: when to give up flushing and close.

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from socketlab.lines import LineTooLong
 from socketlab.text import escape_controls
@@ -229,6 +229,50 @@ class ChatHub:
     @property
     def members(self) -> list[Member]:
         return list(self._by_name.values())
+
+    # -- state, for replicas (see socketlab.chat.cluster) -----------------------
+
+    def export_state(self, identify: Callable[[Member], Any]) -> dict[str, Any]:
+        """Every room and member, in order, as plain data; *identify* names each member's transport."""
+        return {
+            "connections": self.connections,
+            "rooms": [
+                [room.name, [[identify(m), m.number, m.name] for m in room.members]] for room in self.rooms.values()
+            ],
+        }
+
+    def import_state(self, state: dict[str, Any], transport_for: Callable[[Any], Any]) -> list[Member]:
+        """Replace everything with *state* (from export_state()); returns the members made."""
+        self.reset()
+        self.connections = state["connections"]
+        made = []
+        for room_name, members in state["rooms"]:
+            room = self.rooms.setdefault(room_name, Room(room_name))
+            for identity, number, name in members:
+                member = Member(number, name, room, transport_for(identity))
+                member.rename(name)
+                room.members[member] = None
+                self._by_name[name.lower()] = member
+                made.append(member)
+        return made
+
+    def restore(self, transport: Any, number: int, name: str, room_name: str) -> Member:
+        """Put back a member known before (same number, name and room, if still free), silently."""
+        while name.lower() in self._by_name:
+            name += "_"
+        room = self.rooms.setdefault(room_name, Room(room_name))
+        member = Member(number, name, room, transport)
+        member.rename(name)
+        room.members[member] = None
+        self._by_name[name.lower()] = member
+        self.connections = max(self.connections, number)
+        return member
+
+    def reset(self) -> None:
+        """Forget every member and room."""
+        self.connections = 0
+        self.rooms = {LOBBY: Room(LOBBY)}
+        self._by_name = {}
 
     # -- commands ----------------------------------------------------------
 

@@ -126,6 +126,7 @@ class ReaderLoop:
                     self._advance(conn)
             if self._paused:
                 self._resume_due()
+            self.service.flush()
 
     def _readable(self, conn: Connection, track_idle: bool) -> None:
         try:

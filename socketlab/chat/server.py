@@ -34,7 +34,7 @@ import socket
 import socketserver
 import ssl
 import time
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from socketlab.access import AccessRules
 from socketlab.addresses import format_address
@@ -44,6 +44,9 @@ from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
 from socketlab.chat.protocol import DEFAULT_ANNOUNCE_LIMIT, ChatHub
 from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatService
+
+if TYPE_CHECKING:
+    from socketlab.chat.cluster import ClusterService
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
 from socketlab.lines import DEFAULT_MAX_LINE
 from socketlab.serving import ConnectionServer, open_listener
@@ -78,7 +81,10 @@ class ChatServer(ConnectionServer):
     not read until its budget refills (see :mod:`socketlab.chat.flood`).
     Rooms of ``announce_limit`` members or more hear no joins and departures.
     ``access`` (:class:`~socketlab.access.AccessRules`) and ``max_per_ip``
-    screen both listeners' connections right after accept.
+    screen both listeners' connections right after accept. With ``redis``
+    (a URL), this server is one of the cluster ``cluster``: every server
+    with the same Redis and cluster name serves one chat (see
+    :mod:`socketlab.chat.cluster`); raises ClusterError when it cannot join.
     """
 
     too_many_message = b"! too many connections from your address\n"
@@ -106,6 +112,8 @@ class ChatServer(ConnectionServer):
         announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
         access: AccessRules | None = None,
         max_per_ip: int | None = None,
+        redis: str | None = None,
+        cluster: str = "socketlab",
         logger: logging.Logger = logger,
     ) -> None:
         self.max_line = max_line
@@ -114,7 +122,15 @@ class ChatServer(ConnectionServer):
         self.tls_context = tls
         self.handshake_timeout = handshake_timeout
         self.max_rate = max_rate
-        self.service = ChatService(ChatHub(room_size=room_size, max_line=max_line, announce_limit=announce_limit))
+        hub = ChatHub(room_size=room_size, max_line=max_line, announce_limit=announce_limit)
+        self.service: ChatService | ClusterService
+        if redis:
+            from socketlab.chat.cluster import ClusterService
+
+            self.service = ClusterService(hub, redis, cluster)
+        else:
+            self.service = ChatService(hub)
+        self.service.start()
         self.hub = self.service.hub
         self.lock = self.service.lock
         if web is not None and web_site is None:
@@ -130,10 +146,14 @@ class ChatServer(ConnectionServer):
         self.reader = ReaderLoop(self)
         self.web_socket: socket.socket | None = None
         # No handler class: start_connections() hands connections to the reader thread.
-        super().__init__(
-            address, socketserver.BaseRequestHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip,
-            logger=logger,
-        )
+        try:
+            super().__init__(
+                address, socketserver.BaseRequestHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip,
+                logger=logger,
+            )
+        except Exception:
+            self.service.stop()
+            raise
         if web is not None:
             try:
                 self.web_socket = open_listener(*web)
@@ -333,7 +353,9 @@ class ChatServer(ConnectionServer):
     def shutdown(self) -> None:
         super().shutdown()
         self.writer.stop()
+        self.service.stop()
 
     def _backlog_bytes(self) -> int:
+        transports = self.service.local_transports()
         with self.lock:
-            return sum(m.transport.outbox.size for m in self.hub.members)
+            return sum(transport.outbox.size for transport in transports)

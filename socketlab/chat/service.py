@@ -124,6 +124,20 @@ class ChatService:
                     member.transport.send(line)
                     member.transport.close(reason)
 
+    def local_transports(self) -> list[Any]:
+        """Every member's transport (all are this server's own)."""
+        with self.lock:
+            return [member.transport for member in self.hub.members]
+
+    def flush(self) -> None:
+        """Nothing waits to be published: a lone server delivers at once (see ClusterService)."""
+
+    def start(self) -> None:
+        """Nothing to join (see ClusterService)."""
+
+    def stop(self) -> None:
+        """Nothing to leave (see ClusterService)."""
+
     @staticmethod
     def deliver(deliveries: list[Delivery]) -> None:
         """Hand each delivery to its receivers' transports (lock held).
