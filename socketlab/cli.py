@@ -500,7 +500,7 @@ def clear_progress() -> None:
 
 
 @bench.command("chat")
-@click.option("--target", metavar="HOST:PORT", help="A running line-relaying chat server (default: start socketlab's own).")
+@click.option("--target", metavar="HOST:PORT[,...]", help="Running line-relaying chat servers, clients spread over them round-robin (default: start socketlab's own).")
 @click.option("--scenario", type=click.Choice(["fanout", "slow", "connections", "flood"]), default="fanout", show_default=True)
 @click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
 @click.option("--senders", type=click.IntRange(1), default=4, show_default=True)
@@ -514,9 +514,9 @@ def clear_progress() -> None:
 @click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
 @click.option("--abusers", type=click.IntRange(1, 200), default=40, show_default=True, help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.")
 @click.option("--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts.")
-@click.option("--server-pid", type=int, default=None, help="PID of the target server, to report its CPU and memory.")
+@click.option("--server-pid", metavar="PID[,...]", default=None, help="PIDs of the target servers, to report their CPU and memory (summed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: int | None, as_json: bool) -> None:
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: str | None, as_json: bool) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
@@ -559,18 +559,22 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
             server_options += ["--tls-cert", certificate.cert, "--tls-key", certificate.key]
             tls_context = client_context(certificate.cert if not target else None, verify=not target)
         if target:
-            address = parse_address(target)
+            address: Any = chat_bench.Targets(tuple(parse_address(text.strip()) for text in target.split(",")))
+            try:
+                pids: Any = [int(pid) for pid in server_pid.split(",")] if server_pid else None
+            except ValueError:
+                raise click.BadParameter(f"{server_pid!r} is not a PID or a comma-separated list of them", param_hint="'--server-pid'") from None
         else:
             own = chat_bench.OwnServer(server_options, web=web)
             address = ("127.0.0.1", own.web_port or own.port)
-            server_pid = own.pid
+            pids = own.pid
     progress = None if as_json else progress_printer()
-    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {server_pid})"}
+    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {pids})"}
     kind = chat_bench.ClientKind(web=web, tls=tls_context)
     lines: list[str] = []
     with bench_errors():
         try:
-            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=server_pid, progress=progress, workers=workers, window=window, check_all=check == "all", kind=kind)
+            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, check_all=check == "all", kind=kind)
             if scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
@@ -583,7 +587,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
                     options.update(rate=10.0, messages=min(messages, 100))
                 base = chat_bench.run_fanout(address, **options)
                 flooded = chat_bench.run_fanout(address, flooder=True, **options)
-                abuse = flood.run_abuse(address, abusers=abusers, seconds=abuse_seconds)
+                abuse = flood.run_abuse(chat_bench.Targets.of(address).first, abusers=abusers, seconds=abuse_seconds)
                 ratio = flooded.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
                 output.update(fanout=chat_bench.as_dict(base), flooded=chat_bench.as_dict(flooded), p99_ratio=round(ratio, 3), abuse=chat_bench.as_dict(abuse))
                 lines += fanout_lines("fanout", base) + fanout_lines("with a client sending flat out", flooded)
@@ -597,7 +601,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
                 lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
                 lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
             else:
-                connections = chat_bench.run_connections(address, clients=clients, server_pid=server_pid, progress=progress, kind=kind)
+                connections = chat_bench.run_connections(address, clients=clients, server_pid=pids, progress=progress, kind=kind)
                 output["connections"] = chat_bench.as_dict(connections)
                 lines += connections_lines(connections)
         finally:

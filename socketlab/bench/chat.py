@@ -30,7 +30,7 @@ import ssl
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from socketlab.bench.wire import BenchClient, frame
@@ -71,8 +71,10 @@ class FanoutResult:
     flooder_bytes: int = 0
 
 
-def rss_kib(pid: int) -> int:
-    """Resident memory of *pid* in KiB (Linux), 0 when unknown."""
+def rss_kib(pid: int | Sequence[int]) -> int:
+    """Resident memory of *pid* (or the sum over several) in KiB (Linux), 0 when unknown."""
+    if not isinstance(pid, int):
+        return sum(rss_kib(one) for one in pid)
     try:
         with open(f"/proc/{pid}/status") as status:
             for line in status:
@@ -83,8 +85,10 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time (user + system) used so far by *pid*, or by this process."""
+def cpu_seconds(pid: int | Sequence[int] | None = None) -> float:
+    """CPU time (user + system) used so far by *pid* (or the sum over several), or by this process."""
+    if pid is not None and not isinstance(pid, int):
+        return sum(cpu_seconds(one) for one in pid)
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return usage.ru_utime + usage.ru_stime
@@ -145,10 +149,35 @@ class ClientKind:
 PLAIN = ClientKind()
 
 
-def open_clients(address: tuple[str, int], count: int, rcvbuf: int | None = None, kind: ClientKind = PLAIN) -> list[Any]:
-    """Connect *count* clients of *kind*; stops early (returning fewer) when refused."""
+@dataclass(frozen=True)
+class Targets:
+    """The servers clients connect to, round-robin: client *i* of a call goes to ``addresses[(start + i) % n]``."""
+
+    addresses: tuple[tuple[str, int], ...]
+    start: int = 0
+
+    @classmethod
+    def of(cls, target: "tuple[str, int] | Targets") -> "Targets":
+        return target if isinstance(target, Targets) else cls((target,))
+
+    def shifted(self, count: int) -> "Targets":
+        """The same servers, for clients numbered after *count* more."""
+        return Targets(self.addresses, self.start + count)
+
+    def pick(self, index: int) -> tuple[str, int]:
+        return self.addresses[(self.start + index) % len(self.addresses)]
+
+    @property
+    def first(self) -> tuple[str, int]:
+        return self.addresses[0]
+
+
+def open_clients(target: "tuple[str, int] | Targets", count: int, rcvbuf: int | None = None, kind: ClientKind = PLAIN) -> list[Any]:
+    """Connect *count* clients of *kind* (round-robin over several targets); stops early (returning fewer) when refused."""
+    targets = Targets.of(target)
     socks: list[Any] = []
-    for _ in range(count):
+    for index in range(count):
+        address = targets.pick(index)
         sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
@@ -248,7 +277,7 @@ class ReceiveLoop:
 
 
 def _receiver_worker(
-    address: tuple[str, int],
+    address: "tuple[str, int] | Targets",
     count: int,
     senders: int,
     messages: int,
@@ -309,7 +338,7 @@ def _receiver_worker(
 
 
 def run_fanout(
-    address: tuple[str, int],
+    address: "tuple[str, int] | Targets",
     *,
     clients: int = 100,
     senders: int = 4,
@@ -317,7 +346,7 @@ def run_fanout(
     size: int = 64,
     rate: float = 0.0,
     slow_client: bool = False,
-    server_pid: int | None = None,
+    server_pid: int | Sequence[int] | None = None,
     progress: Progress | None = None,
     time_limit: float = 120.0,
     workers: int = 2,
@@ -359,12 +388,14 @@ def run_fanout(
     context = multiprocessing.get_context("fork")
     received_by_worker = context.Array("q", len(shares), lock=False)
     links, processes = [], []
+    targets = Targets.of(address)
     try:
         for slot, (share, probe) in enumerate(shares):
             parent, child = context.Pipe()
+            first = sum(count for count, _probe in shares[:slot])
             process = context.Process(
                 target=_receiver_worker,
-                args=(address, share, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all, kind),
+                args=(targets.shifted(first), share, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all, kind),
                 daemon=True,
             )
             process.start()
@@ -372,10 +403,10 @@ def run_fanout(
             links.append(parent)
             processes.append(process)
         connected = sum(link.recv() for link in links)
-        socks = open_clients(address, senders, kind=kind)
+        socks = open_clients(targets.shifted(receivers), senders, kind=kind)
         if connected + len(socks) < clients:
-            raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect{_why_not(address)}")
-        slow = open_clients(address, 1, rcvbuf=4096, kind=kind) if slow_client else []
+            raise RuntimeError(f"only {connected + len(socks)} of {clients} clients could connect{_why_not(targets.first)}")
+        slow = open_clients(targets.shifted(clients), 1, rcvbuf=4096, kind=kind) if slow_client else []
         rss_before = rss_kib(server_pid) if server_pid else 0
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         for link in links:
@@ -384,7 +415,7 @@ def run_fanout(
         if flooder:
             from socketlab.bench.flood import flooding_client
 
-            flooding = flooding_client(address, seconds=messages / rate + 1 if rate else 10.0)
+            flooding = flooding_client(targets.first, seconds=messages / rate + 1 if rate else 10.0)
             processes.append(flooding[0])
         result = _drive_senders(
             socks, links, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before,
@@ -410,7 +441,7 @@ def _drive_senders(
     size: int,
     rate: float,
     clients: int,
-    server_pid: int | None,
+    server_pid: int | Sequence[int] | None,
     progress: Progress | None,
     time_limit: float,
     rss_before: int,
@@ -544,8 +575,8 @@ class ConnectionsResult:
 
 
 def run_connections(
-    address: tuple[str, int], *, clients: int, server_pid: int | None = None, progress: Progress | None = None,
-    kind: ClientKind = PLAIN,
+    address: "tuple[str, int] | Targets", *, clients: int, server_pid: int | Sequence[int] | None = None,
+    progress: Progress | None = None, kind: ClientKind = PLAIN,
 ) -> ConnectionsResult:
     """Open *clients* idle connections, then check each still receives a broadcast."""
     limit = raise_open_file_limit()
@@ -553,7 +584,7 @@ def run_connections(
     start = time.monotonic()
     socks: list[Any] = []
     while len(socks) < clients:
-        more = open_clients(address, min(100, clients - len(socks)), kind=kind)
+        more = open_clients(Targets.of(address).shifted(len(socks)), min(100, clients - len(socks)), kind=kind)
         socks += more
         if progress:
             progress(f"{len(socks):,}/{clients:,} connected")
@@ -563,7 +594,7 @@ def run_connections(
     connected = drain_until_quiet(socks, SETTLE_QUIET, 60.0)
     rss_after = rss_kib(server_pid) if server_pid else 0
     served = 0
-    probe = open_clients(address, 1, kind=kind)
+    probe = open_clients(Targets.of(address).shifted(len(socks)), 1, kind=kind)
     if probe:
         drain_until_quiet(socks + probe, SETTLE_QUIET, 30.0)
         probe[0].setblocking(True)
