@@ -23,8 +23,12 @@ Design (docs/cluster.md explains it at length):
   snapshot, so the stream stays bounded and a server that starts later (or
   fell too far behind) loads the snapshot, then reads on from there.
 - Redis lost: members are told ``! chat backend unavailable, retrying``;
-  lines meanwhile are answered ``! not delivered: ...``; departures wait to be
-  published; on recovery ``* chat backend is back``. If Redis came back
+  lines meanwhile are answered ``! not delivered: ...``. What was on its way
+  when Redis failed (lines, arrivals) and departures meanwhile wait to be
+  published; on recovery ``* chat backend is back``, then they go out. A
+  failed XADD may still have reached Redis (a timeout says nothing either
+  way), so events carry their server's sequence number and every server
+  applies each event once, however many copies the stream holds. If Redis came back
   empty (a restart without persistence), the cluster starts a new *epoch*:
   every server clears its copy and re-announces its own members, names and
   rooms kept.
@@ -57,6 +61,8 @@ SNAPSHOT_EVERY = 5.0
 #: Events read per XREAD, and how long one waits (ms) for the first (also how soon stop() is seen).
 READ_COUNT = 1000
 READ_BLOCK_MS = 250
+#: Seconds a Redis command may take before Redis counts as unavailable, and to connect.
+REDIS_TIMEOUT, REDIS_CONNECT_TIMEOUT = 5.0, 3.0
 #: Retry delays after Redis failed: from the first to the largest, doubling.
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 
@@ -124,7 +130,9 @@ class ClusterService:
         import redis  # the extra; imported only for --redis
 
         self._redis_errors = (redis.RedisError, OSError)
-        self.redis: Any = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=3, health_check_interval=0)
+        self.redis: Any = redis.Redis.from_url(
+            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_CONNECT_TIMEOUT, health_check_interval=0
+        )
         self.url = url
         self.hub = hub
         self.lock = threading.Lock()
@@ -139,7 +147,10 @@ class ClusterService:
         self._key_of: dict[Any, int] = {}  # local transport -> key
         self._members: dict[tuple[str, int], Member] = {}
         self._next_key = 0
-        self._queue: list[tuple[bytes, int, bytes]] = []  # events waiting to be published
+        self._queue: list[tuple[bytes, int, bytes, int]] = []  # events waiting to be published, numbered
+        self._seq = 0  # the number of this server's last queued event
+        #: Per server, the number of the last event applied: a copy published again after a failure is skipped.
+        self._applied: dict[str, int] = {}
         self._publish_lock = threading.Lock()
         self._running = False
         self._stopping = threading.Event()
@@ -201,8 +212,10 @@ class ClusterService:
             if raw is None:
                 self.hub.reset()
                 self._last_id = "0-0"
+                self._applied = {}
                 return
             state = json.loads(raw)
+            self._applied = dict(state.get("applied", {}))
             made = self.hub.import_state(state["hub"], self._transport_for)
             for member in made:
                 self._members[(member.transport.server, member.transport.key)] = member
@@ -217,28 +230,26 @@ class ClusterService:
     # -- the interface the reader and server use --------------------------------
 
     def join(self, transports: Sequence[Any]) -> list[Ticket] | None:
-        """Announce new clients to the cluster; None (and a line to each) when they cannot join now."""
-        if self.shutting_down or not self.available:
-            if not self.shutting_down:
-                for transport in transports:
-                    transport.send(b"! chat backend unavailable, try again later\n")
-            return None
+        """Announce new clients to the cluster; None (and a line to each) when they cannot join now.
+
+        If Redis fails while their arrival is published, they stay: they were
+        told the backend is unavailable (with everyone here), and become
+        members when their arrival goes out on recovery.
+        """
         tickets = []
-        with self.lock:
+        with self.lock:  # so that _unavailable() either came first (refused) or tells them too
+            if self.shutting_down or not self.available:
+                if not self.shutting_down:
+                    for transport in transports:
+                        transport.send(b"! chat backend unavailable, try again later\n")
+                return None
             for transport in transports:
                 self._next_key += 1
                 self._local[self._next_key] = transport
                 self._key_of[transport] = self._next_key
                 tickets.append(Ticket(transport, self._next_key))
-        with self._publish_lock:
-            self._queue += [(b"c", ticket.key, transport.peer.encode()) for ticket in tickets]
-        if not self._publish():
-            with self.lock:
-                for ticket in tickets:
-                    self._forget_local(ticket.key)
-            for transport in transports:
-                transport.send(b"! chat backend unavailable, try again later\n")
-            return None
+        self._enqueue([(b"c", ticket.key, ticket.transport.peer.encode()) for ticket in tickets])
+        self._publish()
         return tickets
 
     def receive(self, ticket: Ticket, items: list[Item]) -> bool:
@@ -248,18 +259,16 @@ class ClusterService:
         if not self.available:
             self._not_delivered(ticket, len(items))
             return False
-        with self._publish_lock:
-            self._queue.append((b"l", ticket.key, encode_items(items)))
+        self._enqueue([(b"l", ticket.key, encode_items(items))])
         return False
 
     def depart(self, ticket: Ticket, reason: str | None) -> None:
         """A local client left: its departure goes to the stream (kept until Redis takes it)."""
-        with self._publish_lock:
-            self._queue.append((b"d", ticket.key, (reason or "quit").encode()))
+        self._enqueue([(b"d", ticket.key, (reason or "quit").encode())])
 
     def flush(self) -> None:
-        """Publish what the reader queued (one round trip for all of it)."""
-        if self._queue:
+        """Publish what the reader queued (one round trip for all of it); while Redis is away, recovery does."""
+        if self._queue and self.available:
             self._publish()
 
     def shut_down(self) -> bool:
@@ -294,29 +303,37 @@ class ClusterService:
 
     # -- publishing ---------------------------------------------------------------
 
-    def _publish(self) -> bool:
-        """XADD everything queued, in order; on failure lines are answered, the rest kept."""
+    def _enqueue(self, events: Sequence[tuple[bytes, int, bytes]]) -> None:
+        """Queue events for the stream, each with this server's next sequence number."""
         with self._publish_lock:
+            for kind, key, payload in events:
+                self._seq += 1
+                self._queue.append((kind, key, payload, self._seq))
+
+    def _publish(self) -> bool:
+        """XADD everything queued, in order; False (all of it kept for recovery) when Redis is away or fails.
+
+        A failed XADD may have reached Redis all the same (a timeout, a reply
+        lost): the events are published again on recovery, and the copies
+        are applied once (see _apply()). So nothing is lost and nothing is
+        told "not delivered" that was delivered.
+        """
+        with self._publish_lock:
+            if not self.available:
+                return False
             queue, self._queue = self._queue, []
             if not queue:
                 return True
             try:
                 pipe = self.redis.pipeline(transaction=False)
-                for kind, key, payload in queue:
-                    pipe.xadd(self.events, {"e": kind, "s": self.server_id, "k": key, "p": payload})
+                for kind, key, payload, seq in queue:
+                    pipe.xadd(self.events, {"e": kind, "s": self.server_id, "k": key, "n": seq, "p": payload})
                 pipe.execute()
                 return True
             except self._redis_errors as error:
                 failure = error
-                kept = [event for event in queue if event[0] != b"l"]
-                self._queue = kept + self._queue
-                lost = [(key, payload) for kind, key, payload in queue if kind == b"l"]
+                self._queue = queue + self._queue
         self._unavailable(failure)
-        with self.lock:
-            for key, payload in lost:
-                transport = self._local.get(key)
-                if transport is not None:
-                    self._not_delivered(Ticket(transport, key), len(decode_items(payload, self.hub.max_line)))
         return False
 
     def _not_delivered(self, ticket: Ticket, count: int) -> None:
@@ -369,6 +386,11 @@ class ClusterService:
     def _apply(self, fields: dict[bytes, bytes]) -> None:
         """One event, applied to this server's copy of the hub (lock held)."""
         kind, server, key = fields[b"e"], fields[b"s"].decode(), int(fields[b"k"])
+        seq = int(fields.get(b"n", 0))
+        if seq:
+            if seq <= self._applied.get(server, 0):
+                return  # a copy published again after a failure: applied already
+            self._applied[server] = seq
         payload = fields.get(b"p", b"")
         mine = server == self.server_id
         if kind == b"c":
@@ -451,16 +473,24 @@ class ClusterService:
         """Redis came back without our data: clear our copy and re-announce our own members."""
         self._join_config()
         with self.lock:
+            done = self._applied.get(self.server_id, 0)  # our events up to this one are in the members' state
             local = {key: self._members.get((self.server_id, key)) for key in self._local}
             self.hub.reset()
             self._members.clear()
             self._last_id = "0-0"
+            self._applied = {}
             restores = [
                 (b"r", key, json.dumps([member.number, member.name, member.room.name]).encode())
                 for key, member in local.items() if member is not None
             ]
-        with self._publish_lock:  # departures queued meanwhile go after the restores
-            self._queue = restores + [event for event in self._queue if event[0] == b"d"]
+        with self._publish_lock:
+            # What we queued and never applied (arrivals, lines, departures) goes after the restores, numbered
+            # afresh: every server forgets the old numbers with the old stream.
+            pending = [(kind, key, payload) for kind, key, payload, seq in self._queue if seq > done]
+            self._queue = []
+            for kind, key, payload in restores + pending:
+                self._seq += 1
+                self._queue.append((kind, key, payload, self._seq))
         logger.warning("Redis lost the chat's state: a new epoch, %d local members re-announced", len(restores))
 
     # -- heartbeat, lost servers, snapshots ------------------------------------------
@@ -504,7 +534,9 @@ class ClusterService:
         if not alive or alive[0] != self.server_id:
             return
         with self.lock:
-            state: dict[str, Any] = {"id": self._last_id, "hub": self.hub.export_state(self._identify)}
+            state: dict[str, Any] = {
+                "id": self._last_id, "hub": self.hub.export_state(self._identify), "applied": dict(self._applied),
+            }
         if state["id"] == "0-0":
             return
         previous = self._snapshot_id()

@@ -1,0 +1,519 @@
+"""chat serve --redis: several servers, one chat, through a real redis-server.
+
+Every test runs its own cluster (a fresh --cluster name) on a Redis shared by
+the module; the tests that stop, freeze or restart Redis get one of their own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from typing import Any, Iterator
+
+import pytest
+
+from redis_server import REDIS_SERVER, RedisServer, free_port
+from support import TIMEOUT, CliServer, Peer, run_cli, serving, wait_until
+
+if REDIS_SERVER is None:
+    pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)", allow_module_level=True)
+pytest.importorskip("redis", reason="the redis package is not installed (pip install 'socketlab[redis]')")
+
+from socketlab.chat import cluster  # noqa: E402  (imports redis only when a ClusterService is made)
+from socketlab.chat.server import ChatServer  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+UNAVAILABLE = "! chat backend unavailable, retrying"
+BACK = "* chat backend is back"
+NOT_DELIVERED = "! not delivered: 1 line (chat backend unavailable)"
+
+
+def welcome(number: int) -> str:
+    return f"* welcome user{number}, you are in lobby (type /help)"
+
+
+# -- fixtures -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the module, on a Unix socket and a TCP port."""
+    with RedisServer(tmp_path_factory.mktemp("redis"), tcp=True) as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, to stop, freeze or restart."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster_name() -> str:
+    return f"test-{secrets.token_hex(4)}"
+
+
+class ClusterServer(CliServer):
+    """``socketlab chat serve --redis URL --cluster NAME`` in a subprocess; killed if it never gets ready."""
+
+    def __init__(self, *args: str) -> None:
+        try:
+            super().__init__(*args)
+        except BaseException:
+            if hasattr(self, "proc"):
+                self.__exit__()
+            raise
+
+
+@pytest.fixture
+def start(redis_server: RedisServer, cluster_name: str) -> Iterator[Any]:
+    """Start chat servers of this test's cluster (on the module's Redis unless *url* says otherwise)."""
+    with contextlib.ExitStack() as stack:
+
+        def start(*options: str, url: str | None = None) -> ClusterServer:
+            args = ("chat", "serve", "--port", "0", "--redis", url or redis_server.url, "--cluster", cluster_name)
+            return stack.enter_context(ClusterServer(*args, *options))
+
+        yield start
+
+
+def arrive(port: int, number: int, lobby: list[Peer]) -> Peer:
+    """A new client on the server at *port*: welcomed as user<number>; everyone in *lobby* hears it."""
+    peer = Peer(port)
+    assert peer.line() == welcome(number)
+    for other in lobby:
+        assert other.line() == f"* user{number} joined lobby"
+    return peer
+
+
+def hear(peers: list[Peer], line: str) -> None:
+    """Each of *peers* receives *line* next."""
+    for peer in peers:
+        assert peer.line() == line
+
+
+class Browser:
+    """A member on a WebSocket (websockets' sync client): lines out as text messages, lines in."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.pending: list[str] = []
+
+    def send(self, text: str) -> None:
+        self.conn.send(text)
+
+    def line(self) -> str:
+        while not self.pending:
+            message = self.conn.recv(timeout=TIMEOUT)
+            assert isinstance(message, str) and message.endswith("\n"), repr(message)
+            self.pending += message.split("\n")[:-1]
+        return self.pending.pop(0)
+
+
+# -- one chat across servers -------------------------------------------------------------------------
+
+
+def test_servers_form_one_chat(start, redis_server: RedisServer) -> None:
+    """Names, user<N>, /who, /rooms, /msg and room lines span two, then three servers (the third started late)."""
+    a_server = start(url=redis_server.tcp_url)  # redis:// and unix:// reach the same cluster
+    b_server = start()
+    a = arrive(a_server.port, 1, [])
+    b = arrive(b_server.port, 2, [a])
+    a.send(b"/nick alice\n")
+    hear([a, b], "* user1 is now known as alice")
+    b.send(b"/nick alice\n/nick ALICE\n/nick bob\n")
+    assert b.line() == "! nickname alice is taken"
+    assert b.line() == "! nickname ALICE is taken"
+    hear([a, b], "* user2 is now known as bob")
+
+    c_server = start()  # a late joiner: it replays what happened before it started
+    c = arrive(c_server.port, 3, [a, b])
+    c.send(b"/who\n/nick bob\n")
+    assert c.line() == "* in lobby: alice, bob, user3"
+    assert c.line() == "! nickname bob is taken"
+
+    a.send(b"/join chess\n")
+    assert a.line() == "* you are in chess"
+    hear([b, c], "* alice left lobby")
+    b.send(b"/join chess\n")
+    assert b.line() == "* you are in chess"
+    assert a.line() == "* bob joined chess"
+    assert c.line() == "* bob left lobby"
+    c.send(b"/rooms\n/msg alice psst\n/msg BOB hi bob\n/msg zed hello?\n")
+    assert c.line() == "* rooms: chess (2), lobby (1)"
+    assert a.line() == "<user3> (private) psst"
+    assert b.line() == "<user3> (private) hi bob"
+    assert c.line() == "! no such user zed"
+
+    a.send(b"hello chess\n")
+    assert b.line() == "<alice> hello chess"
+    c.send(b"/who\n")
+    assert c.line() == "* in lobby: user3"  # nothing from chess reached the lobby
+    c.send(b"/join chess\n")
+    assert c.line() == "* you are in chess"
+    hear([a, b], "* user3 joined chess")
+    b.send(b"/who\n")
+    assert b.line() == "* in chess: alice, bob, user3"
+    for sender, others in ((a, [b, c]), (b, [a, c]), (c, [a, b])):
+        sender.send(b"one line for everyone\n")
+        name = {a: "alice", b: "bob", c: "user3"}[sender]
+        hear(others, f"<{name}> one line for everyone")
+
+    d = arrive(b_server.port, 4, [])  # the lobby is empty now; numbering goes on across servers
+    d.send(b"/rooms\n")
+    assert d.line() == "* rooms: chess (3), lobby (1)"
+
+    assert c_server.stop()[0] == 0
+    hear([a, b], "* user3 left chess (server shutting down)")
+    b.send(b"/who\n")
+    assert b.line() == "* in chess: alice, bob"
+
+
+def test_every_member_on_every_server_sees_one_order(start) -> None:
+    """Two senders on two servers, 200 lines each: members on all three servers see the same interleaving."""
+    servers = [start("--max-rate", "0") for _ in range(3)]
+    ports = [servers[0].port, servers[1].port, servers[0].port, servers[1].port, servers[2].port]
+    peers: list[Peer] = []
+    for number, port in enumerate(ports, 1):
+        peers.append(arrive(port, number, peers))
+    for peer in peers:
+        peer.send(b"/join order\n")
+        peer.until("* you are in order")
+    for peer in peers:  # a barrier: every join is behind each member now
+        peer.send(b"/who\n")
+        peer.until("* in order: user1, user2, user3, user4, user5")
+    sender1, sender2, *receivers = peers
+    count = 200
+
+    def send(peer: Peer, tag: str) -> None:
+        lines = [f"{tag} line {i:03d}\n".encode() for i in range(count)]
+        for at in range(0, count, 10):
+            peer.send(b"".join(lines[at : at + 10]))
+
+    threads = [threading.Thread(target=send, args=args) for args in ((sender1, "one"), (sender2, "two"))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    seen = [receiver.lines(2 * count) for receiver in receivers]
+    assert seen[0] == seen[1] == seen[2]
+    from_one = [line for line in seen[0] if line.startswith("<user1> ")]
+    from_two = [line for line in seen[0] if line.startswith("<user2> ")]
+    assert from_one == [f"<user1> one line {i:03d}" for i in range(count)]
+    assert from_two == [f"<user2> two line {i:03d}" for i in range(count)]
+    assert sender1.lines(count) == from_two
+    assert sender2.lines(count) == from_one
+
+
+def test_last_seat_goes_to_one_of_two_servers(start) -> None:
+    """--room-size 2: two joins from two servers at once for the last seat; exactly one gets it, ten times over."""
+    a_server, b_server, c_server = (start("--room-size", "2") for _ in range(3))
+    holder = arrive(a_server.port, 1, [])
+    rivals = {"user2": arrive(b_server.port, 2, [holder])}
+    rivals["user3"] = arrive(c_server.port, 3, [holder, rivals["user2"]])
+    holder.send(b"/join r0\n")
+    assert holder.line() == "* you are in r0"
+    hear(list(rivals.values()), "* user1 left lobby")
+    for round_ in range(10):
+        room = f"r{round_}"
+        if round_:
+            holder.send(f"/join {room}\n".encode())  # alone in the last room: nobody hears it
+            assert holder.line() == f"* you are in {room}"
+        for peer in rivals.values():  # back to back, to two servers
+            peer.sock.sendall(f"/join {room}\n".encode())
+        first = {name: peer.line() for name, peer in rivals.items()}
+        won = [name for name, line in first.items() if line == f"* you are in {room}"]
+        assert len(won) == 1, first
+        winner, loser = won[0], ({"user2", "user3"} - set(won)).pop()
+        assert first[loser] == f"* {winner} left lobby"
+        assert rivals[loser].line() == f"! room {room} is full (2/2)"
+        assert holder.line() == f"* {winner} joined {room}"
+        rivals[winner].send(b"/leave\n")
+        assert rivals[winner].line() == "* you are in lobby"
+        assert holder.line() == f"* {winner} left {room}"
+        assert rivals[loser].line() == f"* {winner} joined lobby"
+
+
+def test_members_of_a_killed_server_leave_as_server_lost(start) -> None:
+    """SIGKILL a server: the others announce its members '* NAME left ROOM (server lost)' within 10 s."""
+    a_server, b_server, c_server = start(), start(), start()
+    a1 = arrive(a_server.port, 1, [])
+    b = arrive(b_server.port, 2, [a1])
+    c = arrive(c_server.port, 3, [a1, b])
+    a4 = arrive(a_server.port, 4, [a1, b, c])
+    a4.send(b"/join chess\n")
+    assert a4.line() == "* you are in chess"
+    hear([a1, b, c], "* user4 left lobby")
+    b.send(b"/join chess\n")
+    assert b.line() == "* you are in chess"
+    assert a4.line() == "* user2 joined chess"
+    hear([a1, c], "* user2 left lobby")
+
+    begin = time.monotonic()
+    a_server.proc.kill()
+    a_server.proc.wait(TIMEOUT)
+    assert b.line() == "* user4 left chess (server lost)"
+    assert c.line() == "* user1 left lobby (server lost)"
+    assert time.monotonic() - begin < 10
+    b.send(b"/who\n")
+    assert b.line() == "* in chess: user2"
+    c.send(b"/rooms\n")
+    assert c.line() == "* rooms: chess (1), lobby (1)"
+    for server in (b_server, c_server):
+        assert server.stop()[0] == 0
+
+
+# -- joining the cluster ------------------------------------------------------------------------------
+
+
+def test_unreachable_redis_and_bad_urls_are_one_error_line(cluster_name: str) -> None:
+    """No Redis at the URL: exit 1 and one Error line (password redacted); a non-redis URL is a usage error."""
+    port = free_port()
+    for url, shown in (
+        (f"redis://127.0.0.1:{port}/0", f"redis://127.0.0.1:{port}/0"),
+        (f"redis://me:s3cret@127.0.0.1:{port}/0", f"redis://me:***@127.0.0.1:{port}/0"),
+        ("unix:///nonexistent/redis.sock", "unix:///nonexistent/redis.sock"),
+    ):
+        result = run_cli("chat", "serve", "--port", "0", "--redis", url, "--cluster", cluster_name)
+        errors = result.stderr.decode().splitlines()
+        assert result.returncode == 1, errors
+        assert len(errors) == 1 and errors[0].startswith(f"Error: cannot reach Redis at {shown}: "), errors
+        assert "s3cret" not in errors[0]
+    result = run_cli("chat", "serve", "--port", "0", "--redis", "http://127.0.0.1/", env={"SOCKETLAB_REDIS": ""})
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines()[-1] == (
+        "Error: Invalid value for '--redis': 'http://127.0.0.1/' is not a URL like redis://HOST:PORT/DB"
+    )
+    result = run_cli("chat", "serve", "--port", "0", env={"SOCKETLAB_REDIS": "memcached://127.0.0.1/"})
+    assert result.returncode == 2
+
+
+def test_servers_that_disagree_on_room_size_refuse_to_join(start, redis_server: RedisServer, cluster_name: str) -> None:
+    """A server given another --room-size than its cluster's exits 1 with one Error line naming the option."""
+    first = start("--room-size", "2")
+    joining = ("chat", "serve", "--port", "0", "--redis", redis_server.url, "--cluster", cluster_name)
+    result = run_cli(*joining, "--room-size", "3")
+    assert result.returncode == 1
+    assert result.stderr.decode() == "Error: this cluster's servers use --room-size 2; this one was given 3\n"
+    assert result.stdout == b""
+    result = run_cli(*joining, "--room-size", "2", "--max-line", "100")
+    assert result.returncode == 1
+    assert result.stderr.decode() == "Error: this cluster's servers use --max-line 4096; this one was given 100\n"
+    peer = arrive(first.port, 1, [])  # the cluster itself goes on
+    peer.send(b"/rooms\n")
+    assert peer.line() == "* rooms: lobby (1)"
+
+
+# -- Redis lost while running --------------------------------------------------------------------------
+
+
+def read_until(peer: Peer, wanted: str, timeout: float = 2 * TIMEOUT) -> list[str]:
+    """Lines up to and including *wanted*, waiting up to *timeout* for each."""
+    peer.sock.settimeout(timeout)
+    try:
+        return peer.until(wanted)
+    finally:
+        peer.sock.settimeout(TIMEOUT)
+
+
+def test_frozen_redis_then_thawed_chat_goes_on(own_redis: RedisServer, start) -> None:
+    """SIGSTOP Redis: members are told, lines meanwhile are refused or delivered later, never lost; SIGCONT: chat goes on."""
+    a_server, b_server = start(url=own_redis.url), start(url=own_redis.url)
+    a = arrive(a_server.port, 1, [])
+    b = arrive(b_server.port, 2, [a])
+    a.send(b"/nick alice\n")
+    hear([a, b], "* user1 is now known as alice")
+    b.send(b"/nick bob\n")
+    hear([a, b], "* user2 is now known as bob")
+
+    own_redis.pause()
+    frozen_at = time.monotonic()
+    try:
+        a.send(b"in flight\n")  # on its way when Redis stopped answering
+        newcomer = Peer(b_server.port)  # arrives on the other server while Redis is frozen
+        assert read_until(a, UNAVAILABLE) == [UNAVAILABLE]
+        assert read_until(b, UNAVAILABLE) == [UNAVAILABLE]
+        b.send(b"while down\n")
+        assert b.line() == NOT_DELIVERED
+        # Not synchronisation: stay frozen past the servers' command timeout, so that the XADDs of the
+        # line (on A) and of the arrival (on B) fail while Redis still holds them, to run them when thawed.
+        # Whether they went through is unknown to the servers, which must neither lose nor double them.
+        time.sleep(max(0.0, frozen_at + cluster.REDIS_TIMEOUT + 0.5 - time.monotonic()))
+    finally:
+        own_redis.resume()
+    a_lines = read_until(a, BACK)
+    assert read_until(b, BACK) == [BACK]
+    assert read_until(newcomer, welcome(3)) == [UNAVAILABLE, BACK, welcome(3)]
+    a.send(b"/who\nafter\n")
+    a_lines += read_until(a, "* in lobby: alice, bob, user3")  # the newcomer joined once: no ghosts
+    b_lines = read_until(b, "<alice> after")
+    newcomer_lines = read_until(newcomer, "<alice> after")
+
+    refused = a_lines.count(NOT_DELIVERED)
+    delivered = b_lines.count("<alice> in flight")
+    assert refused + delivered == 1, (a_lines, b_lines)  # told it failed, or delivered: never both, never neither
+    assert [line for line in a_lines if line != "* user3 joined lobby"] == (
+        [NOT_DELIVERED] * refused + [BACK, "* in lobby: alice, bob, user3"]
+    )
+    assert sorted(b_lines) == sorted(["* user3 joined lobby", "<alice> after"] + ["<alice> in flight"] * delivered)
+    assert newcomer_lines in (["<alice> after"], ["<alice> in flight"] * delivered + ["<alice> after"])
+    b.send(b"and on\n")
+    hear([a, newcomer], "<bob> and on")
+    for server in (a_server, b_server):
+        assert server.proc.poll() is None
+        assert server.stop()[0] == 0
+
+
+def who(peer: Peer) -> str:
+    """The reply to /who (notices before it skipped)."""
+    peer.send(b"/who\n")
+    while not (line := peer.line()).startswith("* in "):
+        pass
+    return line
+
+
+def test_redis_restarted_empty_starts_a_new_epoch(own_redis: RedisServer, start, cluster_name: str) -> None:
+    """Redis restarted empty: a new epoch, members re-announced (names, rooms), departures meanwhile kept, chat goes on."""
+    config = f"socketlab:{cluster_name}:config"
+    a_server, b_server = start(url=own_redis.url), start(url=own_redis.url)
+    a = arrive(a_server.port, 1, [])
+    b = arrive(b_server.port, 2, [a])
+    a.send(b"/nick alice\n/join chess\n")
+    hear([a, b], "* user1 is now known as alice")
+    assert a.line() == "* you are in chess"
+    assert b.line() == "* alice left lobby"
+    b.send(b"/nick bob\n/join chess\n")
+    assert b.lines(2) == ["* user2 is now known as bob", "* you are in chess"]
+    assert a.line() == "* bob joined chess"
+    leaver = arrive(b_server.port, 3, [])
+    leaver.send(b"/join chess\n")
+    assert leaver.line() == "* you are in chess"
+    hear([a, b], "* user3 joined chess")
+    client = own_redis.client()
+    epoch = client.hget(config, "epoch")
+    client.close()
+
+    own_redis.stop()
+    for peer in (a, b, leaver):
+        assert read_until(peer, UNAVAILABLE) == [UNAVAILABLE]
+    leaver.close()  # its departure waits for Redis
+    a.send(b"while down\n")
+    assert a.line() == NOT_DELIVERED
+    own_redis.start()
+    assert read_until(a, BACK) == [BACK]
+    assert read_until(b, BACK) == [BACK]
+    assert b.line() == "* user3 left chess (disconnected)"  # restored, then gone: b's own server publishes both in order
+    # Each server re-announces its own members: the room's joining order is now the order of the re-announcements.
+    both = ("* in chess: alice, bob", "* in chess: bob, alice")
+    listing = wait_until(lambda: (line := who(a)) in both and line, what="both members re-announced")
+    client = own_redis.client()
+    assert client.hget(config, "epoch") not in (None, epoch)
+    client.close()
+    a.send(b"back again\n")
+    assert b.line() == "<alice> back again"
+    b.send(b"/who\n")
+    assert b.line() == listing
+    c = arrive(b_server.port, 4, [])  # numbering goes on from the members kept
+    c.send(b"/rooms\n")
+    assert c.line() == "* rooms: chess (2), lobby (1)"
+    for server in (a_server, b_server):
+        assert server.proc.poll() is None
+        assert server.stop()[0] == 0
+
+
+# -- transports, imports, late servers ------------------------------------------------------------------
+
+
+def test_a_browser_and_a_terminal_on_two_servers_share_a_room(start) -> None:
+    """A WebSocket member on one server and a TCP member on another: one room, lines both ways."""
+    from websockets.sync.client import connect
+
+    a_server = start("--web", "0")
+    web_port = int(a_server.out.wait_for(r"Web chat on http://127\.0\.0\.1:(\d+)/$").group(1))
+    b_server = start()
+    with connect(f"ws://127.0.0.1:{web_port}/ws", open_timeout=TIMEOUT, close_timeout=1) as conn:
+        browser = Browser(conn)
+        assert browser.line() == welcome(1)
+        terminal = Peer(b_server.port)
+        assert terminal.line() == welcome(2)
+        assert browser.line() == "* user2 joined lobby"
+        browser.send("/nick web\n/join chess")
+        assert browser.line() == "* user1 is now known as web"
+        assert browser.line() == "* you are in chess"
+        assert terminal.lines(2) == ["* user1 is now known as web", "* web left lobby"]
+        terminal.send(b"/join chess\n")
+        assert terminal.line() == "* you are in chess"
+        assert browser.line() == "* user2 joined chess"
+        browser.send("hello from a browser")
+        assert terminal.line() == "<web> hello from a browser"
+        terminal.send(b"hello from a terminal\n/who\n")
+        assert browser.line() == "<user2> hello from a terminal"
+        assert terminal.line() == "* in chess: web, user2"
+
+
+def test_without_redis_the_redis_package_is_not_imported() -> None:
+    """A server without --redis, and the CLI module, never import redis."""
+    script = (
+        "import sys; import socketlab.cli; from socketlab.chat.server import ChatServer\n"
+        "server = ChatServer(('127.0.0.1', 0)); server.server_close()\n"
+        "assert 'redis' not in sys.modules, sorted(m for m in sys.modules if 'redis' in m)\n"
+        "import socketlab.chat.cluster\n"
+        "assert 'redis' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=TIMEOUT, cwd=ROOT)
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"ok\n", b"")
+
+
+def test_a_server_started_after_a_snapshot_and_trim_sees_everyone(
+    redis_server: RedisServer, cluster_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With snapshots every heartbeat, the stream is trimmed; a server started after that still knows every member."""
+    monkeypatch.setattr(cluster, "SNAPSHOT_EVERY", 0.0)
+    monkeypatch.setattr(cluster, "HEARTBEAT", 0.1)
+    events, trimmed = f"socketlab:{cluster_name}:events", f"socketlab:{cluster_name}:trimmed"
+    client = redis_server.client()
+    with contextlib.ExitStack() as stack:
+        stack.callback(client.close)
+
+        def server() -> int:
+            chat = ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)
+            return stack.enter_context(serving(chat)).server_address[1]
+
+        a_port = server()
+        a1 = arrive(a_port, 1, [])
+        a2 = arrive(a_port, 2, [a1])
+        first_event = client.xrange(events, count=1)[0][0]
+        a1.send(b"/nick alice\n/join chess\n")
+        assert a1.lines(2) == ["* user1 is now known as alice", "* you are in chess"]
+        a2.send(b"/nick bob\n/join chess\n")
+        assert a2.lines(2) == ["* user1 is now known as alice", "* alice left lobby"]
+        assert a2.lines(2) == ["* user2 is now known as bob", "* you are in chess"]
+        assert a1.line() == "* bob joined chess"
+        late_port = server()  # before any trim: it replays the stream
+        lobby = [arrive(late_port, 3, [])]
+
+        def trimmed_past_the_start() -> bool:
+            a1.send(b"tick\n")  # keep events coming, so each snapshot is newer than the last
+            assert a2.line() == "<alice> tick"
+            return client.get(trimmed) is not None and not client.xrange(events, max=first_event)
+
+        wait_until(trimmed_past_the_start, what="a snapshot and a trim")
+        assert client.xrange(events, count=1)[0][0] > first_event
+        after_trim_port = server()
+        c = arrive(after_trim_port, 4, lobby)
+        c.send(b"/rooms\n/join chess\n")
+        assert c.line() == "* rooms: chess (2), lobby (2)"
+        assert c.line() == "* you are in chess"
+        hear([a1, a2], "* user4 joined chess")
+        assert lobby[0].line() == "* user4 left lobby"
+        c.send(b"/who\nhello after the trim\n")
+        assert c.line() == "* in chess: alice, bob, user4"
+        hear([a1, a2], "<user4> hello after the trim")
