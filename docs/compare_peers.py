@@ -17,7 +17,10 @@ socketlab installed: it runs `python -m socketlab` with that interpreter.
 The peer ``ws`` is socketlab's own server measured through WebSocket
 clients (``chat serve --web``, ``bench chat --transport ws``), and ``tls``
 the same server with TLS (a certificate made with openssl, ``bench chat
---tls``). The peer
+--tls``). ``redis1`` and ``redis3`` are one and three socketlab
+servers joined through a redis-server started for the run (``chat serve
+--redis``), measured as one chat (``bench chat --target A,B,C``); their
+reports add Redis's commands and CPU seconds. The peer
 ``build`` is another socketlab source tree (``--build PATH``, e.g. a
 ``git worktree`` of an earlier commit) serving the chat, so two builds are
 measured side by side by the same benchmark.
@@ -73,7 +76,58 @@ def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path |
     return proc
 
 
+def start_cluster(count: int) -> tuple[subprocess.Popen, list[subprocess.Popen], list[int]]:
+    """A redis-server (persistence off) and *count* socketlab servers joined through it."""
+    redis_port = free_port()
+    redis = subprocess.Popen(
+        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", _WORKDIR.name],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    wait_listening(redis_port, redis, "redis-server")
+    servers, ports = [], []
+    for _ in range(count):
+        port = free_port()
+        command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000",
+                   "--max-rate", "0", "--redis", f"redis://127.0.0.1:{redis_port}/0"]
+        servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wait_listening(port, servers[-1], "socketlab chat serve --redis")
+        ports.append(port)
+    return redis, servers, [redis_port, *ports]
+
+
+def redis_counters(port: int) -> tuple[int, float]:
+    """(commands processed, CPU seconds used) of the redis-server on *port*."""
+    info = subprocess.run(["redis-cli", "-p", str(port), "INFO"], capture_output=True, text=True, timeout=10).stdout
+    fields = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    return int(fields["total_commands_processed"]), float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
+
+
+def bench_cluster(count: int, scenario: str, extra: list[str]) -> dict:
+    """The fanout against *count* servers sharing one Redis; the report gains Redis's commands and CPU."""
+    redis, servers, (redis_port, *ports) = start_cluster(count)
+    try:
+        commands, cpu = redis_counters(redis_port)
+        out = subprocess.run(
+            [sys.executable, "-m", "socketlab", "bench", "chat", "--target", ",".join(f"127.0.0.1:{p}" for p in ports),
+             "--server-pid", ",".join(str(server.pid) for server in servers), "--json", *SCENARIOS[scenario], *extra],
+            capture_output=True, timeout=900,
+        )
+        if out.returncode:
+            return {"error": out.stderr.decode().strip().splitlines()[-1]}
+        report = json.loads(out.stdout)
+        after_commands, after_cpu = redis_counters(redis_port)
+        report["redis"] = {"commands": after_commands - commands, "cpu_seconds": round(after_cpu - cpu, 3)}
+        return report
+    finally:
+        for proc in [*servers, redis]:
+            proc.terminate()
+            proc.wait(10)
+
+
 def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str], build: pathlib.Path | None = None) -> dict:
+    if peer in ("redis1", "redis3"):
+        return bench_cluster(int(peer[-1]), scenario, extra)
     port, web_port = free_port(), free_port()
     proc = start(peer, port, node_server, build, web_port)
     if peer == "ws":
@@ -116,6 +170,8 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         "p50_ms": med([r["latency_ms"]["p50"] for r in rows]),
         "p99_ms": med([r["latency_ms"]["p99"] for r in rows]),
         "server_cpu_s": med([r["cpu_seconds"].get("server", 0) for r in rows]),
+        **({"redis_commands": med([r["redis"]["commands"] for r in ok]),
+            "redis_cpu_s": med([r["redis"]["cpu_seconds"] for r in ok])} if all("redis" in r for r in ok) else {}),
         "rss_growth_kib": med([r["server_rss_kib"]["peak"] - r["server_rss_kib"]["before"] for r in rows]),
     }
     if scenario == "slow":
@@ -185,6 +241,8 @@ def main() -> None:
         "socketlab": True,
         "ws": True,
         "tls": bool(shutil.which("openssl")),
+        "redis1": bool(shutil.which("redis-server")),
+        "redis3": bool(shutil.which("redis-server")),
         "node": bool(shutil.which("node")) and args.node_server.exists(),
         "ncat": bool(shutil.which("ncat")),
         "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),
