@@ -206,3 +206,57 @@ def rss_kib(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError("no VmRSS")
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """What arrives until the server closes the connection; a reset counts as a close."""
+    sock.settimeout(TIMEOUT)
+    chunks = []
+    try:
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    except ConnectionResetError:
+        pass
+    return b"".join(chunks)
+
+
+class Browser:
+    """A chat client on a WebSocket (websockets' sync client connection): lines out as messages, lines in."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.pending: list[str] = []
+
+    def send(self, text: str) -> None:
+        self.conn.send(text)
+
+    def line(self) -> str:
+        """The next line; every message from the server must be whole lines."""
+        while not self.pending:
+            message = self.conn.recv(timeout=TIMEOUT)
+            assert isinstance(message, str) and message.endswith("\n"), repr(message)
+            self.pending += message.split("\n")[:-1]
+        return self.pending.pop(0)
+
+    def lines(self, count: int) -> list[str]:
+        return [self.line() for _ in range(count)]
+
+    def until(self, wanted: str) -> list[str]:
+        seen = [self.line()]
+        while seen[-1] != wanted:
+            seen.append(self.line())
+        return seen
+
+    def closed(self) -> tuple[list[str], Any]:
+        """The lines left, then the close: (lines, the ConnectionClosed raised)."""
+        from websockets.exceptions import ConnectionClosed
+
+        lines = self.pending
+        self.pending = []
+        while True:
+            try:
+                message = self.conn.recv(timeout=TIMEOUT)
+            except ConnectionClosed as closed:
+                return lines, closed
+            assert isinstance(message, str)
+            lines += message.split("\n")[:-1]

@@ -13,7 +13,7 @@ from socketlab.access import AccessRules
 from socketlab.chat.server import ChatServer
 from socketlab.tcp import WelcomeServer
 from socketlab.udp import DatagramReceiver
-from support import TIMEOUT, CliServer, has_ipv6, run_cli, serving, wait_until
+from support import TIMEOUT, CliServer, has_ipv6, read_until_closed, run_cli, serving, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -27,24 +27,13 @@ def connect_from(source: str, port: int, host: str = "127.0.0.1") -> socket.sock
     return sock
 
 
-def read_all(sock: socket.socket) -> bytes:
-    """Everything until the server closes (a reset counts as the end)."""
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
-
-
 def test_tcp_server_lets_in_only_allowed_peers_and_logs_the_others() -> None:
     """--allow 127.0.0.2: that peer is welcomed; 127.0.0.3 is closed before anything is sent, and logged."""
     with CliServer("tcp-server", "--port", "0", "--allow", "127.0.0.2") as server:
         allowed = connect_from("127.0.0.2", server.port)
         assert allowed.recv(100) == b"Welcome to Socket Server\n"
         refused = connect_from("127.0.0.3", server.port)
-        assert read_all(refused) == b""
+        assert read_until_closed(refused) == b""
         server.out.wait_for(r"^Refused 127\.0\.0\.3:\d+: not allowed$")
         allowed.close()
         refused.close()
@@ -60,7 +49,7 @@ def test_deny_wins_over_allow_and_files_hold_rules(tmp_path) -> None:
         ok = connect_from("127.0.0.2", port)
         assert ok.recv(100) == b"Welcome to Socket Server\n"
         denied = connect_from("127.0.0.3", port)
-        assert read_all(denied) == b""
+        assert read_until_closed(denied) == b""
         ok.close()
         denied.close()
 
@@ -74,7 +63,7 @@ def test_chat_refuses_a_peer_over_max_per_ip_with_one_line() -> None:
         for sock in (first, second):
             assert sock.recv(100).startswith(b"* welcome")
         third = connect_from("127.0.0.2", port)
-        assert read_all(third) == b"! too many connections from your address\n"
+        assert read_until_closed(third) == b"! too many connections from your address\n"
         other = connect_from("127.0.0.3", port)
         assert other.recv(100).startswith(b"* welcome")
         first.close()
@@ -91,10 +80,10 @@ def test_chat_rules_apply_to_the_web_listener_too() -> None:
     with serving(ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), access=access)) as server:
         web = connect_from("127.0.0.1", server.web_address[1])
         web.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert read_all(web) == b""
+        assert read_until_closed(web) == b""
         allowed = connect_from("127.0.0.2", server.web_address[1])
         allowed.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert read_all(allowed).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert read_until_closed(allowed).startswith(b"HTTP/1.1 200 OK\r\n")
         web.close()
         allowed.close()
 
@@ -105,7 +94,7 @@ def test_ipv4_mapped_peers_match_their_ipv4_rules() -> None:
     access = AccessRules.parse(deny=["127.0.0.3"])
     with serving(WelcomeServer(("::", 0), access=access)) as server:
         port = server.server_address[1]
-        assert read_all(connect_from("127.0.0.3", port)) == b""
+        assert read_until_closed(connect_from("127.0.0.3", port)) == b""
         ok = connect_from("127.0.0.2", port)
         assert ok.recv(100) == b"Welcome to Socket Server\n"
         ok.close()

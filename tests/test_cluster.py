@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import pytest
 
 from redis_server import REDIS_SERVER, RedisServer, free_port
-from support import TIMEOUT, CliServer, Peer, run_cli, serving, wait_until
+from support import TIMEOUT, Browser, CliServer, Peer, run_cli, serving, wait_until
 
 if REDIS_SERVER is None:
     pytest.skip("redis-server is not installed (Debian: apt-get install redis-server)", allow_module_level=True)
@@ -97,24 +97,6 @@ def hear(peers: list[Peer], line: str) -> None:
     """Each of *peers* receives *line* next."""
     for peer in peers:
         assert peer.line() == line
-
-
-class Browser:
-    """A member on a WebSocket (websockets' sync client): lines out as text messages, lines in."""
-
-    def __init__(self, conn: Any) -> None:
-        self.conn = conn
-        self.pending: list[str] = []
-
-    def send(self, text: str) -> None:
-        self.conn.send(text)
-
-    def line(self) -> str:
-        while not self.pending:
-            message = self.conn.recv(timeout=TIMEOUT)
-            assert isinstance(message, str) and message.endswith("\n"), repr(message)
-            self.pending += message.split("\n")[:-1]
-        return self.pending.pop(0)
 
 
 # -- one chat across servers -------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from socketlab.chat.client import ChatClient
 from socketlab.chat.server import ChatServer
 from socketlab.tcp import WelcomeServer, connect
 from socketlab.tls import TlsConnectionError, TlsError, TlsLayer, TlsStream
-from support import TIMEOUT, CliServer, Peer, run_cli, serving, wait_until
+from support import TIMEOUT, CliServer, Peer, read_until_closed, run_cli, serving, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -108,18 +108,6 @@ def is_open(sock: socket.socket) -> bool:
         return False
     finally:
         sock.settimeout(timeout)
-
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    """What arrives until the server closes the connection; a reset counts as a close."""
-    sock.settimeout(TIMEOUT)
-    chunks = []
-    try:
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    except ConnectionResetError:
-        pass
-    return b"".join(chunks)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[bytes], message: str) -> None:

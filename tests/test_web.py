@@ -15,57 +15,17 @@ from typing import Any, Iterator
 
 import pytest
 from websockets.client import ClientProtocol
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 from websockets.frames import CloseCode, Opcode
 from websockets.http11 import Response
-from websockets.sync.client import ClientConnection, connect
+from websockets.sync.client import connect
 from websockets.uri import parse_uri
 
 from socketlab.chat.server import ChatServer
 from socketlab.chat.web import WebSite, load_pages
-from support import TIMEOUT, CliServer, Peer, serving, wait_until
+from support import TIMEOUT, Browser, CliServer, Peer, serving, wait_until
 
 pytestmark = pytest.mark.timeout(30)
-
-
-class Browser:
-    """A chat client on a WebSocket (websockets' sync client): lines out as messages, lines in."""
-
-    def __init__(self, conn: ClientConnection) -> None:
-        self.conn = conn
-        self.pending: list[str] = []
-
-    def send(self, text: str) -> None:
-        self.conn.send(text)
-
-    def line(self) -> str:
-        """The next line; every message from the server must be whole lines."""
-        while not self.pending:
-            message = self.conn.recv(timeout=TIMEOUT)
-            assert isinstance(message, str) and message.endswith("\n"), repr(message)
-            self.pending += message.split("\n")[:-1]
-        return self.pending.pop(0)
-
-    def lines(self, count: int) -> list[str]:
-        return [self.line() for _ in range(count)]
-
-    def until(self, wanted: str) -> list[str]:
-        seen = [self.line()]
-        while seen[-1] != wanted:
-            seen.append(self.line())
-        return seen
-
-    def closed(self) -> tuple[list[str], ConnectionClosed]:
-        """The lines left, then the close: (lines, the ConnectionClosed raised)."""
-        lines = self.pending
-        self.pending = []
-        while True:
-            try:
-                message = self.conn.recv(timeout=TIMEOUT)
-            except ConnectionClosed as closed:
-                return lines, closed
-            assert isinstance(message, str)
-            lines += message.split("\n")[:-1]
 
 
 class RawBrowser:
