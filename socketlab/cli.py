@@ -19,6 +19,7 @@ import click
 
 from socketlab import __version__
 from socketlab.addresses import DEFAULT_HOST, DEFAULT_PORT
+from socketlab.errors import SocketlabError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +47,8 @@ def bench_errors() -> Iterator[None]:
         text = error.strerror or str(error)
         raise click.ClickException(f"{text}: {error.filename}" if error.filename else text) from None
     except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    except SocketlabError as error:  # e.g. a TLS handshake with a target that failed
         raise click.ClickException(str(error)) from None
 
 

@@ -72,9 +72,6 @@ class Waker:
     def register(self, selector: selectors.BaseSelector) -> None:
         selector.register(self._read, selectors.EVENT_READ, None)
 
-    def is_waker(self, fileobj: Any) -> bool:
-        return fileobj is self._read
-
     def wake(self) -> None:
         try:
             self._write.send(b"x")

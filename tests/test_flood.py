@@ -14,7 +14,7 @@ from socketlab.bench.flood import run_abuse
 from socketlab.chat.flood import DEFAULT_BYTE_RATE, FloodGate
 from socketlab.chat.server import ChatServer
 from socketlab.lines import LineTooLong
-from support import TIMEOUT, CliServer, serving
+from support import TIMEOUT, CliServer, serving, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,3 +168,23 @@ def test_abusers_do_not_keep_newcomers_out_or_slow_the_room() -> None:
     assert result.round_trip_ms["p99"] < 50, result
     assert result.newcomers >= 5 and result.newcomers_refused == 0, result
     assert result.slowest_welcome_ms < 1000, result
+
+
+def test_a_client_held_back_by_its_rate_is_not_idle() -> None:
+    """A flooder whose held lines outlast --idle-timeout is not dropped as idle while they are released
+    (a silent member is, meanwhile)."""
+    with serving(ChatServer(("127.0.0.1", 0), max_rate=2, idle_timeout=1.0)) as server:
+        flooder, silent = join_room(server.server_address[1], "slow", 2)
+        flooder.send(b"".join(b"line %d\n" % i for i in range(12)))  # 4 at once, then 2 a second: 4 s
+        wait_until(lambda: [m.name for m in server.hub.members] == ["user1"], what="the silent member dropped")
+        deadline = time.monotonic() + 1.5  # an observation window past the idle timeout, not a sync
+        while time.monotonic() < deadline:
+            assert [m.name for m in server.hub.members] == ["user1"], "the flooder was dropped as idle"
+            time.sleep(0.05)
+        flooder.sock.settimeout(0.1)
+        try:
+            early = flooder.sock.recv(4096)
+        except TimeoutError:
+            early = b""
+        assert b"! idle for" not in early, early
+        silent.close()

@@ -447,3 +447,14 @@ def test_the_page_and_its_files_are_served(chat) -> None:
         status, headers, body = get(server, path)
         assert (status, headers["Content-Type"]) == (200, kind)
         assert body == static.joinpath(path[1:]).read_bytes()
+
+
+def test_web_clients_refused_as_too_many_pending_free_their_address_slot() -> None:
+    """Web connections refused because too many requests are pending give back their --max-per-ip count."""
+    server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), max_per_ip=50)
+    server.max_pending_web = 1
+    with serving(server):
+        socks = [socket.create_connection(("127.0.0.1", server.web_address[1])) for _ in range(5)]
+        for sock in socks:
+            sock.close()
+        wait_until(lambda: server.per_ip.count("127.0.0.1") == 0, what="every address slot given back")

@@ -133,7 +133,7 @@ class Certificate:
         ]
         try:
             subprocess.run(command, check=True, capture_output=True, timeout=30)
-        except (OSError, subprocess.CalledProcessError) as error:
+        except (OSError, subprocess.SubprocessError) as error:
             raise RuntimeError(f"cannot make a test certificate with openssl: {error}") from None
         return cls(cert, key)
 

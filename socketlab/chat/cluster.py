@@ -264,7 +264,8 @@ class ClusterService:
         if self.shutting_down:
             return False
         if not self.available:
-            self._not_delivered(ticket, len(items))
+            with self.lock:
+                self._not_delivered(ticket, len(items))
             return False
         self._enqueue([(b"l", ticket.key, encode_items(items))])
         return False
@@ -391,6 +392,7 @@ class ClusterService:
         return entries
 
     def _not_delivered(self, ticket: Ticket, count: int) -> None:
+        """Tell *ticket*'s client its lines did not go out (lock held)."""
         ticket.transport.send(f"! not delivered: {count} line{'s' if count != 1 else ''} (chat backend unavailable)\n".encode())
 
     # -- the stream ---------------------------------------------------------------
@@ -413,7 +415,10 @@ class ClusterService:
                     continue
                 with self.lock:
                     for entry_id, fields in entries:
-                        self._apply(fields)
+                        try:
+                            self._apply(fields)
+                        except (KeyError, ValueError, TypeError) as error:  # a malformed entry: skip it, go on
+                            logger.error("Skipping the malformed event %s: %s: %s", entry_id, type(error).__name__, error)
                         self._last_id = entry_id.decode()
             except self._redis_errors as error:
                 self._unavailable(error)

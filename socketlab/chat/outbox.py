@@ -12,6 +12,7 @@ frames) encode first and write bytes here; the outbox knows nothing of them.
 from __future__ import annotations
 
 import errno
+import logging
 import selectors
 import socket
 import threading
@@ -198,7 +199,10 @@ class BacklogWriter:
                     self._waker.drain()
             if tick and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + tick
-                self._sweep()
+                try:
+                    self._sweep()
+                except Exception:  # the timers must go on, and so must the backlogs
+                    logging.getLogger("socketlab.chat").exception("Error in the chat's timers")
 
 
 class TlsOutbox(Outbox):

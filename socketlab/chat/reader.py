@@ -30,7 +30,7 @@ from socketlab.tls import TlsError
 if TYPE_CHECKING:
     from socketlab.chat.server import ChatServer
 
-tls_log = logging.getLogger("socketlab.chat.clients")
+client_log = logging.getLogger("socketlab.chat.clients")
 
 #: The selector key data of the epoll object that watches paused clients for hang-ups.
 _HANGUPS = object()
@@ -73,8 +73,11 @@ class ReaderLoop:
     def count(self) -> int:
         """Connections still open."""
         mapping = self._selector.get_map() if not self._stopped else None
+        if not mapping:
+            return 0
         internal = 1 + (self._hangups is not None)
-        return len(mapping) - internal + len(self._paused) if mapping else 0
+        unwatched = len(self._paused) + sum(1 for conn in self._closing if conn.peer_done)
+        return len(mapping) - internal + unwatched
 
     def stop(self) -> None:
         """Stop the thread and close whatever is still open (idempotent)."""
@@ -88,7 +91,7 @@ class ReaderLoop:
         for key in list(self._selector.get_map().values()):
             if isinstance(key.data, Connection):
                 self.finish(key.data)
-        for conn in list(self._paused):
+        for conn in [*self._paused, *self._closing]:
             self.finish(conn)
         self._selector.close()
         if self._hangups is not None:
@@ -114,19 +117,25 @@ class ReaderLoop:
                     self._waker.drain()
                     continue
                 if conn is _HANGUPS:
-                    self._paused_hung_up()
+                    try:
+                        self._paused_hung_up()
+                    except Exception as error:  # as for a client: never take the reader down
+                        self.server.logger.error("Error in the reader loop: %s: %s", type(error).__name__, error)
                     continue
                 try:
                     self._readable(conn, track_idle)
                 except Exception as error:  # one client must never take the reader down
                     self.server.logger.error("Error serving %s: %s: %s", conn.peer, type(error).__name__, error)
                     self.abandon(conn)
-            if self._closing:
-                for conn in list(self._closing):
-                    self._advance(conn)
-            if self._paused:
-                self._resume_due()
-            self.service.flush()
+            try:
+                if self._closing:
+                    for conn in list(self._closing):
+                        self._advance(conn)
+                if self._paused:
+                    self._resume_due()
+                self.service.flush()
+            except Exception as error:  # the reader thread must never die: log it and go on
+                self.server.logger.error("Error in the reader loop: %s: %s", type(error).__name__, error)
 
     def _readable(self, conn: Connection, track_idle: bool) -> None:
         try:
@@ -182,7 +191,10 @@ class ReaderLoop:
         return True
 
     def _pause(self, conn: Connection, until: float) -> None:
-        """Over its flood budget: stop reading *conn* until *until* (TCP flow control does the rest)."""
+        """Over its flood budget: stop reading *conn* until *until* (TCP flow control does the rest).
+
+        A client held back is not idle: its held lines count as activity when they are released.
+        """
         if conn not in self._paused:
             try:
                 self._selector.unregister(conn.sock)
@@ -216,8 +228,8 @@ class ReaderLoop:
                 continue
             held = conn.gate.drop() if conn.gate is not None else 0
             if held:
-                tls_log.info("Dropped %d lines over the rate limit from %s: it left", held, conn.peer)
-            self.leave(conn, "connection reset" if mask & select.EPOLLERR else "disconnected")
+                client_log.info("Dropped %d lines over the rate limit from %s: it left", held, conn.peer)
+            self.leave(conn, conn.outbox.reason or ("connection reset" if mask & select.EPOLLERR else "disconnected"))
 
     def _resume_due(self) -> None:
         """Release held lines of paused clients whose budget refilled; read them again when all are out."""
@@ -229,6 +241,7 @@ class ReaderLoop:
             if until > now:
                 continue
             assert conn.gate is not None
+            conn.last_active = now  # sending over its rate is not being idle
             if not self._hand_on(conn, conn.gate.release(now)):
                 continue
             resume = conn.gate.resume_at(now)
@@ -260,7 +273,7 @@ class ReaderLoop:
         if failure is None:
             return plain
         stage = "handshake" if not tls.handshake_done else "connection"
-        tls_log.info("TLS %s failed with %s: %s", stage, conn.peer, failure)
+        client_log.info("TLS %s failed with %s: %s", stage, conn.peer, failure)
         if conn.member is None:
             self.finish(conn)
         else:
@@ -318,9 +331,10 @@ class ReaderLoop:
             pass
 
     def finish(self, conn: Connection) -> None:
-        """Close *conn* for good and unregister it everywhere."""
+        """Close *conn* for good and unregister it everywhere (later leave() calls do nothing)."""
         self._closing.pop(conn, None)
         self._unpause(conn)
+        conn.closing = 0.0
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):

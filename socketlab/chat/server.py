@@ -54,7 +54,7 @@ from socketlab.tls import HANDSHAKE_TIMEOUT, TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
 web_log = logging.getLogger("socketlab.chat.web")
-client_tls_log = logging.getLogger("socketlab.chat.clients")
+client_log = logging.getLogger("socketlab.chat.clients")
 
 #: Default bytes a client may have waiting for it before it is dropped as too slow.
 DEFAULT_MAX_BACKLOG = 1024 * 1024
@@ -142,8 +142,6 @@ class ChatServer(ConnectionServer):
         #: Connections not in the hub yet (a TLS or WebSocket handshake under way).
         self._handshaking: set[Connection] = set()
         self._web_members: set[WebConnection] = set()
-        self.writer = BacklogWriter(self.lock, self._tick(), self.sweep)
-        self.reader = ReaderLoop(self)
         self.web_socket: socket.socket | None = None
         # No handler class: start_connections() hands connections to the reader thread.
         try:
@@ -154,11 +152,16 @@ class ChatServer(ConnectionServer):
         except Exception:
             self.service.stop()
             raise
+        self.writer = BacklogWriter(self.lock, self._tick(), self.sweep)
+        self.reader = ReaderLoop(self)
         if web is not None:
             try:
                 self.web_socket = open_listener(*web)
             except Exception:
                 self.server_close()
+                self.reader.stop()
+                self.writer.stop()
+                self.service.stop()
                 raise
             self.add_listener(self.web_socket, self.start_web_connections)
 
@@ -229,7 +232,7 @@ class ChatServer(ConnectionServer):
             for conn in conns:
                 self.reader.abandon(conn)
             return False
-        if members is None:  # shutting down
+        if members is None:  # shutting down, or (in a cluster) the backend is away: they were told
             for conn in conns:
                 self.reader.finish(conn)
             return False
@@ -262,7 +265,8 @@ class ChatServer(ConnectionServer):
                     self._handshaking.add(conn)
                     conns.append(conn)
             if full:
-                web_log.warning("Refused web client %s: %d requests already pending", peer, self.max_pending_web)
+                self.refusal_log.log(logging.WARNING, "Refused web client %s: %d requests already pending", peer, self.max_pending_web)
+                self.forget_connection(sock)  # its per-address count
                 sock.close()
         if conns:
             self.reader.add(self._gated(conns))
@@ -282,7 +286,7 @@ class ChatServer(ConnectionServer):
             self._handshaking.discard(conn)
         if not isinstance(conn, WebConnection):  # a TCP client over TLS, counted when accepted
             if self._join([conn]):
-                client_tls_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
+                client_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
             return
         if not self.register_connection(conn.sock):
             self.logger.warning("Refused %s: server is full (%d clients)", conn.peer, self.max_clients)
@@ -291,7 +295,7 @@ class ChatServer(ConnectionServer):
         with self.lock:
             self._web_members.add(conn)
         if not self._join([conn]):
-            self._refuse(conn, "server shutting down", b"")
+            self._refuse(conn, "server shutting down" if self.service.shutting_down else "chat backend unavailable", b"")
 
     def _refuse(self, conn: WebConnection, reason: str, line: bytes) -> None:
         with self.lock:
