@@ -216,6 +216,10 @@ class TlsLayer:
         """Records waiting to be sent (handshake messages, alerts, tickets)."""
         return self._out.read()
 
+    @property
+    def has_outgoing(self) -> bool:
+        return self._out.pending > 0
+
     def close(self) -> bytes:
         """Send close_notify (once): returns the records to send. Reading may go on."""
         if self._closed or not self.handshake_done:
@@ -235,8 +239,11 @@ class TlsLayer:
 class TlsStream:
     """A blocking socket with TLS on it, used like a socket: ``recv``, ``sendall``, ``shutdown``.
 
-    One thread may read while another writes. ``handshake(timeout)`` must run
-    first; it raises TlsError (naming the reason) when the peer is not
+    One thread may read while another writes: ``_lock`` guards the TLS
+    object, and ``_send_lock`` makes taking records out of it and sending
+    them one step, so records reach the wire in the order TLS made them
+    (a reply made while reading cannot overtake, or be overtaken by, a
+    write). ``handshake(timeout)`` must run first; it raises TlsError (naming the reason) when the peer is not
     acceptable. Afterwards every failure is an OSError, as with a socket: a
     bad record raises :class:`TlsConnectionError`.
     """
@@ -245,6 +252,7 @@ class TlsStream:
         self.sock = sock
         self.layer = layer
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._plain = b""
 
     @classmethod
@@ -294,10 +302,10 @@ class TlsStream:
                     self._plain = self.layer.receive(data)
                 except TlsError as error:
                     failure = str(error)
-                out = self.layer.outgoing()  # a reply, or the alert that tells the peer why we give up
-            if out:
+                replying = self.layer.has_outgoing  # a reply, or the alert that tells the peer why we give up
+            if replying:
                 try:
-                    self.sock.sendall(out)
+                    self._send(b"")
                 except OSError:  # our side may be closed already; nothing of ours is lost
                     pass
             if failure is not None:
@@ -316,23 +324,27 @@ class TlsStream:
         return len(data)
 
     def sendall(self, data: bytes | bytearray | memoryview) -> None:
-        with self._lock:
-            try:
-                records = self.layer.send(data)
-            except TlsError as error:
-                raise TlsConnectionError(str(error)) from None
-        self.sock.sendall(records)
+        self._send(data)
+
+    def _send(self, data: bytes | bytearray | memoryview, closing: bool = False) -> None:
+        """Encrypt *data* (or close, with close_notify) and send every record TLS has made, in order."""
+        with self._send_lock:
+            with self._lock:
+                try:
+                    # Each of these takes every record waiting, the replies made while reading included.
+                    records = self.layer.close() if closing else self.layer.send(data) if data else self.layer.outgoing()
+                except TlsError as error:
+                    raise TlsConnectionError(str(error)) from None
+            if records:
+                self.sock.sendall(records)
 
     def shutdown(self, how: int) -> None:
         """SHUT_WR/SHUT_RDWR: close_notify first, then the socket's own shutdown."""
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
-            with self._lock:
-                records = self.layer.close()
-            if records:
-                try:
-                    self.sock.sendall(records)
-                except OSError:
-                    pass
+            try:
+                self._send(b"", closing=True)
+            except OSError:
+                pass
         self.sock.shutdown(how)
 
     def fileno(self) -> int:
