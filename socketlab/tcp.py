@@ -73,7 +73,9 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
                 tls_sock.do_handshake()
             except (ssl.SSLError, OSError) as error:
                 reason = describe(error) if isinstance(error, ssl.SSLError) else describe_os_error(error)
-                self.server.logger.info("TLS handshake failed with %s: %s", format_address(self.client_address), reason)
+                self.server.refusal_log.log(  # rate-limited: a scan of the TLS port cannot fill a disk
+                    logging.INFO, "TLS handshake failed with %s: %s", format_address(self.client_address), reason
+                )
                 return
             tls_sock.settimeout(None)
             self.serve(tls_sock)

@@ -273,7 +273,8 @@ class ReaderLoop:
         if failure is None:
             return plain
         stage = "handshake" if not tls.handshake_done else "connection"
-        client_log.info("TLS %s failed with %s: %s", stage, conn.peer, failure)
+        # Rate-limited like refusals: a scan of the TLS port cannot fill a disk.
+        self.server.refusal_log.log(logging.INFO, "TLS %s failed with %s: %s", stage, conn.peer, failure)
         if conn.member is None:
             self.finish(conn)
         else:
