@@ -154,6 +154,8 @@ class ChatServer(ConnectionServer):
             raise
         self.writer = BacklogWriter(self.lock, self._tick(), self.sweep)
         self.reader = ReaderLoop(self)
+        if self.web_site is not None and self.web_site.refusals is None:
+            self.web_site.refusals = self.refusal_log  # rate-limited, like every refusal
         if web is not None:
             try:
                 self.web_socket = open_listener(*web)

@@ -21,9 +21,9 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
-from typing import Sequence
+from typing import Any, Sequence
 
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode, Frame, Opcode
@@ -104,7 +104,8 @@ class WebSite:
     ping_interval: float = PING_INTERVAL
     ping_timeout: float = PING_TIMEOUT
     head_timeout: float = HEAD_TIMEOUT
-    statuses: dict[int, int] = field(default_factory=dict)
+    #: Where refused requests are logged: the server's rate-limited log (None: this module's logger).
+    refusals: Any = None
 
 
 class WebSession:
@@ -351,7 +352,12 @@ class WebConnection(Connection):
             items = session.receive(data, now)
             self.pump()
         if not answered and session.ended is not None and (session.status or 400) >= 400:
-            logger.info("Refused web request from %s: %s (%s)", self.peer, session.status or "closed", session.describe())
+            log = session.site.refusals
+            args = (self.peer, session.status or "closed", session.describe())
+            if log is not None:
+                log.log(logging.INFO, "Refused web request from %s: %s (%s)", *args)
+            else:
+                logger.info("Refused web request from %s: %s (%s)", *args)
         # The reader counted any bytes as activity; for the idle timeout only messages count.
         self.last_active = self.session.last_message
         return items
