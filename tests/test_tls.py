@@ -559,16 +559,22 @@ def test_verification_failures_in_words(certs) -> None:
         assert str(raised.value) == f"certificate verification failed: {reason}"
 
 
+def connected_streams(certs, left: socket.socket, right: socket.socket) -> tuple[TlsStream, TlsStream]:
+    """A client TlsStream on *left* and a server one on *right*, their handshake done."""
+    server = TlsStream.server(right, certs.server_context())
+    handshake = threading.Thread(target=server.handshake, args=(TIMEOUT,))
+    handshake.start()
+    client = TlsStream.client(left, certs.client_context(), "127.0.0.1")
+    client.handshake(TIMEOUT)
+    handshake.join(TIMEOUT)
+    return client, server
+
+
 def test_a_bad_record_on_a_tls_stream_is_an_os_error(certs) -> None:
     """TlsStream.recv on a corrupted record raises TlsConnectionError, an OSError, so socket code ends the connection."""
     left, right = socket.socketpair()
     with left, right:
-        server = TlsStream.server(right, certs.server_context())
-        handshake = threading.Thread(target=server.handshake, args=(TIMEOUT,))
-        handshake.start()
-        client = TlsStream.client(left, certs.client_context(), "127.0.0.1")
-        client.handshake(TIMEOUT)
-        handshake.join(TIMEOUT)
+        client, server = connected_streams(certs, left, right)
         server.sendall(b"fine\n")
         client.settimeout(TIMEOUT)
         assert client.recv(100) == b"fine\n"
@@ -583,12 +589,7 @@ def test_close_notify_alone_ends_a_tls_stream(certs) -> None:
     """A peer's close_notify with the TCP connection still open: recv() returns b"" (and the other direction still works)."""
     left, right = socket.socketpair()
     with left, right:
-        server = TlsStream.server(right, certs.server_context())
-        handshake = threading.Thread(target=server.handshake, args=(TIMEOUT,))
-        handshake.start()
-        client = TlsStream.client(left, certs.client_context(), "127.0.0.1")
-        client.handshake(TIMEOUT)
-        handshake.join(TIMEOUT)
+        client, server = connected_streams(certs, left, right)
         client.sendall(b"last\n")
         left.sendall(client.layer.close())  # close_notify only: no shutdown(SHUT_WR)
         server.settimeout(TIMEOUT)

@@ -212,14 +212,20 @@ def test_a_long_line_from_a_browser_is_refused_and_it_stays(chat, browsers) -> N
     tcp.close()
 
 
-def test_a_binary_message_closes_1003_and_the_room_hears_why(chat, browsers) -> None:
-    """Binary data is not a chat line: close code 1003; the room hears '(binary message)'."""
-    server = chat()
+def tcp_then_browser(server: ChatServer, browsers) -> tuple[Peer, Browser]:
+    """A TCP member (user1), then a browser member (user2), past their welcomes and the join notice."""
     tcp = Peer(server.server_address[1])
     tcp.line()
     browser = browsers(server)
     browser.line()
     tcp.line()
+    return tcp, browser
+
+
+def test_a_binary_message_closes_1003_and_the_room_hears_why(chat, browsers) -> None:
+    """Binary data is not a chat line: close code 1003; the room hears '(binary message)'."""
+    server = chat()
+    tcp, browser = tcp_then_browser(server, browsers)
     browser.conn.send(b"hello\n")
     lines, closed = browser.closed()
     assert lines == [] and closed.rcvd is not None and closed.rcvd.code == CloseCode.UNSUPPORTED_DATA
@@ -330,11 +336,7 @@ def test_server_full_reaches_a_browser_then_1013(chat, browsers) -> None:
 def test_quit_over_websocket_says_bye_then_closes_1000(chat, browsers) -> None:
     """/quit: '* bye', then a normal close (1000); the room hears the plain departure."""
     server = chat()
-    tcp = Peer(server.server_address[1])
-    tcp.line()
-    browser = browsers(server)
-    browser.line()
-    tcp.line()
+    tcp, browser = tcp_then_browser(server, browsers)
     browser.send("/quit\nignored")
     lines, closed = browser.closed()
     assert lines == ["* bye"]

@@ -46,8 +46,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from socketlab.chat.protocol import ChatHub, Delivery, Member, coalesce
-from socketlab.chat.service import SHUTDOWN_REASON, client_log
+from socketlab.chat.protocol import ChatHub, Member
+from socketlab.chat.service import SHUTDOWN_REASON, ChatService, client_log
 from socketlab.errors import SocketlabError
 from socketlab.lines import Item, LineTooLong
 
@@ -301,13 +301,8 @@ class ClusterService:
         with self.lock:
             return list(self._local.values())
 
-    @staticmethod
-    def deliver(deliveries: list[Delivery]) -> None:
-        if len(deliveries) > 1:
-            deliveries = coalesce(deliveries)
-        for members, data in deliveries:
-            for member in members:
-                member.transport.send(data)
+    #: Delivery is the lone server's: remote members' placeholders ignore what they are sent.
+    deliver = staticmethod(ChatService.deliver)
 
     # -- publishing ---------------------------------------------------------------
 
