@@ -1,8 +1,8 @@
 """Run socketlab's chat benchmarks against socketlab and its peers, side by side.
 
     python docs/compare_peers.py [--runs 3] [--scenarios flat,paced,...] [--bench-args "--window 8000"]
-                                 [--peers socketlab,node,ncat,build] [--node-server PATH] [--build PATH]
-                                 [--json out.json]
+                                 [--peers socketlab,node,ncat,floor,build] [--node-server PATH] [--build PATH]
+                                 [--placement split|shared] [--json out.json]
     python docs/compare_peers.py --reanalyse out.json
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
@@ -13,6 +13,18 @@ ratio to each peer and a 95 % bootstrap interval for it (an interval that
 contains 1.0 means the runs cannot tell the two apart). Peers that are not
 installed are skipped. Nothing leaves 127.0.0.1. Run it with the Python that has
 socketlab installed: it runs `python -m socketlab` with that interpreter.
+
+The peer ``floor`` is ``ncat --broker`` without ``--chat``: a relay that
+only copies bytes from each client to the others, the thinnest server
+there is, so its figures are the instrument's floor (the most the
+benchmark can measure on this machine).
+
+With ``--placement split`` (the default on a machine with 2 CPUs or more)
+every server -- redis-server included -- runs on the first CPU and the
+benchmark on the others, alike for every peer; each report tells how much
+CPU the benchmark itself used (``bench_cpu_s``, and ``load_busy``, the
+share of its CPUs' time it kept busy: near 1.0 the instrument, not the
+server, set the pace).
 
 The peer ``ws`` is socketlab's own server measured through WebSocket
 clients (``chat serve --web``, ``bench chat --transport ws``), and ``tls``
@@ -39,21 +51,27 @@ import subprocess
 import sys
 import tempfile
 
+from socketlab.bench.placement import Placement
 from socketlab.bench.transfer import Certificate, free_port, wait_listening
 
 HERE = pathlib.Path(__file__).resolve().parent
 _WORKDIR = tempfile.TemporaryDirectory(prefix="compare-peers-")
 #: The peer 'tls' serves with this certificate (made when first needed).
 CERTIFICATE: Certificate
+#: Where servers and the benchmark run (set from --placement).
+PLACEMENT = Placement()
 DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.js"
 
 SCENARIOS = {
     "flat": ["--messages", "20000"],
+    "lines": ["--messages", "20000", "--batch", "1"],
     "capacity": ["--messages", "20000", "--check", "probes"],
     "paced": ["--rate", "250", "--messages", "2000"],
     "slow": ["--scenario", "slow", "--messages", "20000"],
     "connections": ["--scenario", "connections", "--clients", "2000"],
 }
+#: Not a chat scenario: bulk TCP through ``bench tcp --buffer`` (socketlab and socat), a sweep of buffer sizes.
+OTHER_SCENARIOS = ("bulk",)
 
 
 def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
@@ -69,9 +87,11 @@ def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path |
     elif peer == "node":
         command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
     else:
-        command, env = ["ncat", "--broker", "--chat", "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
+        chat = ["--chat"] if peer == "ncat" else []  # the floor relays bytes only
+        command, env = ["ncat", "--broker", *chat, "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
     cwd = build if peer == "build" else None  # python -m puts the working directory first on the path
     proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    PLACEMENT.pin_server([proc.pid])
     wait_listening(port, proc, peer)
     return proc
 
@@ -84,6 +104,7 @@ def start_cluster(count: int) -> tuple[subprocess.Popen, list[subprocess.Popen],
          "--dir", _WORKDIR.name],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    PLACEMENT.pin_server([redis.pid])
     wait_listening(redis_port, redis, "redis-server")
     servers, ports = [], []
     for _ in range(count):
@@ -91,6 +112,7 @@ def start_cluster(count: int) -> tuple[subprocess.Popen, list[subprocess.Popen],
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000",
                    "--max-rate", "0", "--redis", f"redis://127.0.0.1:{redis_port}/0"]
         servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        PLACEMENT.pin_server([servers[-1].pid])
         wait_listening(port, servers[-1], "socketlab chat serve --redis")
         ports.append(port)
     return redis, servers, [redis_port, *ports]
@@ -110,7 +132,7 @@ def bench_cluster(count: int, scenario: str, extra: list[str]) -> dict:
         commands, cpu = redis_counters(redis_port)
         out = subprocess.run(
             [sys.executable, "-m", "socketlab", "bench", "chat", "--target", ",".join(f"127.0.0.1:{p}" for p in ports),
-             "--server-pid", ",".join(str(server.pid) for server in servers), "--json", *SCENARIOS[scenario], *extra],
+             "--server-pid", ",".join(str(server.pid) for server in servers), "--json", *placement_args(), *SCENARIOS[scenario], *extra],
             capture_output=True, timeout=900,
         )
         if out.returncode:
@@ -123,6 +145,11 @@ def bench_cluster(count: int, scenario: str, extra: list[str]) -> dict:
         for proc in [*servers, redis]:
             proc.terminate()
             proc.wait(10)
+
+
+def placement_args() -> list[str]:
+    """The bench's own --placement: it pins itself, and the servers again (threads started since)."""
+    return ["--placement", "split" if PLACEMENT.server else "shared"]
 
 
 def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str], build: pathlib.Path | None = None) -> dict:
@@ -138,7 +165,7 @@ def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str],
     try:
         out = subprocess.run(
             [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
-             "--server-pid", str(proc.pid), "--json", *SCENARIOS[scenario], *extra],
+             "--server-pid", str(proc.pid), "--json", *placement_args(), *SCENARIOS[scenario], *extra],
             capture_output=True, timeout=900,
         )
         if out.returncode:
@@ -149,10 +176,38 @@ def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str],
         proc.wait(10)
 
 
+def bench_bulk(buffers: str, size: str) -> dict:
+    """One run of ``socketlab bench tcp`` (socketlab and socat) at every buffer size in *buffers*."""
+    out = subprocess.run(
+        [sys.executable, "-m", "socketlab", "bench", "tcp", "--json", "--runs", "1", "--size", size, "--buffer", buffers],
+        capture_output=True, timeout=900,
+    )
+    if out.returncode:
+        return {"error": out.stderr.decode().strip().splitlines()[-1]}
+    return json.loads(out.stdout)
+
+
+def summarise_bulk(reports: list[dict]) -> dict:
+    """Median MB/s per tool and buffer size, and socketlab over socat with its 95 % interval."""
+    values: dict[int, dict[str, list[float]]] = {}
+    for report in reports:
+        for run in report.get("runs", []):
+            values.setdefault(run["buffer"], {}).setdefault(run["tool"].split()[0], []).append(run["mb_per_second"])
+    table = {}
+    for buffer, tools in sorted(values.items()):
+        row: dict = {tool: statistics.median(mbps) for tool, mbps in tools.items()}
+        if "socketlab" in tools and "socat" in tools:
+            row["socketlab_over_socat"] = ratio_interval(tools["socketlab"], tools["socat"])
+        table[str(buffer)] = row
+    return table
+
+
 def summarise(scenario: str, reports: list[dict]) -> dict:
     ok = [r for r in reports if "error" not in r]
     if not ok:
         return {"error": reports[-1]["error"]}
+    if scenario == "bulk":
+        return summarise_bulk(ok)
     med = lambda values: statistics.median(values)
     if scenario == "connections":
         rows = [r["connections"] for r in ok]
@@ -170,6 +225,9 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         "p50_ms": med([r["latency_ms"]["p50"] for r in rows]),
         "p99_ms": med([r["latency_ms"]["p99"] for r in rows]),
         "server_cpu_s": med([r["cpu_seconds"].get("server", 0) for r in rows]),
+        "server_ns_per_copy": med([server_ns_per_copy(r) for r in rows]),
+        "bench_cpu_s": med([bench_cpu(r) for r in rows]),
+        "load_busy": med([round(bench_cpu(r) / r["seconds"] / load_cpus(ok[0]), 3) for r in rows]),
         **({"redis_commands": med([r["redis"]["commands"] for r in ok]),
             "redis_cpu_s": med([r["redis"]["cpu_seconds"] for r in ok])} if all("redis" in r for r in ok) else {}),
         "rss_growth_kib": med([r["server_rss_kib"]["peak"] - r["server_rss_kib"]["before"] for r in rows]),
@@ -178,6 +236,21 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         summary["p99_base_ms"] = med([r["fanout"]["latency_ms"]["p99"] for r in ok])
         summary["p99_ratio"] = med([r["p99_ratio"] for r in ok])
     return summary
+
+
+def server_ns_per_copy(fanout: dict) -> float:
+    """The server's CPU time per delivered copy: what it costs whatever the instrument could read."""
+    return round(fanout["cpu_seconds"].get("server", 0) / max(fanout["delivered"], 1) * 1e9, 1)
+
+
+def bench_cpu(fanout: dict) -> float:
+    """CPU seconds the benchmark's own processes used in a fanout."""
+    return round(sum(seconds for name, seconds in fanout["cpu_seconds"].items() if name.startswith("bench")), 3)
+
+
+def load_cpus(report: dict) -> int:
+    """How many CPUs the benchmark ran on."""
+    return len(report.get("placement", {}).get("load", [])) or os.cpu_count() or 1
 
 
 def ratio_interval(ours: list[float], theirs: list[float], resamples: int = 4000) -> list[float]:
@@ -195,20 +268,25 @@ def ratio_interval(ours: list[float], theirs: list[float], resamples: int = 4000
 
 
 def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
-    """socketlab / each peer, for copies/s and p99 of a fanout scenario."""
+    """socketlab / each peer, for copies/s, p99 and server CPU per copy of a fanout scenario."""
     if scenario in ("connections", "slow") or "socketlab" not in reports:
         return {}
 
     def values(peer: str, metric: str) -> list[float]:
         rows = [r["fanout"] for r in reports[peer] if "error" not in r]
-        return [r["copies_per_second"] if metric == "copies_per_second" else r["latency_ms"]["p99"] for r in rows]
+        pick = {
+            "copies_per_second": lambda r: r["copies_per_second"],
+            "p99_ms": lambda r: r["latency_ms"]["p99"],
+            "server_ns_per_copy": server_ns_per_copy,
+        }[metric]
+        return [pick(r) for r in rows]
 
     result = {}
     for peer in reports:
         if peer != "socketlab" and values(peer, "copies_per_second") and values("socketlab", "copies_per_second"):
             result[peer] = {
                 metric: ratio_interval(values("socketlab", metric), values(peer, metric))
-                for metric in ("copies_per_second", "p99_ms")
+                for metric in ("copies_per_second", "p99_ms", "server_ns_per_copy")
             }
     return result
 
@@ -223,16 +301,34 @@ def analyse(raw: dict) -> dict:
     return table
 
 
+def machine() -> dict:
+    """This machine, as the figures must name it: CPUs, model, caches."""
+    facts: dict = {"cpus": os.cpu_count()}
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return facts
+    for line in lscpu.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("Model name", "L1d cache", "L2 cache", "L3 cache"):
+            facts[name.strip()] = " ".join(value.split())
+    return facts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--node-server", type=pathlib.Path, default=DEFAULT_NODE)
-    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"of {', '.join([*SCENARIOS, *OTHER_SCENARIOS])}")
     parser.add_argument("--json", type=pathlib.Path, help="also write every raw report here")
     parser.add_argument("--bench-args", default="", help='more options for every run, e.g. "--window 8000"')
     parser.add_argument("--reanalyse", type=pathlib.Path, help="only summarise the raw reports of an earlier --json")
-    parser.add_argument("--peers", default="socketlab,node,ncat", help="which servers to run (those installed)")
+    parser.add_argument("--peers", default="socketlab,node,ncat,floor", help="which servers to run (those installed)")
     parser.add_argument("--build", type=pathlib.Path, help="the peer 'build': another socketlab source tree")
+    parser.add_argument("--bulk-buffers", default="16K,64K,256K,1M,4M", help="the scenario 'bulk': buffer sizes swept")
+    parser.add_argument("--bulk-size", default="1G", help="the scenario 'bulk': bytes per stream")
+    parser.add_argument("--placement", choices=["split", "shared"], default="split" if len(os.sched_getaffinity(0)) > 1 else "shared",
+                        help="split: servers on the first CPU, the benchmark on the others (default with 2 CPUs or more)")
     args = parser.parse_args()
     if args.reanalyse:
         print(json.dumps(analyse(json.loads(args.reanalyse.read_text())["raw"]), indent=1))
@@ -245,14 +341,22 @@ def main() -> None:
         "redis3": bool(shutil.which("redis-server")),
         "node": bool(shutil.which("node")) and args.node_server.exists(),
         "ncat": bool(shutil.which("ncat")),
+        "floor": bool(shutil.which("ncat")),
         "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),
     }
     peers = [peer for peer in args.peers.split(",") if installed.get(peer)]
+    global PLACEMENT
+    PLACEMENT = Placement.named(args.placement)
     if "tls" in peers:
         global CERTIFICATE
         CERTIFICATE = Certificate.make(_WORKDIR.name)
     raw: dict = {}
     for scenario in args.scenarios.split(","):
+        if scenario == "bulk":  # bulk TCP is not a chat: socketlab and socat, through bench tcp
+            for run in range(args.runs):
+                raw.setdefault("bulk", {}).setdefault("bulk", []).append(bench_bulk(args.bulk_buffers, args.bulk_size))
+                print(f"bulk run {run + 1}: done", file=sys.stderr)
+            continue
         for run in range(args.runs):
             # Interleaved, so drift in the machine hits every peer alike, and each run starts
             # with a different peer, so no peer always follows the same one.
@@ -263,7 +367,7 @@ def main() -> None:
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
     table = analyse(raw)
     if args.json:
-        args.json.write_text(json.dumps({"raw": raw, "summary": table}, indent=1))
+        args.json.write_text(json.dumps({"machine": machine(), "placement": PLACEMENT.describe(), "raw": raw, "summary": table}, indent=1))
     print(json.dumps(table, indent=1))
 
 

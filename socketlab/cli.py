@@ -52,6 +52,39 @@ def bench_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from None
 
 
+class ByteSize(click.ParamType):
+    """A size such as 1048576, 64K, 100M or 1G (powers of 1024)."""
+
+    name = "size"
+    _units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def __init__(self, maximum: int | None = None) -> None:
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in "KMG" else ""
+        number = text[: -1] if unit else text
+        try:
+            size = int(float(number) * self._units[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 4096, 64K, 100M or 1G", param, ctx)
+        if size <= 0:
+            self.fail("the size must be positive", param, ctx)
+        if self.maximum is not None and size > self.maximum:
+            self.fail(f"{value!r} is more than the largest allowed, {self.maximum >> 20}M", param, ctx)
+        return size
+
+
+def buffer_option(func: F) -> F:
+    return click.option(
+        "--buffer", "buffer_size", type=ByteSize(maximum=64 << 20), default="1M", show_default=True,
+        help="Largest single read or write (K, M suffixes), like socat's -b.",
+    )(func)
+
+
 def host_option(func: F) -> F:
     return click.option(
         "--host",
@@ -199,7 +232,8 @@ def main() -> None:
 @per_ip_option
 @access_options
 @tls_server_options
-def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int, max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None) -> None:
+@buffer_option
+def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, quiet: bool, max_clients: int, max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None, buffer_size: int) -> None:
     """The tutorial's TCP server: greet each client, log what it sends.
 
     Each client gets the welcome line; every chunk it sends is logged with
@@ -220,7 +254,7 @@ def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, q
     with user_errors():
         server = WelcomeServer(
             (host, port), welcome=welcome, echo=echo, payload=payload, max_clients=max_clients, tls=tls,
-            access=access, max_per_ip=max_per_ip,
+            access=access, max_per_ip=max_per_ip, buffer_size=buffer_size,
         )
     with server:
         run_until_signal(server)
@@ -231,8 +265,9 @@ def tcp_server(host: str, port: int, welcome: str, echo: bool, hex_dump: bool, q
 @port_option
 @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect (and TLS handshake) timeout in seconds.")
 @tls_client_options
+@buffer_option
 @click.argument("message", nargs=-1)
-def tcp_client(host: str, port: int, timeout: float, use_tls: bool, tls_ca: str | None, tls_no_verify: bool, message: tuple[str, ...]) -> None:
+def tcp_client(host: str, port: int, timeout: float, use_tls: bool, tls_ca: str | None, tls_no_verify: bool, buffer_size: int, message: tuple[str, ...]) -> None:
     """Connect, send MESSAGE (or stdin), print what the server sends.
 
     With MESSAGE: sends it plus a newline, ends the sending side and prints
@@ -254,7 +289,7 @@ def tcp_client(host: str, port: int, timeout: float, use_tls: bool, tls_ca: str 
         sock = connect(host, port, timeout, tls=tls)
         with sock:
             click.echo(f"Connected to Server {format_address((host, port))}{' (TLS)' if tls else ''}", err=True)
-            relay_stdio(sock, host, port, payload)
+            relay_stdio(sock, host, port, payload, buffer_size=buffer_size)
     click.echo("Disconnected from Server", err=True)
 
 
@@ -510,16 +545,18 @@ def clear_progress() -> None:
 @click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
 @click.option("--size", type=click.IntRange(32, 4000), default=64, show_default=True, help="Bytes per message line.")
 @click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out).")
-@click.option("--workers", type=click.IntRange(1, 16), default=2, show_default=True, help="Receiver processes.")
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="Bulk receiver processes (besides the probes' and the senders').")
 @click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
-@click.option("--check", type=click.Choice(["all", "probes"]), default="all", show_default=True, help="Check every copy, or let bulk readers only count lines (a capacity measurement).")
+@click.option("--batch", type=click.IntRange(1, 1000), default=64, show_default=True, help="Flat out: lines per send (1: one line per send, as people type).")
+@click.option("--check", type=click.Choice(["probes", "all"]), default="probes", show_default=True, help="Bulk readers only count lines (probes and senders check theirs), or every copy is checked (a costlier instrument).")
+@click.option("--placement", type=click.Choice(["shared", "split"]), default="shared", show_default=True, help="split: the server on the first CPU, the benchmark on the others (needs its PIDs for a --target).")
 @click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
 @click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
 @click.option("--abusers", type=click.IntRange(1, 200), default=40, show_default=True, help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.")
 @click.option("--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts.")
 @click.option("--server-pid", metavar="PID[,...]", default=None, help="PIDs of the target servers, to report their CPU and memory (summed).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, check: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: str | None, as_json: bool) -> None:
+def bench_chat(target: str | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, batch: int, check: str, placement: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: str | None, as_json: bool) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
@@ -544,6 +581,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
 
     from socketlab.addresses import parse_address
     from socketlab.bench import chat as chat_bench
+    from socketlab.bench.placement import Placement
     from socketlab.bench.report import connections_lines, fanout_lines
 
     own = None
@@ -551,6 +589,9 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
     tls_context = None
     with user_errors(), bench_errors():
+        cpus = Placement.named(placement)
+        if cpus.server and target and not server_pid:
+            raise click.UsageError("--placement split with a --target needs the servers' --server-pid")
         server_options = ["--max-clients", str(max(1000, clients + 10))]
         if scenario != "flood":  # flood control off, so the comparison with peers is like for like
             server_options += ["--max-rate", "0"]
@@ -571,13 +612,15 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
             own = chat_bench.OwnServer(server_options, web=web)
             address = ("127.0.0.1", own.web_port or own.port)
             pids = own.pid
+        cpus.pin_server([pids] if isinstance(pids, int) else pids or [])
+        cpus.pin_load()
     progress = None if as_json else progress_printer()
-    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {pids})"}
+    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {pids})", "placement": cpus.describe()}
     kind = chat_bench.ClientKind(web=web, tls=tls_context)
     lines: list[str] = []
     with bench_errors():
         try:
-            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, check_all=check == "all", kind=kind)
+            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, batch=batch, check_all=check == "all", kind=kind)
             if scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
@@ -614,34 +657,14 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     click.echo(json.dumps(output) if as_json else "\n".join(lines))
 
 
-class ByteSize(click.ParamType):
-    """A size such as 1048576, 64K, 100M or 1G (powers of 1024)."""
-
-    name = "size"
-    _units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
-        unit = text[-1:] if text[-1:] in "KMG" else ""
-        number = text[: -1] if unit else text
-        try:
-            size = int(float(number) * self._units[unit])
-        except ValueError:
-            self.fail(f"{value!r} is not a size like 4096, 64K, 100M or 1G", param, ctx)
-        if size <= 0:
-            self.fail("the size must be positive", param, ctx)
-        return size
-
-
 @bench.command("tcp")
 @click.option("--size", type=ByteSize(), default="1G", show_default=True, help="Bytes to stream (K, M, G suffixes).")
 @click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True, help="Runs per tool.")
 @click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat between the same endpoints, if installed.")
 @click.option("--tls", "use_tls", is_flag=True, help="Over TLS (a certificate made with openssl for the run; socat uses OPENSSL-LISTEN/OPENSSL).")
+@click.option("--buffer", "buffers", metavar="SIZE[,SIZE...]", help="Largest read/write at both ends (tcp-client/tcp-server --buffer, socat -b), each size in turn: a sweep.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, as_json: bool) -> None:
+def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | None, as_json: bool) -> None:
     """Bulk TCP: a stream through tcp-client into tcp-server -q, in MB/s.
 
     The data comes from this process through a pipe (no file on disk) and
@@ -651,6 +674,7 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, as_json: bool) -
     Examples:
       socketlab bench tcp --size 1G
       socketlab bench tcp --size 1G --tls
+      socketlab bench tcp --buffer 16K,64K,256K,1M,4M
     """
     import json
     import tempfile
@@ -658,6 +682,10 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, as_json: bool) -
 
     from socketlab.bench import transfer
 
+    sizes: list[int | None] = [None]
+    if buffers:
+        parse = ByteSize(maximum=64 << 20)
+        sizes = [parse.convert(text.strip(), None, None) for text in buffers.split(",")]
     tools = ["socketlab"] + (["socat"] if peers and transfer.has("socat") else [])
     results = []
     workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
@@ -665,18 +693,25 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, as_json: bool) -
     if use_tls:
         with bench_errors():
             certificate = transfer.Certificate.make(workdir.name)
-    for _ in range(runs):
-        for tool in tools:
-            with bench_errors():
-                result = transfer.run_tcp(size, tool, tls=certificate)
-            results.append(result)
-            if not as_json:
-                click.echo(result.describe())
-    best = {tool: max(r.mb_per_second for r in results if r.tool.split()[0] == tool) for tool in tools}
+    for buffer in sizes:
+        for _ in range(runs):
+            for tool in tools:
+                with bench_errors():
+                    result = transfer.run_tcp(size, tool, tls=certificate, buffer=buffer)
+                results.append(result)
+                if not as_json:
+                    click.echo(result.describe())
+    best = {
+        (tool, buffer): max(r.mb_per_second for r in results if r.tool.split()[0] == tool and r.buffer == buffer)
+        for buffer in sizes for tool in tools
+    }
     if as_json:
-        click.echo(json.dumps({"runs": [asdict(r) | {"mb_per_second": round(r.mb_per_second)} for r in results], "best_mb_per_second": {k: round(v) for k, v in best.items()}}))
+        by_name = {f"{tool}{f' {buffer}' if buffer else ''}": round(mbps) for (tool, buffer), mbps in best.items()}
+        click.echo(json.dumps({"runs": [asdict(r) | {"mb_per_second": round(r.mb_per_second)} for r in results], "best_mb_per_second": by_name}))
     else:
-        click.echo("best: " + ", ".join(f"{tool} {mbps:,.0f} MB/s" for tool, mbps in best.items()))
+        for buffer in sizes:
+            label = f" with {buffer:,}-byte buffers" if buffer else ""
+            click.echo(f"best{label}: " + ", ".join(f"{tool} {best[tool, buffer]:,.0f} MB/s" for tool in tools))
 
 
 @bench.command("udp")

@@ -42,7 +42,8 @@ logger = logging.getLogger("socketlab.tcp")
 
 DEFAULT_WELCOME = "Welcome to Socket Server"
 
-#: Largest single recv(); reads start small and grow while data keeps coming.
+#: Largest single recv() or send() by default (``--buffer``); the server's reads start small and
+#: grow to it while data keeps coming.
 MAX_READ = 1024 * 1024
 #: First read size: an idle connection costs no more than this buffer.
 FIRST_READ = 16 * 1024
@@ -92,7 +93,7 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
         try:
             if welcome:
                 sock.sendall(welcome)
-            buffer = bytearray(FIRST_READ)
+            buffer = bytearray(min(FIRST_READ, server.buffer_size))
             view = memoryview(buffer)
             while True:
                 count = sock.recv_into(view)
@@ -104,8 +105,8 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
                     server.on_data(peer, chunk)
                     if server.echo:
                         sock.sendall(chunk)
-                if count == len(buffer) and len(buffer) < MAX_READ:
-                    buffer = bytearray(len(buffer) * 4)
+                if count == len(buffer) and len(buffer) < server.buffer_size:
+                    buffer = bytearray(min(len(buffer) * 4, server.buffer_size))
                     view = memoryview(buffer)
         except OSError as error:
             server.on_error(peer, error, received)
@@ -143,6 +144,7 @@ class WelcomeServer(ConnectionServer):
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
         access: AccessRules | None = None,
         max_per_ip: int | None = None,
+        buffer_size: int = MAX_READ,
         logger: logging.Logger = logger,
     ) -> None:
         if payload not in PAYLOAD_MODES:
@@ -152,6 +154,7 @@ class WelcomeServer(ConnectionServer):
         self.handshake_timeout = handshake_timeout
         self.echo = echo
         self.payload = payload
+        self.buffer_size = buffer_size
         super().__init__(
             address, WelcomeHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip, logger=logger
         )
@@ -250,13 +253,13 @@ def _write_all(fd: int, data: memoryview) -> None:
         raise OutputError(f"cannot write output: {error.strerror}") from None
 
 
-def _copy_socket_to_fd(sock: socket.socket, out_fd: int) -> None:
+def _copy_socket_to_fd(sock: socket.socket, out_fd: int, size: int = MAX_READ) -> None:
     """Copy what the socket receives to *out_fd* until EOF.
 
     Bytes are copied unchanged, except to a terminal: there control
     characters are shown escaped, so a server cannot drive the terminal.
     """
-    buffer = bytearray(MAX_READ)
+    buffer = bytearray(size)
     view = memoryview(buffer)
     if os.isatty(out_fd):
         terminal = TerminalText()
@@ -268,7 +271,7 @@ def _copy_socket_to_fd(sock: socket.socket, out_fd: int) -> None:
         _write_all(out_fd, view[:count])
 
 
-def _copy_fd_to_socket(in_fd: int, sock: socket.socket) -> None:
+def _copy_fd_to_socket(in_fd: int, sock: socket.socket, size: int = MAX_READ) -> None:
     """Copy *in_fd* into the socket until EOF.
 
     A regular file goes by sendfile() (no copy through user space); anything
@@ -276,10 +279,10 @@ def _copy_fd_to_socket(in_fd: int, sock: socket.socket) -> None:
     a pipe into a TCP socket on Linux.
     """
     if isinstance(sock, socket.socket) and stat.S_ISREG(os.fstat(in_fd).st_mode):
-        while os.sendfile(sock.fileno(), in_fd, None, MAX_READ):
+        while os.sendfile(sock.fileno(), in_fd, None, size):
             pass
         return
-    buffer = bytearray(MAX_READ)
+    buffer = bytearray(size)
     view = memoryview(buffer)
     source = open(in_fd, "rb", buffering=0, closefd=False)
     while count := source.readinto(buffer):
@@ -296,9 +299,11 @@ class StdioRelay:
     """
 
     def __init__(
-        self, sock: socket.socket, host: str, port: int, in_fd: int | None, out_fd: int, prefix: bytes = b""
+        self, sock: socket.socket, host: str, port: int, in_fd: int | None, out_fd: int, prefix: bytes = b"",
+        buffer_size: int = MAX_READ,
     ) -> None:
         self.sock = sock
+        self.buffer_size = buffer_size
         self.prefix = prefix
         self.address = format_address((host, port))
         self.in_fd = in_fd
@@ -310,7 +315,7 @@ class StdioRelay:
             if self.prefix:
                 self.sock.sendall(self.prefix)
             if self.in_fd is not None:
-                _copy_fd_to_socket(self.in_fd, self.sock)
+                _copy_fd_to_socket(self.in_fd, self.sock, self.buffer_size)
             self.sock.shutdown(socket.SHUT_WR)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the receive side reports how the connection ended
@@ -321,7 +326,7 @@ class StdioRelay:
         sender = threading.Thread(target=self._send_side, name="stdin-to-socket", daemon=True)
         sender.start()
         try:
-            _copy_socket_to_fd(self.sock, self.out_fd)
+            _copy_socket_to_fd(self.sock, self.out_fd, self.buffer_size)
         except BrokenPipeError:
             return
         except ConnectionResetError:
@@ -333,9 +338,10 @@ class StdioRelay:
 
 
 def relay_stdio(
-    sock: socket.socket, host: str, port: int, message: bytes | None, stdin: BinaryIO | None = None
+    sock: socket.socket, host: str, port: int, message: bytes | None, stdin: BinaryIO | None = None,
+    buffer_size: int = MAX_READ,
 ) -> None:
-    """Send *message* (or stdin when None), half-close, copy replies to stdout."""
+    """Send *message* (or stdin when None), half-close, copy replies to stdout (*buffer_size* bytes at most at a time)."""
     in_fd = None if message is not None else (stdin or sys.stdin.buffer).fileno()
     sys.stdout.flush()
-    StdioRelay(sock, host, port, in_fd, sys.stdout.fileno(), prefix=message or b"").run()
+    StdioRelay(sock, host, port, in_fd, sys.stdout.fileno(), prefix=message or b"", buffer_size=buffer_size).run()

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import os
 import sys
 import threading
+import time
 
 import pytest
 
+from socketlab.bench.chat import CountingLoop, spread
+from socketlab.bench.placement import Placement
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from support import TIMEOUT, run_cli
 
@@ -218,14 +222,23 @@ def test_bench_chat_check_probes_counts_every_copy() -> None:
     assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
 
 
-def test_unchecked_receipts_count_messages_not_notices() -> None:
-    """Count-only receipts count message endings, even split between chunks, and skip notices."""
-    totals = Totals()
-    receipts = Receipts(totals, senders=1, messages=10, checked=False)
-    stream = b"* user9 joined lobby\n" + make_message(0, 0, 1, 40) + make_message(0, 1, 1, 40)
-    cut = stream.index(b"$\n", 30) + 1  # split between "$" and its newline
-    assert receipts.feed(stream[:cut], 0) + receipts.feed(stream[cut:], 0) == 2
-    assert totals.delivered == 2
+def test_counting_loop_counts_messages_not_notices() -> None:
+    """Bulk readers count messages (their closing "$"), however the stream is cut, and skip notices."""
+    left, right = socket.socketpair()
+    loop = CountingLoop([right], size=64)  # smaller than the stream: several reads
+    try:
+        stream = b"* user9 joined lobby\n" + make_message(0, 0, 1, 40) + b"<user3> " + make_message(0, 1, 1, 100)
+        left.sendall(stream[:30])
+        left.sendall(stream[30:])
+        left.close()
+        counted = 0
+        deadline = time.monotonic() + 5
+        while loop.open and time.monotonic() < deadline:
+            counted += loop.poll(0.1)
+        assert counted == 2 and loop.open == 0
+    finally:
+        loop.analyse()
+        right.close()
 
 
 def test_bench_chat_tiny_window_still_delivers_everything() -> None:
@@ -237,3 +250,48 @@ def test_bench_chat_tiny_window_still_delivers_everything() -> None:
     assert fanout["expected"] == fanout["delivered"] == 3 * 300 * 5
     assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
     assert fanout["seconds"] < 5
+
+
+def test_probes_are_spread_over_the_join_order() -> None:
+    """Probes sit in the middle of equal shares of the receivers, so the first and last to be served are timed alike."""
+    assert spread(8, 96) == [6, 18, 30, 42, 54, 66, 78, 90]
+    assert spread(2, 2) == [0, 1]
+    assert spread(3, 10) == [1, 5, 8]
+
+
+TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placement needs 2 CPUs")
+
+
+@TWO_CPUS
+def test_bench_chat_split_placement_pins_server_and_load() -> None:
+    """--placement split: the server's threads on the first CPU, the benchmark on the others; reported."""
+    cpus = sorted(os.sched_getaffinity(0))
+    expected = Placement.named("split").describe()
+    assert expected == {"server": cpus[:1], "load": cpus[1:]}
+    result = run_cli("bench", "chat", "--clients", "6", "--senders", "2", "--messages", "50", "--placement", "split", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["placement"] == expected
+    assert report["fanout"]["delivered"] == report["fanout"]["expected"] == 2 * 50 * 5
+
+
+def test_bench_chat_split_placement_with_a_target_needs_its_pid() -> None:
+    result = run_cli("bench", "chat", "--target", "127.0.0.1:9", "--placement", "split")
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines()[-1] == "Error: --placement split with a --target needs the servers' --server-pid"
+
+
+def test_bench_tcp_buffer_sweep_reports_each_size() -> None:
+    """--buffer A,B measures every size, and the receiver still counts every byte."""
+    result = run_cli("bench", "tcp", "--size", "2M", "--runs", "1", "--no-peers", "--buffer", "4K,64K", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert [(run["buffer"], run["received"]) for run in report["runs"]] == [(4096, 2 << 20), (65536, 2 << 20)]
+    assert set(report["best_mb_per_second"]) == {"socketlab 4096", "socketlab 65536"}
+
+
+@pytest.mark.parametrize("value, message", [("0", "the size must be positive"), ("65M", "'65M' is more than the largest allowed, 64M")])
+def test_bench_tcp_bad_buffer_is_one_line(value: str, message: str) -> None:
+    result = run_cli("bench", "tcp", "--size", "1M", "--no-peers", "--buffer", value)
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines()[-1].endswith(message)

@@ -59,6 +59,16 @@ def test_echo_ten_mib_through_tcp_client_is_byte_exact(tmp_path) -> None:
         server.out.wait_for(r"Client disconnected .* \(10485760 bytes received\)")
 
 
+def test_tiny_buffers_at_both_ends_stay_byte_exact() -> None:
+    """--buffer only sizes each read and write: 7-byte server reads, 5-byte client copies, same bytes."""
+    data = os.urandom(200_000)
+    with CliServer("tcp-server", "--port", "0", "--echo", "--welcome", "", "-q", "--buffer", "7") as server:
+        result = run_cli("tcp-client", "--port", str(server.port), "--buffer", "5", input=data)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == data
+        server.out.wait_for(r"Client disconnected .* \(200000 bytes received\)")
+
+
 def test_half_close_keeps_receiving_until_server_closes() -> None:
     """After the client ends its side it still reads what the server sends, then exits."""
     with CliServer("tcp-server", "--port", "0", "--echo", "--welcome", "hi") as server:

@@ -56,8 +56,7 @@ class Receipts:
     tags are held -- checks sequences and computes latencies. *own* is this
     client's sender id: copies of its own messages (servers that echo) are
     ignored. With *timed* false no latencies are recorded (a client that
-    reads in batches would only measure its own delay); with *checked*
-    false lines are only counted.
+    reads in batches would only measure its own delay).
     """
 
     def __init__(
@@ -67,12 +66,10 @@ class Receipts:
         messages: int,
         own: int | None = None,
         timed: bool = True,
-        checked: bool = True,
     ) -> None:
         self.totals = totals
         self.own = own
         self.timed = timed
-        self.checked = checked
         self._partial = b""
         self._seen = [bytearray(messages) for _ in range(senders)]
         self._last = [-1] * senders
@@ -80,18 +77,7 @@ class Receipts:
         self._held_count = 0
 
     def feed(self, data: bytes, now_ns: int) -> int:
-        """Account for *data*, received at *now_ns*; return the well-formed messages in it.
-
-        Unchecked receipts only count message endings (``$`` then newline),
-        so notices are not counted: a capacity measurement.
-        """
-        if not self.checked:
-            lines = data.count(b"$\n")
-            if self._partial and data[:1] == b"\n":  # "$" ended the previous chunk
-                lines += 1
-            self._partial = b"$" if data[-1:] == b"$" else b""
-            self.totals.delivered += lines
-            return lines
+        """Account for *data*, received at *now_ns*; return the well-formed messages in it."""
         buffer = self._partial + data if self._partial else data
         end = buffer.rfind(b"\n")
         if end < 0:

@@ -1,8 +1,8 @@
 """Bulk TCP and UDP benchmarks through socketlab's own commands and peers.
 
 ``run_tcp`` streams ``size`` bytes from this process through a client
-command into a receiving server command and times it until the receiver
-has everything; ``run_udp`` sends ``count`` datagrams flat out into a
+command into a receiving server command and times it from the client's
+first read until the receiver has everything (start-up is reported apart); ``run_udp`` sends ``count`` datagrams flat out into a
 receiver and counts what arrived. The same source feeds every tool, so the
 figures compare the tools, not the harness. Peers (socat, ncat) are run
 only when installed.
@@ -10,14 +10,17 @@ only when installed.
 
 from __future__ import annotations
 
+import array
 import fcntl
 import os
 import re
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -34,6 +37,10 @@ class TcpResult:
     bytes: int
     seconds: float
     received: int | None = None
+    #: The largest read/write both ends were told to use (None: the tool's default here).
+    buffer: int | None = None
+    #: Seconds from starting the client until it read its first bytes (start-up; not in *seconds*).
+    startup: float = 0.0
 
     @property
     def mb_per_second(self) -> float:
@@ -43,7 +50,7 @@ class TcpResult:
         check = "" if self.received is None else f", receiver counted {self.received:,} bytes"
         return (
             f"tcp  {self.tool:<40} {self.bytes:,} bytes in {self.seconds:.3f} s = "
-            f"{self.mb_per_second:,.0f} MB/s{check}"
+            f"{self.mb_per_second:,.0f} MB/s (after {1000 * self.startup:.0f} ms of start-up){check}"
         )
 
 
@@ -76,8 +83,13 @@ def has(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-def _feed(pipe_fd: int, size: int) -> None:
-    """Write *size* bytes into *pipe_fd* (a pipe we own), then close it."""
+def _feed(pipe_fd: int, size: int, first_read: list[float]) -> None:
+    """Write *size* bytes into *pipe_fd* (a pipe we own), then close it.
+
+    Appends to *first_read* the moment the reader took its first bytes
+    (the pipe, filled by the first write, starts to empty): the transfer is
+    timed from there, so neither tool's start-up counts.
+    """
     try:
         fcntl.fcntl(pipe_fd, 1031, CHUNK)  # F_SETPIPE_SZ: fewer wake-ups
     except OSError:
@@ -85,10 +97,26 @@ def _feed(pipe_fd: int, size: int) -> None:
     block = memoryview(bytes(CHUNK))
     left = size
     try:
+        left -= os.write(pipe_fd, block[: min(left, CHUNK)])
+        _wait_first_read(pipe_fd, size - left)
+        first_read.append(time.perf_counter())
         while left:
             left -= os.write(pipe_fd, block[: min(left, CHUNK)])
     finally:
         os.close(pipe_fd)
+
+
+def _wait_first_read(pipe_fd: int, written: int, limit: float = 30.0) -> None:
+    """Return once the pipe holds less than *written* bytes, its reader is gone, or *limit* s passed."""
+    pending = array.array("i", [0])
+    reader_gone = select.poll()
+    reader_gone.register(pipe_fd, select.POLLERR)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        fcntl.ioctl(pipe_fd, termios.FIONREAD, pending)
+        if pending[0] < written or reader_gone.poll(0):
+            return
+        time.sleep(0.0002)  # deadline loop: the client is starting
 
 
 def listening_port(proc: subprocess.Popen, what: str, marker: str = "listening") -> int:
@@ -138,16 +166,26 @@ class Certificate:
         return cls(cert, key)
 
 
-def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None) -> TcpResult:
-    """Stream *size* bytes through *tool*'s client into its server (over TLS with *tls*); time it."""
+#: socat's -b when no --buffer is asked for (its own default, 8 KiB, is far slower).
+SOCAT_BUFFER = 262144
+
+
+def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, buffer: int | None = None) -> TcpResult:
+    """Stream *size* bytes through *tool*'s client into its server (over TLS with *tls*); time it.
+
+    *buffer* is the largest read or write at both ends (socketlab's
+    ``--buffer``, socat's ``-b``); None leaves socketlab's default and gives
+    socat SOCAT_BUFFER.
+    """
     if tool == "socketlab":
         tls_server = ["--tls-cert", tls.cert, "--tls-key", tls.key] if tls else []
+        sized = ["--buffer", str(buffer)] if buffer else []
         server = subprocess.Popen(
-            SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", "", *tls_server],
+            SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", "", *tls_server, *sized],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         )
         port = listening_port(server, "socketlab tcp-server")
-        client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port), *(["--tls-ca", tls.cert] if tls else [])]
+        client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port), *(["--tls-ca", tls.cert] if tls else []), *sized]
         label = f"socketlab tcp-client | tcp-server -q{' (TLS)' if tls else ''}"
     elif tool == "socat":
         port = free_port()
@@ -156,16 +194,17 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None) 
         if tls:
             listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,cert={tls.cert},key={tls.key},verify=0"
             connect = f"OPENSSL:127.0.0.1:{port},cafile={tls.cert},commonname=localhost"
+        block = str(buffer or SOCAT_BUFFER)
         server = subprocess.Popen(
-            ["socat", "-b", "262144", "-u", listen, "OPEN:/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["socat", "-b", block, "-u", listen, "OPEN:/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
             wait_listening(port, server, "socat", limit=5)
         except RuntimeError:
             stop(server)
             raise
-        client_cmd = ["socat", "-b", "262144", "-u", "STDIN", connect]
-        label = f"socat -b 262144 -u (both ends){' OPENSSL' if tls else ''}"
+        client_cmd = ["socat", "-b", block, "-u", "STDIN", connect]
+        label = f"socat -b {block} -u (both ends){' OPENSSL' if tls else ''}"
     else:
         raise ValueError(f"unknown tool {tool}")
     read_fd, write_fd = os.pipe()
@@ -177,8 +216,9 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None) 
         raise
     finally:
         os.close(read_fd)
-    start = time.perf_counter()
-    feeder = threading.Thread(target=_feed, args=(write_fd, size))
+    launched = time.perf_counter()
+    first_read: list[float] = []
+    feeder = threading.Thread(target=_feed, args=(write_fd, size, first_read))
     feeder.start()
     received = None
     try:
@@ -189,16 +229,17 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None) 
                 if match:
                     received = int(match.group(1))
                     break
-            seconds = time.perf_counter() - start
+            end = time.perf_counter()
         else:
             server.wait(600)
-            seconds = time.perf_counter() - start
+            end = time.perf_counter()
     finally:
         feeder.join()
         client.wait(60)
         server.send_signal(signal.SIGTERM)
         server.wait(10)
-    return TcpResult(label, size, seconds, received)
+    start = first_read[0] if first_read else launched
+    return TcpResult(label, size, end - start, received, buffer, round(start - launched, 4))
 
 
 def wait_listening(port: int, proc: subprocess.Popen | None = None, what: str = "the server", limit: float = 10.0) -> None:

@@ -1,0 +1,137 @@
+"""Draw docs/benchmarks.md's charts from the raw JSON that compare_peers.py writes.
+
+    pip install matplotlib        # for the docs only; socketlab does not need it
+    python docs/compare_peers.py --runs 7 --scenarios paced,flat,bulk --json runs.json
+    python docs/charts.py runs.json [--out docs/images] [--prefix bench]
+
+Writes, for the scenarios the file holds:
+
+- ``<prefix>-latency.png``: latency percentiles (p50, p90, p99, p99.9) of
+  the paced fanout per server, medians over the runs, the runs' range as
+  whiskers;
+- ``<prefix>-copies.png``: copies per second of the flat fanout per server;
+- ``<prefix>-bulk.png``: bulk TCP MB/s by buffer size, socketlab and socat.
+
+Every chart names the machine the figures come from (CPUs, model, caches).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import statistics
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PERCENTILES = ("p50", "p90", "p99", "p99.9")
+COLOURS = {"socketlab": "#2b6cb0", "node": "#68a063", "ncat": "#d69e2e", "floor": "#a0aec0", "socat": "#d69e2e"}
+
+
+def machine_line(data: dict[str, Any]) -> str:
+    facts = data.get("machine", {})
+    parts = [f"{facts.get('cpus', '?')} CPUs", facts.get("Model name", "")]
+    caches = [f"{name.split()[0]} {facts[name]}" for name in ("L1d cache", "L2 cache") if name in facts]
+    placement = data.get("placement")
+    where = f"; server on CPU {placement['server']}, load on {placement['load']}" if placement else ""
+    return ", ".join(part for part in parts + caches if part) + where
+
+
+def spread(values: list[float]) -> tuple[float, float, float]:
+    """(median, median - min, max - median): a bar and its whiskers."""
+    middle = statistics.median(values)
+    return middle, middle - min(values), max(values) - middle
+
+
+def fanouts(data: dict[str, Any], scenario: str) -> dict[str, list[dict[str, Any]]]:
+    rows = data["raw"].get(scenario, {})
+    return {peer: [r["fanout"] for r in reports if "fanout" in r] for peer, reports in rows.items()}
+
+
+def latency_chart(data: dict[str, Any], path: pathlib.Path) -> None:
+    runs = fanouts(data, "paced")
+    peers = [peer for peer in runs if runs[peer]]
+    figure, axes = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(peers)
+    for index, peer in enumerate(peers):
+        bars = [spread([run["latency_ms"][p] for run in runs[peer]]) for p in PERCENTILES]
+        positions = [x + (index - (len(peers) - 1) / 2) * width for x in range(len(PERCENTILES))]
+        axes.bar(positions, [b[0] for b in bars], width, yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+                 label=peer, color=COLOURS.get(peer), capsize=3)
+    first = runs[peers[0]][0]
+    axes.set_xticks(range(len(PERCENTILES)), PERCENTILES)
+    axes.set_ylabel("latency, ms (median of runs; whiskers: min-max)")
+    axes.set_title(f"Paced fanout: {first['clients']} clients, {first['senders']} senders x {first['rate']:g} msg/s, "
+                   f"{len(runs[peers[0]])} runs\n{machine_line(data)}", fontsize=9)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def copies_chart(data: dict[str, Any], path: pathlib.Path) -> None:
+    runs = fanouts(data, "flat")
+    peers = [peer for peer in runs if runs[peer]]
+    figure, axes = plt.subplots(figsize=(8, 3.8))
+    bars = [spread([run["copies_per_second"] / 1e6 for run in runs[peer]]) for peer in peers]
+    axes.bar(peers, [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+             color=[COLOURS.get(peer) for peer in peers], capsize=4)
+    for x, bar in enumerate(bars):
+        axes.annotate(f"{bar[0]:.2f} M", (x, bar[0]), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
+    first = runs[peers[0]][0]
+    axes.set_ylabel("million copies/s (median; whiskers: min-max)")
+    axes.set_title(f"Flat-out fanout: {first['clients']} clients, {first['senders']} senders x {first['messages']:,} "
+                   f"messages of {first['size']} bytes, {len(runs[peers[0]])} runs\n{machine_line(data)}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def bulk_chart(data: dict[str, Any], path: pathlib.Path) -> None:
+    series: dict[str, dict[int, list[float]]] = {}
+    for report in data["raw"]["bulk"]["bulk"]:
+        for run in report.get("runs", []):
+            tool = run["tool"].split()[0]
+            series.setdefault(tool, {}).setdefault(run["buffer"], []).append(run["mb_per_second"])
+    figure, axes = plt.subplots(figsize=(8, 3.8))
+    for tool, by_size in series.items():
+        sizes = sorted(by_size)
+        middles = [spread(by_size[size]) for size in sizes]
+        axes.errorbar(sizes, [m[0] for m in middles], yerr=[[m[1] for m in middles], [m[2] for m in middles]],
+                      marker="o", capsize=3, label=tool, color=COLOURS.get(tool))
+    axes.set_xscale("log", base=2)
+    sizes = sorted({size for by_size in series.values() for size in by_size})
+    axes.set_xticks(sizes, [f"{size >> 10}K" if size < 1 << 20 else f"{size >> 20}M" for size in sizes])
+    axes.set_xlabel("largest read/write at both ends (socketlab --buffer, socat -b)")
+    axes.set_ylabel("MB/s (median; whiskers: min-max)")
+    axes.set_ylim(bottom=0)
+    axes.set_title(f"Bulk TCP through a pipe, client to server\n{machine_line(data)}", fontsize=9)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", type=pathlib.Path, help="a --json file of compare_peers.py")
+    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent / "images")
+    parser.add_argument("--prefix", default="bench")
+    args = parser.parse_args()
+    data = json.loads(args.runs.read_text())
+    args.out.mkdir(parents=True, exist_ok=True)
+    drawn = []
+    for scenario, draw, name in (("paced", latency_chart, "latency"), ("flat", copies_chart, "copies"), ("bulk", bulk_chart, "bulk")):
+        if scenario in data["raw"]:
+            path = args.out / f"{args.prefix}-{name}.png"
+            draw(data, path)
+            drawn.append(str(path))
+    print("\n".join(drawn) if drawn else "no paced, flat or bulk runs in that file")
+
+
+if __name__ == "__main__":
+    main()

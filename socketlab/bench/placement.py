@@ -1,0 +1,61 @@
+"""CPU placement for benchmarks: the server under test on one CPU, the load on the others.
+
+On a small machine a load generator that shares the server's CPU sets the
+tail latency itself: a copy waits while the benchmark's own readers run.
+With ``split`` placement the server (every thread, and the threads it makes
+later) runs on the first CPU this process may use, and the benchmark's
+processes on the rest, so each side's scheduling delays stay its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable
+
+PLACEMENTS = ("shared", "split")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which CPUs the server under test and the benchmark may use (empty: no pinning)."""
+
+    server: frozenset[int] = frozenset()
+    load: frozenset[int] = frozenset()
+
+    @classmethod
+    def named(cls, name: str) -> "Placement":
+        """``shared`` (no pinning) or ``split``; RuntimeError when this machine cannot split."""
+        if name == "shared":
+            return cls()
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            raise RuntimeError(f"--placement split needs 2 CPUs, and this process may use {len(cpus)}")
+        return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
+
+    def describe(self) -> dict[str, list[int]]:
+        return {"server": sorted(self.server), "load": sorted(self.load)} if self.server else {}
+
+    def pin_load(self) -> None:
+        """Pin this process (and the processes it forks afterwards) to the load's CPUs."""
+        if self.load:
+            os.sched_setaffinity(0, self.load)
+
+    def pin_server(self, pids: Iterable[int]) -> None:
+        """Pin every thread of every process in *pids* to the server's CPUs."""
+        if self.server:
+            for pid in pids:
+                pin_process(pid, self.server)
+
+
+def pin_process(pid: int, cpus: frozenset[int]) -> None:
+    """Pin all of *pid*'s threads to *cpus* (threads it starts later inherit it); RuntimeError if it is gone."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        raise RuntimeError(f"no process {pid} to place on CPU {','.join(map(str, sorted(cpus)))}") from None
+    for thread in threads:
+        try:
+            os.sched_setaffinity(int(thread), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
