@@ -80,8 +80,8 @@ class ByteSize(click.ParamType):
 
 def buffer_option(func: F) -> F:
     return click.option(
-        "--buffer", "buffer_size", type=ByteSize(maximum=64 << 20), default="1M", show_default=True,
-        help="Largest single read or write (K, M suffixes), like socat's -b.",
+        "--buffer", "buffer_size", type=ByteSize(maximum=64 << 20), default=None,
+        help="Largest single read or write (K, M suffixes), like socat's -b.  [default: a quarter of the L2 cache, 64K-1M]",
     )(func)
 
 

@@ -7,9 +7,11 @@ import socket
 import struct
 import threading
 import time
+from typing import Any
 
 import pytest
 
+from socketlab import tcp
 from socketlab.errors import AddressError
 from socketlab.tcp import WelcomeServer, connect, exchange
 from support import TIMEOUT, has_ipv6, recv_until_closed, serving, wait_until
@@ -200,3 +202,26 @@ def test_ipv6_loopback() -> None:
     with WelcomeServer(("::1", 0), echo=True, welcome="hi") as server, serving(server):
         assert server.address_text.startswith("[::1]:")
         assert exchange("::1", server.server_address[1], b"six\n") == b"hi\nsix\n"
+
+
+def _fake_caches(root: Any, caches: list[tuple[str, str, str]]) -> str:
+    for index, (level, kind, size) in enumerate(caches):
+        folder = root / f"index{index}"
+        folder.mkdir()
+        (folder / "level").write_text(level + "\n")
+        (folder / "type").write_text(kind + "\n")
+        (folder / "size").write_text(size + "\n")
+    return str(root)
+
+
+@pytest.mark.parametrize("l2, expected", [("2048K", 512 << 10), ("1024K", 256 << 10), ("256K", 64 << 10), ("32M", 1 << 20)])
+def test_default_buffer_is_a_quarter_of_l2_within_bounds(tmp_path: Any, monkeypatch: Any, l2: str, expected: int) -> None:
+    monkeypatch.setattr(tcp, "_CACHES", _fake_caches(tmp_path, [("1", "Data", "48K"), ("1", "Instruction", "64K"), ("2", "Unified", l2)]))
+    assert tcp.default_buffer_size() == expected
+
+
+def test_default_buffer_without_cache_facts(tmp_path: Any, monkeypatch: Any) -> None:
+    monkeypatch.setattr(tcp, "_CACHES", str(tmp_path / "missing"))
+    assert tcp.default_buffer_size() == 256 << 10
+    monkeypatch.setattr(tcp, "_CACHES", _fake_caches(tmp_path, [("2", "Unified", "lots")]))
+    assert tcp.default_buffer_size() == 256 << 10
