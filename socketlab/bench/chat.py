@@ -338,20 +338,22 @@ def _receiver_worker(
     progress: Any,
     slot: int,
     checked: bool = False,
+    period: float = BULK_PERIOD,
 ) -> None:
     """A forked process that reads *socks* (opened by the parent) and reports what they saw.
 
     A *probe* worker reads the moment data arrives, checks every copy and
-    records latencies. A bulk worker reads every BULK_PERIOD seconds (at
-    once again while reads fill its buffer) and, unless *checked*, only
-    counts message endings: reading every copy costs the machine little and
-    disturbs the server under test less. *strangers* are the other clients,
+    records latencies. A bulk worker reads every *period* seconds (at once
+    again while reads fill its buffer; paced runs) or as data comes (0:
+    flat out, where pausing would pace the senders through their window)
+    and, unless *checked*, only counts messages: reading every copy costs
+    the machine little and disturbs the server under test less. *strangers* are the other clients,
     inherited through fork: closed here, they stay open in their owners.
     """
     try:
         for sock in strangers:
             sock.close()
-        if not probe:
+        if not probe and period:  # flat out, a starved reader would close its TCP window and stall the run
             _run_when_idle()
         drain_until_quiet(socks, SETTLE_QUIET, SETTLE_LIMIT)
         link.send("ready")
@@ -377,8 +379,8 @@ def _receiver_worker(
                 progress[slot] = received
             elif now - last_copy > QUIET_END or now > deadline:
                 break
-            if not probe and not getattr(loop, "filled", False):
-                time.sleep(BULK_PERIOD)
+            if period and not probe and not getattr(loop, "filled", False):
+                time.sleep(period)
         cpu = cpu_seconds() - cpu_start
         loop.analyse()
         if isinstance(loop, CountingLoop):
@@ -487,7 +489,8 @@ def run_fanout(
             strangers = [sock for sock in everyone if id(sock) not in mine]
             process = context.Process(
                 target=_receiver_worker,
-                args=(group, strangers, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all),
+                args=(group, strangers, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all,
+                      BULK_PERIOD if rate else 0.0),
                 daemon=True,
             )
             process.start()
