@@ -2,14 +2,16 @@
 
     pip install matplotlib        # for the docs only; socketlab does not need it
     python docs/compare_peers.py --runs 7 --scenarios paced,flat,bulk --json runs.json
-    python docs/charts.py runs.json [--out docs/images] [--prefix bench]
+    python docs/charts.py runs.json [more.json ...] [--out docs/images] [--prefix bench]
 
 Writes, for the scenarios the file holds:
 
 - ``<prefix>-latency.png``: latency percentiles (p50, p90, p99, p99.9) of
   the paced fanout per server, medians over the runs, the runs' range as
   whiskers;
-- ``<prefix>-copies.png``: copies per second of the flat fanout per server;
+- ``<prefix>-copies.png``: copies per second of the flat fanout (64 lines
+  per send, and one: the scenario ``lines``) per server, and the server's
+  CPU time per copy;
 - ``<prefix>-bulk.png``: bulk TCP MB/s by buffer size, socketlab and socat.
 
 Every chart names the machine the figures come from (CPUs, model, caches).
@@ -32,13 +34,17 @@ PERCENTILES = ("p50", "p90", "p99", "p99.9")
 COLOURS = {"socketlab": "#2b6cb0", "node": "#68a063", "ncat": "#d69e2e", "floor": "#a0aec0", "socat": "#d69e2e"}
 
 
-def machine_line(data: dict[str, Any]) -> str:
+def machine_line(data: dict[str, Any], placed: bool = True) -> str:
+    """The machine (CPUs, model, per-core caches) and, for chat runs, where the server and load ran."""
     facts = data.get("machine", {})
-    parts = [f"{facts.get('cpus', '?')} CPUs", facts.get("Model name", "")]
-    caches = [f"{name.split()[0]} {facts[name]}" for name in ("L1d cache", "L2 cache") if name in facts]
+    model = facts.get("Model name", "")
+    if facts.get("Hypervisor vendor"):
+        model += f" ({facts['Hypervisor vendor']})"
+    caches = [f"{name.split()[0]} {facts[name]}" for name in ("L1d per core", "L2 per core") if name in facts]
+    parts = [f"{facts.get('cpus', '?')} CPUs", model, " ".join(caches) + " per core" if caches else ""]
     placement = data.get("placement")
-    where = f"; server on CPU {placement['server']}, load on {placement['load']}" if placement else ""
-    return ", ".join(part for part in parts + caches if part) + where
+    where = f"; server on CPU {placement['server'][0]}, load on {placement['load'][0]}" if placement and placed else ""
+    return ", ".join(part for part in parts if part) + where
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:
@@ -74,18 +80,25 @@ def latency_chart(data: dict[str, Any], path: pathlib.Path) -> None:
 
 
 def copies_chart(data: dict[str, Any], path: pathlib.Path) -> None:
-    runs = fanouts(data, "flat")
-    peers = [peer for peer in runs if runs[peer]]
-    figure, axes = plt.subplots(figsize=(8, 3.8))
-    bars = [spread([run["copies_per_second"] / 1e6 for run in runs[peer]]) for peer in peers]
-    axes.bar(peers, [b[0] for b in bars], yerr=[[b[1] for b in bars], [b[2] for b in bars]],
-             color=[COLOURS.get(peer) for peer in peers], capsize=4)
-    for x, bar in enumerate(bars):
-        axes.annotate(f"{bar[0]:.2f} M", (x, bar[0]), ha="center", va="bottom", xytext=(0, 2), textcoords="offset points")
-    first = runs[peers[0]][0]
-    axes.set_ylabel("million copies/s (median; whiskers: min-max)")
-    axes.set_title(f"Flat-out fanout: {first['clients']} clients, {first['senders']} senders x {first['messages']:,} "
-                   f"messages of {first['size']} bytes, {len(runs[peers[0]])} runs\n{machine_line(data)}", fontsize=9)
+    """Copies/s flat out (64 lines per send, and one) and the server's CPU per copy, per server."""
+    scenarios = [(name, label) for name, label in (("flat", "64 lines per send"), ("lines", "1 line per send")) if name in data["raw"]]
+    peers = [peer for peer in fanouts(data, scenarios[0][0]) if fanouts(data, scenarios[0][0])[peer]]
+    figure, (rate_axes, cost_axes) = plt.subplots(1, 2, figsize=(10, 4.2))
+    width = 0.8 / len(peers)
+    for index, peer in enumerate(peers):
+        positions = [x + (index - (len(peers) - 1) / 2) * width for x in range(len(scenarios))]
+        rates = [spread([run["copies_per_second"] / 1e6 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
+        costs = [spread([run["cpu_seconds"]["server"] / run["delivered"] * 1e9 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
+        for axes, bars in ((rate_axes, rates), (cost_axes, costs)):
+            axes.bar(positions, [b[0] for b in bars], width, yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+                     label=peer, color=COLOURS.get(peer), capsize=3)
+    for axes, label in ((rate_axes, "million copies/s"), (cost_axes, "server CPU ns per copy (lower is better)")):
+        axes.set_xticks(range(len(scenarios)), [text for _, text in scenarios])
+        axes.set_ylabel(f"{label}\n(median; whiskers: min-max)")
+    rate_axes.legend(fontsize=8)
+    first = fanouts(data, scenarios[0][0])[peers[0]][0]
+    figure.suptitle(f"Flat-out fanout: {first['clients']} clients, {first['senders']} senders x {first['messages']:,} messages "
+                    f"of {first['size']} bytes, {len(fanouts(data, scenarios[0][0])[peers[0]])} runs\n{machine_line(data)}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -109,7 +122,7 @@ def bulk_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     axes.set_xlabel("largest read/write at both ends (socketlab --buffer, socat -b)")
     axes.set_ylabel("MB/s (median; whiskers: min-max)")
     axes.set_ylim(bottom=0)
-    axes.set_title(f"Bulk TCP through a pipe, client to server\n{machine_line(data)}", fontsize=9)
+    axes.set_title(f"Bulk TCP through a pipe, client to server\n{machine_line(data, placed=False)}", fontsize=9)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -118,11 +131,14 @@ def bulk_chart(data: dict[str, Any], path: pathlib.Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=pathlib.Path, help="a --json file of compare_peers.py")
+    parser.add_argument("runs", type=pathlib.Path, nargs="+", help="--json files of compare_peers.py (a later file's scenarios replace an earlier's)")
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent / "images")
     parser.add_argument("--prefix", default="bench")
     args = parser.parse_args()
-    data = json.loads(args.runs.read_text())
+    data: dict[str, Any] = {"raw": {}}
+    for runs in args.runs:
+        more = json.loads(runs.read_text())
+        data = {**data, **more, "raw": {**data["raw"], **more["raw"]}}
     args.out.mkdir(parents=True, exist_ok=True)
     drawn = []
     for scenario, draw, name in (("paced", latency_chart, "latency"), ("flat", copies_chart, "copies"), ("bulk", bulk_chart, "bulk")):

@@ -302,16 +302,24 @@ def analyse(raw: dict) -> dict:
 
 
 def machine() -> dict:
-    """This machine, as the figures must name it: CPUs, model, caches."""
+    """This machine, as the figures must name it: CPUs, model, per-core caches, hypervisor."""
     facts: dict = {"cpus": os.cpu_count()}
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return facts
+        lscpu = ""
     for line in lscpu.splitlines():
         name, _, value = line.partition(":")
-        if name.strip() in ("Model name", "L1d cache", "L2 cache", "L3 cache"):
+        if name.strip() in ("Model name", "Hypervisor vendor"):
             facts[name.strip()] = " ".join(value.split())
+    caches = pathlib.Path("/sys/devices/system/cpu/cpu0/cache")
+    for index in sorted(caches.glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        if kind != "Instruction":
+            facts[f"L{level}{'d' if kind == 'Data' else ''} per core" if level != "3" else "L3"] = size
     return facts
 
 
