@@ -240,6 +240,9 @@ def drain_until_quiet(socks: list[Any], quiet: float, limit: float) -> int:
 class ReceiveLoop:
     """Reads a set of client sockets with epoll, feeding each one's Receipts."""
 
+    #: Reads never fill a buffer here (see CountingLoop.filled).
+    filled = False
+
     def __init__(
         self,
         socks: list[Any],
@@ -347,8 +350,9 @@ def _receiver_worker(
     again while reads fill its buffer; paced runs) or as data comes (0:
     flat out, where pausing would pace the senders through their window)
     and, unless *checked*, only counts messages: reading every copy costs
-    the machine little and disturbs the server under test less. *strangers* are the other clients,
-    inherited through fork: closed here, they stay open in their owners.
+    the machine little and disturbs the server under test less. *strangers*
+    are the other clients, inherited through fork: closed here, they stay
+    open in their owners.
     """
     try:
         for sock in strangers:
@@ -379,7 +383,7 @@ def _receiver_worker(
                 progress[slot] = received
             elif now - last_copy > QUIET_END or now > deadline:
                 break
-            if period and not probe and not getattr(loop, "filled", False):
+            if period and not probe and not loop.filled:
                 time.sleep(period)
         cpu = cpu_seconds() - cpu_start
         loop.analyse()
