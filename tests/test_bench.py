@@ -140,6 +140,9 @@ def test_bench_chat_own_server_small_run_is_clean() -> None:
     assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
     assert fanout["copies_per_second"] > 0 and 0 < fanout["latency_ms"]["p50"] <= fanout["latency_ms"]["p99"] <= fanout["latency_ms"]["max"]
     assert fanout["server_rss_kib"]["peak"] > 0
+    positions = fanout["latency_by_position"]
+    assert [row["position"] for row in positions] == [0, 1, 2, 3, 4, 5]  # six receivers, all probes
+    assert all(0 < row["p50"] <= row["p99"] <= fanout["latency_ms"]["max"] for row in positions)
 
 
 def test_bench_chat_text_report_and_slow_scenario() -> None:

@@ -71,6 +71,8 @@ class FanoutResult:
     server_rss_kib: dict[str, int] = field(default_factory=dict)
     #: Bytes a flooding client beside the run got into the server's direction (0: none ran).
     flooder_bytes: int = 0
+    #: Each probe's p50 and p99 (ms) by its place in the receivers' join order (0: joined first).
+    latency_by_position: list[dict[str, float]] = field(default_factory=list)
 
 
 def rss_kib(pid: int | Sequence[int]) -> int:
@@ -279,6 +281,10 @@ class ReceiveLoop:
             receipts.analyse()
         self._poller.close()
 
+    def latencies_by_socket(self) -> list[list[int]]:
+        """Each socket's latencies (ns), in the order the sockets were given."""
+        return [receipts.latencies_ns for _sock, receipts in self._by_fd.values()]
+
 
 class CountingLoop:
     """Bulk readers that only count messages, at C speed: the ``$`` that ends each one.
@@ -389,7 +395,13 @@ def _receiver_worker(
         loop.analyse()
         if isinstance(loop, CountingLoop):
             totals.delivered = received
+        by_socket = []
+        if probe and isinstance(loop, ReceiveLoop):
+            for latencies in loop.latencies_by_socket():
+                latencies.sort()
+                by_socket.append([percentile(latencies, 0.5), percentile(latencies, 0.99)])
         link.send({
+            "by_socket": by_socket,
             "delivered": totals.delivered,
             "duplicates": totals.duplicates,
             "order_violations": totals.order_violations,
@@ -516,7 +528,7 @@ def run_fanout(
             processes.append(flooding[0])
         result = _drive_senders(
             socks, links, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before,
-            window, batch, received_by_worker,
+            window, batch, received_by_worker, sorted(probe_at),
         )
         if flooding is not None and flooding[1].poll(time_limit):
             result.flooder_bytes = flooding[1].recv()
@@ -545,6 +557,7 @@ def _drive_senders(
     window: int,
     batch: int,
     received_by_worker: Any,
+    probe_positions: list[int],
 ) -> FanoutResult:
     totals = Totals()
     loop = ReceiveLoop(socks, totals, senders, messages, list(range(senders)), timed=False)
@@ -618,6 +631,7 @@ def _drive_senders(
         cpu["server"] = round(cpu_seconds(server_pid) - server_cpu, 3)
     loop.analyse()
     last_copies = [last_copy] if received else []
+    by_socket: list[list[int]] = []
     for link in links:
         if not link.poll(time_limit + QUIET_END + 5):
             raise RuntimeError("a receiver process did not report")
@@ -627,6 +641,7 @@ def _drive_senders(
         totals.order_violations += report["order_violations"]
         totals.garbled += report["garbled"]
         totals.latencies_ns.extend(array.array("q", report["latencies"]))
+        by_socket += report["by_socket"]
         last_copies.append(report["last_copy"])
         cpu["bench_receivers"] = round(cpu.get("bench_receivers", 0.0) + report["cpu"], 3)
     if server_pid:
@@ -658,6 +673,10 @@ def _drive_senders(
         },
         cpu_seconds=cpu,
         server_rss_kib={"before": rss_before, "peak": peak_rss} if server_pid else {},
+        latency_by_position=[
+            {"position": position, "p50": round(p50 / 1e6, 3), "p99": round(p99 / 1e6, 3)}
+            for position, (p50, p99) in zip(probe_positions, by_socket, strict=False)
+        ],
     )
 
 

@@ -17,6 +17,9 @@ def fanout_lines(title: str, result: Any) -> list[str]:
         f"  latency     p50 {result.latency_ms['p50']:.3f} ms   p99 {result.latency_ms['p99']:.3f} ms   "
         f"max {result.latency_ms['max']:.3f} ms",
     ]
+    if result.latency_by_position:
+        lines.append("  p99 by join position  " + "   ".join(
+            f"{row['position']}: {row['p99']:.3f}" for row in result.latency_by_position) + " ms")
     cpu = result.cpu_seconds
     if cpu:
         parts = [f"{name.replace('_', ' ')} {seconds:.2f} s" for name, seconds in cpu.items()]

@@ -75,6 +75,8 @@ class Receipts:
         self._last = [-1] * senders
         self._held: list[tuple[int, list[bytes]]] = []
         self._held_count = 0
+        #: This receiver's own latencies (also added to the totals'), when timed.
+        self.latencies_ns: list[int] = []
 
     def feed(self, data: bytes, now_ns: int) -> int:
         """Account for *data*, received at *now_ns*; return the well-formed messages in it."""
@@ -104,7 +106,7 @@ class Receipts:
         """Check the held tags: duplicates, order, latency."""
         totals = self.totals
         seen, last, own = self._seen, self._last, self.own
-        latencies = totals.latencies_ns if self.timed else None
+        timed = self.timed
         for now_ns, tags in self._held:
             for tag in tags:
                 sender_text, seq_text, sent_text = tag.split(b".")
@@ -125,8 +127,10 @@ class Receipts:
                     totals.order_violations += 1
                 else:
                     last[sender] = seq
-                if latencies is not None:
-                    latencies.append(now_ns - int(sent_text))
+                if timed:
+                    latency = now_ns - int(sent_text)
+                    totals.latencies_ns.append(latency)
+                    self.latencies_ns.append(latency)
         self._held = []
         self._held_count = 0
 
