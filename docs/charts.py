@@ -1,6 +1,6 @@
 """Draw docs/benchmarks.md's charts from the raw JSON that compare_peers.py writes.
 
-    pip install matplotlib        # for the docs only; socketlab does not need it
+    pip install '.[docs]'         # matplotlib, for the docs only; socketlab does not need it
     python docs/compare_peers.py --runs 7 --scenarios paced,flat,bulk --json runs.json
     python docs/charts.py runs.json [more.json ...] [--out docs/images] [--prefix bench]
 
