@@ -137,7 +137,10 @@ def main() -> None:
     args = parser.parse_args()
     data: dict[str, Any] = {"raw": {}}
     for runs in args.runs:
-        more = json.loads(runs.read_text())
+        try:
+            more = json.loads(runs.read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"cannot read {runs}: {error}")
         data = {**data, **more, "raw": {**data["raw"], **more["raw"]}}
     args.out.mkdir(parents=True, exist_ok=True)
     drawn = []

@@ -685,7 +685,11 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | N
     sizes: list[int | None] = [None]
     if buffers:
         parse = ByteSize(maximum=64 << 20)
-        sizes = [parse.convert(text.strip(), None, None) for text in buffers.split(",")]
+        try:
+            sizes = [parse.convert(text.strip(), None, None) for text in buffers.split(",")]
+        except click.BadParameter as error:
+            error.param_hint = "'--buffer'"
+            raise
     tools = ["socketlab"] + (["socat"] if peers and transfer.has("socat") else [])
     results = []
     workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
