@@ -43,7 +43,8 @@ def machine_line(data: dict[str, Any], placed: bool = True) -> str:
     caches = [f"{name.split()[0]} {facts[name]}" for name in ("L1d per core", "L2 per core") if name in facts]
     parts = [f"{facts.get('cpus', '?')} CPUs", model, " ".join(caches) + " per core" if caches else ""]
     placement = data.get("placement")
-    where = f"; server on CPU {placement['server'][0]}, load on {placement['load'][0]}" if placement and placed else ""
+    cpus = lambda numbers: ",".join(map(str, numbers))  # noqa: E731
+    where = f"; server on CPU {cpus(placement['server'])}, load on {cpus(placement['load'])}" if placement and placed else ""
     return ", ".join(part for part in parts if part) + where
 
 
@@ -82,13 +83,14 @@ def latency_chart(data: dict[str, Any], path: pathlib.Path) -> None:
 def copies_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     """Copies/s flat out (64 lines per send, and one) and the server's CPU per copy, per server."""
     scenarios = [(name, label) for name, label in (("flat", "64 lines per send"), ("lines", "1 line per send")) if name in data["raw"]]
-    peers = [peer for peer in fanouts(data, scenarios[0][0]) if fanouts(data, scenarios[0][0])[peer]]
+    # Peers with runs in every scenario drawn, so that every bar has its figures.
+    peers = [peer for peer in fanouts(data, scenarios[0][0]) if all(fanouts(data, name).get(peer) for name, _ in scenarios)]
     figure, (rate_axes, cost_axes) = plt.subplots(1, 2, figsize=(10, 4.2))
     width = 0.8 / len(peers)
     for index, peer in enumerate(peers):
         positions = [x + (index - (len(peers) - 1) / 2) * width for x in range(len(scenarios))]
         rates = [spread([run["copies_per_second"] / 1e6 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
-        costs = [spread([run["cpu_seconds"]["server"] / run["delivered"] * 1e9 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
+        costs = [spread([run["cpu_seconds"].get("server", 0) / max(run["delivered"], 1) * 1e9 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
         for axes, bars in ((rate_axes, rates), (cost_axes, costs)):
             axes.bar(positions, [b[0] for b in bars], width, yerr=[[b[1] for b in bars], [b[2] for b in bars]],
                      label=peer, color=COLOURS.get(peer), capsize=3)
@@ -141,7 +143,11 @@ def main() -> None:
             more = json.loads(runs.read_text())
         except (OSError, ValueError) as error:
             parser.error(f"cannot read {runs}: {error}")
-        data = {**data, **more, "raw": {**data["raw"], **more["raw"]}}
+        if "machine" in data and more.get("machine") != data["machine"]:
+            parser.error(f"{runs} comes from another machine than the files before it: one chart, one machine")
+        if data.get("placement") and more.get("placement") and more["placement"] != data["placement"]:
+            parser.error(f"{runs} used another CPU placement than the files before it")
+        data = {**data, **more, "raw": {**data["raw"], **more["raw"]}, "placement": data.get("placement") or more.get("placement")}
     args.out.mkdir(parents=True, exist_ok=True)
     drawn = []
     for scenario, draw, name in (("paced", latency_chart, "latency"), ("flat", copies_chart, "copies"), ("bulk", bulk_chart, "bulk")):

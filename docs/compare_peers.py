@@ -65,7 +65,7 @@ DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.j
 SCENARIOS = {
     "flat": ["--messages", "20000"],
     "lines": ["--messages", "20000", "--batch", "1"],
-    "capacity": ["--messages", "20000", "--check", "probes"],
+    "checked": ["--messages", "20000", "--check", "all"],
     "paced": ["--rate", "250", "--messages", "2000"],
     "slow": ["--scenario", "slow", "--messages", "20000"],
     "connections": ["--scenario", "connections", "--clients", "2000"],
@@ -227,7 +227,7 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         "server_cpu_s": med([r["cpu_seconds"].get("server", 0) for r in rows]),
         "server_ns_per_copy": med([server_ns_per_copy(r) for r in rows]),
         "bench_cpu_s": med([bench_cpu(r) for r in rows]),
-        "load_busy": med([round(bench_cpu(r) / r["seconds"] / load_cpus(ok[0]), 3) for r in rows]),
+        "load_busy": med([round(bench_cpu(r) / max(r["seconds"], 1e-3) / load_cpus(ok[0]), 3) for r in rows]),
         **({"redis_commands": med([r["redis"]["commands"] for r in ok]),
             "redis_cpu_s": med([r["redis"]["cpu_seconds"] for r in ok])} if all("redis" in r for r in ok) else {}),
         "rss_growth_kib": med([r["server_rss_kib"]["peak"] - r["server_rss_kib"]["before"] for r in rows]),
@@ -353,6 +353,9 @@ def main() -> None:
         "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),
     }
     peers = [peer for peer in args.peers.split(",") if installed.get(peer)]
+    unknown = [name for name in args.scenarios.split(",") if name not in SCENARIOS and name not in OTHER_SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario {unknown[0]!r}: choose from {', '.join([*SCENARIOS, *OTHER_SCENARIOS])}")
     global PLACEMENT
     PLACEMENT = Placement.named(args.placement)
     if "tls" in peers:
@@ -373,9 +376,12 @@ def main() -> None:
                 report = bench(peer, scenario, args.node_server, args.bench_args.split(), args.build)
                 raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)
+    facts = {"machine": machine(), "placement": PLACEMENT.describe(), "raw": raw}
+    if args.json:  # the runs first: an analysis that fails must not lose them (--reanalyse)
+        args.json.write_text(json.dumps(facts, indent=1))
     table = analyse(raw)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "placement": PLACEMENT.describe(), "raw": raw, "summary": table}, indent=1))
+        args.json.write_text(json.dumps({**facts, "summary": table}, indent=1))
     print(json.dumps(table, indent=1))
 
 

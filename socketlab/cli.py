@@ -23,6 +23,9 @@ from socketlab.errors import SocketlabError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: bench chat --placement: the names Placement.named() takes (spelled here to keep start-up light).
+PLACEMENTS = ("shared", "split")
+
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
@@ -549,7 +552,7 @@ def clear_progress() -> None:
 @click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
 @click.option("--batch", type=click.IntRange(1, 1000), default=64, show_default=True, help="Flat out: lines per send (1: one line per send, as people type).")
 @click.option("--check", type=click.Choice(["probes", "all"]), default="probes", show_default=True, help="Bulk readers only count lines (probes and senders check theirs), or every copy is checked (a costlier instrument).")
-@click.option("--placement", type=click.Choice(["shared", "split"]), default="shared", show_default=True, help="split: the server on the first CPU, the benchmark on the others (needs its PIDs for a --target).")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default="shared", show_default=True, help="split: the server on the first CPU, the benchmark on the others (needs its PIDs for a --target).")
 @click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
 @click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
 @click.option("--abusers", type=click.IntRange(1, 200), default=40, show_default=True, help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.")
@@ -612,14 +615,16 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
             own = chat_bench.OwnServer(server_options, web=web)
             address = ("127.0.0.1", own.web_port or own.port)
             pids = own.pid
-        cpus.pin_server([pids] if isinstance(pids, int) else pids or [])
-        cpus.pin_load()
     progress = None if as_json else progress_printer()
-    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {pids})", "placement": cpus.describe()}
+    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {pids})"}
     kind = chat_bench.ClientKind(web=web, tls=tls_context)
     lines: list[str] = []
     with bench_errors():
         try:
+            server_pids = [pids] if isinstance(pids, int) else pids or []
+            cpus.pin_server(server_pids)
+            cpus.pin_load()
+            output["placement"] = cpus.observed(server_pids)
             options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, batch=batch, check_all=check == "all", kind=kind)
             if scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
@@ -668,7 +673,8 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | N
     """Bulk TCP: a stream through tcp-client into tcp-server -q, in MB/s.
 
     The data comes from this process through a pipe (no file on disk) and
-    is timed until the server has counted every byte.
+    is timed from the client's first read until the server has counted
+    every byte; each tool's start-up is reported apart.
 
     \b
     Examples:

@@ -267,7 +267,8 @@ TWO_CPUS = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="placemen
 
 @TWO_CPUS
 def test_bench_chat_split_placement_pins_server_and_load() -> None:
-    """--placement split: the server's threads on the first CPU, the benchmark on the others; reported."""
+    """--placement split: the server's threads on the first CPU, the benchmark on the others, as the
+    kernel reports them after pinning."""
     cpus = sorted(os.sched_getaffinity(0))
     expected = Placement.named("split").describe()
     assert expected == {"server": cpus[:1], "load": cpus[1:]}

@@ -182,11 +182,14 @@ def open_clients(target: "tuple[str, int] | Targets", count: int, rcvbuf: int | 
     socks: list[Any] = []
     for index in range(count):
         address = targets.pick(index)
-        sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
+            sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+        except OSError:  # out of file descriptors: the caller reports how many connected
+            break
+        try:
+            if rcvbuf:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(5)
             sock.connect(address)
             client = BenchClient(sock, address, kind.web, kind.tls) if kind != PLAIN else sock
@@ -242,7 +245,7 @@ def drain_until_quiet(socks: list[Any], quiet: float, limit: float) -> int:
 class ReceiveLoop:
     """Reads a set of client sockets with epoll, feeding each one's Receipts."""
 
-    #: Reads never fill a buffer here (see CountingLoop.filled).
+    #: Whether a read filled its buffer is not tracked here: probes read at once anyway (see CountingLoop.filled).
     filled = False
 
     def __init__(
@@ -481,6 +484,7 @@ def run_fanout(
         raise ValueError("need at least one sender and one more client")
     receivers = clients - senders
     targets = Targets.of(address)
+    raise_open_file_limit()  # this process opens every client
     # Every client is opened here, in one order, so the probes sit evenly among the receivers in
     # the order the server got them (a server that delivers in join order is timed at its start,
     # middle and end alike); the workers inherit their clients through fork.
@@ -497,7 +501,9 @@ def run_fanout(
     groups = [([receiving[index] for index in sorted(probe_at)], True)] + [(bulk[i::workers], False) for i in range(workers)]
     context = multiprocessing.get_context("fork")
     received_by_worker = context.Array("q", len(groups), lock=False)
-    links, processes = [], []
+    links: list[Any] = []
+    processes: list[Any] = []
+    slow: list[Any] = []
     try:
         for slot, (group, probe) in enumerate(groups):
             parent, child = context.Pipe()
@@ -532,10 +538,10 @@ def run_fanout(
         )
         if flooding is not None and flooding[1].poll(time_limit):
             result.flooder_bytes = flooding[1].recv()
-        for sock in socks + slow:
-            sock.close()
         return result
     finally:
+        for resource in everyone + slow + links:  # closing twice is harmless
+            resource.close()
         for process in processes:
             process.join(1)
             if process.is_alive():

@@ -13,8 +13,6 @@ import os
 from dataclasses import dataclass
 from typing import Iterable
 
-PLACEMENTS = ("shared", "split")
-
 
 @dataclass(frozen=True)
 class Placement:
@@ -41,6 +39,13 @@ class Placement:
         if self.load:
             os.sched_setaffinity(0, self.load)
 
+    def observed(self, pids: Iterable[int]) -> dict[str, list[int]]:
+        """Where the servers' main threads and this process may run now (empty when nothing was pinned)."""
+        if not self.server:
+            return {}
+        server = sorted({cpu for pid in pids for cpu in os.sched_getaffinity(pid)})
+        return {"server": server, "load": sorted(os.sched_getaffinity(0))}
+
     def pin_server(self, pids: Iterable[int]) -> None:
         """Pin every thread of every process in *pids* to the server's CPUs."""
         if self.server:
@@ -49,13 +54,21 @@ class Placement:
 
 
 def pin_process(pid: int, cpus: frozenset[int]) -> None:
-    """Pin all of *pid*'s threads to *cpus* (threads it starts later inherit it); RuntimeError if it is gone."""
+    """Pin all of *pid*'s threads to *cpus* (threads it starts later inherit it).
+
+    The pinning outlasts the benchmark: a server given with ``--server-pid``
+    stays on those CPUs. RuntimeError if the process is gone or may not be
+    moved (another user's).
+    """
+    where = f"CPU {','.join(map(str, sorted(cpus)))}"
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        raise RuntimeError(f"no process {pid} to place on CPU {','.join(map(str, sorted(cpus)))}") from None
+        raise RuntimeError(f"no process {pid} to place on {where}") from None
     for thread in threads:
         try:
             os.sched_setaffinity(int(thread), cpus)
-        except OSError:  # the thread ended meanwhile
+        except ProcessLookupError:  # the thread ended meanwhile
             pass
+        except OSError as error:
+            raise RuntimeError(f"cannot place process {pid} on {where}: {error.strerror}") from None

@@ -10,7 +10,6 @@ only when installed.
 
 from __future__ import annotations
 
-import array
 import fcntl
 import os
 import re
@@ -20,7 +19,6 @@ import signal
 import socket
 import subprocess
 import sys
-import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -83,12 +81,13 @@ def has(tool: str) -> bool:
     return shutil.which(tool) is not None
 
 
-def _feed(pipe_fd: int, size: int, first_read: list[float]) -> None:
+def _feed(pipe_fd: int, size: int, first_read: list[float], failed: list[OSError]) -> None:
     """Write *size* bytes into *pipe_fd* (a pipe we own), then close it.
 
     Appends to *first_read* the moment the reader took its first bytes
-    (the pipe, filled by the first write, starts to empty): the transfer is
-    timed from there, so neither tool's start-up counts.
+    (the pipe, filled by the first write, has room again): the transfer is
+    timed from there, so neither tool's start-up counts. A reader that
+    stops early leaves its error in *failed*.
     """
     try:
         fcntl.fcntl(pipe_fd, 1031, CHUNK)  # F_SETPIPE_SZ: fewer wake-ups
@@ -98,25 +97,21 @@ def _feed(pipe_fd: int, size: int, first_read: list[float]) -> None:
     left = size
     try:
         left -= os.write(pipe_fd, block[: min(left, CHUNK)])
-        _wait_first_read(pipe_fd, size - left)
+        _wait_first_read(pipe_fd)
         first_read.append(time.perf_counter())
         while left:
             left -= os.write(pipe_fd, block[: min(left, CHUNK)])
+    except OSError as error:  # the client went away (BrokenPipeError) or the pipe failed
+        failed.append(error)
     finally:
         os.close(pipe_fd)
 
 
-def _wait_first_read(pipe_fd: int, written: int, limit: float = 30.0) -> None:
-    """Return once the pipe holds less than *written* bytes, its reader is gone, or *limit* s passed."""
-    pending = array.array("i", [0])
-    reader_gone = select.poll()
-    reader_gone.register(pipe_fd, select.POLLERR)
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        fcntl.ioctl(pipe_fd, termios.FIONREAD, pending)
-        if pending[0] < written or reader_gone.poll(0):
-            return
-        time.sleep(0.0002)  # deadline loop: the client is starting
+def _wait_first_read(pipe_fd: int, limit: float = 30.0) -> None:
+    """Wait (without spinning) until the full pipe has room again, its reader is gone, or *limit* s pass."""
+    poller = select.poll()
+    poller.register(pipe_fd, select.POLLOUT | select.POLLERR)
+    poller.poll(limit * 1000)
 
 
 def listening_port(proc: subprocess.Popen, what: str, marker: str = "listening") -> int:
@@ -218,7 +213,8 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, 
         os.close(read_fd)
     launched = time.perf_counter()
     first_read: list[float] = []
-    feeder = threading.Thread(target=_feed, args=(write_fd, size, first_read))
+    failed: list[OSError] = []
+    feeder = threading.Thread(target=_feed, args=(write_fd, size, first_read, failed))
     feeder.start()
     received = None
     try:
@@ -238,6 +234,8 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, 
         client.wait(60)
         server.send_signal(signal.SIGTERM)
         server.wait(10)
+    if failed:
+        raise RuntimeError(f"{label} stopped reading its input: {failed[0].strerror or failed[0]}")
     start = first_read[0] if first_read else launched
     return TcpResult(label, size, end - start, received, buffer, round(start - launched, 4))
 
