@@ -43,7 +43,8 @@ SETTLE_QUIET = 0.3
 SETTLE_LIMIT = 10.0
 #: Bulk receivers read this often; probe receivers read at once and time every copy. Measured
 #: paced (machine B): reading at once doubled the server's CPU (every copy woke a reader), and
-#: reading every 20 ms doubled it too, with a 3x p99; 5 ms cost both sides least.
+#: reading every 20 ms doubled it too, with a 3x p99 (delayed ACKs on the server's CPU, it seems:
+#: docs/benchmarks.md); 5 ms cost both sides least.
 BULK_PERIOD = 0.005
 #: Receiving clients whose every copy is timed (in their own process).
 PROBES = 8
