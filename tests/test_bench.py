@@ -299,3 +299,14 @@ def test_bench_tcp_bad_buffer_is_one_line(value: str, message: str) -> None:
     result = run_cli("bench", "tcp", "--size", "1M", "--no-peers", "--buffer", value)
     assert result.returncode == 2
     assert result.stderr.decode().splitlines()[-1].endswith(message)
+
+
+@pytest.mark.parametrize("transport", [["--tls"], ["--transport", "ws"], ["--transport", "ws", "--tls"]], ids=["tls", "ws", "wss"])
+def test_bench_chat_over_tls_and_websocket_counts_every_copy(transport: list[str]) -> None:
+    """Clients over TLS and/or WebSocket, inherited by the probe and bulk processes: every copy arrives and is counted."""
+    result = run_cli("bench", "chat", *transport, "--clients", "12", "--senders", "2", "--messages", "50", "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    fanout = json.loads(result.stdout)["fanout"]
+    assert fanout["expected"] == fanout["delivered"] == 2 * 50 * 11  # 8 probes, 2 bulk readers, 2 senders
+    assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
+    assert [row["position"] for row in fanout["latency_by_position"]] == [0, 1, 3, 4, 5, 6, 8, 9]
