@@ -310,3 +310,14 @@ def test_bench_chat_over_tls_and_websocket_counts_every_copy(transport: list[str
     assert fanout["expected"] == fanout["delivered"] == 2 * 50 * 11  # 8 probes, 2 bulk readers, 2 senders
     assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
     assert [row["position"] for row in fanout["latency_by_position"]] == [0, 1, 3, 4, 5, 6, 8, 9]
+
+
+@TWO_CPUS
+def test_bench_chat_split_placement_of_a_missing_server_is_one_line() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        pid = 2**22 + 1  # above Linux's largest PID
+        result = run_cli("bench", "chat", "--target", f"127.0.0.1:{port}", "--server-pid", str(pid), "--placement", "split")
+    assert result.returncode == 1
+    assert result.stderr.decode() == f"Error: no process {pid} to place on CPU {sorted(os.sched_getaffinity(0))[0]}\n"
