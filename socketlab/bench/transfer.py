@@ -2,7 +2,8 @@
 
 ``run_tcp`` streams ``size`` bytes from this process through a client
 command into a receiving server command and times it from the client's
-first read until the receiver has everything (start-up is reported apart); ``run_udp`` sends ``count`` datagrams flat out into a
+first read until the receiver has everything (start-up is reported
+apart); ``run_udp`` sends ``count`` datagrams flat out into a
 receiver and counts what arrived. The same source feeds every tool, so the
 figures compare the tools, not the harness. Peers (socat, ncat) are run
 only when installed.
