@@ -77,7 +77,8 @@ OTHER_SCENARIOS = ("bulk",)
 def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
     if peer in ("socketlab", "build", "ws", "tls"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
-        if peer != "build":  # flood control off, like the peers (an older build has none)
+        # Flood control off, like the peers (if the build has it).
+        if peer != "build" or "--max-rate" in (build / "socketlab" / "cli.py").read_text():  # type: ignore[operator]
             command += ["--max-rate", "0"]
         if peer == "ws":
             command += ["--web", str(web_port)]

@@ -204,16 +204,13 @@ class ChatServer(ConnectionServer):
             conns: list[Connection] = []
             for sock, address in accepted:
                 tls = TlsLayer(self.tls_context, server_side=True)
-                outbox = TlsOutbox(sock, self.max_backlog, self.writer, tls)
+                outbox = self._outbox(sock, tls)
                 conns.append(LineConnection(sock, format_address(address), outbox, self.max_line, tls, deadline))
             with self.lock:
                 self._handshaking.update(conns)
             self.reader.add(self._gated(conns))
             return
-        conns = [
-            LineConnection(sock, format_address(address), Outbox(sock, self.max_backlog, self.writer), self.max_line)
-            for sock, address in accepted
-        ]
+        conns = [LineConnection(sock, format_address(address), self._outbox(sock), self.max_line) for sock, address in accepted]
         if self._join(conns):
             self.reader.add(self._gated(conns))
 
@@ -277,10 +274,15 @@ class ChatServer(ConnectionServer):
         assert self.web_site is not None
         session = WebSession(self.web_site, now)
         if self.tls_context is None:
-            return WebConnection(sock, peer, Outbox(sock, self.max_backlog, self.writer), session, self.lock)
+            return WebConnection(sock, peer, self._outbox(sock), session, self.lock)
         tls = TlsLayer(self.tls_context, server_side=True)
-        outbox = TlsOutbox(sock, self.max_backlog, self.writer, tls)
-        return WebConnection(sock, peer, outbox, session, self.lock, tls, now + self.handshake_timeout)
+        return WebConnection(sock, peer, self._outbox(sock, tls), session, self.lock, tls, now + self.handshake_timeout)
+
+    def _outbox(self, sock: socket.socket, tls: TlsLayer | None = None) -> Outbox:
+        """A new client's outbox, encrypting with *tls* if given."""
+        if tls is None:
+            return Outbox(sock, self.max_backlog, self.writer)
+        return TlsOutbox(sock, self.max_backlog, self.writer, tls)
 
     def join_late(self, conn: Connection) -> None:
         """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread)."""
