@@ -59,6 +59,8 @@ def test_what_the_kernel_does_not_take_waits_in_the_backlog_in_order() -> None:
     box.flush()
     assert slow_sock.sends[-1] == b"\nsecond\nthird\n"
     assert box.size == 0 and writer.watched == []
+    ChatService.deliver([([slow], b"fourth\n")])  # drained: straight to the kernel again
+    assert slow_sock.sends[-1] == b"fourth\n" and box.size == 0
 
 
 def test_a_receiver_over_its_backlog_limit_is_dropped_as_too_slow() -> None:
@@ -71,3 +73,6 @@ def test_a_receiver_over_its_backlog_limit_is_dropped_as_too_slow() -> None:
     box = slow.transport.outbox
     assert box.closed and box.reason == "too slow"
     assert box.size == 0
+    sends = list(stuck.sends)
+    ChatService.deliver([([slow], b"later\n")])  # closed: nothing is sent or kept
+    assert stuck.sends == sends and box.size == 0

@@ -37,14 +37,17 @@ class Outbox:
     which the reader loop sees as the client leaving; ``reason`` says why.
     """
 
-    __slots__ = ("sock", "limit", "writer", "chunks", "size", "closed", "reason", "ending")
+    __slots__ = ("sock", "send_now", "limit", "writer", "chunks", "size", "idle", "closed", "reason", "ending")
 
     def __init__(self, sock: socket.socket, limit: int, writer: "BacklogWriter") -> None:
         self.sock = sock
+        self.send_now = sock.send
         self.limit = limit
         self.writer = writer
         self.chunks: list[bytes] = []
         self.size = 0
+        #: Nothing waiting and not closed: write() sends at once (one test on the hot path).
+        self.idle = True
         self.closed = False
         self.reason: str | None = None
         #: end() was called: fail with this reason once the backlog is sent.
@@ -57,26 +60,27 @@ class Outbox:
     def write(self, data: bytes) -> None:
         """Send *data* now if nothing is waiting, else queue it behind the backlog.
 
-        The relay's hot path: one non-blocking send() when the kernel takes it all.
+        The relay's hot path, once per receiver of every line: one non-blocking
+        send() when the kernel takes it all.
         """
-        if self.size or self.closed:
-            if self.closed or self.ending is not None:  # nothing goes out after a goodbye
+        if self.idle:
+            try:
+                sent = self.send_now(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as error:
+                self.fail(reason_for(error))
                 return
-            if self.size + len(data) > self.limit:
-                self.fail("too slow")
-                return
-            self.chunks.append(data)
-            self.size += len(data)
+            if sent != len(data):
+                self._backlog(data[sent:])
             return
-        try:
-            sent = self.sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as error:
-            self.fail(reason_for(error))
+        if self.closed or self.ending is not None:  # nothing goes out after a goodbye
             return
-        if sent != len(data):
-            self._backlog(data[sent:])
+        if self.size + len(data) > self.limit:
+            self.fail("too slow")
+            return
+        self.chunks.append(data)
+        self.size += len(data)
 
     def _backlog(self, rest: bytes) -> None:
         """Start a backlog with *rest* and have the BacklogWriter send it."""
@@ -85,6 +89,7 @@ class Outbox:
             return
         self.chunks.append(rest)
         self.size = len(rest)
+        self.idle = False
         self.writer.watch(self)
 
     def flush(self) -> None:
@@ -102,6 +107,7 @@ class Outbox:
         if sent == len(data):
             self.chunks = []
             self.size = 0
+            self.idle = True
             self.writer.unwatch(self)
             if self.ending is not None:
                 self.fail(self.ending)
@@ -133,6 +139,7 @@ class Outbox:
         """Stop writing for good (the socket is being closed)."""
         if self.size:  # only a backlog is watched
             self.writer.unwatch(self)
+        self.idle = False
         self.closed = True
         self.chunks = []
         self.size = 0
