@@ -15,7 +15,7 @@ import pytest
 from socketlab.bench.chat import CountingLoop, fanout_step, spread
 from socketlab.bench.placement import Placement
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
-from support import TIMEOUT, run_cli
+from support import TIMEOUT, CliServer, run_cli
 
 
 def test_make_message_is_exactly_size_bytes() -> None:
@@ -294,6 +294,20 @@ def test_bench_chat_split_placement_pins_server_and_load() -> None:
     report = json.loads(result.stdout)
     assert report["placement"] == expected
     assert report["fanout"]["delivered"] == report["fanout"]["expected"] == 2 * 50 * 5
+
+
+@TWO_CPUS
+def test_bench_chat_split_placement_gives_a_target_its_cpus_back() -> None:
+    """A --target server is on the first CPU during the run, every thread of it, and where it was before after."""
+    cpus = set(os.sched_getaffinity(0))
+    with CliServer("chat", "serve", "--port", "0", "--max-rate", "0") as server:
+        pid = server.proc.pid
+        result = run_cli("bench", "chat", "--target", f"127.0.0.1:{server.port}", "--server-pid", str(pid), "--clients", "6",
+                         "--senders", "2", "--messages", "50", "--placement", "split", "--json", timeout=TIMEOUT * 3)
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["placement"]["server"] == sorted(cpus)[:1]
+        threads = os.listdir(f"/proc/{pid}/task")
+        assert len(threads) > 1 and all(os.sched_getaffinity(int(tid)) == cpus for tid in threads)
 
 
 def test_bench_chat_split_placement_with_a_target_needs_its_pid() -> None:

@@ -46,21 +46,39 @@ class Placement:
         server = sorted({cpu for pid in pids for cpu in os.sched_getaffinity(pid)})
         return {"server": server, "load": sorted(os.sched_getaffinity(0))}
 
-    def pin_server(self, pids: Iterable[int]) -> None:
-        """Pin every thread of every process in *pids* to the server's CPUs."""
+    def pin_server(self, pids: Iterable[int]) -> dict[int, set[int]]:
+        """Pin every thread of every process in *pids* to the server's CPUs; returns where each could run before."""
+        before: dict[int, set[int]] = {}
         if self.server:
             for pid in pids:
-                pin_process(pid, self.server)
+                before[pid] = pin_process(pid, self.server)
+        return before
 
 
-def pin_process(pid: int, cpus: frozenset[int]) -> None:
+def pin_process(pid: int, cpus: frozenset[int]) -> set[int]:
     """Pin all of *pid*'s threads to *cpus* (threads it starts later inherit it).
 
-    The pinning outlasts the benchmark: a server given with ``--server-pid``
-    stays on those CPUs. RuntimeError if the process is gone or may not be
-    moved (another user's).
+    Returns the CPUs its main thread could use before, for unpin_process().
+    RuntimeError if the process is gone or may not be moved (another user's).
     """
     where = f"CPU {','.join(map(str, sorted(cpus)))}"
+    try:
+        before = os.sched_getaffinity(pid)
+    except OSError:
+        raise RuntimeError(f"no process {pid} to place on {where}") from None
+    _set_every_thread(pid, cpus, where)
+    return before
+
+
+def unpin_process(pid: int, cpus: set[int]) -> None:
+    """Let every thread of *pid* run on *cpus* again (what pin_process() returned); a process gone is fine."""
+    try:
+        _set_every_thread(pid, frozenset(cpus), "its CPUs")
+    except RuntimeError:
+        pass
+
+
+def _set_every_thread(pid: int, cpus: frozenset[int], where: str) -> None:
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
