@@ -78,8 +78,7 @@ OTHER_SCENARIOS = ("bulk",)
 def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
     if peer in ("socketlab", "build", "ws", "tls"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
-        # Flood control off, like the peers (if the build has it).
-        if peer != "build" or "--max-rate" in (build / "socketlab" / "cli.py").read_text():  # type: ignore[operator]
+        if peer != "build" or has_flood_control(build):  # flood control off, like the peers
             command += ["--max-rate", "0"]
         if peer == "ws":
             command += ["--web", str(web_port)]
@@ -96,6 +95,12 @@ def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path |
     PLACEMENT.pin_server([proc.pid])
     wait_listening(port, proc, peer)
     return proc
+
+
+def has_flood_control(build: pathlib.Path | None) -> bool:
+    """Whether the socketlab tree *build* has ``chat serve --max-rate`` (older builds have no flood control)."""
+    assert build is not None, "the peer 'build' needs --build"
+    return '"--max-rate"' in (build / "socketlab" / "cli.py").read_text()
 
 
 def start_cluster(count: int) -> tuple[subprocess.Popen, list[subprocess.Popen], list[int]]:
@@ -292,13 +297,17 @@ def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
         }[metric]
         return [pick(r) for r in rows]
 
+    metrics = ("copies_per_second", "p99_ms", "server_ns_per_copy", "fanout_step_us")
+    ours = {metric: values("socketlab", metric) for metric in metrics}
     result = {}
     for peer in reports:
-        if peer != "socketlab" and values(peer, "copies_per_second") and values("socketlab", "copies_per_second"):
+        theirs = {metric: values(peer, metric) for metric in metrics}
+        if peer != "socketlab" and ours["copies_per_second"] and theirs["copies_per_second"]:
+            # A ratio needs positive values on both sides (a fanout step can come out 0 or below).
             result[peer] = {
-                metric: ratio_interval(values("socketlab", metric), values(peer, metric))
-                for metric in ("copies_per_second", "p99_ms", "server_ns_per_copy", "fanout_step_us")
-                if values("socketlab", metric) and values(peer, metric)
+                metric: ratio_interval(ours[metric], theirs[metric])
+                for metric in metrics
+                if ours[metric] and theirs[metric] and min(ours[metric] + theirs[metric]) > 0
             }
     return result
 
@@ -308,8 +317,9 @@ def analyse(raw: dict) -> dict:
     table: dict = {}
     for scenario, reports in raw.items():
         table[scenario] = {peer: summarise(scenario, rows) for peer, rows in reports.items()}
-        if ratios(scenario, reports):
-            table[scenario]["socketlab_over"] = ratios(scenario, reports)
+        over = ratios(scenario, reports)
+        if over:
+            table[scenario]["socketlab_over"] = over
     return table
 
 

@@ -619,11 +619,11 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
     output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": target or f"socketlab chat serve (pid {pids})"}
     kind = chat_bench.ClientKind(web=web, tls=tls_context)
     lines: list[str] = []
-    pinned: dict[int, set[int]] = {}
+    pinned: dict[int, dict[int, set[int]]] = {}  # a --target's servers: where their threads ran before
     with bench_errors():
         try:
             server_pids = [pids] if isinstance(pids, int) else pids or []
-            pinned = cpus.pin_server(server_pids)
+            cpus.pin_server(server_pids, saved=pinned if target else None)
             cpus.pin_load()
             output["placement"] = cpus.observed(server_pids)
             options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, batch=batch, check_all=check == "all", kind=kind)
@@ -660,7 +660,7 @@ def bench_chat(target: str | None, scenario: str, clients: int, senders: int, me
             clear_progress()
             if own is not None:
                 own.stop()
-            for pid, before in pinned.items():  # a --target's servers go on where they could run before
+            for pid, before in pinned.items():
                 unpin_process(pid, before)
     click.echo(json.dumps(output) if as_json else "\n".join(lines))
 

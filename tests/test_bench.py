@@ -13,7 +13,7 @@ import time
 import pytest
 
 from socketlab.bench.chat import CountingLoop, fanout_step, spread
-from socketlab.bench.placement import Placement
+from socketlab.bench.placement import Placement, unpin_process
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from support import TIMEOUT, CliServer, run_cli
 
@@ -150,6 +150,7 @@ def test_fanout_step_is_the_slope_of_p50_over_join_position() -> None:
     rows = [{"position": x, "p50": (100 + 1.25 * x + noise) / 1000, "p99": 1.0} for x, noise in [(0, 2), (10, -2), (20, 2), (30, -2)]]
     assert fanout_step(rows) == pytest.approx(1.25 - 0.08, abs=1e-3)  # the noise pattern tilts it by -0.08
     assert fanout_step([{"position": x, "p50": 0.2 + x / 1000, "p99": 1.0} for x in (6, 18, 90)]) == 1.0
+    assert fanout_step([*rows, {"position": 40, "p50": 0.0, "p99": 0.0}]) == fanout_step(rows)  # a probe that timed nothing
     assert fanout_step(rows[:1]) is None
     assert fanout_step([rows[0], rows[0]]) is None  # one position twice: no slope
 
@@ -308,6 +309,25 @@ def test_bench_chat_split_placement_gives_a_target_its_cpus_back() -> None:
         assert json.loads(result.stdout)["placement"]["server"] == sorted(cpus)[:1]
         threads = os.listdir(f"/proc/{pid}/task")
         assert len(threads) > 1 and all(os.sched_getaffinity(int(tid)) == cpus for tid in threads)
+
+
+@TWO_CPUS
+def test_split_placement_that_fails_half_way_still_knows_what_to_undo() -> None:
+    """The first process is pinned, the second does not exist: what was saved puts the first one back."""
+    cpus = set(os.sched_getaffinity(0))
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        saved: dict[int, dict[int, set[int]]] = {}
+        with pytest.raises(RuntimeError, match=f"no process {2**22 + 1} to place on CPU {min(cpus)}"):
+            Placement.named("split").pin_server([child.pid, 2**22 + 1], saved=saved)
+        assert os.sched_getaffinity(child.pid) == {min(cpus)}
+        assert saved[child.pid][child.pid] == cpus and list(saved) == [child.pid, 2**22 + 1]
+        for pid, before in saved.items():
+            unpin_process(pid, before)  # the missing one has nothing to undo
+        assert os.sched_getaffinity(child.pid) == cpus
+    finally:
+        child.kill()
+        child.wait(TIMEOUT)
 
 
 def test_bench_chat_split_placement_with_a_target_needs_its_pid() -> None:

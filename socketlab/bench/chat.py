@@ -85,13 +85,14 @@ def fanout_step(by_position: Sequence[dict[str, float]]) -> float | None:
     that joined later waits for the sends before its own. The slope is the
     server's time per receiver on the latency path; the load's own delays,
     the same for every position, fall out of it. Meaningful when paced: flat
-    out, queues add to every position alike only on average. None with fewer
-    than two probes.
+    out, queueing varies from position to position and swamps it. Probes
+    that timed nothing are left out; None with fewer than two positions left.
     """
-    if len(by_position) < 2:
+    timed = [row for row in by_position if row["p50"] > 0]
+    if len(timed) < 2:
         return None
-    xs = [row["position"] for row in by_position]
-    ys = [row["p50"] * 1000 for row in by_position]
+    xs = [row["position"] for row in timed]
+    ys = [row["p50"] * 1000 for row in timed]
     mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
     spread = sum((x - mean_x) ** 2 for x in xs)
     if not spread:
@@ -708,7 +709,7 @@ def _drive_senders(
         cpu_seconds=cpu,
         server_rss_kib={"before": rss_before, "peak": peak_rss} if server_pid else {},
         latency_by_position=by_position,
-        fanout_step_us=fanout_step(by_position),
+        fanout_step_us=fanout_step(by_position) if rate else None,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 
 @dataclass(frozen=True)
@@ -46,46 +46,63 @@ class Placement:
         server = sorted({cpu for pid in pids for cpu in os.sched_getaffinity(pid)})
         return {"server": server, "load": sorted(os.sched_getaffinity(0))}
 
-    def pin_server(self, pids: Iterable[int]) -> dict[int, set[int]]:
-        """Pin every thread of every process in *pids* to the server's CPUs; returns where each could run before."""
-        before: dict[int, set[int]] = {}
+    def pin_server(self, pids: Iterable[int], saved: dict[int, dict[int, set[int]]] | None = None) -> None:
+        """Pin every thread of every process in *pids* to the server's CPUs.
+
+        Into *saved* go, before each process is touched, the CPUs each of its
+        threads could use (for unpin_process()): filled as it goes, so a
+        failure half-way still says what to undo.
+        """
         if self.server:
             for pid in pids:
-                before[pid] = pin_process(pid, self.server)
-        return before
+                if saved is not None and pid not in saved:
+                    saved[pid] = thread_affinities(pid)
+                pin_process(pid, self.server)
 
 
-def pin_process(pid: int, cpus: frozenset[int]) -> set[int]:
+def thread_affinities(pid: int) -> dict[int, set[int]]:
+    """The CPUs each thread of *pid* may use now, by thread id (empty when the process is gone)."""
+    found = {}
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return {}
+    for thread in threads:
+        try:
+            found[int(thread)] = os.sched_getaffinity(int(thread))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return found
+
+
+def pin_process(pid: int, cpus: frozenset[int]) -> None:
     """Pin all of *pid*'s threads to *cpus* (threads it starts later inherit it).
 
-    Returns the CPUs its main thread could use before, for unpin_process().
     RuntimeError if the process is gone or may not be moved (another user's).
     """
-    where = f"CPU {','.join(map(str, sorted(cpus)))}"
-    try:
-        before = os.sched_getaffinity(pid)
-    except OSError:
-        raise RuntimeError(f"no process {pid} to place on {where}") from None
-    _set_every_thread(pid, cpus, where)
-    return before
+    _set_every_thread(pid, lambda _thread: cpus, f"CPU {','.join(map(str, sorted(cpus)))}")
 
 
-def unpin_process(pid: int, cpus: set[int]) -> None:
-    """Let every thread of *pid* run on *cpus* again (what pin_process() returned); a process gone is fine."""
+def unpin_process(pid: int, before: dict[int, set[int]]) -> None:
+    """Put *pid*'s threads back where *before* (from thread_affinities()) says; threads started since
+    get the first thread's. A process gone meanwhile is fine."""
+    if not before:
+        return
+    default = before.get(pid, next(iter(before.values())))
     try:
-        _set_every_thread(pid, frozenset(cpus), "its CPUs")
+        _set_every_thread(pid, lambda thread: before.get(thread, default), "its CPUs")
     except RuntimeError:
         pass
 
 
-def _set_every_thread(pid: int, cpus: frozenset[int], where: str) -> None:
+def _set_every_thread(pid: int, cpus_for: Callable[[int], Iterable[int]], where: str) -> None:
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
         raise RuntimeError(f"no process {pid} to place on {where}") from None
     for thread in threads:
         try:
-            os.sched_setaffinity(int(thread), cpus)
+            os.sched_setaffinity(int(thread), cpus_for(int(thread)))
         except ProcessLookupError:  # the thread ended meanwhile
             pass
         except OSError as error:
