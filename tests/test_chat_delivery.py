@@ -76,3 +76,22 @@ def test_a_receiver_over_its_backlog_limit_is_dropped_as_too_slow() -> None:
     sends = list(stuck.sends)
     ChatService.deliver([([slow], b"later\n")])  # closed: nothing is sent or kept
     assert stuck.sends == sends and box.size == 0
+
+
+def test_end_waits_for_the_backlog_then_shuts_the_socket_and_takes_nothing_more() -> None:
+    """end() with a backlog: later writes are refused at once, the backlog still goes out, then the socket shuts."""
+    writer = RecordingWriter()
+    sock = RecordingSocket(accept=3)
+    shut: list[int] = []
+    sock.shutdown = shut.append  # type: ignore[attr-defined]
+    box = Outbox(sock, 1 << 20, writer)  # type: ignore[arg-type]
+    box.write(b"last line\n")
+    box.end("bye")
+    box.write(b"after the goodbye\n")
+    assert not shut and box.size == len(b"last line\n") - 3 and not box.closed
+    sock.accept = 100
+    box.flush()
+    assert b"".join(sock.sends) == b"last line\n"
+    assert box.closed and box.reason == "bye" and shut and writer.watched == []
+    box.write(b"too late\n")
+    assert b"".join(sock.sends) == b"last line\n"
