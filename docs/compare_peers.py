@@ -52,7 +52,6 @@ import sys
 import tempfile
 
 from socketlab.bench.placement import Placement
-from socketlab.bench.chat import fanout_step
 from socketlab.bench.transfer import Certificate, free_port, wait_listening
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -231,7 +230,6 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         "faults": sum(r["duplicates"] + r["garbled"] + r["order_violations"] for r in rows),
         "p50_ms": med([r["latency_ms"]["p50"] for r in rows]),
         "p99_ms": med([r["latency_ms"]["p99"] for r in rows]),
-        **({"fanout_step_us": med(steps)} if (steps := fanout_steps(rows)) else {}),
         "server_cpu_s": med([r["cpu_seconds"].get("server", 0) for r in rows]),
         "server_ns_per_copy": med([server_ns_per_copy(r) for r in rows]),
         "bench_cpu_s": med([bench_cpu(r) for r in rows]),
@@ -244,12 +242,6 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         summary["p99_base_ms"] = med([r["fanout"]["latency_ms"]["p99"] for r in ok])
         summary["p99_ratio"] = med([r["p99_ratio"] for r in ok])
     return summary
-
-
-def fanout_steps(rows: list[dict]) -> list[float]:
-    """Each paced run's microseconds per receiver (bench chat's fanout step, from its probes by position)."""
-    steps = [fanout_step(r.get("latency_by_position", [])) for r in rows if r.get("rate")]
-    return [step for step in steps if step is not None]
 
 
 def server_ns_per_copy(fanout: dict) -> float:
@@ -288,8 +280,6 @@ def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
 
     def values(peer: str, metric: str) -> list[float]:
         rows = [r["fanout"] for r in reports[peer] if "error" not in r]
-        if metric == "fanout_step_us":
-            return fanout_steps(rows)
         pick = {
             "copies_per_second": lambda r: r["copies_per_second"],
             "p99_ms": lambda r: r["latency_ms"]["p99"],
@@ -297,17 +287,14 @@ def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
         }[metric]
         return [pick(r) for r in rows]
 
-    metrics = ("copies_per_second", "p99_ms", "server_ns_per_copy", "fanout_step_us")
+    metrics = ("copies_per_second", "p99_ms", "server_ns_per_copy")
     ours = {metric: values("socketlab", metric) for metric in metrics}
     result = {}
     for peer in reports:
         theirs = {metric: values(peer, metric) for metric in metrics}
         if peer != "socketlab" and ours["copies_per_second"] and theirs["copies_per_second"]:
-            # A ratio needs positive values on both sides (a fanout step can come out 0 or below).
             result[peer] = {
-                metric: ratio_interval(ours[metric], theirs[metric])
-                for metric in metrics
-                if ours[metric] and theirs[metric] and min(ours[metric] + theirs[metric]) > 0
+                metric: ratio_interval(ours[metric], theirs[metric]) for metric in metrics if ours[metric] and theirs[metric]
             }
     return result
 

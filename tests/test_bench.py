@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from socketlab.bench.chat import CountingLoop, fanout_step, spread
+from socketlab.bench.chat import CountingLoop, spread
 from socketlab.bench.placement import Placement, unpin_process
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from support import TIMEOUT, CliServer, run_cli
@@ -143,24 +143,6 @@ def test_bench_chat_own_server_small_run_is_clean() -> None:
     positions = fanout["latency_by_position"]
     assert [row["position"] for row in positions] == [0, 1, 2, 3, 4, 5]  # six receivers, all probes
     assert all(0 < row["p50"] <= row["p99"] <= fanout["latency_ms"]["max"] for row in positions)
-
-
-def test_fanout_step_is_the_slope_of_p50_over_join_position() -> None:
-    """1.25 us more per receiver, plus noise that cancels out: the least-squares slope; undefined with one probe."""
-    rows = [{"position": x, "p50": (100 + 1.25 * x + noise) / 1000, "p99": 1.0} for x, noise in [(0, 2), (10, -2), (20, 2), (30, -2)]]
-    assert fanout_step(rows) == pytest.approx(1.25 - 0.08, abs=1e-3)  # the noise pattern tilts it by -0.08
-    assert fanout_step([{"position": x, "p50": 0.2 + x / 1000, "p99": 1.0} for x in (6, 18, 90)]) == 1.0
-    assert fanout_step([*rows, {"position": 40, "p50": 0.0, "p99": 0.0}]) == fanout_step(rows)  # a probe that timed nothing
-    assert fanout_step(rows[:1]) is None
-    assert fanout_step([rows[0], rows[0]]) is None  # one position twice: no slope
-
-
-def test_bench_chat_paced_report_names_the_fanout_step() -> None:
-    """Paced, the text report gives the microseconds per receiver from the probes' positions."""
-    result = run_cli("bench", "chat", "--clients", "8", "--senders", "1", "--messages", "40", "--rate", "400", timeout=TIMEOUT * 3)
-    assert result.returncode == 0, result.stderr
-    lines = [line for line in result.stdout.decode().splitlines() if "fanout step" in line]
-    assert len(lines) == 1 and lines[0].strip().endswith("us per receiver (slope of p50 over join position)")
 
 
 def test_bench_chat_text_report_and_slow_scenario() -> None:

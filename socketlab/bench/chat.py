@@ -74,30 +74,6 @@ class FanoutResult:
     flooder_bytes: int = 0
     #: Each probe's p50 and p99 (ms) by its place in the receivers' join order (0: joined first).
     latency_by_position: list[dict[str, float]] = field(default_factory=list)
-    #: How much later, in microseconds, each next receiver in join order gets a line (see fanout_step()).
-    fanout_step_us: float | None = None
-
-
-def fanout_step(by_position: Sequence[dict[str, float]]) -> float | None:
-    """Microseconds per receiver: the least-squares slope of the probes' p50 latency over their join position.
-
-    A relay sends each line to its receivers one after the other, so a probe
-    that joined later waits for the sends before its own. The slope is the
-    server's time per receiver on the latency path; the load's own delays,
-    the same for every position, fall out of it. Meaningful when paced: flat
-    out, queueing varies from position to position and swamps it. Probes
-    that timed nothing are left out; None with fewer than two positions left.
-    """
-    timed = [row for row in by_position if row["p50"] > 0]
-    if len(timed) < 2:
-        return None
-    xs = [row["position"] for row in timed]
-    ys = [row["p50"] * 1000 for row in timed]
-    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-    spread = sum((x - mean_x) ** 2 for x in xs)
-    if not spread:
-        return None
-    return round(sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys, strict=True)) / spread, 3)
 
 
 def rss_kib(pid: int | Sequence[int]) -> int:
@@ -709,7 +685,6 @@ def _drive_senders(
         cpu_seconds=cpu,
         server_rss_kib={"before": rss_before, "peak": peak_rss} if server_pid else {},
         latency_by_position=by_position,
-        fanout_step_us=fanout_step(by_position) if rate else None,
     )
 
 

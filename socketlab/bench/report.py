@@ -20,8 +20,6 @@ def fanout_lines(title: str, result: Any) -> list[str]:
     if result.latency_by_position:
         lines.append("  p99 by join position  " + "   ".join(
             f"{row['position']}: {row['p99']:.3f}" for row in result.latency_by_position) + " ms")
-    if result.fanout_step_us is not None and result.rate:
-        lines.append(f"  fanout step {result.fanout_step_us:.2f} us per receiver (slope of p50 over join position)")
     cpu = result.cpu_seconds
     if cpu:
         parts = [f"{name.replace('_', ' ')} {seconds:.2f} s" for name, seconds in cpu.items()]
