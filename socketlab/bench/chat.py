@@ -657,10 +657,6 @@ def _drive_senders(
     gc.enable()
     seconds = max(max(last_copies, default=start_ns / 1e9) - start_ns / 1e9, 1e-9)
     latencies = sorted(totals.latencies_ns)
-    by_position = [
-        {"position": position, "p50": round(p50 / 1e6, 3), "p99": round(p99 / 1e6, 3)}
-        for position, (p50, p99) in zip(probe_positions, by_socket, strict=False)
-    ]
     return FanoutResult(
         clients=clients,
         senders=senders,
@@ -684,7 +680,10 @@ def _drive_senders(
         },
         cpu_seconds=cpu,
         server_rss_kib={"before": rss_before, "peak": peak_rss} if server_pid else {},
-        latency_by_position=by_position,
+        latency_by_position=[
+            {"position": position, "p50": round(p50 / 1e6, 3), "p99": round(p99 / 1e6, 3)}
+            for position, (p50, p99) in zip(probe_positions, by_socket, strict=False)
+        ],
     )
 
 
