@@ -241,6 +241,18 @@ def test_head_over_max_head_without_completing_is_431() -> None:
     assert session.receive(b"\r\n", T0) == [] and session.outgoing() == []
 
 
+def test_head_over_max_head_in_one_read_is_431() -> None:
+    """A complete 10 KiB head of 110 short headers, arriving in one piece, is held to MAX_HEAD too."""
+    start = head("GET", "/")[:-2]
+    data = start + b"".join(b"X-Pad-%03d: %s\r\n" % (i, b"a" * 80) for i in range(110)) + b"\r\n"
+    assert 10 * 1024 - 200 < len(data) <= 10 * 1024 + 200
+    session = WebSession(site(), T0)
+    session.receive(data, T0)
+    status, _headers, _body, eof = response(session)
+    assert (status, eof) == (431, True)
+    assert session.ended == "request head too large"
+
+
 def test_head_just_under_max_head_is_served() -> None:
     """A long but complete head within MAX_HEAD is answered normally."""
     session, status, _headers, body, _eof = http(padded(MAX_HEAD - 10))

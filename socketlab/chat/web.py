@@ -108,6 +108,12 @@ class WebSite:
     refusals: Any = None
 
 
+def head_size(request: Request) -> int:
+    """The bytes of *request*'s head as sent (request line, headers, the blank line)."""
+    size = len(f"{request.method} {request.path} HTTP/1.1\r\n\r\n")
+    return size + sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
+
+
 class WebSession:
     """One web connection, sans-IO: an HTTP request, then maybe a WebSocket.
 
@@ -160,6 +166,10 @@ class WebSession:
             request, *events = events
             assert isinstance(request, Request)
             self.request = request
+            if head_size(request) > MAX_HEAD:  # a head that came in whole is held to the limit too
+                self._send_response(self.protocol.reject(431, "Request header fields too large.\n"))
+                self.ended = "request head too large"
+                return []
             self._respond(request)
         else:
             events = self.protocol.events_received()
