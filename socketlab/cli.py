@@ -49,9 +49,7 @@ def bench_errors() -> Iterator[None]:
             raise
         text = error.strerror or str(error)
         raise click.ClickException(f"{text}: {error.filename}" if error.filename else text) from None
-    except RuntimeError as error:
-        raise click.ClickException(str(error)) from None
-    except SocketlabError as error:  # e.g. a TLS handshake with a target that failed
+    except SocketlabError as error:  # BenchError, or e.g. a TLS handshake with a target that failed
         raise click.ClickException(str(error)) from None
 
 

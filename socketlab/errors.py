@@ -18,3 +18,11 @@ class AddressError(SocketlabError):
 
 class OutputError(SocketlabError):
     """What was received could not be written out (a full disk, a failing device)."""
+
+
+class BenchError(SocketlabError):
+    """A benchmark could not run or finish (a process that did not start, clients that could not connect).
+
+    Only these become one ``Error: ...`` line in ``socketlab bench``: any other exception there is a
+    bug and keeps its traceback.
+    """

@@ -14,6 +14,7 @@ import pytest
 
 from socketlab.bench.chat import CountingLoop, spread
 from socketlab.bench.placement import Placement, unpin_process
+from socketlab.errors import BenchError
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from support import TIMEOUT, CliServer, run_cli
 
@@ -300,7 +301,7 @@ def test_split_placement_that_fails_half_way_still_knows_what_to_undo() -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         saved: dict[int, dict[int, set[int]]] = {}
-        with pytest.raises(RuntimeError, match=f"no process {2**22 + 1} to place on CPU {min(cpus)}"):
+        with pytest.raises(BenchError, match=f"no process {2**22 + 1} to place on CPU {min(cpus)}"):
             Placement.named("split").pin_server([child.pid, 2**22 + 1], saved=saved)
         assert os.sched_getaffinity(child.pid) == {min(cpus)}
         assert saved[child.pid][child.pid] == cpus and list(saved) == [child.pid, 2**22 + 1]
@@ -354,3 +355,17 @@ def test_bench_chat_split_placement_of_a_missing_server_is_one_line() -> None:
         result = run_cli("bench", "chat", "--target", f"127.0.0.1:{port}", "--server-pid", str(pid), "--placement", "split")
     assert result.returncode == 1
     assert result.stderr.decode() == f"Error: no process {pid} to place on CPU {sorted(os.sched_getaffinity(0))[0]}\n"
+
+
+def test_bench_errors_are_one_line_but_bugs_keep_their_traceback() -> None:
+    """A BenchError becomes click's one-line error; any other exception (a bug) passes through unchanged."""
+    import click
+
+    from socketlab.cli import bench_errors
+
+    with pytest.raises(click.ClickException, match="^the abusers did not report$"):
+        with bench_errors():
+            raise BenchError("the abusers did not report")
+    with pytest.raises(RuntimeError, match="a bug"):
+        with bench_errors():
+            raise RuntimeError("a bug")

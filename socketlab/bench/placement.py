@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Callable, Iterable
+from socketlab.errors import BenchError
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,12 @@ class Placement:
 
     @classmethod
     def named(cls, name: str) -> "Placement":
-        """``shared`` (no pinning) or ``split``; RuntimeError when this machine cannot split."""
+        """``shared`` (no pinning) or ``split``; BenchError when this machine cannot split."""
         if name == "shared":
             return cls()
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
-            raise RuntimeError(f"--placement split needs 2 CPUs, and this process may use {len(cpus)}")
+            raise BenchError(f"--placement split needs 2 CPUs, and this process may use {len(cpus)}")
         return cls(frozenset(cpus[:1]), frozenset(cpus[1:]))
 
     def describe(self) -> dict[str, list[int]]:
@@ -78,7 +79,7 @@ def thread_affinities(pid: int) -> dict[int, set[int]]:
 def pin_process(pid: int, cpus: frozenset[int]) -> None:
     """Pin all of *pid*'s threads to *cpus* (threads it starts later inherit it).
 
-    RuntimeError if the process is gone or may not be moved (another user's).
+    BenchError if the process is gone or may not be moved (another user's).
     """
     _set_every_thread(pid, lambda _thread: cpus, f"CPU {','.join(map(str, sorted(cpus)))}")
 
@@ -91,7 +92,7 @@ def unpin_process(pid: int, before: dict[int, set[int]]) -> None:
     default = before.get(pid, next(iter(before.values())))
     try:
         _set_every_thread(pid, lambda thread: before.get(thread, default), "its CPUs")
-    except RuntimeError:
+    except BenchError:
         pass
 
 
@@ -99,11 +100,11 @@ def _set_every_thread(pid: int, cpus_for: Callable[[int], Iterable[int]], where:
     try:
         threads = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        raise RuntimeError(f"no process {pid} to place on {where}") from None
+        raise BenchError(f"no process {pid} to place on {where}") from None
     for thread in threads:
         try:
             os.sched_setaffinity(int(thread), cpus_for(int(thread)))
         except ProcessLookupError:  # the thread ended meanwhile
             pass
         except OSError as error:
-            raise RuntimeError(f"cannot place process {pid} on {where}: {error.strerror}") from None
+            raise BenchError(f"cannot place process {pid} on {where}: {error.strerror}") from None

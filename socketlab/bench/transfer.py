@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from socketlab.errors import BenchError
 
 SOCKETLAB = [sys.executable, "-m", "socketlab"]
 CHUNK = 1 << 20
@@ -119,7 +120,7 @@ def listening_port(proc: subprocess.Popen, what: str, marker: str = "listening")
     """The port in the ``... listening on HOST:PORT`` line *proc* prints next
     (or the next line containing another *marker*, e.g. ``... http://HOST:PORT/``).
 
-    Raises RuntimeError (and kills *proc*) when it printed something else:
+    Raises BenchError (and kills *proc*) when it printed something else:
     it did not start.
     """
     assert proc.stdout is not None
@@ -129,7 +130,7 @@ def listening_port(proc: subprocess.Popen, what: str, marker: str = "listening")
         if ports:
             return int(ports[-1])
     stop(proc)
-    raise RuntimeError(f"{what} did not start")
+    raise BenchError(f"{what} did not start")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -148,7 +149,7 @@ class Certificate:
 
     @classmethod
     def make(cls, directory: str) -> "Certificate":
-        """Make one with the openssl command (ECDSA P-256, valid one day); RuntimeError without it."""
+        """Make one with the openssl command (ECDSA P-256, valid one day); BenchError without it."""
         cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
         command = [
             "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -158,7 +159,7 @@ class Certificate:
         try:
             subprocess.run(command, check=True, capture_output=True, timeout=30)
         except (OSError, subprocess.SubprocessError) as error:
-            raise RuntimeError(f"cannot make a test certificate with openssl: {error}") from None
+            raise BenchError(f"cannot make a test certificate with openssl: {error}") from None
         return cls(cert, key)
 
 
@@ -196,7 +197,7 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, 
         )
         try:
             wait_listening(port, server, "socat", limit=5)
-        except RuntimeError:
+        except BenchError:
             stop(server)
             raise
         client_cmd = ["socat", "-b", block, "-u", "STDIN", connect]
@@ -236,7 +237,7 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, 
         server.send_signal(signal.SIGTERM)
         server.wait(10)
     if failed:
-        raise RuntimeError(f"{label} stopped reading its input: {failed[0].strerror or failed[0]}")
+        raise BenchError(f"{label} stopped reading its input: {failed[0].strerror or failed[0]}")
     start = first_read[0] if first_read else launched
     return TcpResult(label, size, end - start, received, buffer, round(start - launched, 4))
 
@@ -245,7 +246,7 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, what: str = 
     """Wait until something listens on TCP *port* on this host, without connecting to it
     (``socat -u`` serves one connection only): read ``/proc/net/tcp`` and ``tcp6``.
 
-    RuntimeError when *proc* exits first or *limit* seconds pass.
+    BenchError when *proc* exits first or *limit* seconds pass.
     """
     deadline = time.monotonic() + limit
     needle = f":{port:04X} ".encode()
@@ -255,9 +256,9 @@ def wait_listening(port: int, proc: subprocess.Popen | None = None, what: str = 
                 if any(needle in line and line.split()[3] == b"0A" for line in table):
                     return
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what} did not start")
+            raise BenchError(f"{what} did not start")
         time.sleep(0.01)  # deadline loop: the server binds meanwhile
-    raise RuntimeError(f"{what} did not listen on port {port}")
+    raise BenchError(f"{what} did not listen on port {port}")
 
 
 def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResult:
@@ -290,7 +291,7 @@ def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResul
         raise
     except subprocess.TimeoutExpired:
         stop(proc)
-        raise RuntimeError("udp-send did not finish within 600 s") from None
+        raise BenchError("udp-send did not finish within 600 s") from None
     match = re.search(rb"in ([\d.]+) s", sender.stderr)
     send_seconds = float(match.group(1)) if match else 0.0
     time.sleep(UDP_DRAIN)  # let the receiver drain its socket buffer
@@ -315,7 +316,7 @@ def _wait_udp_bound(port: int, limit: float = 5.0) -> None:
             if any(needle in line for line in table):
                 return
         time.sleep(0.01)
-    raise RuntimeError(f"no UDP receiver bound port {port}")
+    raise BenchError(f"no UDP receiver bound port {port}")
 
 
 def _count_bytes(stream: object) -> int:
