@@ -35,6 +35,7 @@ from typing import Any, Callable, Sequence
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from socketlab.bench.wire import BenchClient, frame
 from socketlab.bench.transfer import SOCKETLAB, listening_port
+from socketlab.errors import BenchError
 
 #: A run ends this long after the last copy arrived, if copies are still missing.
 QUIET_END = 2.0
@@ -495,7 +496,7 @@ def run_fanout(
     if len(everyone) < clients:
         for sock in everyone:
             sock.close()
-        raise RuntimeError(f"only {len(everyone)} of {clients} clients could connect{_why_not(targets.first)}")
+        raise BenchError(f"only {len(everyone)} of {clients} clients could connect{_why_not(targets.first)}")
     probe_at = set(spread(min(PROBES, receivers), receivers))
     bulk = [sock for index, sock in enumerate(receiving) if index not in probe_at]
     workers = max(1, min(workers, len(bulk))) if bulk else 0
@@ -641,7 +642,7 @@ def _drive_senders(
     by_socket: list[list[int]] = []
     for link in links:
         if not link.poll(time_limit + QUIET_END + 5):
-            raise RuntimeError("a receiver process did not report")
+            raise BenchError("a receiver process did not report")
         report = link.recv()
         totals.delivered += report["delivered"]
         totals.duplicates += report["duplicates"]

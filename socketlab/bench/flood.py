@@ -30,15 +30,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from socketlab.bench.tally import percentile
+from socketlab.errors import BenchError
 
-#: What abusers send, chosen at random for each write.
-PAYLOADS = (
-    os.urandom(4096),
-    b"y" * 70000 + b"\n",
-    b"/nick x\n/join a\n/who\n/rooms\n" * 50,
-    b"\x1b[2J\x1b]0;pwn\x07\n" * 100,
-    b"/msg user1 " + b"z" * 3000 + b"\n",
-)
+#: Korean text wrapped in a colour escape, a title escape and a right-to-left override.
+TRICKY_TEXT = "\x1b[31m안녕하세요 \u202eevil\u202c \x1b]0;pwn\x07 채팅방\x1b[0m\n".encode()
+
+
+def abuse_script(rng: random.Random) -> list[bytes]:
+    """One abuser's visit, as the writes it makes: junk, commands, a long unterminated line, tricky text."""
+    writes = [rng.randbytes(rng.randint(1, 65536)) for _ in range(rng.randint(1, 30))]
+    writes.append(b"\n/join r%d\n" % rng.randint(0, 9))
+    writes.append(b"/nick " + rng.randbytes(rng.randint(1, 40)).replace(b"\n", b"") + b"\n")
+    writes.append(b"x" * rng.randint(4000, 70000))  # no newline: the next write continues it
+    writes.append(b"\n" + TRICKY_TEXT * rng.randint(1, 20))
+    writes.append(b"/msg user1 " + b"z" * rng.randint(1, 3000) + b"\n/who\n/rooms\n")
+    return writes
+
+
 #: The two members' pace: each says this many lines a second (under the default --max-rate 20).
 MEMBER_RATE = 10.0
 #: A newcomer connects this often during the abuse.
@@ -76,10 +84,12 @@ def _abuse(address: tuple[str, int], count: int, seconds: float, pace: float, so
                 continue
             total = 0
             try:
-                for _ in range(rng.randint(1, 20)):
-                    data = rng.choice(PAYLOADS)
+                for data in abuse_script(rng):
                     sock.sendall(data)
                     total += len(data)
+                sock.setblocking(False)
+                while sock.recv(65536):  # read whatever has come back, then go
+                    pass
             except OSError:
                 pass
             if seed % 2:
@@ -120,7 +130,7 @@ class Member:
         for _ in range(limit):
             if self.line().endswith(ending):
                 return
-        raise RuntimeError(f"{ending!r} never arrived")
+        raise BenchError(f"{ending!r} never arrived")
 
     def close(self) -> None:
         self.sock.close()
@@ -170,7 +180,7 @@ def run_abuse(
                     refused += 1
                 newcomer.close()
         if not parent.poll(seconds + 10):
-            raise RuntimeError("the abusers did not report")
+            raise BenchError("the abusers did not report")
         sent_bytes, connections = parent.recv()
     finally:
         process.join(1)
