@@ -11,7 +11,7 @@ from typing import Iterator
 import pytest
 
 from socketlab.bench.flood import run_abuse
-from socketlab.chat.flood import DEFAULT_BYTE_RATE, FloodGate
+from socketlab.chat.flood import DEFAULT_BYTE_RATE, NOTICE_INTERVAL, FloodGate
 from socketlab.chat.server import ChatServer
 from socketlab.lines import LineTooLong
 from support import TIMEOUT, CliServer, serving, wait_until
@@ -56,6 +56,18 @@ def test_the_budget_refills_only_up_to_the_burst() -> None:
     gate = FloodGate(5, now=0.0)
     lines = [b"x"] * 40
     assert len(gate.admit(lines, size=80, now=3600.0)) == 10
+
+
+def test_a_held_back_client_is_told_when_first_held_then_at_most_every_notice_interval() -> None:
+    gate = FloodGate(10, now=0.0)
+    gate.admit([b"a"] * 25, size=50, now=0.0)
+    assert gate.notice_due(0.0)
+    assert gate.notice() == b"! sending too fast: 5 lines held back, let through at 10 a second\n"
+    assert not gate.notice_due(0.5)
+    assert not gate.notice_due(0.0 + NOTICE_INTERVAL - 0.01)
+    assert gate.notice_due(NOTICE_INTERVAL)
+    gate.release(10.0)
+    assert gate.notice() == b"! sending too fast: 0 lines held back, let through at 10 a second\n"
 
 
 def test_a_gate_needs_a_positive_rate() -> None:
@@ -188,3 +200,52 @@ def test_a_client_held_back_by_its_rate_is_not_idle() -> None:
             early = b""
         assert b"! idle for" not in early, early
         silent.close()
+
+
+def _flood_and_leave(port: int, room: str, data: bytes) -> None:
+    """A flooder that joins *room*, pours *data* in (as far as the server takes it) and closes.
+
+    Having read everything, it closes with a FIN, not a reset: the FIN waits in its kernel behind the
+    bytes the server has not read yet, so the server cannot see the departure by waiting for it.
+    """
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(f"/join {room}\n".encode())
+    received = b""
+    while f"* you are in {room}\n".encode() not in received:
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed"
+        received += chunk
+    sock.settimeout(0.3)
+    try:
+        sock.sendall(data)
+    except TimeoutError:
+        pass  # the server stopped reading: flood control
+    sock.close()
+
+
+def test_departed_flooders_free_their_slots_while_their_lines_are_held() -> None:
+    """Flooders that left with lines held (and megabytes unread) do not keep a newcomer out."""
+    flood = b"x\n" * 2_000_000  # 100,000 s of lines at 20 a second
+    with serving(ChatServer(("127.0.0.1", 0), max_rate=20, max_clients=4)) as server:
+        port = server.server_address[1]
+        for index in range(4):
+            _flood_and_leave(port, f"own{index}", flood)  # a room of its own: no notices reach it
+        left = time.monotonic()
+        wait_until(lambda: server.connection_count == 0, what="the departed flooders' slots freed")
+        assert time.monotonic() - left < 1.5  # NOTICE_INTERVAL, and a round trip
+        newcomer = Client(port)
+        assert newcomer.line().startswith("* welcome")
+        newcomer.close()
+
+
+def test_a_client_that_only_ended_its_side_keeps_its_held_lines() -> None:
+    """A flooder that sends 600 lines and half-closes at once loses none of them: all reach the room, in order."""
+    with serving(ChatServer(("127.0.0.1", 0), max_rate=100)) as server:
+        sender, listener = join_room(server.server_address[1], "half", 2)
+        sender.send(b"".join(b"line %d\n" % i for i in range(600)))  # 200 at once, then 100 a second
+        sender.sock.shutdown(socket.SHUT_WR)
+        got = [listener.line() for _ in range(600)]
+        assert got == [f"<user1> line {i}" for i in range(600)]
+        assert listener.line() == "* user1 left half (disconnected)"
+        sender.close()
+        listener.close()

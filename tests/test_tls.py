@@ -9,6 +9,7 @@ import random
 import re
 import signal
 import socket
+import struct
 import ssl
 import subprocess
 import threading
@@ -386,6 +387,24 @@ def test_a_client_stuck_in_its_handshake_is_dropped_after_handshake_timeout(cert
     assert len(server.hub.members) == 2
     b.send("after")
     assert a.line() == "<user2> after"
+
+
+@pytest.mark.parametrize("reset", [True, False])
+def test_a_client_that_sends_half_a_client_hello_then_leaves_is_logged(certs, chat, caplog, reset) -> None:
+    """Half a ClientHello, then a reset (or a close): one 'TLS handshake failed' line, as tcp-server logs it."""
+    server = chat(tls=certs.server_context())
+    hello = TlsLayer(certs.client_context(), server_side=False, server_hostname="127.0.0.1").start()
+    with caplog.at_level("INFO", logger="socketlab.chat"):
+        sock = socket.create_connection(server.server_address, TIMEOUT)
+        peer = "127.0.0.1:%d" % sock.getsockname()[1]
+        sock.sendall(hello[: len(hello) // 2])
+        wait_until(lambda: server.connection_count == 1, what="the client accepted")
+        if reset:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        wait_until(lambda: server.connection_count == 0, what="the client forgotten")
+    reason = "connection reset" if reset else "closed by the client"
+    assert [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()] == [f"TLS handshake failed with {peer}: {reason}"]
 
 
 def test_a_client_that_aborts_mid_handshake_leaves_no_trace(certs, chat) -> None:

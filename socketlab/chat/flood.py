@@ -9,6 +9,14 @@ reading the client until ``resume_at()`` -- TCP flow control then slows the
 sender down, and everyone else is served as usual. A client that leaves
 while lines of its are held loses those (``drop()`` says how many): it is
 gone, and its slot is free at once.
+
+A client held back is told so (``notice_due()``: when it is first held, then
+at most every ``NOTICE_INTERVAL`` seconds while it stays held). The notice
+is also how the server learns that a held-back client has left: one that
+closed its socket while its kernel still had bytes the server had not read
+has its FIN queued behind them, unseen, but it answers the notice with a
+reset. A client that only ended its sending side reads the notice and keeps
+its held lines.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ DEFAULT_MAX_RATE = 20.0
 #: arrives, its departure is seen and its slot freed. (Budgets shared per address would make a
 #: crowd of such departures wait for each other.)
 DEFAULT_BYTE_RATE = 8 * 1024 * 1024
+#: Seconds between two "held back" notices to a client that stays over its budget; also how long a
+#: departed flooder whose FIN waits behind unread bytes holds its slot at most (see the module docstring).
+NOTICE_INTERVAL = 1.0
 
 
 class ByteBudget:
@@ -55,7 +66,7 @@ class ByteBudget:
 class FloodGate:
     """One client's input budget. ``now`` is any monotonic clock, in seconds."""
 
-    __slots__ = ("line_rate", "budget", "lines", "stamp", "held")
+    __slots__ = ("line_rate", "budget", "lines", "stamp", "held", "noticed")
 
     def __init__(self, line_rate: float, now: float, budget: ByteBudget | None = None) -> None:
         if line_rate <= 0:
@@ -66,6 +77,8 @@ class FloodGate:
         self.lines = 2 * line_rate
         self.stamp = now
         self.held: deque[Item] = deque()
+        #: When the client was last told it is held back (None: not since it was last read freely).
+        self.noticed: float | None = None
 
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self.stamp)
@@ -94,6 +107,21 @@ class FloodGate:
         count = len(self.held)
         self.held.clear()
         return count
+
+    def notice_due(self, now: float) -> bool:
+        """True when the client, held back now, should be told so (and the time is noted)."""
+        if self.noticed is not None and now - self.noticed < NOTICE_INTERVAL:
+            return False
+        self.noticed = now
+        return True
+
+    def notice(self) -> bytes:
+        """The line telling a held-back client what happens to its input."""
+        held = len(self.held)
+        return (
+            f"! sending too fast: {held} line{'s' if held != 1 else ''} held back, "
+            f"let through at {self.line_rate:g} a second\n"
+        ).encode()
 
     def resume_at(self, now: float) -> float | None:
         """When reading this client may go on; None: now."""

@@ -19,7 +19,8 @@ import selectors
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from collections import deque
+from typing import TYPE_CHECKING, Protocol
 
 from socketlab.chat.connection import MAX_READ, Connection
 from socketlab.chat.outbox import reason_for
@@ -28,7 +29,8 @@ from socketlab.serving import Waker
 from socketlab.tls import TlsError
 
 if TYPE_CHECKING:
-    from socketlab.chat.server import ChatServer
+    from socketlab.access import RateLimitedLog
+    from socketlab.chat.service import ChatCore
 
 client_log = logging.getLogger("socketlab.chat.clients")
 
@@ -39,10 +41,29 @@ _HANGUPS = object()
 FLUSH_TIMEOUT = 2.0
 
 
+class ReaderHost(Protocol):
+    """What the reader loop needs of the server around it (ChatServer, or a test's stand-in)."""
+
+    service: "ChatCore"
+    #: Seconds of silence before a client is dropped (None: no limit): the loop then notes activity.
+    idle_timeout: float | None
+    logger: logging.Logger
+    refusal_log: "RateLimitedLog"
+
+    def join_late(self, conn: Connection) -> None:
+        """*conn* finished its handshake (TLS, WebSocket): make it a member or refuse it."""
+
+    def connection_closed(self, conn: Connection) -> None:
+        """*conn* is closed for good."""
+
+
 class ReaderLoop:
     """One thread that reads every connection and hands complete lines to the chat service."""
 
-    def __init__(self, server: "ChatServer") -> None:
+    #: Seconds stop() waits for the thread before leaving the connections to it.
+    stop_timeout: float = 5.0
+
+    def __init__(self, server: ReaderHost) -> None:
         self.server = server
         self.service = server.service
         self._selector = selectors.DefaultSelector()
@@ -56,6 +77,12 @@ class ReaderLoop:
         self._paused_by_fd: dict[int, Connection] = {}
         if self._hangups is not None:
             self._selector.register(self._hangups.fileno(), selectors.EVENT_READ, _HANGUPS)
+        #: Connections handed over by other threads, registered by the reader thread itself: only the
+        #: thread that sits in select() changes what its selector watches.
+        self._arriving: deque[Connection] = deque()
+        #: Every connection added and not finished yet (any thread reads the count, under _open_lock).
+        self._open: set[Connection] = set()
+        self._open_lock = threading.Lock()
         self._running = True
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="chat-reader", daemon=True)
@@ -64,34 +91,53 @@ class ReaderLoop:
         self._thread.start()
 
     def add(self, conns: list[Connection]) -> None:
-        """Start reading *conns* (any thread; their sockets are non-blocking)."""
-        for conn in conns:
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        """Start reading *conns* (any thread; their sockets are non-blocking): the reader thread registers them."""
+        with self._open_lock:
+            self._open.update(conns)
+        self._arriving.extend(conns)
         self._waker.wake()
+
+    def _register_arrivals(self) -> None:
+        """Watch the connections other threads handed over (reader thread)."""
+        while self._arriving:
+            conn = self._arriving.popleft()
+            if conn.closing == 0.0:  # finished before it was ever watched
+                continue
+            try:
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            except (ValueError, KeyError, OSError):  # its socket is closed already
+                self.finish(conn)
 
     @property
     def count(self) -> int:
-        """Connections still open."""
-        mapping = self._selector.get_map() if not self._stopped else None
-        if not mapping:
-            return 0
-        internal = 1 + (self._hangups is not None)
-        unwatched = len(self._paused) + sum(1 for conn in self._closing if conn.peer_done)
-        return len(mapping) - internal + unwatched
+        """Connections still open (any thread)."""
+        with self._open_lock:
+            return len(self._open)
 
     def stop(self) -> None:
-        """Stop the thread and close whatever is still open (idempotent)."""
+        """Stop the thread and close whatever is still open (idempotent).
+
+        If the thread does not stop within ``stop_timeout``, its connections and selector are left to it (the
+        thread is a daemon): closing them under a thread still using them would be worse.
+        """
         if self._stopped:
             return
         self._stopped = True
         self._running = False
         self._waker.wake()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
-            self._thread.join(5)
+            self._thread.join(self.stop_timeout)
+            if self._thread.is_alive():
+                self.server.logger.error(
+                    "The chat reader did not stop within %g s; leaving %d connections open", self.stop_timeout, self.count
+                )
+                return
         for key in list(self._selector.get_map().values()):
             if isinstance(key.data, Connection):
                 self.finish(key.data)
-        for conn in [*self._paused, *self._closing]:
+        with self._open_lock:
+            remaining = list(self._open)
+        for conn in remaining:
             self.finish(conn)
         self._selector.close()
         if self._hangups is not None:
@@ -111,6 +157,8 @@ class ReaderLoop:
                 if not self._running:
                     return
                 continue
+            if self._arriving:
+                self._register_arrivals()
             for key, _mask in events:
                 conn = key.data
                 if conn is None:
@@ -146,6 +194,7 @@ class ReaderLoop:
             if conn.closing is not None:
                 self.finish(conn)
             else:
+                self._log_broken_handshake(conn, reason_for(error))
                 self.leave(conn, conn.outbox.reason or reason_for(error))
             return
         if conn.closing is not None:  # the client has left: discard until it closes
@@ -153,6 +202,7 @@ class ReaderLoop:
                 self.finish(conn) if conn.half_closed else self._stop_reading(conn)
             return
         if not data:
+            self._log_broken_handshake(conn, "closed by the client")
             self._ended(conn)
             return
         if track_idle:
@@ -205,6 +255,14 @@ class ReaderLoop:
                 self._hangups.register(fd, select.EPOLLRDHUP)
                 self._paused_by_fd[fd] = conn
         self._paused[conn] = until
+        self._tell_held_back(conn)
+
+    def _tell_held_back(self, conn: Connection, force: bool = False) -> None:
+        """Tell a held-back client so, when due: a client that has closed answers with a reset."""
+        assert conn.gate is not None
+        if conn.gate.notice_due(time.monotonic()) or force:
+            with self.service.lock:
+                conn.send(conn.gate.notice())
 
     def _unpause(self, conn: Connection) -> bool:
         """Take *conn* off the paused list (reading it again is the caller's); False if it was not paused."""
@@ -220,11 +278,22 @@ class ReaderLoop:
         return True
 
     def _paused_hung_up(self) -> None:
-        """Paused clients that closed or reset: they leave now, their held lines with them."""
+        """Paused clients that reset, or ended their side.
+
+        A reset (or a hang-up both ways) means the client is gone: it leaves now, its held lines
+        with it. A FIN alone may be a client that only ended its sending side and still reads: it
+        keeps its held lines, is read again in turn (its EOF then ends it, as for anyone), and is
+        told at once that it is held back -- a client that has really closed answers that with a
+        reset, which lands here again.
+        """
         assert self._hangups is not None
         for fd, mask in self._hangups.poll(0):
             conn = self._paused_by_fd.get(fd)
             if conn is None:
+                continue
+            if not mask & (select.EPOLLERR | select.EPOLLHUP):
+                self._hangups.modify(fd, 0)  # from now on only a reset or hang-up is news
+                self._tell_held_back(conn, force=True)
                 continue
             held = conn.gate.drop() if conn.gate is not None else 0
             if held:
@@ -247,8 +316,10 @@ class ReaderLoop:
             resume = conn.gate.resume_at(now)
             if resume is not None:
                 self._paused[conn] = resume
+                self._tell_held_back(conn)
             else:
                 self._unpause(conn)
+                conn.gate.noticed = None
                 self._selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _ended(self, conn: Connection) -> None:
@@ -280,6 +351,11 @@ class ReaderLoop:
         else:
             self.leave(conn, "TLS error")
         return None
+
+    def _log_broken_handshake(self, conn: Connection, reason: str) -> None:
+        """A client that resets or closes in the middle of its TLS handshake is logged, as a failed handshake."""
+        if conn.member is None and conn.tls is not None and not conn.tls.handshake_done:
+            self.server.refusal_log.log(logging.INFO, "TLS handshake failed with %s: %s", conn.peer, reason)
 
     def abandon(self, conn: Connection) -> None:
         """Close *conn* after an unexpected error, taking it out of the hub too."""
@@ -336,6 +412,8 @@ class ReaderLoop:
         self._closing.pop(conn, None)
         self._unpause(conn)
         conn.closing = 0.0
+        with self._open_lock:
+            self._open.discard(conn)
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):

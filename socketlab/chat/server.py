@@ -34,7 +34,7 @@ import socket
 import socketserver
 import ssl
 import time
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from socketlab.access import AccessRules
 from socketlab.addresses import format_address
@@ -43,10 +43,8 @@ from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
 from socketlab.chat.protocol import DEFAULT_ANNOUNCE_LIMIT, ChatHub
 from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
-from socketlab.chat.service import ChatService
+from socketlab.chat.service import ChatCore, ChatService
 
-if TYPE_CHECKING:
-    from socketlab.chat.cluster import ClusterService
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
 from socketlab.lines import DEFAULT_MAX_LINE
 from socketlab.serving import ConnectionServer, open_listener
@@ -123,7 +121,7 @@ class ChatServer(ConnectionServer):
         self.handshake_timeout = handshake_timeout
         self.max_rate = max_rate
         hub = ChatHub(room_size=room_size, max_line=max_line, announce_limit=announce_limit)
-        self.service: ChatService | ClusterService
+        self.service: ChatCore
         if redis:
             from socketlab.chat.cluster import ClusterService
 

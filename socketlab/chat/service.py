@@ -41,6 +41,29 @@ class Transport(Protocol):
         """End the connection once what was sent is out; *reason* says why (for the log and the room)."""
 
 
+class ChatCore(Protocol):
+    """What the I/O layer needs of a chat core: :class:`ChatService` on one server, ``ClusterService`` in a cluster.
+
+    ``join()`` returns a handle per transport (a hub Member, or a cluster Ticket) that the
+    transport gives back to ``receive()`` and ``depart()``; None when the clients were refused
+    (shutting down, backend unavailable) and told so.
+    """
+
+    hub: ChatHub
+    lock: threading.Lock
+    shutting_down: bool
+
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def join(self, transports: Sequence[Transport]) -> Sequence[Any] | None: ...
+    def receive(self, member: Any, items: list[Item]) -> bool: ...
+    def depart(self, member: Any, reason: str | None) -> None: ...
+    def flush(self) -> None: ...
+    def shut_down(self) -> bool: ...
+    def close_members(self, select: Callable[[Any], bool], reason: str, line: bytes) -> None: ...
+    def local_transports(self) -> list[Any]: ...
+
+
 class ChatService:
     """A hub, the lock that serialises it, and delivery to transports.
 
