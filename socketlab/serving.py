@@ -89,6 +89,12 @@ class Waker:
         self._write.close()
 
 
+def serve_both_families(sock: socket.socket) -> None:
+    """Let an IPv6 socket bound to "::" serve IPv4 too, as users of nc and Node expect (no-op for IPv4)."""
+    if sock.family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+
+
 def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     """A listening TCP socket on *host*:*port* ("::" also serves IPv4).
 
@@ -98,8 +104,7 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        serve_both_families(sock)
         sock.bind(sockaddr)
         sock.listen(backlog)
     except OSError as error:
@@ -170,9 +175,7 @@ class ConnectionServer(socketserver.TCPServer):
         self._listeners[self.socket] = (self.start_connections, True)
 
     def server_bind(self) -> None:
-        if self.address_family == socket.AF_INET6:
-            # "::" serves IPv4 too, as users of nc and Node expect.
-            self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        serve_both_families(self.socket)
         super().server_bind()
 
     # -- for the caller ---------------------------------------------------
@@ -432,8 +435,8 @@ class ConnectionServer(socketserver.TCPServer):
             thread.join(remaining)
 
 
-def allow_open_files(wanted: int) -> int:
-    """Raise the soft RLIMIT_NOFILE toward *wanted* (never above the hard limit).
+def allow_open_files(wanted: int | None = None) -> int:
+    """Raise the soft RLIMIT_NOFILE toward *wanted* (None: as far as it goes; never above the hard limit).
 
     Many systems start processes with a soft limit of 1024 descriptors, too
     few for a server meant to hold a thousand clients. Returns the soft limit.
@@ -441,8 +444,10 @@ def allow_open_files(wanted: int) -> int:
     try:
         import resource
     except ImportError:  # not POSIX
-        return wanted
+        return wanted or 0
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if wanted is None:
+        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
     if soft != resource.RLIM_INFINITY and soft < wanted:
         target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
         try:

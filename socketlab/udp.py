@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import errno
 import logging
+import selectors
 import socket
 import sys
 import threading
@@ -27,6 +28,7 @@ from typing import Any, Iterable
 from socketlab.access import AccessRules
 from socketlab.addresses import bind_error, format_address, resolve
 from socketlab.errors import SocketlabError
+from socketlab.serving import Waker, serve_both_families
 from socketlab.text import display_bytes, hexdump
 
 logger = logging.getLogger("socketlab.udp")
@@ -105,8 +107,7 @@ class DatagramReceiver:
         family, sockaddr = resolve(host, port, socket.SOCK_DGRAM, passive=True)
         self.socket = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            if family == socket.AF_INET6:
-                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            serve_both_families(self.socket)
             self._grow_receive_buffer()
             self.socket.bind(sockaddr)
         except OSError as error:
@@ -114,6 +115,7 @@ class DatagramReceiver:
             raise bind_error(host, port, error) from None
         self.server_address = self.socket.getsockname()
         self._stopping = False
+        self._waker = Waker()
         self._done = threading.Event()
         self._done.set()
 
@@ -165,8 +167,15 @@ class DatagramReceiver:
             self._done.set()
 
     def _receive_loop(self) -> None:
+        """Read datagrams while there are any; wait in select() (the socket, and the waker) when there are none."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ, self.socket)
+            self._waker.register(selector)
+            self._receive(selector)
+
+    def _receive(self, selector: selectors.BaseSelector) -> None:
         sock = self.socket
-        sock.settimeout(self.timeout)
+        sock.setblocking(False)
         buffer = bytearray(RECEIVE_BUFFER)
         view = memoryview(buffer)
         totals = self.totals
@@ -180,16 +189,16 @@ class DatagramReceiver:
         while not self._stopping:
             try:
                 count, sender = recvfrom_into(buffer)
-            except socket.timeout:
-                raise ReceiveTimeout(f"no datagram within {self.timeout:g} s on {self.address_text}") from None
+            except BlockingIOError:
+                if not selector.select(self.timeout):
+                    raise ReceiveTimeout(f"no datagram within {self.timeout:g} s on {self.address_text}") from None
+                continue  # a datagram, or shutdown() woke us
             except OSError as error:
                 if self._stopping:
                     return
                 if error.errno in (errno.ECONNREFUSED, errno.EINTR):  # ICMP from an echo reply, signals
                     continue
                 raise
-            if self._stopping:  # woken by shutdown(), not a datagram
-                return
             if access is not None and not access.permits(sender[0]):
                 totals.refused += 1
                 continue
@@ -211,29 +220,14 @@ class DatagramReceiver:
                 return
 
     def shutdown(self) -> None:
-        """Stop serve_forever() (from another thread) and wait for it."""
+        """Stop serve_forever() (from another thread) and wait for it, as the servers stop: through a waker."""
         self._stopping = True
-        try:
-            self.socket.shutdown(socket.SHUT_RDWR)  # wakes a blocked recvfrom on Linux
-        except OSError:
-            pass
-        if not self._done.wait(1.0):
-            self._poke()
-            self._done.wait(1.0)
-
-    def _poke(self) -> None:
-        """Wake the receive loop with an empty datagram to ourselves."""
-        host = self.server_address[0]
-        if host in ("0.0.0.0", "::"):
-            host = "127.0.0.1" if self.socket.family == socket.AF_INET else "::1"
-        try:
-            with socket.socket(self.socket.family, socket.SOCK_DGRAM) as poke:
-                poke.sendto(b"", (host, self.server_address[1]))
-        except OSError:
-            pass
+        self._waker.wake()
+        self._done.wait(2.0)
 
     def server_close(self) -> None:
         self.socket.close()
+        self._waker.close()
 
     def __enter__(self) -> "DatagramReceiver":
         return self

@@ -36,6 +36,7 @@ from socketlab.bench.tally import Receipts, Totals, make_message, percentile
 from socketlab.bench.wire import BenchClient, frame
 from socketlab.bench.transfer import SOCKETLAB, listening_port
 from socketlab.errors import BenchError
+from socketlab.serving import allow_open_files
 
 #: A run ends this long after the last copy arrived, if copies are still missing.
 QUIET_END = 2.0
@@ -104,19 +105,6 @@ def cpu_seconds(pid: int | Sequence[int] | None = None) -> float:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return 0.0
-
-
-def raise_open_file_limit() -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard limit; return the new soft limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            return target
-        except (ValueError, OSError):
-            pass
-    return soft
 
 
 class OwnServer:
@@ -486,7 +474,7 @@ def run_fanout(
         raise ValueError("need at least one sender and one more client")
     receivers = clients - senders
     targets = Targets.of(address)
-    raise_open_file_limit()  # this process opens every client
+    allow_open_files()  # this process opens every client
     # Every client is opened here, in one order, so the probes sit evenly among the receivers in
     # the order the server got them (a server that delivers in join order is timed at its start,
     # middle and end alike); the workers inherit their clients through fork.
@@ -704,7 +692,7 @@ def run_connections(
     progress: Progress | None = None, kind: ClientKind = PLAIN,
 ) -> ConnectionsResult:
     """Open *clients* idle connections, then check each still receives a broadcast."""
-    limit = raise_open_file_limit()
+    limit = allow_open_files()
     rss_before = rss_kib(server_pid) if server_pid else 0
     start = time.monotonic()
     socks: list[Any] = []
