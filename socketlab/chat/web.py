@@ -21,7 +21,7 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Sequence
 
@@ -106,6 +106,19 @@ class WebSite:
     head_timeout: float = HEAD_TIMEOUT
     #: Where refused requests are logged: the server's rate-limited log (None: this module's logger).
     refusals: Any = None
+    #: The last text frame made and the bytes it holds (used under the chat lock).
+    _framed: tuple[bytes, bytes] = field(default=(b"", b""), init=False, repr=False)
+
+    def text_frame(self, data: bytes) -> bytes:
+        """*data* as one unmasked text frame, the last one cached: a delivery to many browsers is framed once.
+
+        Server frames are unmasked and this server negotiates no extension, so one frame fits every
+        connection of the site.
+        """
+        framed = self._framed
+        if framed[0] is not data:
+            framed = self._framed = (data, Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[]))
+        return framed[1]
 
 
 def head_size(request: Request) -> int:
@@ -179,8 +192,7 @@ class WebSession:
         """The client ended its side."""
         if self.ended is None:
             self.ended = "disconnected"
-        if not self.protocol.reader.eof:
-            self.protocol.receive_eof()
+        self.protocol.receive_eof()  # idempotent, as websockets documents
 
     def _waiting_for_head(self) -> None:
         if self.protocol.handshake_exc is not None:  # websockets refused the request
@@ -297,10 +309,22 @@ class WebSession:
 
     # -- output --------------------------------------------------------------
 
+    def frame_lines(self, data: bytes) -> bytes | None:
+        """*data* (whole lines, valid UTF-8) as one text frame to send now; None unless the WebSocket is open.
+
+        The caller sends it after what outgoing() returned before: the frame does not pass through
+        the protocol's queue (nothing else is ever fragmented, so a whole frame fits anywhere).
+        """
+        if self.protocol.state is not State.OPEN:
+            return None
+        return self.site.text_frame(data)
+
     def send_lines(self, data: bytes) -> None:
-        """Queue *data* (whole lines, valid UTF-8) as one text message, if the WebSocket is open."""
-        if self.protocol.state is State.OPEN:
-            self.protocol.send_text(data)
+        """Queue *data* as one text message for outgoing(), if the WebSocket is open."""
+        frame = self.frame_lines(data)
+        if frame is not None:
+            self._queued += self.protocol.data_to_send()
+            self._queued.append(frame)
 
     def close(self, reason: str | None) -> None:
         """Start the closing handshake: 1000, 1001 on shutdown, 1013 when full."""
@@ -384,22 +408,15 @@ class WebConnection(Connection):
     def ended(self) -> str | None:
         return self.session.ended
 
-    #: The last delivery's bytes and their text frame: a delivery to many browsers is framed once.
-    #: Server frames are unmasked and this server negotiates no extension, so one frame fits all.
-    _framed: tuple[bytes, bytes] = (b"", b"")
-
     def _send_lines(self, data: bytes) -> None:
         """Send *data* as one text message (lock held): the relay's hot path for browsers.
 
-        The session's protocol has nothing queued here (every use of it is
-        pumped at once), so the frame can go straight to the outbox.
+        Every use of the session's protocol is pumped at once, so nothing of it waits here and
+        the frame goes straight to the outbox.
         """
-        if self.session.protocol.state is not State.OPEN:
-            return
-        framed = WebConnection._framed
-        if framed[0] is not data:
-            framed = WebConnection._framed = (data, Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[]))
-        self.outbox.write(framed[1])
+        frame = self.session.frame_lines(data)
+        if frame is not None:
+            self.outbox.write(frame)
 
     def goodbye(self, reason: str | None) -> None:
         self.session.close(reason)
