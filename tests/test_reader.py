@@ -79,7 +79,7 @@ def member(host: Host, reader: ReaderLoop) -> tuple[socket.socket, LineConnectio
     conn = LineConnection(ours, f"pair{ours.fileno()}", Outbox(ours, 1 << 20, reader.writer), 4096)  # type: ignore[attr-defined]
     members = host.service.join([conn])
     assert members is not None
-    conn.member = members[0]
+    conn.joined(members[0])
     reader.add([conn])
     return theirs, conn
 

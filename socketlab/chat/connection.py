@@ -1,16 +1,25 @@
 """A chat client's connection as the reader loop sees it, and the TCP line transport.
 
 :class:`Connection` holds what every transport shares -- the socket, its
-bounded :class:`~socketlab.chat.outbox.Outbox`, the hub member, the state of
-a departure -- and implements :class:`~socketlab.chat.service.Transport`
+bounded :class:`~socketlab.chat.outbox.Outbox`, the hub member, its
+:class:`Phase` -- and implements :class:`~socketlab.chat.service.Transport`
 for the chat core. A transport subclass turns received bytes into chat lines
 (``data_received``) and lines into bytes on the wire (``send``):
 :class:`LineConnection` for plain TCP lines here,
 :class:`~socketlab.chat.web.WebConnection` for WebSocket.
+
+The life of a connection, one verb per step (the reader loop drives them)::
+
+    HANDSHAKING --joined()--> MEMBER
+    HANDSHAKING, MEMBER --left()--> LEAVING      (flush what it is owed; input discarded)
+    LEAVING --peer_ended()--> PEER_GONE          (the client closed first: stop watching it)
+    LEAVING --our_side_ended()--> DRAINING       (flushed, FIN sent: read until the client closes)
+    any --closed()--> CLOSED
 """
 
 from __future__ import annotations
 
+import enum
 import socket
 import time
 from typing import Any
@@ -25,11 +34,31 @@ FIRST_READ = 4096
 MAX_READ = 65536
 
 
+class Phase(enum.Enum):
+    """Where a connection is in its life (see the module docstring for the steps between them)."""
+
+    #: Accepted; a TLS or WebSocket handshake may be under way. Not in the chat yet.
+    HANDSHAKING = "handshaking"
+    #: In the chat: its lines go to the chat core.
+    MEMBER = "member"
+    #: Left the chat: what it is owed is flushing; what it sends is read and discarded.
+    LEAVING = "leaving"
+    #: Left, and the client already closed its side: flushing, no longer read.
+    PEER_GONE = "peer gone"
+    #: Flushed and our side ended: reading until the client closes, so no reset destroys the last lines.
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+#: Phases of a connection that has left the chat (or never will be in it again).
+DEPARTED = frozenset({Phase.LEAVING, Phase.PEER_GONE, Phase.DRAINING, Phase.CLOSED})
+
+
 class Connection:
     """One client of the reader loop. ``send()`` and ``close()`` run under the chat lock."""
 
     __slots__ = (
-        "sock", "peer", "outbox", "member", "last_active", "read_size", "closing", "half_closed", "peer_done",
+        "sock", "peer", "outbox", "member", "last_active", "read_size", "phase", "leave_by",
         "send", "tls", "deadline", "gate",
     )
 
@@ -49,12 +78,46 @@ class Connection:
         self.member: Any = None
         self.last_active = time.monotonic()
         self.read_size = FIRST_READ
-        #: Set when the client has left: when to give up flushing and close.
-        self.closing: float | None = None
-        self.half_closed = False
-        #: The client closed its side while we were still flushing to it.
-        self.peer_done = False
+        self.phase = Phase.HANDSHAKING
+        #: Once it has left: when to give up flushing and close.
+        self.leave_by = 0.0
         self.send = outbox.write
+
+    # -- the lifecycle (reader thread, but joined() on whichever thread welcomes it) --
+
+    @property
+    def departed(self) -> bool:
+        """True once the client has left the chat (or was never let in and is going)."""
+        return self.phase in DEPARTED
+
+    def joined(self, member: Any) -> None:
+        """HANDSHAKING -> MEMBER: the chat core took it in; *member* is its handle there."""
+        assert self.phase is Phase.HANDSHAKING, self.phase
+        self.member = member
+        self.phase = Phase.MEMBER
+
+    def left(self, flush_until: float) -> None:
+        """HANDSHAKING or MEMBER -> LEAVING: flush what it is owed until *flush_until*, then close."""
+        assert not self.departed, self.phase
+        self.phase = Phase.LEAVING
+        self.leave_by = flush_until
+
+    def peer_ended(self) -> None:
+        """LEAVING -> PEER_GONE: the client closed its side before our flush was done."""
+        assert self.phase is Phase.LEAVING, self.phase
+        self.phase = Phase.PEER_GONE
+
+    def our_side_ended(self) -> None:
+        """LEAVING -> DRAINING: flushed; the caller shuts our sending side down."""
+        assert self.phase is Phase.LEAVING, self.phase
+        self.phase = Phase.DRAINING
+
+    def closed(self) -> bool:
+        """Any -> CLOSED; False if it already was (closing is idempotent)."""
+        if self.phase is Phase.CLOSED:
+            return False
+        self.phase = Phase.CLOSED
+        return True
 
     def data_received(self, data: bytes) -> list[Item]:
         """Chat lines completed by *data* (reader thread, lock not held)."""
@@ -70,7 +133,7 @@ class Connection:
 
     def tick(self, now: float) -> None:
         """Timers (lock held): a client not in the hub by its deadline is dropped."""
-        if self.member is None and self.deadline is not None and now > self.deadline:
+        if self.phase is Phase.HANDSHAKING and self.deadline is not None and now > self.deadline:
             self.outbox.fail("handshake timeout")
 
     def ended(self) -> str | None:

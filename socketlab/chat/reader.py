@@ -22,7 +22,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
-from socketlab.chat.connection import MAX_READ, Connection
+from socketlab.chat.connection import MAX_READ, Connection, Phase
 from socketlab.chat.outbox import reason_for
 from socketlab.lines import Item
 from socketlab.serving import Waker
@@ -101,7 +101,7 @@ class ReaderLoop:
         """Watch the connections other threads handed over (reader thread)."""
         while self._arriving:
             conn = self._arriving.popleft()
-            if conn.closing == 0.0:  # finished before it was ever watched
+            if conn.phase is Phase.CLOSED:  # finished before it was ever watched
                 continue
             try:
                 self._selector.register(conn.sock, selectors.EVENT_READ, conn)
@@ -187,19 +187,19 @@ class ReaderLoop:
 
     def _readable(self, conn: Connection, track_idle: bool) -> None:
         try:
-            data = conn.sock.recv(conn.read_size if conn.closing is None else MAX_READ)
+            data = conn.sock.recv(MAX_READ if conn.departed else conn.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
-            if conn.closing is not None:
+            if conn.departed:
                 self.finish(conn)
             else:
                 self._log_broken_handshake(conn, reason_for(error))
                 self.leave(conn, conn.outbox.reason or reason_for(error))
             return
-        if conn.closing is not None:  # the client has left: discard until it closes
+        if conn.departed:  # the client has left: discard until it closes
             if not data:
-                self.finish(conn) if conn.half_closed else self._stop_reading(conn)
+                self.finish(conn) if conn.phase is Phase.DRAINING else self._stop_reading(conn)
             return
         if not data:
             self._log_broken_handshake(conn, "closed by the client")
@@ -216,7 +216,7 @@ class ReaderLoop:
                 return
             data = plain
         items = conn.data_received(data) if data else []
-        if conn.member is None and conn.ready_to_join():
+        if conn.phase is Phase.HANDSHAKING and conn.ready_to_join():
             self.server.join_late(conn)
         if conn.gate is not None:
             now = time.monotonic()
@@ -234,7 +234,7 @@ class ReaderLoop:
 
     def _hand_on(self, conn: Connection, items: list[Item]) -> bool:
         """Give *conn*'s lines to the chat; False when it quit (and has left)."""
-        if items and conn.member is not None and not conn.outbox.closed:
+        if items and conn.phase is Phase.MEMBER and not conn.outbox.closed:
             if self.service.receive(conn.member, items):
                 self.leave(conn, None)  # a plain /quit
                 return False
@@ -326,7 +326,7 @@ class ReaderLoop:
         """The client ended its side: its last unterminated line still counts, then it leaves."""
         reason: str | None = conn.outbox.reason or "disconnected"
         items = conn.eof_received()
-        if items and conn.member is not None and self.service.receive(conn.member, items):
+        if items and conn.phase is Phase.MEMBER and self.service.receive(conn.member, items):
             reason = None
         self.leave(conn, reason)
 
@@ -346,7 +346,7 @@ class ReaderLoop:
         stage = "handshake" if not tls.handshake_done else "connection"
         # Rate-limited like refusals: a scan of the TLS port cannot fill a disk.
         self.server.refusal_log.log(logging.INFO, "TLS %s failed with %s: %s", stage, conn.peer, failure)
-        if conn.member is None:
+        if conn.phase is Phase.HANDSHAKING:
             self.finish(conn)
         else:
             self.leave(conn, "TLS error")
@@ -354,12 +354,12 @@ class ReaderLoop:
 
     def _log_broken_handshake(self, conn: Connection, reason: str) -> None:
         """A client that resets or closes in the middle of its TLS handshake is logged, as a failed handshake."""
-        if conn.member is None and conn.tls is not None and not conn.tls.handshake_done:
+        if conn.phase is Phase.HANDSHAKING and conn.tls is not None and not conn.tls.handshake_done:
             self.server.refusal_log.log(logging.INFO, "TLS handshake failed with %s: %s", conn.peer, reason)
 
     def abandon(self, conn: Connection) -> None:
         """Close *conn* after an unexpected error, taking it out of the hub too."""
-        if conn.closing is None and conn.member is not None:
+        if conn.phase is Phase.MEMBER:
             try:
                 self.service.depart(conn.member, "server error")
             except Exception:  # the hub itself is failing: closing the socket is all that is left
@@ -368,50 +368,51 @@ class ReaderLoop:
 
     def leave(self, conn: Connection, reason: str | None) -> None:
         """The client is gone or going: tell its room, say goodbye, then flush and close."""
-        if conn.closing is not None:
+        if conn.departed:
             return
         if self._unpause(conn):  # read again: the departure reads until the client closes
             self._selector.register(conn.sock, selectors.EVENT_READ, conn)
-        if conn.member is not None:
+        if conn.phase is Phase.MEMBER:
             self.service.depart(conn.member, reason)
         with self.service.lock:
             conn.farewell(reason)
         if conn.outbox.reason is not None or reason == "connection reset" or self.service.shutting_down:
             self.finish(conn)
             return
-        conn.closing = time.monotonic() + FLUSH_TIMEOUT
+        conn.left(time.monotonic() + FLUSH_TIMEOUT)
         self._closing[conn] = None
         self._advance(conn)
 
     def _advance(self, conn: Connection) -> None:
         """End our side once the outbox is flushed; close at the deadline."""
-        assert conn.closing is not None
-        if time.monotonic() > conn.closing:
+        if time.monotonic() > conn.leave_by:
             self.finish(conn)
             return
-        if not conn.half_closed and not conn.outbox.size:
-            conn.half_closed = True
-            try:
-                conn.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self.finish(conn)
-                return
-            if conn.peer_done:
-                self.finish(conn)
+        if conn.outbox.size or conn.phase is Phase.DRAINING:
+            return
+        if conn.phase is Phase.PEER_GONE:
+            self.finish(conn)
+            return
+        conn.our_side_ended()
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.finish(conn)
 
     def _stop_reading(self, conn: Connection) -> None:
         """EOF while still flushing: wait for the flush without polling the socket."""
-        conn.peer_done = True
+        conn.peer_ended()
         try:
             self._selector.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
 
     def finish(self, conn: Connection) -> None:
-        """Close *conn* for good and unregister it everywhere (later leave() calls do nothing)."""
+        """Close *conn* for good and unregister it everywhere (idempotent; later leave() calls do nothing)."""
+        if not conn.closed():
+            return
         self._closing.pop(conn, None)
         self._unpause(conn)
-        conn.closing = 0.0
         with self._open_lock:
             self._open.discard(conn)
         try:

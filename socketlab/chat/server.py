@@ -234,7 +234,7 @@ class ChatServer(ConnectionServer):
                 self.reader.finish(conn)
             return False
         for conn, member in zip(conns, members, strict=True):
-            conn.member = member
+            conn.joined(member)
         return True
 
     def start_connection(self, request: socket.socket, client_address: Any) -> None:
@@ -323,7 +323,7 @@ class ChatServer(ConnectionServer):
         if idle:
             limit = now - idle
             self.service.close_members(
-                lambda conn: conn.last_active < limit and conn.closing is None,
+                lambda conn: conn.last_active < limit and not conn.departed,
                 "idle timeout",
                 f"! idle for {idle:g} s, disconnecting\n".encode(),
             )
