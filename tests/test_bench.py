@@ -361,7 +361,7 @@ def test_bench_errors_are_one_line_but_bugs_keep_their_traceback() -> None:
     """A BenchError becomes click's one-line error; any other exception (a bug) passes through unchanged."""
     import click
 
-    from socketlab.cli import bench_errors
+    from socketlab.cli.options import bench_errors
 
     with pytest.raises(click.ClickException, match="^the abusers did not report$"):
         with bench_errors():

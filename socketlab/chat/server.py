@@ -32,30 +32,26 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-import ssl
 import time
-from typing import Any, Iterable
+from typing import Any
 
-from socketlab.access import AccessRules
 from socketlab.addresses import format_address
+from socketlab.chat.config import DEFAULT_MAX_BACKLOG, ChatConfig
 from socketlab.chat.connection import Connection, LineConnection
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
-from socketlab.chat.protocol import DEFAULT_ANNOUNCE_LIMIT, ChatHub
+from socketlab.chat.protocol import ChatHub
 from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatCore, ChatService
 
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
-from socketlab.lines import DEFAULT_MAX_LINE
 from socketlab.serving import ConnectionServer, open_listener
-from socketlab.tls import HANDSHAKE_TIMEOUT, TlsLayer
+from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
 web_log = logging.getLogger("socketlab.chat.web")
 client_log = logging.getLogger("socketlab.chat.clients")
 
-#: Default bytes a client may have waiting for it before it is dropped as too slow.
-DEFAULT_MAX_BACKLOG = 1024 * 1024
 
 __all__ = ["ChatServer", "DEFAULT_MAX_BACKLOG", "FLUSH_TIMEOUT", "Outbox"]
 
@@ -67,22 +63,13 @@ class ChatServer(ConnectionServer):
     ``serve_forever()`` on a thread and stop with ``shutdown()`` or a ``with``
     block. Raises AddressError when an address cannot be bound.
 
-    Limits: ``max_clients`` members (TCP and web together), ``max_line``
-    bytes per line, ``max_backlog`` bytes waiting per client, ``idle_timeout``
-    seconds of silence (None: no limit). ``web=(host, port)`` also serves the
-    chat page and its WebSocket there; ``web_origins`` are origins allowed
-    besides the page's own. With ``tls`` (a server SSLContext) both listeners
-    speak TLS (the page is then https and wss); a client has
-    ``handshake_timeout`` seconds to finish its handshake. ``max_rate`` > 0
-    limits each client to that many lines per second (a burst of twice
-    that) and 8 MiB per second: a client over it is simply
-    not read until its budget refills (see :mod:`socketlab.chat.flood`).
-    Rooms of ``announce_limit`` members or more hear no joins and departures.
-    ``access`` (:class:`~socketlab.access.AccessRules`) and ``max_per_ip``
-    screen both listeners' connections right after accept. With ``redis``
-    (a URL), this server is one of the cluster ``cluster``: every server
-    with the same Redis and cluster name serves one chat (see
-    :mod:`socketlab.chat.cluster`); raises ClusterError when it cannot join.
+    Its settings are a :class:`~socketlab.chat.config.ChatConfig` (limits,
+    web, TLS, cluster; each documented there), given whole as *config*, or
+    as keyword arguments over the defaults, or both (the keywords win):
+    ``ChatServer(address, config, max_rate=20)``. With ``redis`` it joins a
+    cluster and raises ClusterError when it cannot. ``web_site`` replaces
+    the page and WebSocket settings (tests); ``logger`` receives the
+    lifecycle log.
     """
 
     too_many_message = b"! too many connections from your address\n"
@@ -95,37 +82,27 @@ class ChatServer(ConnectionServer):
     def __init__(
         self,
         address: tuple[str, int],
+        config: ChatConfig | None = None,
         *,
-        room_size: int = 0,
-        max_clients: int | None = None,
-        max_line: int = DEFAULT_MAX_LINE,
-        max_backlog: int = DEFAULT_MAX_BACKLOG,
-        idle_timeout: float | None = None,
-        web: tuple[str, int] | None = None,
-        web_origins: Iterable[str] = (),
         web_site: WebSite | None = None,
-        tls: ssl.SSLContext | None = None,
-        handshake_timeout: float = HANDSHAKE_TIMEOUT,
-        max_rate: float = 0,
-        announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
-        access: AccessRules | None = None,
-        max_per_ip: int | None = None,
-        redis: str | None = None,
-        cluster: str = "socketlab",
         logger: logging.Logger = logger,
+        **settings: Any,
     ) -> None:
-        self.max_line = max_line
-        self.max_backlog = max_backlog
-        self.idle_timeout = idle_timeout or None
-        self.tls_context = tls
-        self.handshake_timeout = handshake_timeout
-        self.max_rate = max_rate
-        hub = ChatHub(room_size=room_size, max_line=max_line, announce_limit=announce_limit)
+        config = (config or ChatConfig()).replace(**settings)
+        self.config = config
+        self.max_line = max_line = config.max_line
+        self.max_backlog = config.max_backlog
+        self.idle_timeout = config.idle_timeout or None
+        self.tls_context = tls = config.tls
+        self.handshake_timeout = config.handshake_timeout
+        self.max_rate = config.max_rate
+        web = config.web
+        hub = ChatHub(room_size=config.room_size, max_line=max_line, announce_limit=config.announce_limit)
         self.service: ChatCore
-        if redis:
+        if config.redis:
             from socketlab.chat.cluster import ClusterService
 
-            self.service = ClusterService(hub, redis, cluster)
+            self.service = ClusterService(hub, config.redis, config.cluster)
         else:
             self.service = ChatService(hub)
         self.service.start()
@@ -133,7 +110,7 @@ class ChatServer(ConnectionServer):
         self.lock = self.service.lock
         if web is not None and web_site is None:
             web_site = WebSite(
-                load_pages(), origins=tuple(web_origins), scheme="https" if tls else "http",
+                load_pages(), origins=config.web_origins, scheme="https" if tls else "http",
                 max_line=max_line, max_message=max(65536, 4 * max_line),
             )
         self.web_site = web_site if web is not None else None
@@ -144,8 +121,8 @@ class ChatServer(ConnectionServer):
         # No handler class: start_connections() hands connections to the reader thread.
         try:
             super().__init__(
-                address, socketserver.BaseRequestHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip,
-                logger=logger,
+                address, socketserver.BaseRequestHandler, max_clients=config.max_clients, access=config.access,
+                max_per_ip=config.max_per_ip, logger=logger,
             )
         except Exception:
             self.service.stop()

@@ -1,0 +1,257 @@
+"""``socketlab bench chat``, ``tcp`` and ``udp``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from socketlab.cli.options import AddressList, ByteSize, PidList, bench_errors
+
+
+#: bench chat --placement: the names Placement.named() takes (spelled here to keep start-up light).
+PLACEMENTS = ("shared", "split")
+
+
+@click.group()
+def bench() -> None:
+    """Measure chat relays, bulk TCP and UDP on loopback.
+
+    \b
+    socketlab bench chat                         # start a chat server, measure it
+    socketlab bench chat --target 127.0.0.1:4000 # measure any line relay
+    socketlab bench tcp --size 1G
+    socketlab bench udp --count 200000
+    """
+
+
+def progress_printer() -> Any:
+    """A progress callback that rewrites one stderr line on a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+
+    def show(text: str) -> None:
+        sys.stderr.write(f"\r\x1b[K{text}")
+        sys.stderr.flush()
+
+    return show
+
+
+def clear_progress() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+@bench.command("chat")
+@click.option("--target", type=AddressList(), help="Running line-relaying chat servers, clients spread over them round-robin (default: start socketlab's own).")
+@click.option("--scenario", type=click.Choice(["fanout", "slow", "connections", "flood"]), default="fanout", show_default=True)
+@click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
+@click.option("--senders", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
+@click.option("--size", type=click.IntRange(32, 4000), default=64, show_default=True, help="Bytes per message line.")
+@click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out).")
+@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="Bulk receiver processes (besides the probes' and the senders').")
+@click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
+@click.option("--batch", type=click.IntRange(1, 1000), default=64, show_default=True, help="Flat out: lines per send (1: one line per send, as people type).")
+@click.option("--check", type=click.Choice(["probes", "all"]), default="probes", show_default=True, help="Bulk readers only count lines (probes and senders check theirs), or every copy is checked (a costlier instrument).")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default="shared", show_default=True, help="split: the server on the first CPU, the benchmark on the others (needs its PIDs for a --target).")
+@click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
+@click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
+@click.option("--abusers", type=click.IntRange(1, 200), default=40, show_default=True, help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.")
+@click.option("--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts.")
+@click.option("--server-pid", type=PidList(), default=None, help="PIDs of the target servers, to report their CPU and memory (summed).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_chat(target: tuple[tuple[str, int], ...] | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, batch: int, check: str, placement: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: list[int] | None, as_json: bool) -> None:
+    """Measure a chat relay: copies/s, latency, loss, garbling, order.
+
+    Senders send uniquely tagged lines; every client reads every copy.
+    'slow' adds a client that never reads and compares p99; 'connections'
+    opens --clients idle clients and checks they are all still served.
+    'flood' runs socketlab's own server with its flood control on: a paced
+    fanout (--rate, 10 by default, 100 messages) without and with one client
+    sending flat out, then --abusers abusing clients for --abuse-seconds while
+    two members chat and newcomers arrive.
+    With --transport ws every client is a WebSocket client (--target is then
+    the server's web address).
+
+    \b
+    Examples:
+      socketlab bench chat --rate 250
+      socketlab bench chat --transport ws
+      socketlab bench chat --scenario connections --clients 2000
+      socketlab bench chat --target 127.0.0.1:4000 --json
+    """
+    import json
+    import tempfile
+
+    from socketlab.addresses import format_address
+    from socketlab.bench import chat as chat_bench
+    from socketlab.bench.placement import Placement, unpin_process
+    from socketlab.bench.report import connections_lines, fanout_lines
+
+    own = None
+    web = transport == "ws"
+    workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
+    tls_context = None
+    with bench_errors():
+        cpus = Placement.named(placement)
+        if cpus.server and target and not server_pid:
+            raise click.UsageError("--placement split with a --target needs the servers' --server-pid")
+        server_options = ["--max-clients", str(max(1000, clients + 10))]
+        if scenario != "flood":  # flood control off, so the comparison with peers is like for like
+            server_options += ["--max-rate", "0"]
+        if use_tls:
+            from socketlab.bench.transfer import Certificate
+            from socketlab.tls import client_context
+
+            certificate = Certificate.make(workdir.name)
+            server_options += ["--tls-cert", certificate.cert, "--tls-key", certificate.key]
+            tls_context = client_context(certificate.cert if not target else None, verify=not target)
+        if target:
+            address: Any = chat_bench.Targets(target)
+            pids: Any = server_pid
+        else:
+            own = chat_bench.OwnServer(server_options, web=web)
+            address = ("127.0.0.1", own.web_port or own.port)
+            pids = own.pid
+    progress = None if as_json else progress_printer()
+    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": ",".join(format_address(a) for a in target) if target else f"socketlab chat serve (pid {pids})"}
+    kind = chat_bench.ClientKind(web=web, tls=tls_context)
+    lines: list[str] = []
+    pinned: dict[int, dict[int, set[int]]] = {}  # a --target's servers: where their threads ran before
+    with bench_errors():
+        try:
+            server_pids = [pids] if isinstance(pids, int) else pids or []
+            cpus.pin_server(server_pids, saved=pinned if target else None)
+            cpus.pin_load()
+            output["placement"] = cpus.observed(server_pids)
+            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, batch=batch, check_all=check == "all", kind=kind)
+            if scenario == "fanout":
+                result = chat_bench.run_fanout(address, **options)
+                output["fanout"] = chat_bench.as_dict(result)
+                lines += fanout_lines("fanout", result)
+            elif scenario == "flood":
+                from socketlab.bench import flood
+                from socketlab.bench.report import abuse_lines
+
+                if not rate:
+                    options.update(rate=10.0, messages=min(messages, 100))
+                base = chat_bench.run_fanout(address, **options)
+                flooded = chat_bench.run_fanout(address, flooder=True, **options)
+                abuse = flood.run_abuse(chat_bench.Targets.of(address).first, abusers=abusers, seconds=abuse_seconds)
+                ratio = flooded.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
+                output.update(fanout=chat_bench.as_dict(base), flooded=chat_bench.as_dict(flooded), p99_ratio=round(ratio, 3), abuse=chat_bench.as_dict(abuse))
+                lines += fanout_lines("fanout", base) + fanout_lines("with a client sending flat out", flooded)
+                lines.append(f"p99 with the flooding client / without: {ratio:.2f}x ({flooded.flooder_bytes:,} bytes sent by it)")
+                lines += abuse_lines(abuse)
+            elif scenario == "slow":
+                base = chat_bench.run_fanout(address, **options)
+                slowed = chat_bench.run_fanout(address, slow_client=True, **options)
+                ratio = slowed.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
+                output.update(fanout=chat_bench.as_dict(base), slow=chat_bench.as_dict(slowed), p99_ratio=round(ratio, 3))
+                lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
+                lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
+            else:
+                connections = chat_bench.run_connections(address, clients=clients, server_pid=pids, progress=progress, kind=kind)
+                output["connections"] = chat_bench.as_dict(connections)
+                lines += connections_lines(connections)
+        finally:
+            clear_progress()
+            if own is not None:
+                own.stop()
+            for pid, before in pinned.items():
+                unpin_process(pid, before)
+    click.echo(json.dumps(output) if as_json else "\n".join(lines))
+
+
+@bench.command("tcp")
+@click.option("--size", type=ByteSize(), default="1G", show_default=True, help="Bytes to stream (K, M, G suffixes).")
+@click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True, help="Runs per tool.")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat between the same endpoints, if installed.")
+@click.option("--tls", "use_tls", is_flag=True, help="Over TLS (a certificate made with openssl for the run; socat uses OPENSSL-LISTEN/OPENSSL).")
+@click.option("--buffer", "buffers", metavar="SIZE[,SIZE...]", help="Largest read/write at both ends (tcp-client/tcp-server --buffer, socat -b), each size in turn: a sweep.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | None, as_json: bool) -> None:
+    """Bulk TCP: a stream through tcp-client into tcp-server -q, in MB/s.
+
+    The data comes from this process through a pipe (no file on disk) and
+    is timed from the client's first read until the server has counted
+    every byte; each tool's start-up is reported apart.
+
+    \b
+    Examples:
+      socketlab bench tcp --size 1G
+      socketlab bench tcp --size 1G --tls
+      socketlab bench tcp --buffer 16K,64K,256K,1M,4M
+    """
+    import json
+    import tempfile
+    from dataclasses import asdict
+
+    from socketlab.bench import transfer
+
+    sizes: list[int | None] = [None]
+    if buffers:
+        parse = ByteSize(maximum=64 << 20)
+        try:
+            sizes = [parse.convert(text.strip(), None, None) for text in buffers.split(",")]
+        except click.BadParameter as error:
+            error.param_hint = "'--buffer'"
+            raise
+    tools = ["socketlab"] + (["socat"] if peers and transfer.has("socat") else [])
+    results = []
+    workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
+    certificate = None
+    if use_tls:
+        with bench_errors():
+            certificate = transfer.Certificate.make(workdir.name)
+    for buffer in sizes:
+        for _ in range(runs):
+            for tool in tools:
+                with bench_errors():
+                    result = transfer.run_tcp(size, tool, tls=certificate, buffer=buffer)
+                results.append(result)
+                if not as_json:
+                    click.echo(result.describe())
+    best = {
+        (tool, buffer): max(r.mb_per_second for r in results if r.tool.split()[0] == tool and r.buffer == buffer)
+        for buffer in sizes for tool in tools
+    }
+    if as_json:
+        by_name = {f"{tool}{f' {buffer}' if buffer else ''}": round(mbps) for (tool, buffer), mbps in best.items()}
+        click.echo(json.dumps({"runs": [asdict(r) | {"mb_per_second": round(r.mb_per_second)} for r in results], "best_mb_per_second": by_name}))
+    else:
+        for buffer in sizes:
+            label = f" with {buffer:,}-byte buffers" if buffer else ""
+            click.echo(f"best{label}: " + ", ".join(f"{tool} {best[tool, buffer]:,.0f} MB/s" for tool in tools))
+
+
+@bench.command("udp")
+@click.option("--count", type=click.IntRange(1), default=200000, show_default=True, help="Datagrams to send flat out.")
+@click.option("--size", type=click.IntRange(1, 65507), default=64, show_default=True, help="Bytes per datagram.")
+@click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat's and ncat's receivers, if installed.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def bench_udp(count: int, size: int, peers: bool, as_json: bool) -> None:
+    """UDP: udp-send --repeat flat out into a receiver; datagrams/s and loss.
+
+    \b
+    Example:
+      socketlab bench udp --count 200000
+    """
+    import json
+    from dataclasses import asdict
+
+    from socketlab.bench import transfer
+
+    receivers = ["socketlab"] + ([tool for tool in ("socat", "ncat") if transfer.has(tool)] if peers else [])
+    results = []
+    for receiver in receivers:
+        with bench_errors():
+            result = transfer.run_udp(count, size, receiver)
+        results.append(result)
+        if not as_json:
+            click.echo(result.describe())
+    if as_json:
+        click.echo(json.dumps({"runs": [asdict(r) | {"loss": round(r.loss, 6)} for r in results]}))

@@ -1,0 +1,267 @@
+"""What the commands share: option declarations, parameter types, TLS and access setup, the log, errors."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import sys
+from typing import Any, Callable, Iterator, TypeVar
+
+import click
+
+from socketlab.addresses import DEFAULT_HOST, DEFAULT_PORT
+from socketlab.errors import SocketlabError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+@contextlib.contextmanager
+def bench_errors() -> Iterator[None]:
+    """A benchmark that cannot run (a process that will not start, a refused
+    connection) fails with one ``Error: ...`` line; output errors go on to run()."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno in OUTPUT_ERRORS:
+            raise
+        text = error.strerror or str(error)
+        raise click.ClickException(f"{text}: {error.filename}" if error.filename else text) from None
+    except SocketlabError as error:  # BenchError, or e.g. a TLS handshake with a target that failed
+        raise click.ClickException(str(error)) from None
+
+
+class ByteSize(click.ParamType):
+    """A size such as 1048576, 64K, 100M or 1G (powers of 1024)."""
+
+    name = "size"
+    _units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def __init__(self, maximum: int | None = None) -> None:
+        self.maximum = maximum
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("B").removesuffix("I")
+        unit = text[-1:] if text[-1:] in "KMG" else ""
+        number = text[: -1] if unit else text
+        try:
+            size = int(float(number) * self._units[unit])
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 4096, 64K, 100M or 1G", param, ctx)
+        if size <= 0:
+            self.fail("the size must be positive", param, ctx)
+        if self.maximum is not None and size > self.maximum:
+            self.fail(f"{value!r} is more than the largest allowed, {self.maximum >> 20}M", param, ctx)
+        return size
+
+
+def buffer_option(func: F) -> F:
+    return click.option(
+        "--buffer", "buffer_size", type=ByteSize(maximum=64 << 20), default=None,
+        help="Largest single read or write (K, M suffixes), like socat's -b.  [default: a quarter of the L2 cache, 64K-1M]",
+    )(func)
+
+
+def host_option(func: F) -> F:
+    return click.option(
+        "--host",
+        default=DEFAULT_HOST,
+        show_default=True,
+        envvar="SOCKETLAB_HOST",
+        help="Address (0.0.0.0 or :: to listen on every interface; env SOCKETLAB_HOST).",
+    )(func)
+
+
+def port_option(func: F) -> F:
+    return click.option(
+        "--port",
+        type=click.IntRange(0, 65535),
+        default=DEFAULT_PORT,
+        show_default=True,
+        envvar="SOCKETLAB_PORT",
+        help="Port (0 picks a free one when listening; env SOCKETLAB_PORT).",
+    )(func)
+
+
+def tls_server_options(func: F) -> F:
+    """--tls-cert and --tls-key: serve TLS."""
+    func = click.option("--tls-key", metavar="FILE", type=click.Path(dir_okay=False), help="Its private key, PEM, unencrypted (default: inside --tls-cert).")(func)
+    return click.option("--tls-cert", metavar="FILE", type=click.Path(dir_okay=False), help="Serve TLS with this certificate (PEM, chain included).")(func)
+
+
+def access_options(func: F) -> F:
+    """--allow and --deny: who may connect."""
+    func = click.option("--deny", multiple=True, metavar="SPEC", help="Refuse these peers: an address, a CIDR block or @FILE (repeatable; wins over --allow).")(func)
+    return click.option("--allow", multiple=True, metavar="SPEC", help="Let in only these peers: an address, a CIDR block or @FILE (repeatable).")(func)
+
+
+def per_ip_option(func: F) -> F:
+    return click.option("--max-per-ip", type=click.IntRange(1), default=None, metavar="N", help="Connections at once from one address (default: no limit).")(func)
+
+
+def access_rules(allow: tuple[str, ...], deny: tuple[str, ...]) -> Any:
+    """The AccessRules of --allow/--deny, or None; a bad rule is one error line."""
+    if not allow and not deny:
+        return None
+    from socketlab.access import AccessRules
+
+    return AccessRules.parse(allow=allow, deny=deny)
+
+
+def tls_client_options(func: F) -> F:
+    """--tls, --tls-ca and --tls-no-verify: connect with TLS."""
+    func = click.option("--tls-no-verify", is_flag=True, help="Do not verify the server's certificate (insecure; says so on stderr).")(func)
+    func = click.option("--tls-ca", metavar="FILE", type=click.Path(dir_okay=False), help="Trust these CA certificates (PEM) instead of the system's.")(func)
+    return click.option("--tls", "use_tls", is_flag=True, help="Connect with TLS, verifying the server's certificate and name.")(func)
+
+
+def server_tls(cert: str | None, key: str | None) -> Any:
+    """The server SSLContext for --tls-cert/--tls-key, or None; errors are one line."""
+    if key and not cert:
+        raise click.UsageError("--tls-key needs --tls-cert")
+    if not cert:
+        return None
+    from socketlab.tls import server_context
+
+    return server_context(cert, key)
+
+
+def client_tls(use_tls: bool, ca: str | None, no_verify: bool) -> Any:
+    """The client SSLContext for --tls (implied by --tls-ca/--tls-no-verify), or None."""
+    if not (use_tls or ca or no_verify):
+        return None
+    from socketlab.tls import client_context
+
+    if no_verify:
+        click.echo("Warning: --tls-no-verify: the server's certificate is not checked; anyone in between can read and change the traffic", err=True)
+    return client_context(ca, verify=not no_verify)
+
+
+#: errno values that mean our output cannot be written (full disk, closed pipe, ...).
+OUTPUT_ERRORS = {errno.EPIPE, errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO}
+
+
+def drop_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        return
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+def log_to_stdout(level: int = logging.INFO) -> None:
+    """Send socketlab's log records to stdout, one message per line.
+
+    No serving thread ever waits for stdout: lines go through a bounded queue
+    to a writer thread, and are dropped (and counted, and said so) when
+    stdout does not take them (socketlab.logqueue).
+    """
+    import atexit
+
+    from socketlab.logqueue import BoundedLogHandler
+
+    handler = BoundedLogHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("socketlab")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+    atexit.register(_close_log, handler)
+
+
+def _close_log(handler: Any) -> None:
+    """At exit: give the log half a second to reach stdout; if stdout takes no
+    more, point it at /dev/null so the interpreter's final flush cannot block."""
+    if not handler.drain(handler.close_timeout):
+        drop_stdout()
+    handler.close(timeout=0)
+
+
+class WebAddress(click.ParamType):
+    """``PORT`` or ``HOST:PORT`` (port 0: a free one); the host is None when only a port is given."""
+
+    name = "[HOST:]PORT"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str | None, int]:
+        if isinstance(value, tuple):
+            return value
+        from socketlab.addresses import parse_address
+        from socketlab.errors import AddressError
+
+        text = str(value)
+        if text.isdigit() and int(text) < 65536:
+            return None, int(text)
+        try:
+            if text.rpartition(":")[2] == "0":  # HOST:0, a free port
+                return parse_address(text[:-1] + "1")[0], 0
+            return parse_address(text)
+        except AddressError as error:
+            self.fail(str(error), param, ctx)
+
+
+class AddressList(click.ParamType):
+    """``HOST:PORT[,HOST:PORT...]``: one address or several."""
+
+    name = "HOST:PORT[,...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[tuple[str, int], ...]:
+        if isinstance(value, tuple):
+            return value
+        from socketlab.addresses import parse_address
+        from socketlab.errors import AddressError
+
+        try:
+            return tuple(parse_address(text.strip()) for text in str(value).split(","))
+        except AddressError as error:
+            self.fail(str(error), param, ctx)
+
+
+class PidList(click.ParamType):
+    """``PID[,PID...]``: process ids."""
+
+    name = "PID[,...]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> list[int]:
+        if isinstance(value, list):
+            return value
+        try:
+            return [int(pid) for pid in str(value).split(",")]
+        except ValueError:
+            self.fail(f"{value!r} is not a PID or a comma-separated list of them", param, ctx)
+
+
+class Origin(click.ParamType):
+    """An origin as browsers send it: ``scheme://host[:port]``, no path."""
+
+    name = "ORIGIN"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(value))
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query or parts.fragment:
+            self.fail(f"{value!r} is not an origin like https://example.org or http://localhost:8000", param, ctx)
+        return str(value)
+
+
+class RedisUrl(click.ParamType):
+    """A Redis URL (``redis://``, ``rediss://``, ``unix://``); it needs the redis extra installed."""
+
+    name = "URL"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise click.ClickException("--redis needs the redis package: pip install 'socketlab[redis]'") from None
+        if not str(value).startswith(("redis://", "rediss://", "unix://")):
+            self.fail(f"{value!r} is not a URL like redis://HOST:PORT/DB", param, ctx)
+        return str(value)
