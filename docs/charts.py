@@ -67,13 +67,23 @@ def latency_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     for index, peer in enumerate(peers):
         bars = [spread([run["latency_ms"][p] for run in runs[peer]]) for p in PERCENTILES]
         positions = [x + (index - (len(peers) - 1) / 2) * width for x in range(len(PERCENTILES))]
-        axes.bar(positions, [b[0] for b in bars], width, yerr=[[b[1] for b in bars], [b[2] for b in bars]],
-                 label=peer, color=COLOURS.get(peer), capsize=3)
+        axes.bar(
+            positions,
+            [b[0] for b in bars],
+            width,
+            yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+            label=peer,
+            color=COLOURS.get(peer),
+            capsize=3,
+        )
     first = runs[peers[0]][0]
     axes.set_xticks(range(len(PERCENTILES)), PERCENTILES)
     axes.set_ylabel("latency, ms (median of runs; whiskers: min-max)")
-    axes.set_title(f"Paced fanout: {first['clients']} clients, {first['senders']} senders x {first['rate']:g} msg/s, "
-                   f"{len(runs[peers[0]])} runs\n{machine_line(data)}", fontsize=9)
+    axes.set_title(
+        f"Paced fanout: {first['clients']} clients, {first['senders']} senders x {first['rate']:g} msg/s, "
+        f"{len(runs[peers[0]])} runs\n{machine_line(data)}",
+        fontsize=9,
+    )
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -82,7 +92,9 @@ def latency_chart(data: dict[str, Any], path: pathlib.Path) -> None:
 
 def copies_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     """Copies/s flat out (64 lines per send, and one) and the server's CPU per copy, per server."""
-    scenarios = [(name, label) for name, label in (("flat", "64 lines per send"), ("lines", "1 line per send")) if name in data["raw"]]
+    scenarios = [
+        (name, label) for name, label in (("flat", "64 lines per send"), ("lines", "1 line per send")) if name in data["raw"]
+    ]
     # Peers with runs in every scenario drawn, so that every bar has its figures.
     peers = [peer for peer in fanouts(data, scenarios[0][0]) if all(fanouts(data, name).get(peer) for name, _ in scenarios)]
     figure, (rate_axes, cost_axes) = plt.subplots(1, 2, figsize=(10, 4.2))
@@ -90,17 +102,30 @@ def copies_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     for index, peer in enumerate(peers):
         positions = [x + (index - (len(peers) - 1) / 2) * width for x in range(len(scenarios))]
         rates = [spread([run["copies_per_second"] / 1e6 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
-        costs = [spread([run["cpu_seconds"].get("server", 0) / max(run["delivered"], 1) * 1e9 for run in fanouts(data, name)[peer]]) for name, _ in scenarios]
+        costs = [
+            spread([run["cpu_seconds"].get("server", 0) / max(run["delivered"], 1) * 1e9 for run in fanouts(data, name)[peer]])
+            for name, _ in scenarios
+        ]
         for axes, bars in ((rate_axes, rates), (cost_axes, costs)):
-            axes.bar(positions, [b[0] for b in bars], width, yerr=[[b[1] for b in bars], [b[2] for b in bars]],
-                     label=peer, color=COLOURS.get(peer), capsize=3)
+            axes.bar(
+                positions,
+                [b[0] for b in bars],
+                width,
+                yerr=[[b[1] for b in bars], [b[2] for b in bars]],
+                label=peer,
+                color=COLOURS.get(peer),
+                capsize=3,
+            )
     for axes, label in ((rate_axes, "million copies/s"), (cost_axes, "server CPU ns per copy (lower is better)")):
         axes.set_xticks(range(len(scenarios)), [text for _, text in scenarios])
         axes.set_ylabel(f"{label}\n(median; whiskers: min-max)")
     rate_axes.legend(fontsize=8)
     first = fanouts(data, scenarios[0][0])[peers[0]][0]
-    figure.suptitle(f"Flat-out fanout: {first['clients']} clients, {first['senders']} senders x {first['messages']:,} messages "
-                    f"of {first['size']} bytes, {len(fanouts(data, scenarios[0][0])[peers[0]])} runs\n{machine_line(data)}", fontsize=9)
+    figure.suptitle(
+        f"Flat-out fanout: {first['clients']} clients, {first['senders']} senders x {first['messages']:,} messages "
+        f"of {first['size']} bytes, {len(fanouts(data, scenarios[0][0])[peers[0]])} runs\n{machine_line(data)}",
+        fontsize=9,
+    )
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -116,8 +141,15 @@ def bulk_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     for tool, by_size in series.items():
         sizes = sorted(by_size)
         middles = [spread(by_size[size]) for size in sizes]
-        axes.errorbar(sizes, [m[0] for m in middles], yerr=[[m[1] for m in middles], [m[2] for m in middles]],
-                      marker="o", capsize=3, label=tool, color=COLOURS.get(tool))
+        axes.errorbar(
+            sizes,
+            [m[0] for m in middles],
+            yerr=[[m[1] for m in middles], [m[2] for m in middles]],
+            marker="o",
+            capsize=3,
+            label=tool,
+            color=COLOURS.get(tool),
+        )
     axes.set_xscale("log", base=2)
     sizes = sorted({size for by_size in series.values() for size in by_size})
     axes.set_xticks(sizes, [f"{size >> 10}K" if size < 1 << 20 else f"{size >> 20}M" for size in sizes])
@@ -133,7 +165,12 @@ def bulk_chart(data: dict[str, Any], path: pathlib.Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=pathlib.Path, nargs="+", help="--json files of compare_peers.py (a later file's scenarios replace an earlier's)")
+    parser.add_argument(
+        "runs",
+        type=pathlib.Path,
+        nargs="+",
+        help="--json files of compare_peers.py (a later file's scenarios replace an earlier's)",
+    )
     parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path(__file__).resolve().parent / "images")
     parser.add_argument("--prefix", default="bench")
     args = parser.parse_args()
@@ -147,10 +184,19 @@ def main() -> None:
             parser.error(f"{runs} comes from another machine than the files before it: one chart, one machine")
         if data.get("placement") and more.get("placement") and more["placement"] != data["placement"]:
             parser.error(f"{runs} used another CPU placement than the files before it")
-        data = {**data, **more, "raw": {**data["raw"], **more["raw"]}, "placement": data.get("placement") or more.get("placement")}
+        data = {
+            **data,
+            **more,
+            "raw": {**data["raw"], **more["raw"]},
+            "placement": data.get("placement") or more.get("placement"),
+        }
     args.out.mkdir(parents=True, exist_ok=True)
     drawn = []
-    for scenario, draw, name in (("paced", latency_chart, "latency"), ("flat", copies_chart, "copies"), ("bulk", bulk_chart, "bulk")):
+    for scenario, draw, name in (
+        ("paced", latency_chart, "latency"),
+        ("flat", copies_chart, "copies"),
+        ("bulk", bulk_chart, "bulk"),
+    ):
         if scenario in data["raw"]:
             path = args.out / f"{args.prefix}-{name}.png"
             draw(data, path)

@@ -74,7 +74,9 @@ SCENARIOS = {
 OTHER_SCENARIOS = ("bulk",)
 
 
-def start(peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0) -> subprocess.Popen:
+def start(
+    peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0
+) -> subprocess.Popen:
     if peer in ("socketlab", "build", "ws", "tls"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
         if peer != "build" or has_flood_control(build):  # flood control off, like the peers
@@ -106,17 +108,43 @@ def start_cluster(count: int) -> tuple[subprocess.Popen, list[subprocess.Popen],
     """A redis-server (persistence off) and *count* socketlab servers joined through it."""
     redis_port = free_port()
     redis = subprocess.Popen(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", _WORKDIR.name],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "redis-server",
+            "--port",
+            str(redis_port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            _WORKDIR.name,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     PLACEMENT.pin_server([redis.pid])
     wait_listening(redis_port, redis, "redis-server")
     servers, ports = [], []
     for _ in range(count):
         port = free_port()
-        command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000",
-                   "--max-rate", "0", "--redis", f"redis://127.0.0.1:{redis_port}/0"]
+        command = [
+            sys.executable,
+            "-m",
+            "socketlab",
+            "chat",
+            "serve",
+            "--port",
+            str(port),
+            "-q",
+            "--max-clients",
+            "5000",
+            "--max-rate",
+            "0",
+            "--redis",
+            f"redis://127.0.0.1:{redis_port}/0",
+        ]
         servers.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         PLACEMENT.pin_server([servers[-1].pid])
         wait_listening(port, servers[-1], "socketlab chat serve --redis")
@@ -137,9 +165,23 @@ def bench_cluster(count: int, scenario: str, extra: list[str]) -> dict:
     try:
         commands, cpu = redis_counters(redis_port)
         out = subprocess.run(
-            [sys.executable, "-m", "socketlab", "bench", "chat", "--target", ",".join(f"127.0.0.1:{p}" for p in ports),
-             "--server-pid", ",".join(str(server.pid) for server in servers), "--json", *placement_args(), *SCENARIOS[scenario], *extra],
-            capture_output=True, timeout=900,
+            [
+                sys.executable,
+                "-m",
+                "socketlab",
+                "bench",
+                "chat",
+                "--target",
+                ",".join(f"127.0.0.1:{p}" for p in ports),
+                "--server-pid",
+                ",".join(str(server.pid) for server in servers),
+                "--json",
+                *placement_args(),
+                *SCENARIOS[scenario],
+                *extra,
+            ],
+            capture_output=True,
+            timeout=900,
         )
         if out.returncode:
             return {"error": out.stderr.decode().strip().splitlines()[-1]}
@@ -170,9 +212,23 @@ def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str],
         extra = ["--tls", *extra]
     try:
         out = subprocess.run(
-            [sys.executable, "-m", "socketlab", "bench", "chat", "--target", f"127.0.0.1:{port}",
-             "--server-pid", str(proc.pid), "--json", *placement_args(), *SCENARIOS[scenario], *extra],
-            capture_output=True, timeout=900,
+            [
+                sys.executable,
+                "-m",
+                "socketlab",
+                "bench",
+                "chat",
+                "--target",
+                f"127.0.0.1:{port}",
+                "--server-pid",
+                str(proc.pid),
+                "--json",
+                *placement_args(),
+                *SCENARIOS[scenario],
+                *extra,
+            ],
+            capture_output=True,
+            timeout=900,
         )
         if out.returncode:
             return {"error": out.stderr.decode().strip().splitlines()[-1]}
@@ -186,7 +242,8 @@ def bench_bulk(buffers: str, size: str) -> dict:
     """One run of ``socketlab bench tcp`` (socketlab and socat) at every buffer size in *buffers*."""
     out = subprocess.run(
         [sys.executable, "-m", "socketlab", "bench", "tcp", "--json", "--runs", "1", "--size", size, "--buffer", buffers],
-        capture_output=True, timeout=900,
+        capture_output=True,
+        timeout=900,
     )
     if out.returncode:
         return {"error": out.stderr.decode().strip().splitlines()[-1]}
@@ -234,8 +291,14 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
         "server_ns_per_copy": med([server_ns_per_copy(r) for r in rows]),
         "bench_cpu_s": med([bench_cpu(r) for r in rows]),
         "load_busy": med([round(bench_cpu(r) / max(r["seconds"], 1e-3) / load_cpus(ok[0]), 3) for r in rows]),
-        **({"redis_commands": med([r["redis"]["commands"] for r in ok]),
-            "redis_cpu_s": med([r["redis"]["cpu_seconds"] for r in ok])} if all("redis" in r for r in ok) else {}),
+        **(
+            {
+                "redis_commands": med([r["redis"]["commands"] for r in ok]),
+                "redis_cpu_s": med([r["redis"]["cpu_seconds"] for r in ok]),
+            }
+            if all("redis" in r for r in ok)
+            else {}
+        ),
         "rss_growth_kib": med([r["server_rss_kib"]["peak"] - r["server_rss_kib"]["before"] for r in rows]),
     }
     if scenario == "slow":
@@ -266,9 +329,7 @@ def ratio_interval(ours: list[float], theirs: list[float], resamples: int = 4000
     """
     rng = random.Random(0)
     med = statistics.median
-    ratios = sorted(
-        med(rng.choices(ours, k=len(ours))) / med(rng.choices(theirs, k=len(theirs))) for _ in range(resamples)
-    )
+    ratios = sorted(med(rng.choices(ours, k=len(ours))) / med(rng.choices(theirs, k=len(theirs))) for _ in range(resamples))
     low, high = ratios[int(0.025 * resamples)], ratios[int(0.975 * resamples) - 1]
     return [round(low, 3), round(med(ours) / med(theirs), 3), round(high, 3)]
 
@@ -344,8 +405,12 @@ def main() -> None:
     parser.add_argument("--build", type=pathlib.Path, help="the peer 'build': another socketlab source tree")
     parser.add_argument("--bulk-buffers", default="16K,64K,256K,1M,4M", help="the scenario 'bulk': buffer sizes swept")
     parser.add_argument("--bulk-size", default="1G", help="the scenario 'bulk': bytes per stream")
-    parser.add_argument("--placement", choices=["split", "shared"], default="split" if len(os.sched_getaffinity(0)) > 1 else "shared",
-                        help="split: servers on the first CPU, the benchmark on the others (default with 2 CPUs or more)")
+    parser.add_argument(
+        "--placement",
+        choices=["split", "shared"],
+        default="split" if len(os.sched_getaffinity(0)) > 1 else "shared",
+        help="split: servers on the first CPU, the benchmark on the others (default with 2 CPUs or more)",
+    )
     args = parser.parse_args()
     if args.reanalyse:
         print(json.dumps(analyse(json.loads(args.reanalyse.read_text())["raw"]), indent=1))

@@ -21,8 +21,15 @@ import sys
 from playwright.sync_api import Page, expect, sync_playwright
 
 IMAGES = pathlib.Path(__file__).resolve().parent / "images"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def join(page: Page, url: str, name: str, room: str) -> None:
@@ -46,7 +53,8 @@ def main() -> None:
     options = parser.parse_args()
     server = subprocess.Popen(
         [sys.executable, "-m", "socketlab", "chat", "serve", "--port", "0", "--room-size", "2", "--web", "0"],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None

@@ -12,7 +12,7 @@
   a botnet, or one IPv6 host, which usually has a whole /64 to pick from.
 - :class:`RateLimitedLog` -- a flood of refusals cannot fill the disk with log
   lines; suppressed lines are counted and reported. The refusals still cost CPU.
-- :class:`TokenBucket` -- the arithmetic under RateLimitedLog, exact, for flood control too.
+- :class:`TokenBucket` -- the one token bucket: under RateLimitedLog, flood control and the WebSocket ping limit.
 
 A peer is matched in the family it really uses: an IPv4-mapped address
 (``::ffff:10.0.0.1``, as a dual-stack ``::`` listener reports IPv4 peers) is the
@@ -284,6 +284,20 @@ class TokenBucket:
         self._tokens = level - amount
         return True
 
+    def take_whole(self, most: int, now: float) -> int:
+        """Take as many whole tokens as there are at *now*, *most* at most; return how many."""
+        if not self.rate:
+            return most
+        level = self._level(now)
+        count = min(most, max(0, int(level)))
+        self._tokens, self._stamp = level - count, max(now, self._stamp)
+        return count
+
+    def spend(self, amount: float, now: float) -> None:
+        """Take *amount* whatever there is: the level may go below zero, a debt that ``wait_time(0, now)`` waits off."""
+        level = self._level(now)
+        self._tokens, self._stamp = level - amount, max(now, self._stamp)
+
     def wait_time(self, amount: float, now: float) -> float:
         """Seconds from *now* until *amount* is available (0.0 if it is; inf above *burst*).
 
@@ -315,9 +329,15 @@ class RateLimitedLog:
     cost nothing and are not counted. *per_second* 0: no limit. Thread-safe.
     """
 
-    def __init__(self, logger: logging.Logger, *, per_second: float = DEFAULT_LOG_PER_SECOND,
-                 burst: float = DEFAULT_LOG_BURST, what: str = "messages",
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        per_second: float = DEFAULT_LOG_PER_SECOND,
+        burst: float = DEFAULT_LOG_BURST,
+        what: str = "messages",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.logger, self.what, self._clock = logger, what, clock
         self._bucket = TokenBucket(per_second, burst, clock())
         self._lock = threading.Lock()

@@ -321,7 +321,9 @@ class ConnectionServer(socketserver.TCPServer):
         if self.per_ip is not None:
             if not self.per_ip.acquire(host):
                 self.refusal_log.log(
-                    logging.INFO, "Refused %s: %d connections from that address already", format_address(client_address),
+                    logging.INFO,
+                    "Refused %s: %d connections from that address already",
+                    format_address(client_address),
                     self.per_ip.limit,
                 )
                 self.on_too_many_from(request)
@@ -404,9 +406,7 @@ class ConnectionServer(socketserver.TCPServer):
         try:
             self.finish_request(request, client_address)
         except Exception as error:  # one client must never take the server down
-            self.logger.error(
-                "Error serving %s: %s: %s", format_address(client_address), type(error).__name__, error
-            )
+            self.logger.error("Error serving %s: %s: %s", format_address(client_address), type(error).__name__, error)
             self.logger.debug("Traceback", exc_info=True)
         finally:
             self.forget_connection(request)

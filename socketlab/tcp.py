@@ -183,9 +183,7 @@ class WelcomeServer(ConnectionServer):
         self.echo = echo
         self.payload = payload
         self.buffer_size = buffer_size or default_buffer_size()
-        super().__init__(
-            address, WelcomeHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip, logger=logger
-        )
+        super().__init__(address, WelcomeHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip, logger=logger)
 
     # -- events (override to change behaviour) ----------------------------
 
@@ -214,7 +212,6 @@ class WelcomeServer(ConnectionServer):
         else:
             reason = error.strerror or str(error)
         self.logger.info("Client disconnected %s (%s, %d bytes received)", peer, reason, received)
-
 
 
 # -- client side -------------------------------------------------------------
@@ -327,7 +324,13 @@ class StdioRelay:
     """
 
     def __init__(
-        self, sock: socket.socket, host: str, port: int, in_fd: int | None, out_fd: int, prefix: bytes = b"",
+        self,
+        sock: socket.socket,
+        host: str,
+        port: int,
+        in_fd: int | None,
+        out_fd: int,
+        prefix: bytes = b"",
         buffer_size: int | None = None,
     ) -> None:
         self.sock = sock
@@ -366,7 +369,11 @@ class StdioRelay:
 
 
 def relay_stdio(
-    sock: socket.socket, host: str, port: int, message: bytes | None, stdin: BinaryIO | None = None,
+    sock: socket.socket,
+    host: str,
+    port: int,
+    message: bytes | None,
+    stdin: BinaryIO | None = None,
     buffer_size: int | None = None,
 ) -> None:
     """Send *message* (or stdin when None), half-close, copy replies to stdout (*buffer_size* bytes at most at a time)."""

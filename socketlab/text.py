@@ -14,9 +14,7 @@ import re
 
 #: C0 controls except tab, DEL, C1 controls, the Unicode line/paragraph
 #: separators and the bidirectional overrides ("Trojan Source" characters).
-UNSAFE_CHARACTERS = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
-)
+UNSAFE_CHARACTERS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r"}
 

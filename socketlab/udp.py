@@ -250,8 +250,7 @@ class SendReport:
     def describe(self, target: str) -> str:
         rate = self.datagrams / self.seconds if self.seconds > 0 else 0.0
         return (
-            f"Sent {self.datagrams} datagrams ({self.bytes} bytes) to {target} "
-            f"in {self.seconds:.3f} s ({rate:,.0f} datagrams/s)"
+            f"Sent {self.datagrams} datagrams ({self.bytes} bytes) to {target} in {self.seconds:.3f} s ({rate:,.0f} datagrams/s)"
         )
 
 

@@ -67,9 +67,25 @@ class RedisServer:
     def _start_once(self) -> bool:
         assert REDIS_SERVER is not None
         args = [
-            REDIS_SERVER, "--port", str(self.port), "--unixsocket", self.socket_path, "--unixsocketperm", "700",
-            "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no",
-            "--dir", str(self.directory), "--logfile", str(self.log),
+            REDIS_SERVER,
+            "--port",
+            str(self.port),
+            "--unixsocket",
+            self.socket_path,
+            "--unixsocketperm",
+            "700",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.directory),
+            "--logfile",
+            str(self.log),
         ]
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
         probe = self.client()

@@ -44,7 +44,9 @@ def wait_until(predicate: Callable[[], Any], timeout: float = TIMEOUT, what: str
         time.sleep(0.01)
 
 
-def run_cli(*args: str, input: bytes | None = None, timeout: float = TIMEOUT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[bytes]:
+def run_cli(
+    *args: str, input: bytes | None = None, timeout: float = TIMEOUT, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
     """Run ``socketlab ARGS`` to completion and capture its output."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(CLI + list(args), input=input, capture_output=True, timeout=timeout, env=full_env)

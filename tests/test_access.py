@@ -65,9 +65,16 @@ def test_one_allowed_ipv6_address_admits_only_it() -> None:
 @pytest.mark.parametrize(
     ("host", "inside"),
     [
-        ("10.0.0.0", True), ("10.0.0.1", True), ("10.128.7.9", True), ("10.255.255.255", True),
-        ("9.255.255.255", False), ("11.0.0.0", False), ("110.0.0.1", False), ("0.0.0.10", False),
-        ("::ffff:10.1.2.3", True), ("::ffff:11.1.2.3", False),
+        ("10.0.0.0", True),
+        ("10.0.0.1", True),
+        ("10.128.7.9", True),
+        ("10.255.255.255", True),
+        ("9.255.255.255", False),
+        ("11.0.0.0", False),
+        ("110.0.0.1", False),
+        ("0.0.0.10", False),
+        ("::ffff:10.1.2.3", True),
+        ("::ffff:11.1.2.3", False),
     ],
 )
 def test_ipv4_block_boundaries(host: str, inside: bool) -> None:
@@ -78,8 +85,14 @@ def test_ipv4_block_boundaries(host: str, inside: bool) -> None:
 @pytest.mark.parametrize(
     ("host", "inside"),
     [
-        ("fe80::", True), ("fe80::1", True), ("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True), ("fea0::9", True),
-        ("fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", False), ("fec0::", False), ("::1", False), ("fe80", False),
+        ("fe80::", True),
+        ("fe80::1", True),
+        ("febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff", True),
+        ("fea0::9", True),
+        ("fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff", False),
+        ("fec0::", False),
+        ("::1", False),
+        ("fe80", False),
     ],
 )
 def test_ipv6_block_boundaries(host: str, inside: bool) -> None:
@@ -160,8 +173,24 @@ def test_scope_ids_in_peers_are_ignored() -> None:
     assert deny.permits("fe80::2%eth0")
 
 
-@pytest.mark.parametrize("host", ["", "localhost", "/tmp/socket", "1.2.3.4 ", " 1.2.3.4", "1.2.3", "999.1.1.1",
-                                  "1.2.3.4\x00", "010.0.0.1", "::g", "1.2.3.4%eth0", "[::1]", "10.0.0.0/8"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "localhost",
+        "/tmp/socket",
+        "1.2.3.4 ",
+        " 1.2.3.4",
+        "1.2.3",
+        "999.1.1.1",
+        "1.2.3.4\x00",
+        "010.0.0.1",
+        "::g",
+        "1.2.3.4%eth0",
+        "[::1]",
+        "10.0.0.0/8",
+    ],
+)
 def test_non_addresses_are_refused_whenever_there_are_rules(host: str) -> None:
     """A host that is not an IP address never gets in past rules, not even deny-only rules."""
     assert not AccessRules.parse(allow=["0.0.0.0/0", "::/0"]).permits(host)
@@ -201,11 +230,13 @@ def random_peer(rng: random.Random, networks: list) -> str:
     """A peer host string: inside one of *networks*, or random; IPv4 sometimes IPv4-mapped."""
     if networks and rng.random() < 0.6:
         network = rng.choice(networks)
-        address = network[rng.randrange(network.num_addresses)] if network.num_addresses < 2**64 else \
-            network.network_address + rng.getrandbits(network.max_prefixlen - network.prefixlen)
+        address = (
+            network[rng.randrange(network.num_addresses)]
+            if network.num_addresses < 2**64
+            else network.network_address + rng.getrandbits(network.max_prefixlen - network.prefixlen)
+        )
     else:
-        address = ipaddress.ip_address(rng.getrandbits(32)) if rng.random() < 0.5 else \
-            ipaddress.ip_address(rng.getrandbits(128))
+        address = ipaddress.ip_address(rng.getrandbits(32)) if rng.random() < 0.5 else ipaddress.ip_address(rng.getrandbits(128))
     if address.version == 4 and rng.random() < 0.3:
         return f"::ffff:{address}"
     return str(address)
@@ -340,7 +371,9 @@ def test_file_errors_raise_one_exact_line(tmp_path, monkeypatch) -> None:
     assert parse_error(allow=["@nested.txt"]) == (
         "nested.txt line 2: invalid --allow rule '@x.txt': a rule file cannot include another"
     )
-    assert parse_error(deny=["@scoped.txt"]) == "scoped.txt line 1: invalid --deny rule 'fe80::1%eth0': scope ids are not supported"
+    assert (
+        parse_error(deny=["@scoped.txt"]) == "scoped.txt line 1: invalid --deny rule 'fe80::1%eth0': scope ids are not supported"
+    )
     assert parse_error(allow=["@empty.txt"]) == "--allow file 'empty.txt' has no rules (it would refuse everyone)"
     assert parse_error(allow=["10.0.0.1", "@comments.txt"]) == (
         "--allow file 'comments.txt' has no rules (it would refuse everyone)"
@@ -785,8 +818,12 @@ def test_records_point_at_the_caller(logged) -> None:
     log.log(logging.INFO, "c", now=1.0)
     log.log(logging.INFO, "d", now=1.0)
     log.flush()
-    assert capture.lines() == ["INFO a", "INFO ... and 1 more messages not logged", "INFO c",
-                               "INFO ... and 1 more messages not logged"]
+    assert capture.lines() == [
+        "INFO a",
+        "INFO ... and 1 more messages not logged",
+        "INFO c",
+        "INFO ... and 1 more messages not logged",
+    ]
     for record in capture.records:
         assert (record.funcName, record.filename) == ("test_records_point_at_the_caller", "test_access.py")
 

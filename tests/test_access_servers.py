@@ -167,7 +167,8 @@ def test_sigterm_still_ends_a_server_whose_stdout_nobody_reads() -> None:
     """With stdout a pipe nobody reads and refusals logged, SIGTERM ends tcp-server within a second."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "socketlab", "tcp-server", "--port", "0", "--max-clients", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         line = proc.stdout.readline().decode()  # type: ignore[union-attr]

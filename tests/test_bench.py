@@ -114,8 +114,20 @@ def test_bench_chat_detects_a_broken_relay() -> None:
     relay = BrokenRelay()
     try:
         result = run_cli(
-            "bench", "chat", "--target", f"127.0.0.1:{relay.port}", "--clients", "4", "--senders", "2",
-            "--messages", "50", "--workers", "1", "--json", timeout=TIMEOUT * 3,
+            "bench",
+            "chat",
+            "--target",
+            f"127.0.0.1:{relay.port}",
+            "--clients",
+            "4",
+            "--senders",
+            "2",
+            "--messages",
+            "50",
+            "--workers",
+            "1",
+            "--json",
+            timeout=TIMEOUT * 3,
         )
     finally:
         relay.close()
@@ -139,7 +151,10 @@ def test_bench_chat_own_server_small_run_is_clean() -> None:
     fanout = report["fanout"]
     assert fanout["expected"] == fanout["delivered"] == 2 * 100 * 7
     assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
-    assert fanout["copies_per_second"] > 0 and 0 < fanout["latency_ms"]["p50"] <= fanout["latency_ms"]["p99"] <= fanout["latency_ms"]["max"]
+    assert (
+        fanout["copies_per_second"] > 0
+        and 0 < fanout["latency_ms"]["p50"] <= fanout["latency_ms"]["p99"] <= fanout["latency_ms"]["max"]
+    )
     assert fanout["server_rss_kib"]["peak"] > 0
     positions = fanout["latency_by_position"]
     assert [row["position"] for row in positions] == [0, 1, 2, 3, 4, 5]  # six receivers, all probes
@@ -148,7 +163,9 @@ def test_bench_chat_own_server_small_run_is_clean() -> None:
 
 def test_bench_chat_text_report_and_slow_scenario() -> None:
     """The slow scenario prints both runs and the p99 ratio."""
-    result = run_cli("bench", "chat", "--scenario", "slow", "--clients", "5", "--senders", "1", "--messages", "50", timeout=TIMEOUT * 3)
+    result = run_cli(
+        "bench", "chat", "--scenario", "slow", "--clients", "5", "--senders", "1", "--messages", "50", timeout=TIMEOUT * 3
+    )
     assert result.returncode == 0, result.stderr
     text = result.stdout.decode()
     assert text.count("delivered   200 / 200 copies (100.00 %), 0 duplicates, 0 garbled lines, 0 order violations") == 2
@@ -185,7 +202,11 @@ def bench_with_interpreter(interpreter: str, command: list[str]) -> subprocess.C
     return subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=TIMEOUT)
 
 
-COMMANDS = {"udp": ["udp", "--count", "10", "--no-peers"], "tcp": ["tcp", "--size", "1M", "--no-peers"], "chat": ["chat", "--clients", "3"]}
+COMMANDS = {
+    "udp": ["udp", "--count", "10", "--no-peers"],
+    "tcp": ["tcp", "--size", "1M", "--no-peers"],
+    "chat": ["chat", "--clients", "3"],
+}
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -219,7 +240,20 @@ def test_bench_tcp_and_udp_small() -> None:
 
 def test_bench_chat_check_probes_counts_every_copy() -> None:
     """--check probes: bulk readers count lines, and every expected copy is still accounted for."""
-    result = run_cli("bench", "chat", "--clients", "20", "--senders", "2", "--messages", "200", "--check", "probes", "--json", timeout=TIMEOUT * 3)
+    result = run_cli(
+        "bench",
+        "chat",
+        "--clients",
+        "20",
+        "--senders",
+        "2",
+        "--messages",
+        "200",
+        "--check",
+        "probes",
+        "--json",
+        timeout=TIMEOUT * 3,
+    )
     assert result.returncode == 0, result.stderr
     fanout = json.loads(result.stdout)["fanout"]
     assert fanout["expected"] == fanout["delivered"] == 2 * 200 * 19
@@ -248,7 +282,9 @@ def test_counting_loop_counts_messages_not_notices() -> None:
 def test_bench_chat_tiny_window_still_delivers_everything() -> None:
     """Senders held back by --window also read their own copies, and those count:
     the window reopens and every copy arrives (this once stalled the run)."""
-    result = run_cli("bench", "chat", "--clients", "6", "--senders", "3", "--messages", "300", "--window", "5", "--json", timeout=TIMEOUT * 3)
+    result = run_cli(
+        "bench", "chat", "--clients", "6", "--senders", "3", "--messages", "300", "--window", "5", "--json", timeout=TIMEOUT * 3
+    )
     assert result.returncode == 0, result.stderr
     fanout = json.loads(result.stdout)["fanout"]
     assert fanout["expected"] == fanout["delivered"] == 3 * 300 * 5
@@ -273,7 +309,20 @@ def test_bench_chat_split_placement_pins_server_and_load() -> None:
     cpus = sorted(os.sched_getaffinity(0))
     expected = Placement.named("split").describe()
     assert expected == {"server": cpus[:1], "load": cpus[1:]}
-    result = run_cli("bench", "chat", "--clients", "6", "--senders", "2", "--messages", "50", "--placement", "split", "--json", timeout=TIMEOUT * 3)
+    result = run_cli(
+        "bench",
+        "chat",
+        "--clients",
+        "6",
+        "--senders",
+        "2",
+        "--messages",
+        "50",
+        "--placement",
+        "split",
+        "--json",
+        timeout=TIMEOUT * 3,
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["placement"] == expected
@@ -286,8 +335,24 @@ def test_bench_chat_split_placement_gives_a_target_its_cpus_back() -> None:
     cpus = set(os.sched_getaffinity(0))
     with CliServer("chat", "serve", "--port", "0", "--max-rate", "0") as server:
         pid = server.proc.pid
-        result = run_cli("bench", "chat", "--target", f"127.0.0.1:{server.port}", "--server-pid", str(pid), "--clients", "6",
-                         "--senders", "2", "--messages", "50", "--placement", "split", "--json", timeout=TIMEOUT * 3)
+        result = run_cli(
+            "bench",
+            "chat",
+            "--target",
+            f"127.0.0.1:{server.port}",
+            "--server-pid",
+            str(pid),
+            "--clients",
+            "6",
+            "--senders",
+            "2",
+            "--messages",
+            "50",
+            "--placement",
+            "split",
+            "--json",
+            timeout=TIMEOUT * 3,
+        )
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout)["placement"]["server"] == sorted(cpus)[:1]
         threads = os.listdir(f"/proc/{pid}/task")
@@ -321,24 +386,32 @@ def test_bench_chat_split_placement_with_a_target_needs_its_pid() -> None:
 
 def test_bench_tcp_buffer_sweep_reports_each_size() -> None:
     """--buffer A,B measures every size, and the receiver still counts every byte."""
-    result = run_cli("bench", "tcp", "--size", "2M", "--runs", "1", "--no-peers", "--buffer", "4K,64K", "--json", timeout=TIMEOUT * 3)
+    result = run_cli(
+        "bench", "tcp", "--size", "2M", "--runs", "1", "--no-peers", "--buffer", "4K,64K", "--json", timeout=TIMEOUT * 3
+    )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert [(run["buffer"], run["received"]) for run in report["runs"]] == [(4096, 2 << 20), (65536, 2 << 20)]
     assert set(report["best_mb_per_second"]) == {"socketlab 4096", "socketlab 65536"}
 
 
-@pytest.mark.parametrize("value, message", [("0", "the size must be positive"), ("65M", "'65M' is more than the largest allowed, 64M")])
+@pytest.mark.parametrize(
+    "value, message", [("0", "the size must be positive"), ("65M", "'65M' is more than the largest allowed, 64M")]
+)
 def test_bench_tcp_bad_buffer_is_one_line(value: str, message: str) -> None:
     result = run_cli("bench", "tcp", "--size", "1M", "--no-peers", "--buffer", value)
     assert result.returncode == 2
     assert result.stderr.decode().splitlines()[-1].endswith(message)
 
 
-@pytest.mark.parametrize("transport", [["--tls"], ["--transport", "ws"], ["--transport", "ws", "--tls"]], ids=["tls", "ws", "wss"])
+@pytest.mark.parametrize(
+    "transport", [["--tls"], ["--transport", "ws"], ["--transport", "ws", "--tls"]], ids=["tls", "ws", "wss"]
+)
 def test_bench_chat_over_tls_and_websocket_counts_every_copy(transport: list[str]) -> None:
     """Clients over TLS and/or WebSocket, inherited by the probe and bulk processes: every copy arrives and is counted."""
-    result = run_cli("bench", "chat", *transport, "--clients", "12", "--senders", "2", "--messages", "50", "--json", timeout=TIMEOUT * 3)
+    result = run_cli(
+        "bench", "chat", *transport, "--clients", "12", "--senders", "2", "--messages", "50", "--json", timeout=TIMEOUT * 3
+    )
     assert result.returncode == 0, result.stderr
     fanout = json.loads(result.stdout)["fanout"]
     assert fanout["expected"] == fanout["delivered"] == 2 * 50 * 11  # 8 probes, 2 bulk readers, 2 senders

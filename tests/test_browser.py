@@ -20,8 +20,15 @@ if CHROMIUM is None:
 
 pytestmark = pytest.mark.timeout(60)
 
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 #: Playwright waits are in milliseconds.
 WAIT = TIMEOUT * 1000
 WEB_LINE = r"Web chat on (http://\S+/)$"
@@ -31,8 +38,9 @@ class WebChat:
     """`socketlab chat serve --web 0` as a user runs it: the TCP port and the page's URL."""
 
     def __init__(self) -> None:
-        self.cli = CliServer("chat", "serve", "--port", "0", "--room-size", "2", "--web", "0",
-                             ready=r"listening on (?:.*):(\d+)$")
+        self.cli = CliServer(
+            "chat", "serve", "--port", "0", "--room-size", "2", "--web", "0", ready=r"listening on (?:.*):(\d+)$"
+        )
         self.port = self.cli.port
         seen = [re.search(WEB_LINE, line) for line in self.cli.out.seen]
         found = [match for match in seen if match]

@@ -325,7 +325,9 @@ def test_a_crowd_beyond_max_clients_is_refused_past_the_limit() -> None:
     crowd = [Peer(server.server_address[1]) for _ in range(5)]  # queued: nothing accepts yet
     with serving(server):
         assert crowd[0].lines(3) == [
-            "* welcome user1, you are in lobby (type /help)", "* user2 joined lobby", "* user3 joined lobby"
+            "* welcome user1, you are in lobby (type /help)",
+            "* user2 joined lobby",
+            "* user3 joined lobby",
         ]
         assert [peer.rest() for peer in crowd[3:]] == [b"! server full\n"] * 2
         assert server.connection_count == 3
@@ -416,7 +418,9 @@ def test_chat_connect_through_a_pipe() -> None:
     with CliServer("chat", "serve", "--port", "0") as server:
         listener = Peer(server.port)
         listener.line()
-        result = run_cli("chat", "connect", "--port", str(server.port), "--name", "pipe", "--room", "lobby", input="one\nzwei 둘\n".encode())
+        result = run_cli(
+            "chat", "connect", "--port", str(server.port), "--name", "pipe", "--room", "lobby", input="one\nzwei 둘\n".encode()
+        )
         assert result.returncode == 0, result.stderr
         assert result.stdout.decode().splitlines() == [
             "* welcome user2, you are in lobby (type /help)",
@@ -468,7 +472,10 @@ def test_chat_connect_on_a_terminal_redraws_the_input_line() -> None:
         main_fd, child_fd = pty.openpty()
         proc = subprocess.Popen(
             [sys.executable, "-m", "socketlab", "chat", "connect", "--port", str(server.port)],
-            stdin=child_fd, stdout=child_fd, stderr=child_fd, close_fds=True,
+            stdin=child_fd,
+            stdout=child_fd,
+            stderr=child_fd,
+            close_fds=True,
         )
         os.close(child_fd)
         seen = b""

@@ -49,14 +49,40 @@ def test_chat_serve_defaults_are_the_configs_but_flood_control(captured) -> None
 
 def test_chat_serve_options_become_one_config(captured) -> None:
     config = serve(
-        captured, "--host", "::1", "--port", "0", "--room-size", "2", "--max-clients", "7", "--max-line", "100",
-        "--idle-timeout", "30", "--max-rate", "0", "--web", "8080", "--web-origin", "https://example.org",
-        "--web-origin", "http://localhost:8000", "--max-per-ip", "3",
+        captured,
+        "--host",
+        "::1",
+        "--port",
+        "0",
+        "--room-size",
+        "2",
+        "--max-clients",
+        "7",
+        "--max-line",
+        "100",
+        "--idle-timeout",
+        "30",
+        "--max-rate",
+        "0",
+        "--web",
+        "8080",
+        "--web-origin",
+        "https://example.org",
+        "--web-origin",
+        "http://localhost:8000",
+        "--max-per-ip",
+        "3",
     )
     assert captured["address"] == ("::1", 0)
     assert config == ChatConfig(
-        room_size=2, max_clients=7, max_line=100, idle_timeout=30.0, max_rate=0.0, web=("::1", 8080),
-        web_origins=("https://example.org", "http://localhost:8000"), max_per_ip=3,
+        room_size=2,
+        max_clients=7,
+        max_line=100,
+        idle_timeout=30.0,
+        max_rate=0.0,
+        web=("::1", 8080),
+        web_origins=("https://example.org", "http://localhost:8000"),
+        max_per_ip=3,
     )
     assert serve(captured, "--web", "127.0.0.5:0").web == ("127.0.0.5", 0)
 
@@ -65,8 +91,14 @@ def test_chat_serve_options_become_one_config(captured) -> None:
     "args, message",
     [
         (["--web", "x:y"], "Invalid value for '--web': invalid address 'x:y': expected HOST:PORT"),
-        (["--web-origin", "ftp://x"], "Invalid value for '--web-origin': 'ftp://x' is not an origin like https://example.org or http://localhost:8000"),
-        (["--web-origin", "https://x/path"], "Invalid value for '--web-origin': 'https://x/path' is not an origin like https://example.org or http://localhost:8000"),
+        (
+            ["--web-origin", "ftp://x"],
+            "Invalid value for '--web-origin': 'ftp://x' is not an origin like https://example.org or http://localhost:8000",
+        ),
+        (
+            ["--web-origin", "https://x/path"],
+            "Invalid value for '--web-origin': 'https://x/path' is not an origin like https://example.org or http://localhost:8000",
+        ),
         (["--redis", "http://x/"], "Invalid value for '--redis': 'http://x/' is not a URL like redis://HOST:PORT/DB"),
         (["--max-clients", "0"], "Invalid value for '--max-clients': 0 is not in the range x>=1."),
     ],
@@ -80,7 +112,10 @@ def test_chat_serve_bad_options_are_one_usage_error(args, message) -> None:
 def test_bench_chat_lists_of_addresses_and_pids() -> None:
     result = CliRunner().invoke(main, ["bench", "chat", "--target", "127.0.0.1:4000", "--server-pid", "12,x"])
     assert result.exit_code == 2
-    assert result.output.splitlines()[-1] == "Error: Invalid value for '--server-pid': '12,x' is not a PID or a comma-separated list of them"
+    assert (
+        result.output.splitlines()[-1]
+        == "Error: Invalid value for '--server-pid': '12,x' is not a PID or a comma-separated list of them"
+    )
     result = CliRunner().invoke(main, ["bench", "chat", "--target", "127.0.0.1:4000,nope"])
     assert result.output.splitlines()[-1] == "Error: Invalid value for '--target': invalid address 'nope': expected HOST:PORT"
 

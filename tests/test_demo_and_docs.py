@@ -65,7 +65,12 @@ def test_demo_chat_part() -> None:
     result = run_cli("demo", timeout=30)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.decode().splitlines()
-    chat = lines[lines.index("== Chat: a broadcast server with rooms of at most two ==") : lines.index("== Web: a browser (WebSocket) and terminals in the same rooms ==") - 1]
+    chat = lines[
+        lines.index("== Chat: a broadcast server with rooms of at most two ==") : lines.index(
+            "== Web: a browser (WebSocket) and terminals in the same rooms =="
+        )
+        - 1
+    ]
     hello = chat.index("  [alice] > Hello everyone")
     assert chat[hello + 1 : hello + 3] == ["  [bob] <alice> Hello everyone", "  [carol] <alice> Hello everyone"]
     refused = chat.index("  [carol] > /join room1")

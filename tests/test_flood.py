@@ -142,7 +142,7 @@ def test_a_flooder_loses_nothing_and_is_slowed_to_its_rate(limited: ChatServer) 
 def test_others_chat_undelayed_while_a_client_floods(limited: ChatServer) -> None:
     """While one client pours lines and bytes, two others in their own room still round-trip fast."""
     port = limited.server_address[1]
-    flooder, = join_room(port, "noise", 1)
+    (flooder,) = join_room(port, "noise", 1)
     alice, bob = join_room(port, "quiet", 2)
     stop = threading.Event()
 

@@ -257,7 +257,9 @@ def test_the_character_limit_drops_big_lines_while_others_wait(pipe: Pipe, handl
     assert all(line.endswith(" " + big) for line in lines[:-1])
 
 
-def test_a_closed_pipe_makes_it_quiet_without_errors(pipe: Pipe, handlers: list[BoundedLogHandler], capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_closed_pipe_makes_it_quiet_without_errors(
+    pipe: Pipe, handlers: list[BoundedLogHandler], capsys: pytest.CaptureFixture[str]
+) -> None:
     """EPIPE (the reader went away): no exception, nothing on stderr, later records ignored."""
     os.close(pipe.read)
     pipe.read = os.open(os.devnull, os.O_RDONLY)  # so the fixture has something to close
@@ -371,7 +373,9 @@ SERVER_SCRIPT = textwrap.dedent(
 
 def start_script(script: str) -> tuple[subprocess.Popen[bytes], LineReader]:
     """Run *script* with stdout a pipe this test never reads; read its stderr lines."""
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     return proc, LineReader(proc.stderr)
 
 

@@ -50,7 +50,9 @@ def test_echo_ten_mib_through_tcp_client_is_byte_exact(tmp_path) -> None:
     source.write_bytes(data)
     with CliServer("tcp-server", "--port", "0", "--echo", "--welcome", "", "-q") as server:
         with open(source, "rb") as stdin:  # a regular file: sendfile path
-            result = subprocess.run(CLI + ["tcp-client", "--port", str(server.port)], stdin=stdin, capture_output=True, timeout=TIMEOUT)
+            result = subprocess.run(
+                CLI + ["tcp-client", "--port", str(server.port)], stdin=stdin, capture_output=True, timeout=TIMEOUT
+            )
         assert result.returncode == 0, result.stderr
         assert result.stdout == data
         piped = run_cli("tcp-client", "--port", str(server.port), input=data)  # a pipe: splice path
@@ -226,8 +228,16 @@ def test_version_and_help_have_examples() -> None:
     result = run_cli("--version")
     assert result.stdout.decode().strip() == f"socketlab, version {__version__}"
     commands = [
-        "tcp-server", "tcp-client", "chat serve", "chat connect", "udp-recv", "udp-send", "demo",
-        "bench chat", "bench tcp", "bench udp",
+        "tcp-server",
+        "tcp-client",
+        "chat serve",
+        "chat connect",
+        "udp-recv",
+        "udp-send",
+        "demo",
+        "bench chat",
+        "bench tcp",
+        "bench udp",
     ]
     for command in commands:
         help_text = run_cli(*command.split(), "--help").stdout.decode()
@@ -261,7 +271,9 @@ def test_unwritable_output_is_one_line_error() -> None:
             assert result.returncode == 1
             assert result.stderr.decode().splitlines() == ["Error: cannot write output: No space left on device"]
         with CliServer("tcp-server", "--port", "0") as server:
-            result = subprocess.run(CLI + ["tcp-client", "--port", str(server.port), "hi"], stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT)
+            result = subprocess.run(
+                CLI + ["tcp-client", "--port", str(server.port), "hi"], stdout=full, stderr=subprocess.PIPE, timeout=TIMEOUT
+            )
         assert result.returncode == 1
         assert result.stderr.decode().splitlines()[-1] == "Error: cannot write output: No space left on device"
         assert b"Traceback" not in result.stderr

@@ -216,7 +216,9 @@ def _fake_caches(root: Any, caches: list[tuple[str, str, str]]) -> str:
 
 @pytest.mark.parametrize("l2, expected", [("2048K", 512 << 10), ("1024K", 256 << 10), ("256K", 64 << 10), ("32M", 1 << 20)])
 def test_default_buffer_is_a_quarter_of_l2_within_bounds(tmp_path: Any, monkeypatch: Any, l2: str, expected: int) -> None:
-    monkeypatch.setattr(tcp, "_CACHES", _fake_caches(tmp_path, [("1", "Data", "48K"), ("1", "Instruction", "64K"), ("2", "Unified", l2)]))
+    monkeypatch.setattr(
+        tcp, "_CACHES", _fake_caches(tmp_path, [("1", "Data", "48K"), ("1", "Instruction", "64K"), ("2", "Unified", l2)])
+    )
     assert tcp.default_buffer_size() == expected
 
 

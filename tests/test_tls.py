@@ -140,21 +140,35 @@ def setup_error_cases(certs: Certs, missing: str) -> dict[str, tuple[list[str], 
         ),
         "encrypted key": (
             ["--tls-cert", certs.cert, "--tls-key", certs.encrypted_key],
-            f"Error: the key in {certs.encrypted_key!r} is encrypted; give an unencrypted key (e.g. openssl pkey -in KEY -out PLAIN)",
+            f"Error: the key in {certs.encrypted_key!r} is encrypted; "
+            "give an unencrypted key (e.g. openssl pkey -in KEY -out PLAIN)",
         ),
         "cert not PEM": (["--tls-cert", certs.not_pem], f"Error: no PEM certificate in {certs.not_pem!r}"),
-        "key not PEM": (["--tls-cert", certs.cert, "--tls-key", certs.not_pem], f"Error: no PEM private key in {certs.not_pem!r}"),
+        "key not PEM": (
+            ["--tls-cert", certs.cert, "--tls-key", certs.not_pem],
+            f"Error: no PEM private key in {certs.not_pem!r}",
+        ),
         "no key": (["--tls-cert", certs.cert], f"Error: no PEM private key in {certs.cert!r}; give the key's own file too"),
         "corrupt PEM": (
             ["--tls-cert", certs.corrupt],
-            f"Error: cannot load the certificate and key ({certs.corrupt!r}, {certs.corrupt!r}): no valid PEM certificate and matching key",
+            f"Error: cannot load the certificate and key ({certs.corrupt!r}, {certs.corrupt!r}): "
+            "no valid PEM certificate and matching key",
         ),
     }
 
 
 @pytest.mark.parametrize(
     "case",
-    ["missing cert", "missing key", "key of another certificate", "encrypted key", "cert not PEM", "key not PEM", "no key", "corrupt PEM"],
+    [
+        "missing cert",
+        "missing key",
+        "key of another certificate",
+        "encrypted key",
+        "cert not PEM",
+        "key not PEM",
+        "no key",
+        "corrupt PEM",
+    ],
 )
 def test_a_broken_tls_setup_is_one_error_line_and_nothing_listens(certs, tmp_path, case) -> None:
     """tcp-server and chat serve: a broken certificate or key is one 'Error:' line naming it, exit 1, no listener."""
@@ -178,7 +192,10 @@ def test_the_key_inside_the_cert_file_serves_tls(certs) -> None:
         result = run_cli("tcp-client", "--port", str(server.port), "--tls", "--tls-ca", certs.ca, "hello")
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"Welcome to Socket Server\n"
-        assert result.stderr.decode().splitlines() == [f"Connected to Server 127.0.0.1:{server.port} (TLS)", "Disconnected from Server"]
+        assert result.stderr.decode().splitlines() == [
+            f"Connected to Server 127.0.0.1:{server.port} (TLS)",
+            "Disconnected from Server",
+        ]
         server.out.wait_for(r"^Get message from client 127\.0\.0\.1:\d+: hello\\n$")
 
 
@@ -195,7 +212,8 @@ def test_the_key_inside_the_cert_file_serves_tls(certs) -> None:
     ids=["unknown issuer", "expired", "name mismatch"],
 )
 def test_a_certificate_the_client_cannot_trust_is_one_error_line(certs, chat, cert, ca, reason) -> None:
-    """tcp-client and chat connect: 'Error: TLS handshake with 127.0.0.1:PORT failed: certificate verification failed: REASON', exit 1."""
+    """tcp-client and chat connect: exit 1 and
+    'Error: TLS handshake with 127.0.0.1:PORT failed: certificate verification failed: REASON'."""
     server = chat(tls=certs.server_context(getattr(certs, cert)))
     port = server.server_address[1]
     trust = ["--tls-ca", getattr(certs, ca)] if ca else []
@@ -204,7 +222,9 @@ def test_a_certificate_the_client_cannot_trust_is_one_error_line(certs, chat, ce
         ("chat", "connect", "--port", str(port), "--tls", *trust),
     )
     for result in results:
-        assert_one_line_error(result, f"Error: TLS handshake with 127.0.0.1:{port} failed: certificate verification failed: {reason}")
+        assert_one_line_error(
+            result, f"Error: TLS handshake with 127.0.0.1:{port} failed: certificate verification failed: {reason}"
+        )
     wait_until(lambda: server.connection_count == 0, what="the refused clients closed")
     assert server.hub.members == []
 
@@ -218,10 +238,18 @@ def test_tls_no_verify_connects_to_an_expired_certificate_with_a_warning(certs, 
         ("chat", "connect", "--port", port, "--tls-no-verify", "--name", "zed"),
     )
     assert tcp.returncode == 0, tcp.stderr
-    assert tcp.stderr.decode().splitlines() == [NO_VERIFY_WARNING, f"Connected to Server 127.0.0.1:{port} (TLS)", "Disconnected from Server"]
+    assert tcp.stderr.decode().splitlines() == [
+        NO_VERIFY_WARNING,
+        f"Connected to Server 127.0.0.1:{port} (TLS)",
+        "Disconnected from Server",
+    ]
     assert tcp.stdout.decode().startswith("* welcome user")  # it was a chat member until its end of input
     assert line_client.returncode == 0, line_client.stderr
-    assert line_client.stderr.decode().splitlines() == [NO_VERIFY_WARNING, f"Connected to Server 127.0.0.1:{port} (TLS)", "Disconnected from Server"]
+    assert line_client.stderr.decode().splitlines() == [
+        NO_VERIFY_WARNING,
+        f"Connected to Server 127.0.0.1:{port} (TLS)",
+        "Disconnected from Server",
+    ]
     lines = line_client.stdout.decode().splitlines()
     assert any(re.fullmatch(r"\* user\d is now known as zed", line) for line in lines) and lines[-1] == "* bye"
 
@@ -347,7 +375,8 @@ def test_a_bad_record_after_the_handshake_drops_that_member_with_tls_error(certs
 
 
 def test_close_notify_alone_ends_a_members_side(certs, chat) -> None:
-    """close_notify without a TCP FIN is the end of the client's side: its unfinished line counts, it leaves, the server closes."""
+    """close_notify without a TCP FIN is the end of the client's side: its unfinished line counts, it leaves,
+    the server closes."""
     server = chat(tls=certs.server_context())
     a, b = two_members_in_chess(server, certs)
     raw = socket.create_connection(server.server_address, TIMEOUT)
@@ -404,7 +433,9 @@ def test_a_client_that_sends_half_a_client_hello_then_leaves_is_logged(certs, ch
         sock.close()
         wait_until(lambda: server.connection_count == 0, what="the client forgotten")
     reason = "connection reset" if reset else "closed by the client"
-    assert [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()] == [f"TLS handshake failed with {peer}: {reason}"]
+    assert [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()] == [
+        f"TLS handshake failed with {peer}: {reason}"
+    ]
 
 
 def test_a_client_that_aborts_mid_handshake_leaves_no_trace(certs, chat) -> None:
@@ -433,7 +464,8 @@ def test_a_client_that_aborts_mid_handshake_leaves_no_trace(certs, chat) -> None
 
 
 def test_wss_and_https_and_the_https_origin_rule(certs, chat) -> None:
-    """With tls, /ws is wss (same chat as TLS line clients), / is https (plain http is closed), only https://HOST:PORT is the own origin."""
+    """With tls, /ws is wss (same chat as TLS line clients), / is https (plain http is closed),
+    only https://HOST:PORT is the own origin."""
     server = chat(tls=certs.server_context(), web=("127.0.0.1", 0))
     web_port = server.web_address[1]
     member = TlsChatter(server.server_address[1], certs.client_context())
@@ -466,7 +498,9 @@ def test_wss_and_https_and_the_https_origin_rule(certs, chat) -> None:
 class Link:
     """A client and a server TlsLayer joined by a fake wire that delivers bytes in small random pieces."""
 
-    def __init__(self, certs: Certs, seed: int, server_context: ssl.SSLContext | None = None, hostname: str = "127.0.0.1") -> None:
+    def __init__(
+        self, certs: Certs, seed: int, server_context: ssl.SSLContext | None = None, hostname: str = "127.0.0.1"
+    ) -> None:
         self.rng = random.Random(seed)
         self.client = TlsLayer(certs.client_context(), server_side=False, server_hostname=hostname)
         self.server = TlsLayer(server_context or certs.server_context(), server_side=True)

@@ -260,7 +260,6 @@ def test_bad_origin_and_unknown_path_are_refused_and_the_chat_goes_on(chat, brow
 # -- limits and departures ----------------------------------------------------------------------
 
 
-
 def test_a_browser_that_never_reads_is_dropped_as_too_slow(chat) -> None:
     """A never-reading WebSocket client fills only its own backlog and leaves '(too slow)';
     a TCP member receives every line, in order, throughout."""

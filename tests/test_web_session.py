@@ -20,7 +20,7 @@ from socketlab.chat.web import MAX_HEAD, MAX_PINGS_PER_SECOND, WebSession, WebSi
 from socketlab.lines import LineTooLong
 
 HOST = "127.0.0.1:8080"
-PAGE = b"<!doctype html><title>chat</title><script src=\"/chat.js\"></script>"
+PAGE = b'<!doctype html><title>chat</title><script src="/chat.js"></script>'
 PAGES = {
     "/": (PAGE, "text/html; charset=utf-8"),
     "/chat.js": (b"console.log(1);", "text/javascript; charset=utf-8"),
@@ -123,12 +123,15 @@ def opened(**options: object) -> Browser:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path, body, kind", [
-    ("/", PAGE, "text/html; charset=utf-8"),
-    ("/?from=bookmark", PAGE, "text/html; charset=utf-8"),
-    ("/chat.js", b"console.log(1);", "text/javascript; charset=utf-8"),
-    ("/chat.css", b"body{}", "text/css; charset=utf-8"),
-])
+@pytest.mark.parametrize(
+    "path, body, kind",
+    [
+        ("/", PAGE, "text/html; charset=utf-8"),
+        ("/?from=bookmark", PAGE, "text/html; charset=utf-8"),
+        ("/chat.js", b"console.log(1);", "text/javascript; charset=utf-8"),
+        ("/chat.css", b"body{}", "text/css; charset=utf-8"),
+    ],
+)
 def test_get_a_page_answers_200_with_body_and_headers_then_ends(path: str, body: bytes, kind: str) -> None:
     """GET of one of the three pages: 200, the body, its Content-Type, a CSP, then EOF and ended 'HTTP 200'."""
     session, status, headers, got, eof = http(head("GET", path))
@@ -141,10 +144,22 @@ def test_get_a_page_answers_200_with_body_and_headers_then_ends(path: str, body:
     assert session.outgoing() == []
 
 
-@pytest.mark.parametrize("path", [
-    "/nope", "/index.html", "/static/index.html", "/../setup.cfg", "//etc/passwd", "/%2e%2e/", "/%2e%2e/setup.cfg",
-    "/chat.js/", "/ws/", "/WS", "http://evil.example/",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/nope",
+        "/index.html",
+        "/static/index.html",
+        "/../setup.cfg",
+        "//etc/passwd",
+        "/%2e%2e/",
+        "/%2e%2e/setup.cfg",
+        "/chat.js/",
+        "/ws/",
+        "/WS",
+        "http://evil.example/",
+    ],
+)
 def test_any_other_path_is_404(path: str) -> None:
     """Only /, /chat.js, /chat.css and /ws exist: nothing is looked up on the filesystem."""
     session, status, _headers, body, eof = http(head("GET", path))
@@ -193,16 +208,19 @@ def test_ws_with_two_hosts_or_two_origins_is_400() -> None:
 # -- the Origin rule -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("origin, allowed, status", [
-    (None, (), 101),  # no Origin: not a browser, so no cross-site page is driving it
-    ("http://" + HOST, (), 101),  # the page's own origin, from the Host header
-    ("http://evil.example", (), 403),
-    ("https://" + HOST, (), 403),  # same host, another scheme
-    ("http://127.0.0.1:8081", (), 403),  # same host, another port
-    ("null", (), 403),
-    ("https://chat.example.org", ("https://chat.example.org",), 101),
-    ("https://other.example.org", ("https://chat.example.org",), 403),
-])
+@pytest.mark.parametrize(
+    "origin, allowed, status",
+    [
+        (None, (), 101),  # no Origin: not a browser, so no cross-site page is driving it
+        ("http://" + HOST, (), 101),  # the page's own origin, from the Host header
+        ("http://evil.example", (), 403),
+        ("https://" + HOST, (), 403),  # same host, another scheme
+        ("http://127.0.0.1:8081", (), 403),  # same host, another port
+        ("null", (), 403),
+        ("https://chat.example.org", ("https://chat.example.org",), 101),
+        ("https://other.example.org", ("https://chat.example.org",), 403),
+    ],
+)
 def test_origin_rule(origin: str | None, allowed: tuple[str, ...], status: int) -> None:
     """No Origin or the page's own origin opens; others only when listed in WebSite.origins (else 403)."""
     browser = Browser(WebSession(site(origins=allowed), T0), origin=origin)
@@ -308,14 +326,17 @@ def test_head_timeout_does_not_apply_after_the_upgrade() -> None:
 # -- messages to lines ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, items", [
-    (b"a\nb", [b"a", b"b"]),
-    (b"a\n", [b"a"]),
-    (b"a", [b"a"]),
-    (b"a\r\nb\r\n", [b"a", b"b"]),
-    (b"\n\n", [b"", b""]),
-    ("Korean 한국어 ✓".encode(), ["Korean 한국어 ✓".encode()]),
-])
+@pytest.mark.parametrize(
+    "text, items",
+    [
+        (b"a\nb", [b"a", b"b"]),
+        (b"a\n", [b"a"]),
+        (b"a", [b"a"]),
+        (b"a\r\nb\r\n", [b"a", b"b"]),
+        (b"\n\n", [b"", b""]),
+        ("Korean 한국어 ✓".encode(), ["Korean 한국어 ✓".encode()]),
+    ],
+)
 def test_a_text_message_is_one_or_more_lines(text: bytes, items: list[bytes]) -> None:
     """Each message is lines; the last newline is optional and a message never continues into the next."""
     browser = opened()
@@ -378,13 +399,16 @@ def test_a_binary_message_closes_1003() -> None:
     assert browser.session.ended == "binary message"
 
 
-@pytest.mark.parametrize("fragments", [
-    [b"ok\n\xff\n"],
-    [b"ab\xe2"],  # truncated at the end of the message
-    [b"ok\nab\xe2\x82", b"(\n"],  # an invalid sequence split across fragments
-    [b"ok\n", b"\xed\xa0\x80\n"],  # a UTF-16 surrogate
-    [b"ok\n", b"\xc0\xaf\n"],  # an overlong encoding
-])
+@pytest.mark.parametrize(
+    "fragments",
+    [
+        [b"ok\n\xff\n"],
+        [b"ab\xe2"],  # truncated at the end of the message
+        [b"ok\nab\xe2\x82", b"(\n"],  # an invalid sequence split across fragments
+        [b"ok\n", b"\xed\xa0\x80\n"],  # a UTF-16 surrogate
+        [b"ok\n", b"\xc0\xaf\n"],  # an overlong encoding
+    ],
+)
 def test_invalid_utf8_closes_1007_and_relays_nothing_of_the_message(fragments: list[bytes]) -> None:
     """A text message that is not UTF-8, wherever the bad bytes fall: close 1007, no lines from it."""
     browser = opened()
@@ -544,12 +568,15 @@ def test_send_lines_before_the_upgrade_or_after_close_sends_nothing() -> None:
     assert [frame.opcode for frame in frames] == [Opcode.CLOSE]
 
 
-@pytest.mark.parametrize("reason, code", [
-    (None, CloseCode.NORMAL_CLOSURE),
-    ("server shutting down", CloseCode.GOING_AWAY),
-    ("server full", CloseCode.TRY_AGAIN_LATER),
-    ("idle timeout", CloseCode.NORMAL_CLOSURE),
-])
+@pytest.mark.parametrize(
+    "reason, code",
+    [
+        (None, CloseCode.NORMAL_CLOSURE),
+        ("server shutting down", CloseCode.GOING_AWAY),
+        ("server full", CloseCode.TRY_AGAIN_LATER),
+        ("idle timeout", CloseCode.NORMAL_CLOSURE),
+    ],
+)
 def test_close_codes(reason: str | None, code: int) -> None:
     """close(None) is 1000, shutdown 1001, 'server full' 1013; the reason travels with it."""
     browser = opened()

@@ -166,7 +166,9 @@ class Targets:
         return self.addresses[0]
 
 
-def open_clients(target: "tuple[str, int] | Targets", count: int, rcvbuf: int | None = None, kind: ClientKind = PLAIN) -> list[Any]:
+def open_clients(
+    target: "tuple[str, int] | Targets", count: int, rcvbuf: int | None = None, kind: ClientKind = PLAIN
+) -> list[Any]:
     """Connect *count* clients of *kind* (round-robin over several targets); stops early (returning fewer) when refused."""
     targets = Targets.of(target)
     socks: list[Any] = []
@@ -393,16 +395,18 @@ def _receiver_worker(
             for latencies in loop.latencies_by_socket():
                 latencies.sort()
                 by_socket.append([percentile(latencies, 0.5), percentile(latencies, 0.99)])
-        link.send({
-            "by_socket": by_socket,
-            "delivered": totals.delivered,
-            "duplicates": totals.duplicates,
-            "order_violations": totals.order_violations,
-            "garbled": totals.garbled,
-            "latencies": array.array("q", totals.latencies_ns).tobytes(),
-            "last_copy": last_copy,
-            "cpu": cpu,
-        })
+        link.send(
+            {
+                "by_socket": by_socket,
+                "delivered": totals.delivered,
+                "duplicates": totals.duplicates,
+                "order_violations": totals.order_violations,
+                "garbled": totals.garbled,
+                "latencies": array.array("q", totals.latencies_ns).tobytes(),
+                "last_copy": last_copy,
+                "cpu": cpu,
+            }
+        )
     finally:
         link.close()
         os._exit(0)
@@ -501,8 +505,19 @@ def run_fanout(
             strangers = [sock for sock in everyone if id(sock) not in mine]
             process = context.Process(
                 target=_receiver_worker,
-                args=(group, strangers, senders, messages, child, time_limit, probe, received_by_worker, slot, check_all,
-                      BULK_PERIOD if rate else 0.0),
+                args=(
+                    group,
+                    strangers,
+                    senders,
+                    messages,
+                    child,
+                    time_limit,
+                    probe,
+                    received_by_worker,
+                    slot,
+                    check_all,
+                    BULK_PERIOD if rate else 0.0,
+                ),
                 daemon=True,
             )
             process.start()
@@ -523,8 +538,21 @@ def run_fanout(
             flooding = flooding_client(targets.first, seconds=messages / rate + 1 if rate else 10.0)
             processes.append(flooding[0])
         result = _drive_senders(
-            socks, links, senders, messages, size, rate, clients, server_pid, progress, time_limit, rss_before,
-            window, batch, received_by_worker, sorted(probe_at),
+            socks,
+            links,
+            senders,
+            messages,
+            size,
+            rate,
+            clients,
+            server_pid,
+            progress,
+            time_limit,
+            rss_before,
+            window,
+            batch,
+            received_by_worker,
+            sorted(probe_at),
         )
         if flooding is not None and flooding[1].poll(time_limit):
             result.flooder_bytes = flooding[1].recv()
@@ -578,7 +606,13 @@ def _drive_senders(
     while writing or (received < own_expected and time.monotonic() - last_copy < QUIET_END):
         if time.monotonic() > deadline:
             break
-        timeout = 0.05 if not writing else 0.0 if not interval_ns else max(0.0, min(0.05, (min(next_due[i] for i in writing) - time.monotonic_ns()) / 1e9))
+        timeout = (
+            0.05
+            if not writing
+            else 0.0
+            if not interval_ns
+            else max(0.0, min(0.05, (min(next_due[i] for i in writing) - time.monotonic_ns()) / 1e9))
+        )
         got = loop.poll(timeout)
         if got:
             received += got
@@ -688,8 +722,12 @@ class ConnectionsResult:
 
 
 def run_connections(
-    address: "tuple[str, int] | Targets", *, clients: int, server_pid: int | Sequence[int] | None = None,
-    progress: Progress | None = None, kind: ClientKind = PLAIN,
+    address: "tuple[str, int] | Targets",
+    *,
+    clients: int,
+    server_pid: int | Sequence[int] | None = None,
+    progress: Progress | None = None,
+    kind: ClientKind = PLAIN,
 ) -> ConnectionsResult:
     """Open *clients* idle connections, then check each still receives a broadcast."""
     limit = allow_open_files()
@@ -703,7 +741,7 @@ def run_connections(
             progress(f"{len(socks):,}/{clients:,} connected")
         if not more:
             break
-        drain_until_quiet(socks[-len(more):], 0.01, 1.0)
+        drain_until_quiet(socks[-len(more) :], 0.01, 1.0)
     connected = drain_until_quiet(socks, SETTLE_QUIET, 60.0)
     rss_after = rss_kib(server_pid) if server_pid else 0
     served = 0

@@ -18,8 +18,11 @@ def fanout_lines(title: str, result: Any) -> list[str]:
         f"max {result.latency_ms['max']:.3f} ms",
     ]
     if result.latency_by_position:
-        lines.append("  p99 by join position  " + "   ".join(
-            f"{row['position']}: {row['p99']:.3f}" for row in result.latency_by_position) + " ms")
+        lines.append(
+            "  p99 by join position  "
+            + "   ".join(f"{row['position']}: {row['p99']:.3f}" for row in result.latency_by_position)
+            + " ms"
+        )
     cpu = result.cpu_seconds
     if cpu:
         parts = [f"{name.replace('_', ' ')} {seconds:.2f} s" for name, seconds in cpu.items()]
@@ -44,7 +47,6 @@ def connections_lines(result: Any) -> list[str]:
             f"{result.kib_per_connection} KiB per connection"
         )
     return lines
-
 
 
 def abuse_lines(result: Any) -> list[str]:

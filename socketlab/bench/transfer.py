@@ -152,9 +152,24 @@ class Certificate:
         """Make one with the openssl command (ECDSA P-256, valid one day); BenchError without it."""
         cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
         command = [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-            "-keyout", key, "-out", cert,
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+            key,
+            "-out",
+            cert,
         ]
         try:
             subprocess.run(command, check=True, capture_output=True, timeout=30)
@@ -179,7 +194,8 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, 
         sized = ["--buffer", str(buffer)] if buffer else []
         server = subprocess.Popen(
             SOCKETLAB + ["tcp-server", "--port", "0", "-q", "--welcome", "", *tls_server, *sized],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         port = listening_port(server, "socketlab tcp-server")
         client_cmd = SOCKETLAB + ["tcp-client", "--port", str(port), *(["--tls-ca", tls.cert] if tls else []), *sized]
@@ -193,7 +209,9 @@ def run_tcp(size: int, tool: str = "socketlab", tls: Certificate | None = None, 
             connect = f"OPENSSL:127.0.0.1:{port},cafile={tls.cert},commonname=localhost"
         block = str(buffer or SOCAT_BUFFER)
         server = subprocess.Popen(
-            ["socat", "-b", block, "-u", listen, "OPEN:/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ["socat", "-b", block, "-u", listen, "OPEN:/dev/null"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         try:
             wait_listening(port, server, "socat", limit=5)
@@ -284,7 +302,8 @@ def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResul
     try:
         sender = subprocess.run(
             SOCKETLAB + ["udp-send", "--port", str(port), "--repeat", str(count), "x" * size],
-            capture_output=True, timeout=600,
+            capture_output=True,
+            timeout=600,
         )
     except OSError:
         stop(proc)

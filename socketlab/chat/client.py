@@ -169,4 +169,3 @@ def run_session(
     if interactive:
         out.write("\r\x1b[K")
         out.flush()
-

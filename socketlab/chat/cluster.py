@@ -543,7 +543,8 @@ class ClusterService:
             self._applied = {}
             restores = [
                 (b"r", key, json.dumps([member.number, member.name, member.room.name]).encode())
-                for key, member in local.items() if member is not None
+                for key, member in local.items()
+                if member is not None
             ]
         with self._publish_lock:
             # What we queued and never applied (arrivals, lines, departures) goes after the restores, numbered
@@ -598,7 +599,9 @@ class ClusterService:
             return
         with self.lock:
             state: dict[str, Any] = {
-                "id": self._last_id, "hub": self.hub.export_state(self._identify), "applied": dict(self._applied),
+                "id": self._last_id,
+                "hub": self.hub.export_state(self._identify),
+                "applied": dict(self._applied),
             }
         if state["id"] == "0-0":
             return

@@ -58,8 +58,18 @@ class Connection:
     """One client of the reader loop. ``send()`` and ``close()`` run under the chat lock."""
 
     __slots__ = (
-        "sock", "peer", "outbox", "member", "last_active", "read_size", "phase", "leave_by",
-        "send", "tls", "deadline", "gate",
+        "sock",
+        "peer",
+        "outbox",
+        "member",
+        "last_active",
+        "read_size",
+        "phase",
+        "leave_by",
+        "send",
+        "tls",
+        "deadline",
+        "gate",
     )
 
     def __init__(
@@ -161,8 +171,13 @@ class LineConnection(Connection):
     __slots__ = ("framer",)
 
     def __init__(
-        self, sock: socket.socket, peer: str, outbox: Outbox, max_line: int,
-        tls: TlsLayer | None = None, deadline: float | None = None,
+        self,
+        sock: socket.socket,
+        peer: str,
+        outbox: Outbox,
+        max_line: int,
+        tls: TlsLayer | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(sock, peer, outbox, tls, deadline)
         self.framer = LineBuffer(max_line)

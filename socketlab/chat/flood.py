@@ -2,7 +2,8 @@
 
 :class:`FloodGate` admits a client's lines at most ``line_rate`` per second,
 with a burst of twice that, and its raw bytes at most 8 MiB per second
-(:class:`ByteBudget`, twice that in a burst), so a client pouring bytes
+(twice that in a burst; a read may run it into a debt that is then waited
+off), each a :class:`~socketlab.access.TokenBucket`, so a client pouring bytes
 without newlines is held too. Nothing is dropped and nobody is disconnected: lines over the
 budget wait here (at most what one read brought), and the reader loop stops
 reading the client until ``resume_at()`` -- TCP flow control then slows the
@@ -24,6 +25,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Sequence
 
+from socketlab.access import TokenBucket
 from socketlab.lines import Item
 
 #: Default lines per second per client on the command line (a burst of twice that).
@@ -39,67 +41,35 @@ DEFAULT_BYTE_RATE = 8 * 1024 * 1024
 NOTICE_INTERVAL = 1.0
 
 
-class ByteBudget:
-    """Bytes per second; a read may run it into debt, which is then waited off."""
-
-    __slots__ = ("rate", "tokens", "stamp")
-
-    def __init__(self, rate: float, now: float) -> None:
-        self.rate = rate
-        self.tokens = 2 * rate
-        self.stamp = now
-
-    def spend(self, size: int, now: float) -> None:
-        self._refill(now)
-        self.tokens -= size
-
-    def wait(self, now: float) -> float:
-        """Seconds until the debt is paid (0 when there is none)."""
-        self._refill(now)
-        return -self.tokens / self.rate if self.tokens < 0 else 0.0
-
-    def _refill(self, now: float) -> None:
-        self.tokens = min(2 * self.rate, self.tokens + max(0.0, now - self.stamp) * self.rate)
-        self.stamp = max(self.stamp, now)
-
-
 class FloodGate:
     """One client's input budget. ``now`` is any monotonic clock, in seconds."""
 
-    __slots__ = ("line_rate", "budget", "lines", "stamp", "held", "noticed")
+    __slots__ = ("line_rate", "budget", "lines", "held", "noticed")
 
-    def __init__(self, line_rate: float, now: float, budget: ByteBudget | None = None) -> None:
+    def __init__(self, line_rate: float, now: float, budget: TokenBucket | None = None) -> None:
         if line_rate <= 0:
             raise ValueError("line_rate must be positive (no FloodGate means no limit)")
         self.line_rate = line_rate
-        self.budget = budget or ByteBudget(DEFAULT_BYTE_RATE, now)
-        #: Line tokens now: a full burst to begin with.
-        self.lines = 2 * line_rate
-        self.stamp = now
+        #: Bytes: a read may run it into debt, which is then waited off.
+        self.budget = budget or TokenBucket(DEFAULT_BYTE_RATE, 2 * DEFAULT_BYTE_RATE, now)
+        #: Lines: a full burst to begin with.
+        self.lines = TokenBucket(line_rate, 2 * line_rate, now)
         self.held: deque[Item] = deque()
         #: When the client was last told it is held back (None: not since it was last read freely).
         self.noticed: float | None = None
 
-    def _refill(self, now: float) -> None:
-        elapsed = max(0.0, now - self.stamp)
-        self.stamp = now
-        self.lines = min(2 * self.line_rate, self.lines + elapsed * self.line_rate)
-
     def admit(self, items: Sequence[Item], size: int, now: float) -> list[Item]:
         """A read of *size* bytes completed *items*: return those within budget, hold the rest."""
-        self._refill(now)
         self.budget.spend(size, now)
         self.held.extend(items)
-        return self._release()
+        return self._release(now)
 
     def release(self, now: float) -> list[Item]:
         """Held lines the budget allows by *now*."""
-        self._refill(now)
-        return self._release()
+        return self._release(now)
 
-    def _release(self) -> list[Item]:
-        count = min(len(self.held), int(self.lines))
-        self.lines -= count
+    def _release(self, now: float) -> list[Item]:
+        count = self.lines.take_whole(len(self.held), now)
         return [self.held.popleft() for _ in range(count)]
 
     def drop(self) -> int:
@@ -119,15 +89,12 @@ class FloodGate:
         """The line telling a held-back client what happens to its input."""
         held = len(self.held)
         return (
-            f"! sending too fast: {held} line{'s' if held != 1 else ''} held back, "
-            f"let through at {self.line_rate:g} a second\n"
+            f"! sending too fast: {held} line{'s' if held != 1 else ''} held back, let through at {self.line_rate:g} a second\n"
         ).encode()
 
     def resume_at(self, now: float) -> float | None:
         """When reading this client may go on; None: now."""
-        self._refill(now)
-        waits = [self.budget.wait(now)]
+        wait = self.budget.wait_time(0, now)
         if self.held:
-            waits.append((1 - self.lines) / self.line_rate if self.lines < 1 else 0.0)
-        wait = max(waits, default=0.0)
+            wait = max(wait, self.lines.wait_time(1, now))
         return now + wait if wait > 0 else None

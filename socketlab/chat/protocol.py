@@ -240,9 +240,7 @@ class ChatHub:
         """Every room and member, in order, as plain data; *identify* names each member's transport."""
         return {
             "connections": self.connections,
-            "rooms": [
-                [room.name, [[identify(m), m.number, m.name] for m in room.members]] for room in self.rooms.values()
-            ],
+            "rooms": [[room.name, [[identify(m), m.number, m.name] for m in room.members]] for room in self.rooms.values()],
         }
 
     def import_state(self, state: dict[str, Any], transport_for: Callable[[Any], Any]) -> list[Member]:
@@ -305,7 +303,7 @@ class ChatHub:
             out.append(([member], error("invalid nickname")))
         elif name == member.name:
             out.append(([member], notice(f"you are already {name}")))
-        elif (RESERVED_NAME.match(name) or self._by_name.get(name.lower(), member) is not member):
+        elif RESERVED_NAME.match(name) or self._by_name.get(name.lower(), member) is not member:
             out.append(([member], error(f"nickname {name} is taken")))
         else:
             old = member.name

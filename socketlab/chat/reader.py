@@ -426,4 +426,3 @@ class ReaderLoop:
             conn.sock.close()
         except OSError:
             pass
-

@@ -110,8 +110,11 @@ class ChatServer(ConnectionServer):
         self.lock = self.service.lock
         if web is not None and web_site is None:
             web_site = WebSite(
-                load_pages(), origins=config.web_origins, scheme="https" if tls else "http",
-                max_line=max_line, max_message=max(65536, 4 * max_line),
+                load_pages(),
+                origins=config.web_origins,
+                scheme="https" if tls else "http",
+                max_line=max_line,
+                max_message=max(65536, 4 * max_line),
             )
         self.web_site = web_site if web is not None else None
         #: Connections not in the hub yet (a TLS or WebSocket handshake under way).
@@ -121,8 +124,12 @@ class ChatServer(ConnectionServer):
         # No handler class: start_connections() hands connections to the reader thread.
         try:
             super().__init__(
-                address, socketserver.BaseRequestHandler, max_clients=config.max_clients, access=config.access,
-                max_per_ip=config.max_per_ip, logger=logger,
+                address,
+                socketserver.BaseRequestHandler,
+                max_clients=config.max_clients,
+                access=config.access,
+                max_per_ip=config.max_per_ip,
+                logger=logger,
             )
         except Exception:
             self.service.stop()
@@ -239,7 +246,9 @@ class ChatServer(ConnectionServer):
                     self._handshaking.add(conn)
                     conns.append(conn)
             if full:
-                self.refusal_log.log(logging.WARNING, "Refused web client %s: %d requests already pending", peer, self.max_pending_web)
+                self.refusal_log.log(
+                    logging.WARNING, "Refused web client %s: %d requests already pending", peer, self.max_pending_web
+                )
                 self.forget_connection(sock)  # its per-address count
                 sock.close()
         if conns:

@@ -173,4 +173,3 @@ class ChatService:
         for members, data in deliveries:
             for member in members:
                 member.transport.send(data)
-

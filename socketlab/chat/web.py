@@ -33,6 +33,7 @@ from websockets.server import ServerProtocol
 
 from socketlab.chat.connection import Connection
 from socketlab.chat.outbox import Outbox
+from socketlab.access import TokenBucket
 from socketlab.lines import Item, LineBuffer
 from socketlab.tls import TlsLayer
 
@@ -157,8 +158,8 @@ class WebSession:
         #: Pongs and pings are the keepalive, not activity: a browser answers pings by itself.
         self.last_message = now
         self._ping_sent: float | None = None
-        self._ping_budget = MAX_PINGS_PER_SECOND
-        self._ping_refill = now
+        #: Pings the client may send: MAX_PINGS_PER_SECOND a second, as many at once.
+        self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
 
     # -- input ---------------------------------------------------------------
 
@@ -238,10 +239,7 @@ class WebSession:
                 protocol.fail(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
                 break
             elif opcode is Opcode.PING:
-                self._ping_budget = min(MAX_PINGS_PER_SECOND, self._ping_budget + (now - self._ping_refill) * MAX_PINGS_PER_SECOND)
-                self._ping_refill = now
-                self._ping_budget -= 1
-                if self._ping_budget < 0:
+                if not self._pings.take(1, now):
                     protocol.fail(CloseCode.POLICY_VIOLATION, "too many pings")
                     break
             elif opcode is Opcode.PONG:
@@ -370,8 +368,14 @@ class WebConnection(Connection):
     __slots__ = ("session", "lock")
 
     def __init__(
-        self, sock: socket.socket, peer: str, outbox: Outbox, session: WebSession, lock: threading.Lock,
-        tls: TlsLayer | None = None, deadline: float | None = None,
+        self,
+        sock: socket.socket,
+        peer: str,
+        outbox: Outbox,
+        session: WebSession,
+        lock: threading.Lock,
+        tls: TlsLayer | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(sock, peer, outbox, tls, deadline)
         self.session = session

@@ -45,25 +45,101 @@ def clear_progress() -> None:
 
 
 @bench.command("chat")
-@click.option("--target", type=AddressList(), help="Running line-relaying chat servers, clients spread over them round-robin (default: start socketlab's own).")
+@click.option(
+    "--target",
+    type=AddressList(),
+    help="Running line-relaying chat servers, clients spread over them round-robin (default: start socketlab's own).",
+)
 @click.option("--scenario", type=click.Choice(["fanout", "slow", "connections", "flood"]), default="fanout", show_default=True)
 @click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
 @click.option("--senders", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
 @click.option("--size", type=click.IntRange(32, 4000), default=64, show_default=True, help="Bytes per message line.")
-@click.option("--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out).")
-@click.option("--workers", type=click.IntRange(1, 16), default=1, show_default=True, help="Bulk receiver processes (besides the probes' and the senders').")
-@click.option("--window", type=click.IntRange(0), default=2000, show_default=True, help="Flat out: messages in flight beyond what readers have read (0: no limit).")
-@click.option("--batch", type=click.IntRange(1, 1000), default=64, show_default=True, help="Flat out: lines per send (1: one line per send, as people type).")
-@click.option("--check", type=click.Choice(["probes", "all"]), default="probes", show_default=True, help="Bulk readers only count lines (probes and senders check theirs), or every copy is checked (a costlier instrument).")
-@click.option("--placement", type=click.Choice(PLACEMENTS), default="shared", show_default=True, help="split: the server on the first CPU, the benchmark on the others (needs its PIDs for a --target).")
-@click.option("--transport", type=click.Choice(["tcp", "ws"]), default="tcp", show_default=True, help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).")
-@click.option("--tls", "use_tls", is_flag=True, help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).")
-@click.option("--abusers", type=click.IntRange(1, 200), default=40, show_default=True, help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.")
-@click.option("--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts.")
-@click.option("--server-pid", type=PidList(), default=None, help="PIDs of the target servers, to report their CPU and memory (summed).")
+@click.option(
+    "--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out)."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 16),
+    default=1,
+    show_default=True,
+    help="Bulk receiver processes (besides the probes' and the senders').",
+)
+@click.option(
+    "--window",
+    type=click.IntRange(0),
+    default=2000,
+    show_default=True,
+    help="Flat out: messages in flight beyond what readers have read (0: no limit).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 1000),
+    default=64,
+    show_default=True,
+    help="Flat out: lines per send (1: one line per send, as people type).",
+)
+@click.option(
+    "--check",
+    type=click.Choice(["probes", "all"]),
+    default="probes",
+    show_default=True,
+    help="Bulk readers only count lines (probes and senders check theirs), or every copy is checked (a costlier instrument).",
+)
+@click.option(
+    "--placement",
+    type=click.Choice(PLACEMENTS),
+    default="shared",
+    show_default=True,
+    help="split: the server on the first CPU, the benchmark on the others (needs its PIDs for a --target).",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["tcp", "ws"]),
+    default="tcp",
+    show_default=True,
+    help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).",
+)
+@click.option(
+    "--tls",
+    "use_tls",
+    is_flag=True,
+    help="Clients connect over TLS (its own server gets a certificate made with openssl; a --target's is not verified).",
+)
+@click.option(
+    "--abusers",
+    type=click.IntRange(1, 200),
+    default=40,
+    show_default=True,
+    help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.",
+)
+@click.option(
+    "--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts."
+)
+@click.option(
+    "--server-pid", type=PidList(), default=None, help="PIDs of the target servers, to report their CPU and memory (summed)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def bench_chat(target: tuple[tuple[str, int], ...] | None, scenario: str, clients: int, senders: int, messages: int, size: int, rate: float, workers: int, window: int, batch: int, check: str, placement: str, transport: str, use_tls: bool, abusers: int, abuse_seconds: float, server_pid: list[int] | None, as_json: bool) -> None:
+def bench_chat(
+    target: tuple[tuple[str, int], ...] | None,
+    scenario: str,
+    clients: int,
+    senders: int,
+    messages: int,
+    size: int,
+    rate: float,
+    workers: int,
+    window: int,
+    batch: int,
+    check: str,
+    placement: str,
+    transport: str,
+    use_tls: bool,
+    abusers: int,
+    abuse_seconds: float,
+    server_pid: list[int] | None,
+    as_json: bool,
+) -> None:
     """Measure a chat relay: copies/s, latency, loss, garbling, order.
 
     Senders send uniquely tagged lines; every client reads every copy.
@@ -117,7 +193,12 @@ def bench_chat(target: tuple[tuple[str, int], ...] | None, scenario: str, client
             address = ("127.0.0.1", own.web_port or own.port)
             pids = own.pid
     progress = None if as_json else progress_printer()
-    output: dict[str, Any] = {"scenario": scenario, "transport": transport, "tls": use_tls, "target": ",".join(format_address(a) for a in target) if target else f"socketlab chat serve (pid {pids})"}
+    output: dict[str, Any] = {
+        "scenario": scenario,
+        "transport": transport,
+        "tls": use_tls,
+        "target": ",".join(format_address(a) for a in target) if target else f"socketlab chat serve (pid {pids})",
+    }
     kind = chat_bench.ClientKind(web=web, tls=tls_context)
     lines: list[str] = []
     pinned: dict[int, dict[int, set[int]]] = {}  # a --target's servers: where their threads ran before
@@ -127,7 +208,20 @@ def bench_chat(target: tuple[tuple[str, int], ...] | None, scenario: str, client
             cpus.pin_server(server_pids, saved=pinned if target else None)
             cpus.pin_load()
             output["placement"] = cpus.observed(server_pids)
-            options: dict[str, Any] = dict(clients=clients, senders=min(senders, clients - 1), messages=messages, size=size, rate=rate, server_pid=pids, progress=progress, workers=workers, window=window, batch=batch, check_all=check == "all", kind=kind)
+            options: dict[str, Any] = dict(
+                clients=clients,
+                senders=min(senders, clients - 1),
+                messages=messages,
+                size=size,
+                rate=rate,
+                server_pid=pids,
+                progress=progress,
+                workers=workers,
+                window=window,
+                batch=batch,
+                check_all=check == "all",
+                kind=kind,
+            )
             if scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
@@ -142,7 +236,12 @@ def bench_chat(target: tuple[tuple[str, int], ...] | None, scenario: str, client
                 flooded = chat_bench.run_fanout(address, flooder=True, **options)
                 abuse = flood.run_abuse(chat_bench.Targets.of(address).first, abusers=abusers, seconds=abuse_seconds)
                 ratio = flooded.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
-                output.update(fanout=chat_bench.as_dict(base), flooded=chat_bench.as_dict(flooded), p99_ratio=round(ratio, 3), abuse=chat_bench.as_dict(abuse))
+                output.update(
+                    fanout=chat_bench.as_dict(base),
+                    flooded=chat_bench.as_dict(flooded),
+                    p99_ratio=round(ratio, 3),
+                    abuse=chat_bench.as_dict(abuse),
+                )
                 lines += fanout_lines("fanout", base) + fanout_lines("with a client sending flat out", flooded)
                 lines.append(f"p99 with the flooding client / without: {ratio:.2f}x ({flooded.flooder_bytes:,} bytes sent by it)")
                 lines += abuse_lines(abuse)
@@ -169,9 +268,21 @@ def bench_chat(target: tuple[tuple[str, int], ...] | None, scenario: str, client
 @bench.command("tcp")
 @click.option("--size", type=ByteSize(), default="1G", show_default=True, help="Bytes to stream (K, M, G suffixes).")
 @click.option("--runs", type=click.IntRange(1, 20), default=3, show_default=True, help="Runs per tool.")
-@click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat between the same endpoints, if installed.")
-@click.option("--tls", "use_tls", is_flag=True, help="Over TLS (a certificate made with openssl for the run; socat uses OPENSSL-LISTEN/OPENSSL).")
-@click.option("--buffer", "buffers", metavar="SIZE[,SIZE...]", help="Largest read/write at both ends (tcp-client/tcp-server --buffer, socat -b), each size in turn: a sweep.")
+@click.option(
+    "--peers/--no-peers", default=True, show_default=True, help="Also measure socat between the same endpoints, if installed."
+)
+@click.option(
+    "--tls",
+    "use_tls",
+    is_flag=True,
+    help="Over TLS (a certificate made with openssl for the run; socat uses OPENSSL-LISTEN/OPENSSL).",
+)
+@click.option(
+    "--buffer",
+    "buffers",
+    metavar="SIZE[,SIZE...]",
+    help="Largest read/write at both ends (tcp-client/tcp-server --buffer, socat -b), each size in turn: a sweep.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | None, as_json: bool) -> None:
     """Bulk TCP: a stream through tcp-client into tcp-server -q, in MB/s.
@@ -217,11 +328,16 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | N
                     click.echo(result.describe())
     best = {
         (tool, buffer): max(r.mb_per_second for r in results if r.tool.split()[0] == tool and r.buffer == buffer)
-        for buffer in sizes for tool in tools
+        for buffer in sizes
+        for tool in tools
     }
     if as_json:
         by_name = {f"{tool}{f' {buffer}' if buffer else ''}": round(mbps) for (tool, buffer), mbps in best.items()}
-        click.echo(json.dumps({"runs": [asdict(r) | {"mb_per_second": round(r.mb_per_second)} for r in results], "best_mb_per_second": by_name}))
+        click.echo(
+            json.dumps(
+                {"runs": [asdict(r) | {"mb_per_second": round(r.mb_per_second)} for r in results], "best_mb_per_second": by_name}
+            )
+        )
     else:
         for buffer in sizes:
             label = f" with {buffer:,}-byte buffers" if buffer else ""
@@ -231,7 +347,9 @@ def bench_tcp(size: int, runs: int, peers: bool, use_tls: bool, buffers: str | N
 @bench.command("udp")
 @click.option("--count", type=click.IntRange(1), default=200000, show_default=True, help="Datagrams to send flat out.")
 @click.option("--size", type=click.IntRange(1, 65507), default=64, show_default=True, help="Bytes per datagram.")
-@click.option("--peers/--no-peers", default=True, show_default=True, help="Also measure socat's and ncat's receivers, if installed.")
+@click.option(
+    "--peers/--no-peers", default=True, show_default=True, help="Also measure socat's and ncat's receivers, if installed."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def bench_udp(count: int, size: int, peers: bool, as_json: bool) -> None:
     """UDP: udp-send --repeat flat out into a receiver; datagrams/s and loss.

@@ -6,8 +6,21 @@ import logging
 
 import click
 
-from socketlab.cli.options import Origin, RedisUrl, WebAddress, access_options, access_rules, client_tls, host_option, log_to_stdout, per_ip_option, port_option, server_tls, tls_client_options, tls_server_options
-
+from socketlab.cli.options import (
+    Origin,
+    RedisUrl,
+    WebAddress,
+    access_options,
+    access_rules,
+    client_tls,
+    host_option,
+    log_to_stdout,
+    per_ip_option,
+    port_option,
+    server_tls,
+    tls_client_options,
+    tls_server_options,
+)
 
 
 @click.group()
@@ -23,22 +36,83 @@ def chat() -> None:
 @chat.command("serve")
 @host_option
 @port_option
-@click.option("--room-size", type=click.IntRange(0), default=0, show_default=True, help="Members per room, lobby excepted (0: no cap).")
+@click.option(
+    "--room-size", type=click.IntRange(0), default=0, show_default=True, help="Members per room, lobby excepted (0: no cap)."
+)
 @click.option("--max-clients", type=click.IntRange(1), default=1000, show_default=True, help="Clients connected at once.")
 @click.option("--max-line", type=click.IntRange(16), default=4096, show_default=True, help="Longest line in bytes.")
-@click.option("--max-backlog", type=click.IntRange(1024), default=1024 * 1024, show_default=True, help="Bytes waiting for a client before it is dropped as too slow.")
-@click.option("--idle-timeout", type=click.FloatRange(0, min_open=True), default=None, help="Drop clients silent for this many seconds (default: never).")
-@click.option("--max-rate", type=click.FloatRange(0), default=20.0, show_default=True, metavar="LINES", help="Lines per second per client (a burst of twice that; bytes: 8 MiB/s); over it a client is read later, never dropped (0: no limit).")
+@click.option(
+    "--max-backlog",
+    type=click.IntRange(1024),
+    default=1024 * 1024,
+    show_default=True,
+    help="Bytes waiting for a client before it is dropped as too slow.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    help="Drop clients silent for this many seconds (default: never).",
+)
+@click.option(
+    "--max-rate",
+    type=click.FloatRange(0),
+    default=20.0,
+    show_default=True,
+    metavar="LINES",
+    help=(
+        "Lines per second per client (a burst of twice that; bytes: 8 MiB/s); over it a client is read later, "
+        "never dropped (0: no limit)."
+    ),
+)
 @click.option("--web", type=WebAddress(), help="Also serve the chat page and its WebSocket (/ws) here (0: a free port).")
-@click.option("--web-origin", "web_origins", type=Origin(), multiple=True, help="Another origin whose pages may open the WebSocket (repeatable).")
+@click.option(
+    "--web-origin",
+    "web_origins",
+    type=Origin(),
+    multiple=True,
+    help="Another origin whose pages may open the WebSocket (repeatable).",
+)
 @per_ip_option
 @access_options
 @tls_server_options
-@click.option("--redis", "redis_url", type=RedisUrl(), envvar="SOCKETLAB_REDIS", help="Join a cluster through Redis: redis://HOST:PORT/DB, rediss://, a password in the URL (env SOCKETLAB_REDIS).")
-@click.option("--cluster", default="socketlab", show_default=True, metavar="NAME", help="With --redis: the cluster's name; servers with the same Redis and name serve one chat.")
+@click.option(
+    "--redis",
+    "redis_url",
+    type=RedisUrl(),
+    envvar="SOCKETLAB_REDIS",
+    help="Join a cluster through Redis: redis://HOST:PORT/DB, rediss://, a password in the URL (env SOCKETLAB_REDIS).",
+)
+@click.option(
+    "--cluster",
+    default="socketlab",
+    show_default=True,
+    metavar="NAME",
+    help="With --redis: the cluster's name; servers with the same Redis and name serve one chat.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
-def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line: int, max_backlog: int, idle_timeout: float | None, max_rate: float, web: tuple[str | None, int] | None, web_origins: tuple[str, ...], max_per_ip: int | None, allow: tuple[str, ...], deny: tuple[str, ...], tls_cert: str | None, tls_key: str | None, redis_url: str | None, cluster: str, verbose: bool, quiet: bool) -> None:
+def chat_serve(
+    host: str,
+    port: int,
+    room_size: int,
+    max_clients: int,
+    max_line: int,
+    max_backlog: int,
+    idle_timeout: float | None,
+    max_rate: float,
+    web: tuple[str | None, int] | None,
+    web_origins: tuple[str, ...],
+    max_per_ip: int | None,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+    tls_cert: str | None,
+    tls_key: str | None,
+    redis_url: str | None,
+    cluster: str,
+    verbose: bool,
+    quiet: bool,
+) -> None:
     """Run the chat server; nc, telnet, 'chat connect' and browsers are clients.
 
     Every line a client sends reaches the other members of its room as
@@ -87,9 +161,24 @@ def chat_serve(host: str, port: int, room_size: int, max_clients: int, max_line:
 @port_option
 @click.option("--name", help="Nickname to take at once (/nick).")
 @click.option("--room", help="Room to join at once (/join).")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=5.0, show_default=True, help="Connect (and TLS handshake) timeout in seconds.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=5.0,
+    show_default=True,
+    help="Connect (and TLS handshake) timeout in seconds.",
+)
 @tls_client_options
-def chat_connect(host: str, port: int, name: str | None, room: str | None, timeout: float, use_tls: bool, tls_ca: str | None, tls_no_verify: bool) -> None:
+def chat_connect(
+    host: str,
+    port: int,
+    name: str | None,
+    room: str | None,
+    timeout: float,
+    use_tls: bool,
+    tls_ca: str | None,
+    tls_no_verify: bool,
+) -> None:
     """Chat from a terminal or a pipe: stdin lines out, server lines in.
 
     At the end of stdin it sends /quit and waits for the server to close.

@@ -16,6 +16,7 @@ from socketlab.errors import SocketlabError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+
 @contextlib.contextmanager
 def bench_errors() -> Iterator[None]:
     """A benchmark that cannot run (a process that will not start, a refused
@@ -45,7 +46,7 @@ class ByteSize(click.ParamType):
             return value
         text = str(value).strip().upper().removesuffix("B").removesuffix("I")
         unit = text[-1:] if text[-1:] in "KMG" else ""
-        number = text[: -1] if unit else text
+        number = text[:-1] if unit else text
         try:
             size = int(float(number) * self._units[unit])
         except ValueError:
@@ -59,7 +60,10 @@ class ByteSize(click.ParamType):
 
 def buffer_option(func: F) -> F:
     return click.option(
-        "--buffer", "buffer_size", type=ByteSize(maximum=64 << 20), default=None,
+        "--buffer",
+        "buffer_size",
+        type=ByteSize(maximum=64 << 20),
+        default=None,
         help="Largest single read or write (K, M suffixes), like socat's -b.  [default: a quarter of the L2 cache, 64K-1M]",
     )(func)
 
@@ -87,18 +91,41 @@ def port_option(func: F) -> F:
 
 def tls_server_options(func: F) -> F:
     """--tls-cert and --tls-key: serve TLS."""
-    func = click.option("--tls-key", metavar="FILE", type=click.Path(dir_okay=False), help="Its private key, PEM, unencrypted (default: inside --tls-cert).")(func)
-    return click.option("--tls-cert", metavar="FILE", type=click.Path(dir_okay=False), help="Serve TLS with this certificate (PEM, chain included).")(func)
+    func = click.option(
+        "--tls-key",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Its private key, PEM, unencrypted (default: inside --tls-cert).",
+    )(func)
+    return click.option(
+        "--tls-cert",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Serve TLS with this certificate (PEM, chain included).",
+    )(func)
 
 
 def access_options(func: F) -> F:
     """--allow and --deny: who may connect."""
-    func = click.option("--deny", multiple=True, metavar="SPEC", help="Refuse these peers: an address, a CIDR block or @FILE (repeatable; wins over --allow).")(func)
-    return click.option("--allow", multiple=True, metavar="SPEC", help="Let in only these peers: an address, a CIDR block or @FILE (repeatable).")(func)
+    func = click.option(
+        "--deny",
+        multiple=True,
+        metavar="SPEC",
+        help="Refuse these peers: an address, a CIDR block or @FILE (repeatable; wins over --allow).",
+    )(func)
+    return click.option(
+        "--allow", multiple=True, metavar="SPEC", help="Let in only these peers: an address, a CIDR block or @FILE (repeatable)."
+    )(func)
 
 
 def per_ip_option(func: F) -> F:
-    return click.option("--max-per-ip", type=click.IntRange(1), default=None, metavar="N", help="Connections at once from one address (default: no limit).")(func)
+    return click.option(
+        "--max-per-ip",
+        type=click.IntRange(1),
+        default=None,
+        metavar="N",
+        help="Connections at once from one address (default: no limit).",
+    )(func)
 
 
 def access_rules(allow: tuple[str, ...], deny: tuple[str, ...]) -> Any:
@@ -112,9 +139,18 @@ def access_rules(allow: tuple[str, ...], deny: tuple[str, ...]) -> Any:
 
 def tls_client_options(func: F) -> F:
     """--tls, --tls-ca and --tls-no-verify: connect with TLS."""
-    func = click.option("--tls-no-verify", is_flag=True, help="Do not verify the server's certificate (insecure; says so on stderr).")(func)
-    func = click.option("--tls-ca", metavar="FILE", type=click.Path(dir_okay=False), help="Trust these CA certificates (PEM) instead of the system's.")(func)
-    return click.option("--tls", "use_tls", is_flag=True, help="Connect with TLS, verifying the server's certificate and name.")(func)
+    func = click.option(
+        "--tls-no-verify", is_flag=True, help="Do not verify the server's certificate (insecure; says so on stderr)."
+    )(func)
+    func = click.option(
+        "--tls-ca",
+        metavar="FILE",
+        type=click.Path(dir_okay=False),
+        help="Trust these CA certificates (PEM) instead of the system's.",
+    )(func)
+    return click.option("--tls", "use_tls", is_flag=True, help="Connect with TLS, verifying the server's certificate and name.")(
+        func
+    )
 
 
 def server_tls(cert: str | None, key: str | None) -> Any:
@@ -135,7 +171,11 @@ def client_tls(use_tls: bool, ca: str | None, no_verify: bool) -> Any:
     from socketlab.tls import client_context
 
     if no_verify:
-        click.echo("Warning: --tls-no-verify: the server's certificate is not checked; anyone in between can read and change the traffic", err=True)
+        click.echo(
+            "Warning: --tls-no-verify: the server's certificate is not checked; "
+            "anyone in between can read and change the traffic",
+            err=True,
+        )
     return client_context(ca, verify=not no_verify)
 
 

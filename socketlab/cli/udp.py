@@ -10,7 +10,6 @@ import click
 from socketlab.cli.options import access_options, access_rules, host_option, log_to_stdout, port_option
 
 
-
 @click.command("udp-recv")
 @host_option
 @port_option
@@ -18,9 +17,21 @@ from socketlab.cli.options import access_options, access_rules, host_option, log
 @click.option("--hex", "hex_dump", is_flag=True, help="Print datagrams as hex dumps.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no datagrams, only the totals at exit.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit 0 after this many datagrams.")
-@click.option("--timeout", type=click.FloatRange(0, min_open=True), default=None, help="Exit 1 after this many seconds without a datagram.")
+@click.option(
+    "--timeout", type=click.FloatRange(0, min_open=True), default=None, help="Exit 1 after this many seconds without a datagram."
+)
 @access_options
-def udp_recv(host: str, port: int, echo: bool, hex_dump: bool, quiet: bool, count: int | None, timeout: float | None, allow: tuple[str, ...], deny: tuple[str, ...]) -> None:
+def udp_recv(
+    host: str,
+    port: int,
+    echo: bool,
+    hex_dump: bool,
+    quiet: bool,
+    count: int | None,
+    timeout: float | None,
+    allow: tuple[str, ...],
+    deny: tuple[str, ...],
+) -> None:
     """Print each UDP datagram with its sender's address.
 
     Datagrams arrive whole or not at all; this counts what arrives and prints
@@ -36,9 +47,7 @@ def udp_recv(host: str, port: int, echo: bool, hex_dump: bool, quiet: bool, coun
     access = access_rules(allow, deny)
     log_to_stdout()
     payload = "quiet" if quiet else "hex" if hex_dump else "text"
-    receiver = DatagramReceiver(
-        (host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access
-    )
+    receiver = DatagramReceiver((host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access)
     with receiver:
         run_until_signal(receiver, on_stop=receiver.on_close)
 
@@ -46,9 +55,21 @@ def udp_recv(host: str, port: int, echo: bool, hex_dump: bool, quiet: bool, coun
 @click.command("udp-send")
 @host_option
 @port_option
-@click.option("--repeat", type=click.IntRange(1), default=1, show_default=True, help="Send MESSAGE this many times, as fast as the socket allows.")
+@click.option(
+    "--repeat",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Send MESSAGE this many times, as fast as the socket allows.",
+)
 @click.option("--interval", type=click.FloatRange(0), default=0.0, help="Seconds between datagrams (pacing).")
-@click.option("--wait-reply", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS", help="Wait this long for a datagram back and print it.")
+@click.option(
+    "--wait-reply",
+    type=click.FloatRange(0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Wait this long for a datagram back and print it.",
+)
 @click.argument("message", nargs=-1)
 def udp_send(host: str, port: int, repeat: int, interval: float, wait_reply: float | None, message: tuple[str, ...]) -> None:
     """Send MESSAGE as one datagram (or each stdin line as one).
