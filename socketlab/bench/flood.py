@@ -39,7 +39,7 @@ TRICKY_TEXT = "\x1b[31m안녕하세요 \u202eevil\u202c \x1b]0;pwn\x07 채팅방
 def abuse_script(rng: random.Random) -> list[bytes]:
     """One abuser's visit, as the writes it makes: junk, commands, a long unterminated line, tricky text."""
     writes = [rng.randbytes(rng.randint(1, 65536)) for _ in range(rng.randint(1, 30))]
-    writes.append(b"\n/join r%d\n" % rng.randint(0, 9))
+    writes.append(b"\n/join r%d\n" % rng.randint(0, 999))  # mostly a room of its own: no notices reach it
     writes.append(b"/nick " + rng.randbytes(rng.randint(1, 40)).replace(b"\n", b"") + b"\n")
     writes.append(b"x" * rng.randint(4000, 70000))  # no newline: the next write continues it
     writes.append(b"\n" + TRICKY_TEXT * rng.randint(1, 20))
@@ -64,6 +64,8 @@ class AbuseResult:
     newcomers: int = 0
     newcomers_refused: int = 0
     slowest_welcome_ms: float = 0.0
+    #: The server's resident memory before the abuse and at its peak (sampled every half second), if its PID is known.
+    server_rss_kib: dict[str, int] = field(default_factory=dict)
 
 
 def _abuse(address: tuple[str, int], count: int, seconds: float, pace: float, source: str, link: Any) -> None:
@@ -146,10 +148,20 @@ def _join(address: tuple[str, int], room: str) -> tuple[Member, Member]:
 
 
 def run_abuse(
-    address: tuple[str, int], *, abusers: int = 40, seconds: float = 20.0, pace: float = 30.0, source: str = "127.0.0.2"
+    address: tuple[str, int],
+    *,
+    abusers: int = 40,
+    seconds: float = 20.0,
+    pace: float = 30.0,
+    source: str = "127.0.0.2",
+    server_pid: Any = None,
 ) -> AbuseResult:
-    """Flood the chat at *address* with *abusers* for *seconds*; measure two members and the newcomers."""
+    """Flood the chat at *address* with *abusers* for *seconds*; measure two members, the newcomers and
+    (given *server_pid*, one PID or several) the server's memory."""
+    from socketlab.bench.chat import rss_kib
+
     alice, bob = _join(address, "calm")
+    rss_before = peak_rss = rss_kib(server_pid) if server_pid else 0
     context = multiprocessing.get_context("fork")
     parent, child = context.Pipe()
     process = context.Process(target=_abuse, args=(address, abusers, seconds, pace, source, child), daemon=True)
@@ -179,6 +191,8 @@ def run_abuse(
                 else:
                     refused += 1
                 newcomer.close()
+                if server_pid:
+                    peak_rss = max(peak_rss, rss_kib(server_pid))
         if not parent.poll(seconds + 10):
             raise BenchError("the abusers did not report")
         sent_bytes, connections = parent.recv()
@@ -199,6 +213,7 @@ def run_abuse(
         newcomers=len(welcomes) + refused,
         newcomers_refused=refused,
         slowest_welcome_ms=round(max(welcomes, default=0.0) * 1000, 3),
+        server_rss_kib={"before": rss_before, "peak": peak_rss} if server_pid else {},
     )
 
 

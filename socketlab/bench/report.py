@@ -59,4 +59,8 @@ def abuse_lines(result: Any) -> list[str]:
         f"max {trips['max']:.3f} ms",
         f"  newcomers   {result.newcomers - result.newcomers_refused} of {result.newcomers} welcomed, "
         f"slowest in {result.slowest_welcome_ms:.1f} ms",
-    ]
+    ] + (
+        [f"  server rss  {result.server_rss_kib['before']:,} KiB before, {result.server_rss_kib['peak']:,} KiB peak"]
+        if result.server_rss_kib
+        else []
+    )

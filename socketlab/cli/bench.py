@@ -234,7 +234,9 @@ def bench_chat(
                     options.update(rate=10.0, messages=min(messages, 100))
                 base = chat_bench.run_fanout(address, **options)
                 flooded = chat_bench.run_fanout(address, flooder=True, **options)
-                abuse = flood.run_abuse(chat_bench.Targets.of(address).first, abusers=abusers, seconds=abuse_seconds)
+                abuse = flood.run_abuse(
+                    chat_bench.Targets.of(address).first, abusers=abusers, seconds=abuse_seconds, server_pid=pids
+                )
                 ratio = flooded.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
                 output.update(
                     fanout=chat_bench.as_dict(base),
