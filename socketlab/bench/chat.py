@@ -537,23 +537,8 @@ def run_fanout(
 
             flooding = flooding_client(targets.first, seconds=messages / rate + 1 if rate else 10.0)
             processes.append(flooding[0])
-        result = _drive_senders(
-            socks,
-            links,
-            senders,
-            messages,
-            size,
-            rate,
-            clients,
-            server_pid,
-            progress,
-            time_limit,
-            rss_before,
-            window,
-            batch,
-            received_by_worker,
-            sorted(probe_at),
-        )
+        plan = FanoutPlan(clients, senders, messages, size, rate, window, batch, time_limit)
+        result = _drive_senders(plan, socks, links, server_pid, progress, rss_before, received_by_worker, sorted(probe_at))
         if flooding is not None and flooding[1].poll(time_limit):
             result.flooder_bytes = flooding[1].recv()
         return result
@@ -566,23 +551,33 @@ def run_fanout(
                 process.kill()
 
 
+@dataclass(frozen=True)
+class FanoutPlan:
+    """What one fanout run sends: see :func:`run_fanout` for each setting."""
+
+    clients: int
+    senders: int
+    messages: int
+    size: int
+    rate: float
+    window: int
+    batch: int
+    time_limit: float
+
+
 def _drive_senders(
+    plan: FanoutPlan,
     socks: list[Any],
     links: list[Any],
-    senders: int,
-    messages: int,
-    size: int,
-    rate: float,
-    clients: int,
     server_pid: int | Sequence[int] | None,
     progress: Progress | None,
-    time_limit: float,
     rss_before: int,
-    window: int,
-    batch: int,
     received_by_worker: Any,
     probe_positions: list[int],
 ) -> FanoutResult:
+    """Send *plan* from the sender sockets *socks*, read their own copies, and gather the receivers' reports."""
+    clients, senders, messages, size = plan.clients, plan.senders, plan.messages, plan.size
+    rate, window, batch, time_limit = plan.rate, plan.window, plan.batch, plan.time_limit
     totals = Totals()
     loop = ReceiveLoop(socks, totals, senders, messages, list(range(senders)), timed=False)
     own_expected = senders * (senders - 1) * messages

@@ -260,6 +260,8 @@ class ReaderLoop:
     def _tell_held_back(self, conn: Connection, force: bool = False) -> None:
         """Tell a held-back client so, when due: a client that has closed answers with a reset."""
         assert conn.gate is not None
+        if conn.phase is not Phase.MEMBER:  # a handshake under way has no chat to speak in yet
+            return
         if conn.gate.notice_due(time.monotonic()) or force:
             with self.service.lock:
                 conn.send(conn.gate.notice())
