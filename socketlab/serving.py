@@ -1,39 +1,39 @@
-"""A threaded TCP server whose shutdown is a contract, built on socketserver.
+"""Accepting connections, and a threaded TCP server whose shutdown is a contract.
 
-:class:`ConnectionServer` keeps socketserver's shape -- a request handler
-class, ``serve_forever()``, ``shutdown()``, ``server_close()``, a ``with``
-block -- and fixes what makes the stock ``ThreadingTCPServer`` unfit for a
-server people leave running:
+:class:`Acceptor` is the part every socketlab TCP server is assembled from:
+its listening sockets and the one loop that accepts on them.
 
-- ``serve_forever()`` waits on the listening socket *and* a wake-up pipe, so
-  ``shutdown()`` returns at once instead of after a poll interval, and an
-  accept failure such as "too many open files" backs off instead of spinning;
-- every connection and its thread are registered under a lock before the
-  thread starts; ``shutdown()`` closes them all with ``socket.shutdown()``
-  (the only way to wake a blocked ``recv()``) and joins the threads, so idle
-  clients cannot hold the process open (the stock ``block_on_close`` waits
-  for them forever);
-- at most ``max_clients`` connections are served; the next one is sent
-  ``full_message`` and closed;
+- ``serve_forever()`` waits on the listeners *and* a wake-up pipe, so
+  ``stop()`` returns at once instead of after a poll interval, and an accept
+  failure such as "too many open files" backs off instead of spinning;
 - every connection waiting in the kernel's queue is accepted in one wake-up
-  (up to ``accept_burst``) and handed to ``start_connections()`` together,
-  so a server can welcome a crowd in one step;
-- handler errors are logged in one line instead of printing a traceback.
+  (up to ``accept_burst``) and handed to the listener's *start* together, so
+  a server can welcome a crowd in one step;
+- each is screened right after accept (``--allow``/``--deny``,
+  ``--max-per-ip``) and counted toward ``max_clients``; the next one is sent
+  ``full_message`` and closed; refusals are logged a few a second at most.
+
+:class:`ConnectionServer` is socketserver's shape -- a request handler
+class, ``serve_forever()``, ``shutdown()``, ``server_close()``, a ``with``
+block, ``verify_request()``, ``process_request()``, ``handle_error()`` --
+around an Acceptor, fixing what makes the stock ``ThreadingTCPServer`` unfit
+for a server people leave running: every connection and its thread are
+registered before the thread starts; ``shutdown()`` closes them all with
+``socket.shutdown()`` (the only way to wake a blocked ``recv()``) and joins
+the threads within ``join_timeout`` (the stock ``block_on_close`` waits for
+idle clients forever); handler errors are one log line, not a traceback.
+The chat server (:mod:`socketlab.chat.server`) uses an Acceptor directly,
+with its own reader thread instead of a thread per connection.
 
 For the caller: ``server_address`` (the real address, port 0 resolved),
 ``serve_forever()``, ``shutdown()`` (idempotent, from any other thread),
 ``server_close()``, ``connection_count``.
 
-May be overridden: ``on_listening()``, ``on_close()``, ``on_refused(request, address)``,
-``start_connection(request, address)``, ``start_connections(accepted)``,
-``close_connections()``.
-
-More listening sockets (a second protocol on another port) are served by
-the same accept loop: ``add_listener(sock, start)``.
+May be overridden: ``on_listening()``, ``on_close()``, ``close_connections()``,
+socketserver's ``verify_request()`` and ``handle_error()``.
 
 Class variables that may be overridden: ``max_clients``, ``full_message``,
-``request_queue_size``, ``accept_burst``, ``thread_stack_size``, ``join_timeout``,
-``blocking_connections``.
+``request_queue_size``, ``thread_stack_size``, ``join_timeout``.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ import selectors
 import signal
 import socket
 import socketserver
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -113,102 +114,88 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
-class ConnectionServer(socketserver.TCPServer):
-    """Threaded TCP server with tracked connections and a prompt shutdown."""
+class Acceptor:
+    """Listening sockets and the one loop that accepts on them; screening; the count of connections.
 
-    allow_reuse_address = True
-    #: Connections served at once; the next one is refused.
-    max_clients: int = 1000
-    #: Bytes sent to a client refused because the server is full.
-    full_message: bytes = b"server is full\n"
-    #: listen() backlog: connections the kernel queues before accept().
-    request_queue_size = 1024
-    #: Most connections accepted in one wake-up and handed to start_connections() together.
+    A server is assembled around one: it adds its listeners (``add_listener``), runs
+    ``serve_forever()`` on a thread, and registers and forgets the connections it serves.
+    Connections waiting in the kernel's queue are accepted in one wake-up (up to
+    ``accept_burst``) and handed to the listener's *start* together; each is first screened
+    (``access``, ``max_per_ip``) and, on a listener that admits, counted toward
+    ``max_clients``: a connection beyond it is sent ``full_message`` and closed. Refusals are
+    logged through ``refusal_log``, a few a second at most.
+
+    For the owner: ``add_listener()``, ``serve_forever(on_listening)``, ``stop()`` (idempotent,
+    from any other thread), ``close()``, ``register()``, ``forget()``, ``replace()``, ``count``,
+    ``sockets()``, ``stopping``, ``refusal_log``.
+    """
+
+    #: Most connections accepted in one wake-up and handed to *start* together.
     accept_burst: int = 64
-    #: Stack size of connection threads; small stacks keep idle clients cheap.
-    thread_stack_size: int = 256 * 1024
-    #: How long shutdown() waits for connection threads to finish.
-    join_timeout: float = 2.0
-    #: Accepted sockets are made blocking (for a thread per connection) or non-blocking.
-    blocking_connections: bool = True
-    #: The server's TLS context, if it speaks TLS (set by subclasses that do).
-    tls_context: Any = None
 
     def __init__(
         self,
-        address: tuple[str, int],
-        handler_class: Callable[..., socketserver.BaseRequestHandler],
         *,
-        max_clients: int | None = None,
+        max_clients: int,
+        logger: logging.Logger,
         access: AccessRules | None = None,
         max_per_ip: int | None = None,
-        logger: logging.Logger | None = None,
+        blocking: bool = True,
+        full_message: bytes = b"server is full\n",
+        too_many_message: bytes = b"",
     ) -> None:
-        host, port = address
-        self.logger = logger or logging.getLogger("socketlab.server")
+        self.max_clients = max_clients
+        self.logger = logger
         #: Who may connect (None: everyone); checked right after accept, before anything is read or sent.
         self.access = access if access is not None and access.restricts else None
         #: Concurrent connections per peer address (None: no limit).
         self.per_ip = PerAddressLimit(max_per_ip) if max_per_ip else None
-        self._peer_hosts: dict[socket.socket, str] = {}
+        #: Accepted sockets are made blocking (for a thread per connection) or non-blocking.
+        self.blocking = blocking
+        self.full_message = full_message
+        self.too_many_message = too_many_message
         #: Refusals are logged, but never more than a few a second: a flood cannot fill a disk.
-        self.refusal_log = RateLimitedLog(self.logger, what="refused connections")
-        if max_clients is not None:
-            self.max_clients = max_clients
-        self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
-        allow_open_files(self.max_clients + 64)
+        self.refusal_log = RateLimitedLog(logger, what="refused connections")
+        allow_open_files(max_clients + 64)
         self._lock = threading.Lock()
-        self._connections: dict[socket.socket, threading.Thread | None] = {}
-        self._threads: list[threading.Thread] = []  # every connection thread not yet reaped
+        self._connections: set[socket.socket] = set()
+        self._peer_hosts: dict[socket.socket, str] = {}
+        self._listeners: dict[socket.socket, tuple[StartConnections, bool]] = {}
         self._stopping = False
-        self._closed = False
-        self._serving = threading.Event()
         self._stopped = threading.Event()
         self._stopped.set()
         self._waker = Waker()
-        self._listeners: dict[socket.socket, tuple[StartConnections, bool]] = {}
-        try:
-            super().__init__(sockaddr, handler_class, bind_and_activate=True)
-        except OSError as error:
-            self._waker.close()
-            raise bind_error(host, port, error) from None
-        self._listeners[self.socket] = (self.start_connections, True)
-
-    def server_bind(self) -> None:
-        serve_both_families(self.socket)
-        super().server_bind()
-
-    # -- for the caller ---------------------------------------------------
 
     @property
-    def address_text(self) -> str:
-        """The real listening address as ``HOST:PORT``."""
-        return format_address(self.server_address)
+    def stopping(self) -> bool:
+        return self._stopping
 
     @property
-    def connection_count(self) -> int:
-        """How many connections are being served now."""
+    def count(self) -> int:
+        """How many connections are registered now."""
         with self._lock:
             return len(self._connections)
 
-    def add_listener(self, sock: socket.socket, start: StartConnections, *, admit: bool = False) -> None:
-        """Also accept connections on the listening *sock* and hand them to *start*.
+    def sockets(self) -> list[socket.socket]:
+        """The registered connections' sockets."""
+        with self._lock:
+            return list(self._connections)
 
-        With *admit*, they count toward max_clients like the main listener's;
-        otherwise *start* decides (e.g. after a handshake, with
-        register_connection()). Call before serve_forever(); server_close()
-        closes *sock*.
+    def add_listener(self, sock: socket.socket, start: StartConnections, *, admit: bool = False) -> None:
+        """Accept connections on the listening *sock* and hand them to *start*.
+
+        With *admit*, they count toward max_clients when accepted; otherwise *start* decides
+        (e.g. after a handshake, with register()). Call before serve_forever(); close() closes *sock*.
         """
         self._listeners[sock] = (start, admit)
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accept connections until shutdown(); each runs on its own thread."""
+    def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:
+        """Accept connections until stop(); *on_listening* is called once the loop is about to wait."""
         self._stopped.clear()
         try:
             if self._stopping:
                 return
-            self._serving.set()
-            self.on_listening()
+            on_listening()
             with selectors.DefaultSelector() as selector:
                 for listener, handling in self._listeners.items():
                     listener.setblocking(False)  # accept until the queue is empty, never wait in accept()
@@ -219,51 +206,47 @@ class ConnectionServer(socketserver.TCPServer):
                         if key.data is not None and not self._stopping:
                             self._accept_waiting(key.fileobj, *key.data)  # type: ignore[arg-type]
         finally:
-            self._serving.clear()
             self._stopped.set()
 
-    def shutdown(self) -> None:
-        """Stop accepting, close every connection and join their threads.
-
-        Idempotent; call it from any thread but the one in serve_forever().
-        """
+    def stop(self) -> None:
+        """Stop accepting; return once serve_forever() has returned (idempotent)."""
         self._stopping = True
         self._waker.wake()
         self._stopped.wait()
-        self.close_connections()
-        self._join_connections(time.monotonic() + self.join_timeout)
-        with self._lock:
-            first, self._closed = not self._closed, True
-        if first:
-            self.refusal_log.flush()
-            self.on_close()
 
-    def server_close(self) -> None:
-        """Close the listening socket (and any connection still open)."""
-        super().server_close()
+    def close(self) -> None:
+        """Close the listening sockets and the waker."""
         for listener in self._listeners:
             listener.close()
         self._waker.close()
-        if self.connection_count:
-            self.close_connections()
 
-    def __exit__(self, *args: Any) -> None:
-        if not self._stopping:
-            self.shutdown()
-        self.server_close()
+    def register(self, request: socket.socket) -> bool:
+        """Count *request* toward max_clients; False (and nothing registered) when full."""
+        with self._lock:
+            if len(self._connections) >= self.max_clients:
+                return False
+            self._connections.add(request)
+            return True
 
-    # -- may be overridden ------------------------------------------------
+    def replace(self, old: socket.socket, new: socket.socket) -> None:
+        """*new* now stands for the registered *old* (e.g. TLS wrapped around it)."""
+        with self._lock:
+            if old in self._connections:
+                self._connections.discard(old)
+                self._connections.add(new)
+            if old in self._peer_hosts:
+                self._peer_hosts[new] = self._peer_hosts.pop(old)
 
-    def on_listening(self) -> None:
-        """Called once serve_forever() is accepting connections."""
-        self.logger.info("Server is listening on %s%s", self.address_text, " (TLS)" if self.tls_context else "")
+    def forget(self, request: socket.socket) -> None:
+        """Unregister a connection that has ended (it no longer counts toward max_clients or max_per_ip)."""
+        with self._lock:
+            self._connections.discard(request)
+            host = self._peer_hosts.pop(request, None)
+        if host is not None and self.per_ip is not None:
+            self.per_ip.release(host)
 
-    def on_close(self) -> None:
-        """Called once, when shutdown() has closed every connection."""
-        self.logger.info("Server closed")
-
-    def on_refused(self, request: socket.socket, client_address: Any) -> None:
-        """Called for a connection beyond max_clients, before it is closed."""
+    def refuse_full(self, request: socket.socket, client_address: Any) -> None:
+        """Tell a connection beyond max_clients so (it is closed by the caller)."""
         self.refusal_log.log(
             logging.WARNING, "Refused %s: server is full (%d clients)", format_address(client_address), self.max_clients
         )
@@ -271,16 +254,6 @@ class ConnectionServer(socketserver.TCPServer):
             request.send(self.full_message, socket.MSG_DONTWAIT)
         except OSError:
             pass
-
-    def close_connections(self) -> None:
-        """Wake and end every connection: shutdown(SHUT_RDWR) on each socket."""
-        with self._lock:
-            sockets = list(self._connections)
-        for sock in sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     # -- internals --------------------------------------------------------
 
@@ -304,7 +277,7 @@ class ConnectionServer(socketserver.TCPServer):
                 if (self.access is not None or self.per_ip is not None) and not self._screen(request, client_address):
                     continue
                 # Whatever the platform's accept() inherits, as the connections are served.
-                request.setblocking(self.blocking_connections)
+                request.setblocking(self.blocking)
                 if not admit or self._admit(request, client_address):
                     accepted.append((request, client_address))
         finally:  # even when accept() fails for good, the ones accepted are served
@@ -316,7 +289,7 @@ class ConnectionServer(socketserver.TCPServer):
         host = client_address[0]
         if self.access is not None and not self.access.permits(host):
             self.refusal_log.log(logging.INFO, "Refused %s: not allowed", format_address(client_address))
-            self._close_request(request)
+            close_quietly(request)
             return False
         if self.per_ip is not None:
             if not self.per_ip.acquire(host):
@@ -326,103 +299,226 @@ class ConnectionServer(socketserver.TCPServer):
                     format_address(client_address),
                     self.per_ip.limit,
                 )
-                self.on_too_many_from(request)
-                self._close_request(request)
+                if self.too_many_message:
+                    try:
+                        request.send(self.too_many_message, socket.MSG_DONTWAIT)
+                    except OSError:
+                        pass
+                close_quietly(request)
                 return False
             with self._lock:
                 self._peer_hosts[request] = host
         return True
 
-    def on_too_many_from(self, request: socket.socket) -> None:
-        """Called for a connection over max_per_ip, before it is closed (by default: nothing is sent)."""
-
-    def register_connection(self, request: socket.socket) -> bool:
-        """Count *request* toward max_clients; False (and nothing registered) when full."""
-        with self._lock:
-            if len(self._connections) >= self.max_clients:
-                return False
-            self._connections[request] = None
-            return True
-
     def _admit(self, request: socket.socket, client_address: Any) -> bool:
         """Register *request*, or refuse and close it when the server is full."""
-        if self.register_connection(request):
+        if self.register(request):
             return True
-        self.on_refused(request, client_address)
-        self.forget_connection(request)  # its per-address count
-        self._close_request(request)
+        self.refuse_full(request, client_address)
+        self.forget(request)  # its per-address count
+        close_quietly(request)
         return False
 
-    def start_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
-        """Serve connections accepted in one wake-up: by default start_connection() for each."""
-        for request, client_address in accepted:
+
+def close_quietly(sock: socket.socket) -> None:
+    """Close *sock*, ignoring errors."""
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class ConnectionServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+    """Threaded TCP server with tracked connections and a prompt shutdown, around an :class:`Acceptor`.
+
+    socketserver's documented hooks do their usual jobs: ``verify_request()``
+    (the acceptor has screened already), ``process_request()`` (a thread per
+    connection, registered before it starts), ``finish_request()`` (the
+    handler), ``handle_error()`` (one log line, not a traceback),
+    ``shutdown_request()``.
+    """
+
+    allow_reuse_address = True
+    #: Connections served at once; the next one is refused.
+    max_clients: int = 1000
+    #: Bytes sent to a client refused because the server is full.
+    full_message: bytes = b"server is full\n"
+    #: listen() backlog: connections the kernel queues before accept().
+    request_queue_size = 1024
+    #: Stack size of connection threads; small stacks keep idle clients cheap.
+    thread_stack_size: int = 256 * 1024
+    #: How long shutdown() waits for connection threads to finish.
+    join_timeout: float = 2.0
+    #: The server's TLS context, if it speaks TLS (set by subclasses that do).
+    tls_context: Any = None
+    daemon_threads = True
+    block_on_close = False  # shutdown() joins the threads itself, within join_timeout
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler_class: Callable[..., socketserver.BaseRequestHandler],
+        *,
+        max_clients: int | None = None,
+        access: AccessRules | None = None,
+        max_per_ip: int | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        host, port = address
+        self.logger = logger or logging.getLogger("socketlab.server")
+        if max_clients is not None:
+            self.max_clients = max_clients
+        self.acceptor = Acceptor(
+            max_clients=self.max_clients,
+            logger=self.logger,
+            access=access,
+            max_per_ip=max_per_ip,
+            full_message=self.full_message,
+        )
+        self.refusal_log = self.acceptor.refusal_log
+        self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
+        self._lock = threading.Lock()
+        self._connection_threads: list[threading.Thread] = []  # every connection thread not yet reaped
+        self._closed = False
+        try:
+            super().__init__(sockaddr, handler_class, bind_and_activate=True)
+        except OSError as error:
+            self.acceptor.close()
+            raise bind_error(host, port, error) from None
+        self.acceptor.add_listener(self.socket, self.start_connections, admit=True)
+
+    def server_bind(self) -> None:
+        serve_both_families(self.socket)
+        super().server_bind()
+
+    # -- for the caller ---------------------------------------------------
+
+    @property
+    def address_text(self) -> str:
+        """The real listening address as ``HOST:PORT``."""
+        return format_address(self.server_address)
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections are being served now."""
+        return self.acceptor.count
+
+    @property
+    def _stopping(self) -> bool:
+        return self.acceptor.stopping
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept connections until shutdown(); each runs on its own thread."""
+        self.acceptor.serve_forever(self.on_listening)
+
+    def shutdown(self) -> None:
+        """Stop accepting, close every connection and join their threads.
+
+        Idempotent; call it from any thread but the one in serve_forever().
+        """
+        self.acceptor.stop()
+        self.close_connections()
+        self._join_threads(time.monotonic() + self.join_timeout)
+        with self._lock:
+            first, self._closed = not self._closed, True
+        if first:
+            self.refusal_log.flush()
+            self.on_close()
+
+    def server_close(self) -> None:
+        """Close the listening socket (and any connection still open)."""
+        super().server_close()
+        self.acceptor.close()
+        if self.connection_count:
+            self.close_connections()
+
+    def __exit__(self, *args: Any) -> None:
+        if not self.acceptor.stopping:
+            self.shutdown()
+        self.server_close()
+
+    def replace_connection(self, old: socket.socket, new: socket.socket) -> None:
+        """*new* now stands for the registered *old* (e.g. TLS wrapped around it): shutdown() shuts *new*."""
+        self.acceptor.replace(old, new)
+
+    def forget_connection(self, request: socket.socket) -> None:
+        """Unregister a connection that has ended."""
+        self.acceptor.forget(request)
+
+    # -- may be overridden ------------------------------------------------
+
+    def on_listening(self) -> None:
+        """Called once serve_forever() is accepting connections."""
+        self.logger.info("Server is listening on %s%s", self.address_text, " (TLS)" if self.tls_context else "")
+
+    def on_close(self) -> None:
+        """Called once, when shutdown() has closed every connection."""
+        self.logger.info("Server closed")
+
+    def close_connections(self) -> None:
+        """Wake and end every connection: shutdown(SHUT_RDWR) on each socket."""
+        for sock in self.acceptor.sockets():
             try:
-                self.start_connection(request, client_address)
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    # -- socketserver's hooks ---------------------------------------------
+
+    def start_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
+        """The acceptor's hand-over: each connection through verify_request() and process_request()."""
+        for request, client_address in accepted:
+            if not self.verify_request(request, client_address):
+                self.forget_connection(request)
+                self.shutdown_request(request)
+                continue
+            try:
+                self.process_request(request, client_address)
             except Exception as error:  # e.g. "can't start new thread": refuse this one, keep serving
                 self.logger.error("Cannot serve %s: %s", format_address(client_address), error)
                 self.forget_connection(request)
-                self._close_request(request)
+                self.shutdown_request(request)
 
-    def start_connection(self, request: socket.socket, client_address: Any) -> None:
-        """Serve an accepted, registered connection: by default on a thread of its own.
-
-        A subclass that serves connections another way must call
-        forget_connection() and close the socket when a connection ends.
-        """
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve the (registered) connection on a thread of its own, with a small stack."""
         thread = threading.Thread(
-            target=self._serve_connection,
+            target=self.process_request_thread,
             args=(request, client_address),
             name=f"conn-{format_address(client_address)}",
             daemon=True,
         )
         with self._lock:
-            self._connections[request] = thread
-            if len(self._threads) > 2 * len(self._connections) + 64:
-                self._threads = [t for t in self._threads if t.is_alive()]
-            self._threads.append(thread)
+            if len(self._connection_threads) > 2 * self.connection_count + 64:
+                self._connection_threads = [t for t in self._connection_threads if t.is_alive()]
+            self._connection_threads.append(thread)
         previous = threading.stack_size(self.thread_stack_size)
         try:
             thread.start()
         finally:
             threading.stack_size(previous)
 
-    def replace_connection(self, old: socket.socket, new: socket.socket) -> None:
-        """*new* now stands for the registered *old* (e.g. TLS wrapped around it): shutdown() shuts *new*."""
-        with self._lock:
-            if old in self._connections:
-                self._connections[new] = self._connections.pop(old)
-            if old in self._peer_hosts:
-                self._peer_hosts[new] = self._peer_hosts.pop(old)
-
-    def forget_connection(self, request: socket.socket) -> None:
-        """Unregister a connection that has ended (it no longer counts toward max_clients or max_per_ip)."""
-        with self._lock:
-            self._connections.pop(request, None)
-            host = self._peer_hosts.pop(request, None)
-        if host is not None and self.per_ip is not None:
-            self.per_ip.release(host)
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             self.finish_request(request, client_address)
-        except Exception as error:  # one client must never take the server down
-            self.logger.error("Error serving %s: %s: %s", format_address(client_address), type(error).__name__, error)
-            self.logger.debug("Traceback", exc_info=True)
+        except Exception:  # one client must never take the server down
+            self.handle_error(request, client_address)
         finally:
             self.forget_connection(request)
-            self._close_request(request)
+            self.shutdown_request(request)
 
-    @staticmethod
-    def _close_request(request: socket.socket) -> None:
-        try:
-            request.close()
-        except OSError:
-            pass
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One log line for a handler's exception (the traceback at DEBUG), never a printed traceback."""
+        error = sys.exc_info()[1]
+        self.logger.error("Error serving %s: %s: %s", format_address(client_address), type(error).__name__, error)
+        self.logger.debug("Traceback", exc_info=True)
 
-    def _join_connections(self, deadline: float) -> None:
+    def shutdown_request(self, request: Any) -> None:
+        close_quietly(request)
+
+    def _join_threads(self, deadline: float) -> None:
         """Join every connection thread, including ones that just unregistered."""
         with self._lock:
-            threads, self._threads = self._threads, []
+            threads, self._connection_threads = self._connection_threads, []
         current = threading.current_thread()
         for thread in threads:
             if thread is current or not thread.ident:

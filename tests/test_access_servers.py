@@ -67,7 +67,7 @@ def test_chat_refuses_a_peer_over_max_per_ip_with_one_line() -> None:
         other = connect_from("127.0.0.3", port)
         assert other.recv(100).startswith(b"* welcome")
         first.close()
-        wait_until(lambda: server.per_ip.count("127.0.0.2") == 1, what="the slot freed")
+        wait_until(lambda: server.acceptor.per_ip.count("127.0.0.2") == 1, what="the slot freed")
         again = connect_from("127.0.0.2", port)
         assert again.recv(100).startswith(b"* welcome")
         for sock in (second, third, other, again):

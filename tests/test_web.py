@@ -458,4 +458,4 @@ def test_web_clients_refused_as_too_many_pending_free_their_address_slot() -> No
         socks = [socket.create_connection(("127.0.0.1", server.web_address[1])) for _ in range(5)]
         for sock in socks:
             sock.close()
-        wait_until(lambda: server.per_ip.count("127.0.0.1") == 0, what="every address slot given back")
+        wait_until(lambda: server.acceptor.per_ip.count("127.0.0.1") == 0, what="every address slot given back")

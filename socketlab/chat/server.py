@@ -7,7 +7,7 @@ Design, and why:
   hold, so every member of a room sees the room's lines in one order. It
   knows members only as transports (*send these bytes*, *close with this
   reason*); this module plugs transports into it.
-- The accept thread (``ConnectionServer``) takes TCP clients, and, with
+- The accept thread (an :class:`~socketlab.serving.Acceptor`) takes TCP clients, and, with
   ``web``, browsers on a second listener. TCP clients accepted in one
   wake-up are welcomed together (a crowd joining costs one send per member);
   a browser joins once its WebSocket handshake is done.
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import socketserver
 import time
 from typing import Any
 
@@ -45,7 +44,7 @@ from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatCore, ChatService
 
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
-from socketlab.serving import ConnectionServer, open_listener
+from socketlab.serving import Acceptor, open_listener
 from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
@@ -56,7 +55,7 @@ client_log = logging.getLogger("socketlab.chat.clients")
 __all__ = ["ChatServer", "DEFAULT_MAX_BACKLOG", "FLUSH_TIMEOUT", "Outbox"]
 
 
-class ChatServer(ConnectionServer):
+class ChatServer:
     """Line-based chat with rooms over TCP, and over WebSocket with ``web`` (see docs/protocol.md).
 
     ``ChatServer(("127.0.0.1", 0), room_size=2)`` binds at once; run
@@ -75,7 +74,6 @@ class ChatServer(ConnectionServer):
     too_many_message = b"! too many connections from your address\n"
 
     full_message = b"! server full\n"
-    blocking_connections = False
     #: Web connections still in their HTTP request at once; more are closed when accepted.
     max_pending_web: int = 256
 
@@ -121,19 +119,28 @@ class ChatServer(ConnectionServer):
         self._handshaking: set[Connection] = set()
         self._web_members: set[WebConnection] = set()
         self.web_socket: socket.socket | None = None
-        # No handler class: start_connections() hands connections to the reader thread.
+        self.logger = logger
+        self.max_clients = config.max_clients
+        #: Accepts on both listeners, screens, counts members toward max_clients.
+        self.acceptor = Acceptor(
+            max_clients=config.max_clients,
+            logger=logger,
+            access=config.access,
+            max_per_ip=config.max_per_ip,
+            blocking=False,
+            full_message=self.full_message,
+            too_many_message=self.too_many_message,
+        )
+        self.refusal_log = self.acceptor.refusal_log
+        self._closed = False
         try:
-            super().__init__(
-                address,
-                socketserver.BaseRequestHandler,
-                max_clients=config.max_clients,
-                access=config.access,
-                max_per_ip=config.max_per_ip,
-                logger=logger,
-            )
+            self.socket = open_listener(*address)
         except Exception:
+            self.acceptor.close()
             self.service.stop()
             raise
+        self.server_address = self.socket.getsockname()
+        self.acceptor.add_listener(self.socket, self.start_connections, admit=True)
         self.writer = BacklogWriter(self.lock, self._tick(), self.sweep)
         self.reader = ReaderLoop(self)
         if self.web_site is not None and self.web_site.refusals is None:
@@ -147,7 +154,7 @@ class ChatServer(ConnectionServer):
                 self.writer.stop()
                 self.service.stop()
                 raise
-            self.add_listener(self.web_socket, self.start_web_connections)
+            self.acceptor.add_listener(self.web_socket, self.start_web_connections)
 
     @property
     def web_address(self) -> Any:
@@ -166,10 +173,52 @@ class ChatServer(ConnectionServer):
             periods += [site.head_timeout / 4, site.ping_interval / 4, site.ping_timeout / 4]
         return min([1.0, *periods]) if periods else None
 
+    # -- for the caller -------------------------------------------------------
+
+    @property
+    def address_text(self) -> str:
+        """The real listening address as ``HOST:PORT``."""
+        return format_address(self.server_address)
+
+    @property
+    def connection_count(self) -> int:
+        """How many clients are connected now (TCP and web members; browsers still in their request are not)."""
+        return self.acceptor.count
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept and serve until shutdown() (*poll_interval* is unused: shutdown wakes the loop at once)."""
+        self.acceptor.serve_forever(self.on_listening)
+
+    def shutdown(self) -> None:
+        """Tell every client the server is going, flush, close them all and stop the threads (idempotent)."""
+        self.acceptor.stop()
+        self.close_connections()
+        self._wait_for_reader(time.monotonic() + FLUSH_TIMEOUT)
+        first, self._closed = not self._closed, True
+        if first:
+            self.refusal_log.flush()
+            self.logger.info("Server closed")
+        self.writer.stop()
+        self.service.stop()
+
+    def server_close(self) -> None:
+        """Close the listeners (and any connection still open)."""
+        self.acceptor.close()
+        if self.connection_count:
+            self.close_connections()
+
+    def __enter__(self) -> "ChatServer":
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        if not self.acceptor.stopping:
+            self.shutdown()
+        self.server_close()
+
     def on_listening(self) -> None:
         self.writer.start()
         self.reader.start()
-        super().on_listening()
+        self.logger.info("Server is listening on %s%s", self.address_text, " (TLS)" if self.tls_context else "")
         if self.web_socket is not None:
             scheme = "https" if self.tls_context else "http"
             self.logger.info("Web chat on %s://%s/", scheme, format_address(self.web_address))
@@ -221,15 +270,6 @@ class ChatServer(ConnectionServer):
             conn.joined(member)
         return True
 
-    def start_connection(self, request: socket.socket, client_address: Any) -> None:
-        self.start_connections([(request, client_address)])
-
-    def on_too_many_from(self, request: socket.socket) -> None:
-        try:
-            request.send(self.too_many_message, socket.MSG_DONTWAIT)
-        except OSError:
-            pass
-
     # -- web clients ------------------------------------------------------------
 
     def start_web_connections(self, accepted: list[tuple[socket.socket, Any]]) -> None:
@@ -249,7 +289,7 @@ class ChatServer(ConnectionServer):
                 self.refusal_log.log(
                     logging.WARNING, "Refused web client %s: %d requests already pending", peer, self.max_pending_web
                 )
-                self.forget_connection(sock)  # its per-address count
+                self.acceptor.forget(sock)  # its per-address count
                 sock.close()
         if conns:
             self.reader.add(self._gated(conns))
@@ -276,7 +316,7 @@ class ChatServer(ConnectionServer):
             if self._join([conn]):
                 client_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
             return
-        if not self.register_connection(conn.sock):
+        if not self.acceptor.register(conn.sock):
             self.logger.warning("Refused %s: server is full (%d clients)", conn.peer, self.max_clients)
             self._refuse(conn, "server full", self.full_message)
             return
@@ -296,7 +336,7 @@ class ChatServer(ConnectionServer):
 
     def connection_closed(self, conn: Connection) -> None:
         """*conn* is closed: it no longer counts anywhere."""
-        self.forget_connection(conn.sock)
+        self.acceptor.forget(conn.sock)
         with self.lock:
             self._handshaking.discard(conn)
             if isinstance(conn, WebConnection):
@@ -328,24 +368,17 @@ class ChatServer(ConnectionServer):
                 time.sleep(0.01)  # deadline loop: the writer thread drains meanwhile
         with self.lock:
             handshaking = [conn.sock for conn in self._handshaking]
-        for sock in handshaking:
+        for sock in [*handshaking, *self.acceptor.sockets()]:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)  # the reader sees each end and closes it
             except OSError:
                 pass
-        super().close_connections()
 
-    def _join_connections(self, deadline: float) -> None:
+    def _wait_for_reader(self, deadline: float) -> None:
         """Wait until the reader thread has closed every connection, then stop it."""
         while self.reader.count and time.monotonic() < deadline:
             time.sleep(0.01)  # deadline loop: the reader thread closes them meanwhile
         self.reader.stop()
-        super()._join_connections(deadline)
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        self.writer.stop()
-        self.service.stop()
 
     def _backlog_bytes(self) -> int:
         transports = self.service.local_transports()
