@@ -47,7 +47,7 @@ import socketserver
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from socketlab.access import AccessRules, PerAddressLimit, RateLimitedLog
 from socketlab.addresses import bind_error, format_address, resolve
@@ -320,6 +320,42 @@ class Acceptor:
         return False
 
 
+class AcceptingServer:
+    """What a server built around an Acceptor shows its caller (a mixin: ``acceptor``, ``server_address``,
+    ``on_listening()``, ``shutdown()`` and ``server_close()`` come from the class it is mixed into)."""
+
+    acceptor: Acceptor
+    server_address: Any
+
+    @property
+    def address_text(self) -> str:
+        """The real listening address as ``HOST:PORT``."""
+        return format_address(self.server_address)
+
+    @property
+    def connection_count(self) -> int:
+        """How many connections are counted toward max_clients now."""
+        return self.acceptor.count
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept until shutdown() (*poll_interval* is unused: shutdown() wakes the loop at once)."""
+        self.acceptor.serve_forever(self.on_listening)
+
+    if TYPE_CHECKING:  # provided by the class this is mixed into
+
+        def on_listening(self) -> None: ...
+        def shutdown(self) -> None: ...
+        def server_close(self) -> None: ...
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *args: Any) -> None:
+        if not self.acceptor.stopping:
+            self.shutdown()
+        self.server_close()
+
+
 def close_quietly(sock: socket.socket) -> None:
     """Close *sock*, ignoring errors."""
     try:
@@ -328,7 +364,7 @@ def close_quietly(sock: socket.socket) -> None:
         pass
 
 
-class ConnectionServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
+class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserver.TCPServer):
     """Threaded TCP server with tracked connections and a prompt shutdown, around an :class:`Acceptor`.
 
     socketserver's documented hooks do their usual jobs: ``verify_request()``
@@ -394,22 +430,8 @@ class ConnectionServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
     # -- for the caller ---------------------------------------------------
 
     @property
-    def address_text(self) -> str:
-        """The real listening address as ``HOST:PORT``."""
-        return format_address(self.server_address)
-
-    @property
-    def connection_count(self) -> int:
-        """How many connections are being served now."""
-        return self.acceptor.count
-
-    @property
     def _stopping(self) -> bool:
         return self.acceptor.stopping
-
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accept connections until shutdown(); each runs on its own thread."""
-        self.acceptor.serve_forever(self.on_listening)
 
     def shutdown(self) -> None:
         """Stop accepting, close every connection and join their threads.
@@ -431,11 +453,6 @@ class ConnectionServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
         self.acceptor.close()
         if self.connection_count:
             self.close_connections()
-
-    def __exit__(self, *args: Any) -> None:
-        if not self.acceptor.stopping:
-            self.shutdown()
-        self.server_close()
 
     def replace_connection(self, old: socket.socket, new: socket.socket) -> None:
         """*new* now stands for the registered *old* (e.g. TLS wrapped around it): shutdown() shuts *new*."""

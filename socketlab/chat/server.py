@@ -44,7 +44,7 @@ from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatCore, ChatService
 
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
-from socketlab.serving import Acceptor, open_listener
+from socketlab.serving import Acceptor, AcceptingServer, open_listener
 from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
@@ -55,7 +55,7 @@ client_log = logging.getLogger("socketlab.chat.clients")
 __all__ = ["ChatServer", "DEFAULT_MAX_BACKLOG", "FLUSH_TIMEOUT", "Outbox"]
 
 
-class ChatServer:
+class ChatServer(AcceptingServer):
     """Line-based chat with rooms over TCP, and over WebSocket with ``web`` (see docs/protocol.md).
 
     ``ChatServer(("127.0.0.1", 0), room_size=2)`` binds at once; run
@@ -173,21 +173,7 @@ class ChatServer:
             periods += [site.head_timeout / 4, site.ping_interval / 4, site.ping_timeout / 4]
         return min([1.0, *periods]) if periods else None
 
-    # -- for the caller -------------------------------------------------------
-
-    @property
-    def address_text(self) -> str:
-        """The real listening address as ``HOST:PORT``."""
-        return format_address(self.server_address)
-
-    @property
-    def connection_count(self) -> int:
-        """How many clients are connected now (TCP and web members; browsers still in their request are not)."""
-        return self.acceptor.count
-
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        """Accept and serve until shutdown() (*poll_interval* is unused: shutdown wakes the loop at once)."""
-        self.acceptor.serve_forever(self.on_listening)
+    # -- for the caller (and AcceptingServer's address_text, connection_count, serve_forever, with) --
 
     def shutdown(self) -> None:
         """Tell every client the server is going, flush, close them all and stop the threads (idempotent)."""
@@ -206,14 +192,6 @@ class ChatServer:
         self.acceptor.close()
         if self.connection_count:
             self.close_connections()
-
-    def __enter__(self) -> "ChatServer":
-        return self
-
-    def __exit__(self, *args: Any) -> None:
-        if not self.acceptor.stopping:
-            self.shutdown()
-        self.server_close()
 
     def on_listening(self) -> None:
         self.writer.start()
