@@ -225,7 +225,8 @@ class ClusterService:
             self._applied = dict(state.get("applied", {}))
             made = self.hub.import_state(state["hub"], self._transport_for)
             for member in made:
-                self._members[(member.transport.server, member.transport.key)] = member
+                handle: Any = member.transport  # a RemoteTransport, or this server's own (both know server and key)
+                self._members[(handle.server, handle.key)] = member
             self._last_id = state["id"]
 
     def _transport_for(self, identity: list[Any]) -> Any:

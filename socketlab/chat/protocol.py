@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from socketlab.lines import LineTooLong
 from socketlab.text import escape_controls
@@ -61,6 +61,34 @@ def clean_text(raw: bytes) -> bytes:
     return escape_controls(text).encode("utf-8")
 
 
+class Transport(Protocol):
+    """What the chat core needs of a member's connection. Called with the lock held; never blocks."""
+
+    #: Who is on the other end, for the log (``HOST:PORT``).
+    peer: str
+
+    def send(self, data: bytes) -> None:
+        """Send *data*, one or more whole lines, after everything sent before."""
+
+    def close(self, reason: str) -> None:
+        """End the connection once what was sent is out; *reason* says why (for the log and the room)."""
+
+
+class NoTransport:
+    """The transport of a member the rules alone are tried with (no I/O layer): it drops what it is given."""
+
+    peer = "-"
+
+    def send(self, data: bytes) -> None:
+        pass
+
+    def close(self, reason: str) -> None:
+        pass
+
+
+NO_TRANSPORT = NoTransport()
+
+
 @dataclass(eq=False, slots=True)
 class Member:
     """One connected client: a name, a room, and the I/O layer's handle."""
@@ -68,7 +96,8 @@ class Member:
     number: int
     name: str
     room: "Room"
-    transport: Any = None
+    #: The member's connection, as the chat core sees it.
+    transport: Transport
     prefix: bytes = b""
 
     def rename(self, name: str) -> None:
@@ -170,7 +199,7 @@ class ChatHub:
 
     # -- events from the I/O layer ----------------------------------------
 
-    def connect(self, transport: Any = None) -> tuple[Member, list[Delivery]]:
+    def connect(self, transport: Transport = NO_TRANSPORT) -> tuple[Member, list[Delivery]]:
         """A client connected: name it ``user<N>``, put it in the lobby."""
         self.connections += 1
         name = f"user{self.connections}"
@@ -243,7 +272,7 @@ class ChatHub:
             "rooms": [[room.name, [[identify(m), m.number, m.name] for m in room.members]] for room in self.rooms.values()],
         }
 
-    def import_state(self, state: dict[str, Any], transport_for: Callable[[Any], Any]) -> list[Member]:
+    def import_state(self, state: dict[str, Any], transport_for: Callable[[Any], Transport]) -> list[Member]:
         """Replace everything with *state* (from export_state()); returns the members made."""
         self.reset()
         self.connections = state["connections"]
@@ -258,7 +287,7 @@ class ChatHub:
                 made.append(member)
         return made
 
-    def restore(self, transport: Any, number: int, name: str, room_name: str) -> Member:
+    def restore(self, transport: Transport, number: int, name: str, room_name: str) -> Member:
         """Put back a member known before (same number, name and room, if still free), silently."""
         while name.lower() in self._by_name:
             name += "_"

@@ -18,7 +18,7 @@ import logging
 import threading
 from typing import Any, Callable, Protocol, Sequence
 
-from socketlab.chat.protocol import ChatHub, Delivery, Member, coalesce
+from socketlab.chat.protocol import ChatHub, Delivery, Member, Transport, coalesce
 from socketlab.lines import Item
 from socketlab.text import display_bytes
 
@@ -26,19 +26,6 @@ client_log = logging.getLogger("socketlab.chat.clients")
 message_log = logging.getLogger("socketlab.chat.messages")
 
 SHUTDOWN_REASON = "server shutting down"
-
-
-class Transport(Protocol):
-    """What the chat core needs of a member's connection. Called with the lock held; never blocks."""
-
-    #: Who is on the other end, for the log (``HOST:PORT``).
-    peer: str
-
-    def send(self, data: bytes) -> None:
-        """Send *data*, one or more whole lines, after everything sent before."""
-
-    def close(self, reason: str) -> None:
-        """End the connection once what was sent is out; *reason* says why (for the log and the room)."""
 
 
 class ChatCore(Protocol):
