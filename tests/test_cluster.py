@@ -499,3 +499,30 @@ def test_a_server_started_after_a_snapshot_and_trim_sees_everyone(
         c.send(b"/who\nhello after the trim\n")
         assert c.line() == "* in chess: alice, bob, user4"
         hear([a1, a2], "<user4> hello after the trim")
+
+
+def test_a_server_that_fell_behind_keeps_its_own_members(
+    redis_server: RedisServer, cluster_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading the snapshot with members of its own connected (the 'fell behind' path): they are told and stay."""
+    monkeypatch.setattr(cluster, "SNAPSHOT_EVERY", 0.0)
+    monkeypatch.setattr(cluster, "HEARTBEAT", 0.1)
+    client = redis_server.client()
+    with contextlib.ExitStack() as stack:
+        stack.callback(client.close)
+        chat = stack.enter_context(serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)))
+        port = chat.server_address[1]
+        a1 = arrive(port, 1, [])
+        a2 = arrive(port, 2, [a1])
+        snapshot = f"socketlab:{cluster_name}:snapshot"
+
+        def snapshot_has_both() -> bool:
+            raw = client.get(snapshot)
+            return raw is not None and b"user2" in raw
+
+        wait_until(snapshot_has_both, what="a snapshot with both members")
+        chat.service._fell_behind()  # type: ignore[union-attr]
+        for peer in (a1, a2):
+            assert peer.line() == "! this server fell behind the chat; some lines did not reach you"
+        a1.send(b"still here\n")
+        assert a2.line() == "<user1> still here"

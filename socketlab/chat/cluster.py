@@ -223,10 +223,16 @@ class ClusterService:
                 return
             state = json.loads(raw)
             self._applied = dict(state.get("applied", {}))
-            made = self.hub.import_state(state["hub"], self._transport_for)
-            for member in made:
-                handle: Any = member.transport  # a RemoteTransport, or this server's own (both know server and key)
-                self._members[(handle.server, handle.key)] = member
+            identities: list[tuple[str, int]] = []
+
+            def transport_for(identity: list[Any]) -> Any:
+                identities.append((identity[0], identity[1]))
+                return self._transport_for(identity)
+
+            made = self.hub.import_state(state["hub"], transport_for)
+            # Indexed by the identities in the snapshot: a member of this server has its own connection
+            # as transport, which knows neither server nor key.
+            self._members.update(zip(identities, made, strict=True))
             self._last_id = state["id"]
 
     def _transport_for(self, identity: list[Any]) -> Any:
