@@ -159,6 +159,8 @@ class Acceptor:
         allow_open_files(max_clients + 64)
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        #: Clients counted toward max_clients that hold no socket of their own (Socket.IO sessions).
+        self._seats = 0
         self._peer_hosts: dict[socket.socket, str] = {}
         self._listeners: dict[socket.socket, tuple[StartConnections, bool]] = {}
         self._stopping = False
@@ -172,9 +174,9 @@ class Acceptor:
 
     @property
     def count(self) -> int:
-        """How many connections are registered now."""
+        """How many connections (and seats) are registered now."""
         with self._lock:
-            return len(self._connections)
+            return len(self._connections) + self._seats
 
     def sockets(self) -> list[socket.socket]:
         """The registered connections' sockets."""
@@ -223,10 +225,23 @@ class Acceptor:
     def register(self, request: socket.socket) -> bool:
         """Count *request* toward max_clients; False (and nothing registered) when full."""
         with self._lock:
-            if len(self._connections) >= self.max_clients:
+            if len(self._connections) + self._seats >= self.max_clients:
                 return False
             self._connections.add(request)
             return True
+
+    def take_seat(self) -> bool:
+        """Count a client without a socket of its own toward max_clients; False when full."""
+        with self._lock:
+            if len(self._connections) + self._seats >= self.max_clients:
+                return False
+            self._seats += 1
+            return True
+
+    def free_seat(self) -> None:
+        """A client counted by take_seat() has left."""
+        with self._lock:
+            self._seats = max(0, self._seats - 1)
 
     def replace(self, old: socket.socket, new: socket.socket) -> None:
         """*new* now stands for the registered *old* (e.g. TLS wrapped around it)."""

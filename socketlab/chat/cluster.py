@@ -103,6 +103,7 @@ class RemoteTransport:
     server: str
     key: int
     peer: str = "(another server)"
+    echo: bool = False
 
     def send(self, data: bytes) -> None:
         pass

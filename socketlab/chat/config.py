@@ -58,6 +58,13 @@ class ChatConfig:
     web: tuple[str, int] | None = None
     #: Origins whose pages may open the WebSocket, besides the page's own.
     web_origins: tuple[str, ...] = ()
+    #: Whether the web listener also answers Socket.IO clients at ``/socket.io/``.
+    socketio: bool = True
+    #: Socket.IO's heartbeat: a ping every this many seconds; a client silent this long after one is dropped.
+    socketio_ping_interval: float = 25.0
+    socketio_ping_timeout: float = 20.0
+    #: Seconds a new Socket.IO session has to connect to a namespace.
+    socketio_connect_timeout: float = 45.0
 
     # -- TLS --------------------------------------------------------------------------
     #: A server context: both listeners speak TLS (the page is then https and wss).

@@ -57,6 +57,9 @@ DEPARTED = frozenset({Phase.LEAVING, Phase.PEER_GONE, Phase.DRAINING, Phase.CLOS
 class Connection:
     """One client of the reader loop. ``send()`` and ``close()`` run under the chat lock."""
 
+    #: Lines and WebSocket members do not get their own chat lines back.
+    echo = False
+
     __slots__ = (
         "sock",
         "peer",
@@ -94,6 +97,11 @@ class Connection:
         self.send = outbox.write
 
     # -- the lifecycle (reader thread, but joined() on whichever thread welcomes it) --
+
+    @property
+    def backlog(self) -> int:
+        """Bytes waiting for the client."""
+        return self.outbox.size
 
     @property
     def departed(self) -> bool:

@@ -66,6 +66,8 @@ class Transport(Protocol):
 
     #: Who is on the other end, for the log (``HOST:PORT``).
     peer: str
+    #: Whether the member gets its own chat lines back (Socket.IO's ``io.to(room).emit`` does).
+    echo: bool
 
     def send(self, data: bytes) -> None:
         """Send *data*, one or more whole lines, after everything sent before."""
@@ -78,6 +80,7 @@ class NoTransport:
     """The transport of a member the rules alone are tried with (no I/O layer): it drops what it is given."""
 
     peer = "-"
+    echo = False
 
     def send(self, data: bytes) -> None:
         pass
@@ -99,6 +102,11 @@ class Member:
     #: The member's connection, as the chat core sees it.
     transport: Transport
     prefix: bytes = b""
+    #: Its own chat lines come back to it (its transport's ``echo``).
+    echo: bool = False
+
+    def __post_init__(self) -> None:
+        self.echo = bool(getattr(self.transport, "echo", False))
 
     def rename(self, name: str) -> None:
         self.name = name
@@ -118,6 +126,10 @@ class Room:
         if member in self.members:
             others.remove(member)  # Members compare by identity
         return others
+
+    def audience(self, sender: Member) -> list[Member]:
+        """Who gets *sender*'s chat lines: the others, or everyone when the sender wants its echo."""
+        return list(self.members) if sender.echo else self.others(sender)
 
 
 #: What the I/O layer must send: these bytes to each of these members.
@@ -220,8 +232,8 @@ class ChatHub:
         """Handle lines from *member*, in order; stop after /quit."""
         plain = self._plain_burst(member, items)
         if plain is not None:
-            others = member.room.others(member)
-            return Reaction([(others, plain)] if others else [])
+            audience = member.room.audience(member)
+            return Reaction([(audience, plain)] if audience else [])
         reaction = Reaction()
         deliveries = reaction.deliveries
         burst: list[bytes] = []  # consecutive chat lines, sent as one delivery
@@ -430,9 +442,9 @@ class ChatHub:
     @staticmethod
     def _flush(member: Member, burst: list[bytes], deliveries: list[Delivery]) -> None:
         if burst:
-            others = member.room.others(member)
-            if others:
-                deliveries.append((others, b"".join(burst)))
+            audience = member.room.audience(member)
+            if audience:
+                deliveries.append((audience, b"".join(burst)))
             burst.clear()
 
     def _announced(self, room: Room) -> bool:

@@ -43,7 +43,10 @@ from socketlab.chat.protocol import ChatHub
 from socketlab.chat.reader import FLUSH_TIMEOUT, ReaderLoop
 from socketlab.chat.service import ChatCore, ChatService
 
+from socketlab.chat.socketio_chat import SocketIOChat
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
+from socketlab.engineio import EngineSettings
+from socketlab.socketio import SocketIOServer
 from socketlab.serving import Acceptor, AcceptingServer, open_listener
 from socketlab.tls import TlsLayer
 
@@ -118,6 +121,10 @@ class ChatServer(AcceptingServer):
         #: Connections not in the hub yet (a TLS or WebSocket handshake under way).
         self._handshaking: set[Connection] = set()
         self._web_members: set[WebConnection] = set()
+        #: Web connections that carry Socket.IO (Engine.IO requests or its WebSocket).
+        self._engine_conns: set[WebConnection] = set()
+        self.socketio: SocketIOServer | None = None
+        self.socketio_chat: SocketIOChat | None = None
         self.web_socket: socket.socket | None = None
         self.logger = logger
         self.max_clients = config.max_clients
@@ -132,6 +139,8 @@ class ChatServer(AcceptingServer):
             too_many_message=self.too_many_message,
         )
         self.refusal_log = self.acceptor.refusal_log
+        if self.web_site is not None and config.socketio:
+            self._serve_socketio(self.web_site, config)
         self._closed = False
         try:
             self.socket = open_listener(*address)
@@ -156,6 +165,20 @@ class ChatServer(AcceptingServer):
                 raise
             self.acceptor.add_listener(self.web_socket, self.start_web_connections)
 
+    def _serve_socketio(self, site: WebSite, config: ChatConfig) -> None:
+        """Answer Socket.IO at the site's ``/socket.io/``: its members join the same hub."""
+        settings = EngineSettings(
+            ping_interval=config.socketio_ping_interval,
+            ping_timeout=config.socketio_ping_timeout,
+            max_backlog=config.max_backlog,
+        )
+        self.socketio = SocketIOServer(settings, connect_timeout=config.socketio_connect_timeout)
+        self.socketio_chat = SocketIOChat(self.service, self.acceptor, config.max_line, config.max_rate)
+        self.socketio.of("/", self.socketio_chat)
+        site.engine = self.socketio.engine
+        site.engine_started = self._engine_started
+        site.engine_settle = self.socketio_chat.settle
+
     @property
     def web_address(self) -> Any:
         """The web listener's real address (port 0 resolved), or None without ``web``."""
@@ -171,6 +194,9 @@ class ChatServer(AcceptingServer):
         if self.web_site is not None:
             site = self.web_site
             periods += [site.head_timeout / 4, site.ping_interval / 4, site.ping_timeout / 4]
+            if self.socketio is not None:
+                engine = self.socketio.engine.settings
+                periods += [engine.ping_interval / 4, engine.ping_timeout / 4, self.socketio.connect_timeout / 4]
         return min([1.0, *periods]) if periods else None
 
     # -- for the caller (and AcceptingServer's address_text, connection_count, serve_forever, with) --
@@ -303,6 +329,19 @@ class ChatServer(AcceptingServer):
         if not self._join([conn]):
             self._refuse(conn, "server shutting down" if self.service.shutting_down else "chat backend unavailable", b"")
 
+    def _engine_started(self, conn: WebConnection) -> None:
+        """*conn* turned out to carry Socket.IO (lock held): its sessions' timers run it from now on.
+
+        Its clients count toward max_clients by their sessions (a seat each), not by connections:
+        a polling client holds two at times. The connections are bounded on their own.
+        """
+        self._handshaking.discard(conn)
+        if len(self._engine_conns) >= 2 * self.max_clients + self.max_pending_web:
+            self.refusal_log.log(logging.WARNING, "Refused Socket.IO connection from %s: too many open", conn.peer)
+            conn.outbox.end("too many connections")
+            return
+        self._engine_conns.add(conn)
+
     def _refuse(self, conn: WebConnection, reason: str, line: bytes) -> None:
         with self.lock:
             if line:
@@ -319,6 +358,11 @@ class ChatServer(AcceptingServer):
             self._handshaking.discard(conn)
             if isinstance(conn, WebConnection):
                 self._web_members.discard(conn)
+                if conn in self._engine_conns:
+                    self._engine_conns.discard(conn)
+                    conn.session.connection_lost("closed")
+        if self.socketio_chat is not None:
+            self.socketio_chat.settle()
 
     def sweep(self) -> None:
         """The timers: drop idle clients, ping quiet browsers, end overdue handshakes."""
@@ -331,21 +375,30 @@ class ChatServer(AcceptingServer):
                 "idle timeout",
                 f"! idle for {idle:g} s, disconnecting\n".encode(),
             )
-        if self._handshaking or self._web_members:
+        if self._handshaking or self._web_members or self._engine_conns:
             with self.lock:
-                for conn in (*self._handshaking, *self._web_members):
+                for conn in (*self._handshaking, *self._web_members, *self._engine_conns):
                     conn.tick(now)
+        if self.socketio is not None and self.socketio_chat is not None:
+            with self.lock:
+                self.socketio.tick(now)
+                self.socketio_chat.tick(now)
+            self.socketio_chat.settle()
 
     # -- lifecycle ----------------------------------------------------------------
 
     def close_connections(self) -> None:
         """Tell everyone the server is going, flush for up to 2 s, then close."""
         if self.service.shut_down():
+            if self.socketio is not None and self.socketio_chat is not None:
+                with self.lock:  # sessions not (yet) in the chat are told too
+                    self.socketio.engine.close_all()
+                self.socketio_chat.settle()
             deadline = time.monotonic() + FLUSH_TIMEOUT
             while time.monotonic() < deadline and self._backlog_bytes():
                 time.sleep(0.01)  # deadline loop: the writer thread drains meanwhile
         with self.lock:
-            handshaking = [conn.sock for conn in self._handshaking]
+            handshaking = [conn.sock for conn in (*self._handshaking, *self._engine_conns)]
         for sock in [*handshaking, *self.acceptor.sockets()]:
             try:
                 sock.shutdown(socket.SHUT_RDWR)  # the reader sees each end and closes it
@@ -361,4 +414,5 @@ class ChatServer(AcceptingServer):
     def _backlog_bytes(self) -> int:
         transports = self.service.local_transports()
         with self.lock:
-            return sum(transport.outbox.size for transport in transports)
+            waiting = sum(transport.backlog for transport in transports)
+            return waiting + sum(conn.outbox.size for conn in self._engine_conns)

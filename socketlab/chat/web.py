@@ -34,6 +34,8 @@ from websockets.server import ServerProtocol
 from socketlab.chat.connection import Connection
 from socketlab.chat.outbox import Outbox
 from socketlab.access import TokenBucket
+from socketlab.engineio import EngineServer
+from socketlab.engineio_http import EngineConnection
 from socketlab.lines import Item, LineBuffer
 from socketlab.tls import TlsLayer
 
@@ -107,8 +109,19 @@ class WebSite:
     head_timeout: float = HEAD_TIMEOUT
     #: Where refused requests are logged: the server's rate-limited log (None: this module's logger).
     refusals: Any = None
+    #: Engine.IO (Socket.IO) sessions, answered at ``engine_paths`` (None: not served).
+    engine: EngineServer | None = None
+    engine_paths: tuple[str, ...] = ("/socket.io/",)
+    #: Called (lock held) with a connection that turned out to carry Engine.IO, not the page or /ws.
+    engine_started: Any = None
+    #: Called (lock not held) after Engine.IO input, to run what it asked of the chat.
+    engine_settle: Any = None
     #: The last text frame made and the bytes it holds (used under the chat lock).
     _framed: tuple[bytes, bytes] = field(default=(b"", b""), init=False, repr=False)
+
+    def allowed_origin(self, origin: str | None, host: str | None) -> bool:
+        """Whether a page from *origin* may talk to this site (None: no Origin, not a browser)."""
+        return origin is None or origin == f"{self.scheme}://{host}" or origin in self.origins
 
     def text_frame(self, data: bytes) -> bytes:
         """*data* as one unmasked text frame, the last one cached: a delivery to many browsers is framed once.
@@ -160,6 +173,18 @@ class WebSession:
         self._ping_sent: float | None = None
         #: Pings the client may send: MAX_PINGS_PER_SECOND a second, as many at once.
         self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
+        #: Bytes of a request line not yet long enough to route (Engine.IO or not).
+        self._routing = b"" if site.engine is not None else None
+        #: Set once the first request is for Engine.IO: it then has the connection.
+        self.engine: EngineConnection | None = None
+        self._served = 0
+        self._write: Any = None
+        self._end: Any = None
+        self._peer = ""
+
+    def attach(self, write: Any, end: Any, peer: str) -> None:
+        """Where Engine.IO writes at once (deliveries come from any thread, lock held)."""
+        self._write, self._end, self._peer = write, end, peer
 
     # -- input ---------------------------------------------------------------
 
@@ -168,6 +193,17 @@ class WebSession:
         if self.ended is not None:
             return []
         self._last_heard = now
+        if self._routing is not None:
+            data = self._route(data)
+            if not data:
+                return []
+        if self.engine is not None:
+            self.engine.receive(data, now)
+            self.ended = self.engine.ended
+            if self.engine.served != self._served:  # an answer: the next request has head_timeout again
+                self._served = self.engine.served
+                self._deadline = now + self.site.head_timeout
+            return []
         self.protocol.receive_data(data)
         if self.request is None:
             self._head_bytes += len(data)
@@ -189,11 +225,33 @@ class WebSession:
             events = self.protocol.events_received()
         return self._frames(events, now)
 
+    def _route(self, data: bytes) -> bytes:
+        """Hold the first bytes until the request target shows whether this is Engine.IO; return what to parse."""
+        routing = self._routing = (self._routing or b"") + data
+        line, crlf, _ = routing.partition(b"\r\n")
+        parts = line.split(b" ", 2)
+        if not crlf and len(parts) < 3 and len(routing) < 512:
+            return b""
+        self._routing = None
+        site = self.site
+        if len(parts) >= 2 and any(parts[1].startswith(path.encode()) for path in site.engine_paths):
+            assert site.engine is not None and self._write is not None
+            self.engine = EngineConnection(site.engine, self._write, self._end, site.allowed_origin, self._peer, MAX_HEAD)
+        return routing
+
     def receive_eof(self) -> None:
         """The client ended its side."""
         if self.ended is None:
             self.ended = "disconnected"
+        if self.engine is not None:
+            self.engine.receive_eof()
+            return
         self.protocol.receive_eof()  # idempotent, as websockets documents
+
+    def connection_lost(self, reason: str) -> None:
+        """The connection is closed (lock held): Engine.IO sessions it carried learn so."""
+        if self.engine is not None:
+            self.engine.connection_lost(reason)
 
     def _waiting_for_head(self) -> None:
         if self.protocol.handshake_exc is not None:  # websockets refused the request
@@ -258,6 +316,8 @@ class WebSession:
 
     def describe(self) -> str:
         """The request, for the log: ``GET /path`` or its first bytes, escaped."""
+        if self.engine is not None and self.engine.last_request:
+            return self.engine.last_request[:200]
         if self.request is not None:
             return f"{self.request.method} {self.request.path}"[:200]
         return repr(self._head_start)[2:-1]
@@ -326,6 +386,9 @@ class WebSession:
 
     def close(self, reason: str | None) -> None:
         """Start the closing handshake: 1000, 1001 on shutdown, 1013 when full."""
+        if self.engine is not None:
+            self.engine.close()
+            return
         if self.protocol.state is State.OPEN:
             self.protocol.send_close(_CLOSE_CODES.get(reason or "", CloseCode.NORMAL_CLOSURE), reason or "")
 
@@ -341,6 +404,15 @@ class WebSession:
     def tick(self, now: float) -> str | None:
         """Run the handshake deadline and keepalive; return a reason to drop the connection now."""
         if self.ended is not None:
+            return None
+        engine = self.engine
+        if engine is not None:
+            if engine.ended is not None:
+                self.ended = engine.ended
+            elif engine.websocket is None and not engine.holding and now > self._deadline:
+                self.ended = "request head timeout" if engine.busy else "keep-alive timeout"
+                engine.connection_lost(self.ended)
+                return self.ended
             return None
         if not self.opened:
             if now > self._deadline:
@@ -365,7 +437,7 @@ class WebConnection(Connection):
     (output), so every use of it holds the chat lock.
     """
 
-    __slots__ = ("session", "lock")
+    __slots__ = ("session", "lock", "carries_engine")
 
     def __init__(
         self,
@@ -381,29 +453,50 @@ class WebConnection(Connection):
         self.session = session
         self.lock = lock
         self.send = self._send_lines
+        #: The site was told this connection carries Engine.IO.
+        self.carries_engine = False
+        session.attach(outbox.write, outbox.end, peer)
 
     def data_received(self, data: bytes) -> list[Item]:
         now = time.monotonic()
         session = self.session
         answered = session.ended is not None
+        engine = session.engine
+        refused = engine.refused if engine is not None else None
         with self.lock:
             items = session.receive(data, now)
             self.pump()
+            engine = session.engine
+            if engine is not None and not self.carries_engine:
+                self.carries_engine = True
+                self.deadline = None  # past any TLS handshake: Engine.IO's own timers apply now
+                if session.site.engine_started is not None:
+                    session.site.engine_started(self)
+        if engine is not None:
+            if engine.refused is not refused and engine.refused is not None:
+                self._log_refusal("Refused Socket.IO request from %s: %s %s (%s)", *engine.refused, session.describe())
+            if session.site.engine_settle is not None:
+                session.site.engine_settle()
+            return items
         if not answered and session.ended is not None and (session.status or 400) >= 400:
-            log = session.site.refusals
-            args = (self.peer, session.status or "closed", session.describe())
-            if log is not None:
-                log.log(logging.INFO, "Refused web request from %s: %s (%s)", *args)
-            else:
-                logger.info("Refused web request from %s: %s (%s)", *args)
+            self._log_refusal("Refused web request from %s: %s (%s)", session.status or "closed", session.describe())
         # The reader counted any bytes as activity; for the idle timeout only messages count.
         self.last_active = self.session.last_message
         return items
+
+    def _log_refusal(self, message: str, *args: Any) -> None:
+        log = self.session.site.refusals
+        if log is not None:
+            log.log(logging.INFO, message, self.peer, *args)
+        else:
+            logger.info(message, self.peer, *args)
 
     def eof_received(self) -> list[Item]:
         with self.lock:
             self.session.receive_eof()
             self.pump()
+        if self.session.engine is not None and self.session.site.engine_settle is not None:
+            self.session.site.engine_settle()
         return []
 
     def ready_to_join(self) -> bool:

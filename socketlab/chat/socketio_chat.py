@@ -1,0 +1,252 @@
+"""The chat over Socket.IO: the tutorial's events, on the same hub as terminals and browsers.
+
+A Socket.IO client that connects to the main namespace becomes a member like
+any other (``user<N>``, in the lobby). Its events mean what they mean in the
+tutorial's rooms server:
+
+- ``room`` (a name) joins that room, within ``--room-size``; a full room
+  answers the event ``result`` with ``failed`` (and the ack, when asked:
+  ``ok`` or ``failed``);
+- ``chat message`` (a string) is one or more lines of the line protocol: chat
+  text goes to the room, the sender included (as ``io.to(room).emit`` does),
+  and commands (``/nick``, ``/who``, ``/msg`` ...) work as from a terminal.
+
+What the hub sends a member comes back as events: ``chat message`` for chat
+lines (``<name> text``), ``notice`` for server lines (``* ...``, without the
+star), ``error`` for errors (``! ...``, without the mark). See docs/protocol.md.
+
+The Socket.IO layer runs under the chat lock (deliveries reach it there), so
+what its events ask of the chat core -- join, lines, departure -- is queued
+and run by :meth:`SocketIOChat.settle` after the lock is released, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from socketlab.chat.flood import FloodGate
+from socketlab.chat.protocol import NAME_PATTERN
+from socketlab.lines import Item, LineBuffer
+from socketlab.socketio import Ack, Client, Namespace
+
+if TYPE_CHECKING:
+    from socketlab.chat.service import ChatCore
+    from socketlab.serving import Acceptor
+
+logger = logging.getLogger("socketlab.chat.socketio")
+
+#: The events a Socket.IO member may send.
+EVENTS = ("chat message", "room")
+#: Departure reasons of the chat, by Socket.IO's reason for the end of a client.
+_REASONS = {
+    "client namespace disconnect": "disconnected",
+    "client closed": "disconnected",
+    "transport close": "disconnected",
+    "parse error": "protocol error",
+    "protocol error": "protocol error",
+}
+
+
+class SocketIOMember:
+    """A Socket.IO client as the chat core sees it: a :class:`~socketlab.chat.protocol.Transport`."""
+
+    #: Socket.IO members get their own chat lines back, as the tutorial's ``io.to(room).emit`` does.
+    echo = True
+
+    def __init__(self, chat: "SocketIOChat", client: Client, now: float) -> None:
+        self.chat = chat
+        self.client = client
+        self.peer = client.peer
+        #: The chat core's handle, once joined.
+        self.member: Any = None
+        self.last_active = now
+        self.departed = False
+        self.gate: FloodGate | None = FloodGate(chat.max_rate, now) if chat.max_rate > 0 else None
+        self.framer = LineBuffer(chat.max_line)
+        #: ``room`` requests waiting for the hub's answer: (room, ack).
+        self.rooms: deque[tuple[str, Ack | None]] = deque()
+        self.closing: str | None = None
+
+    @property
+    def backlog(self) -> int:
+        return self.client.session.backlog
+
+    # -- Transport (lock held) ----------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        """Whole lines from the hub, each as an event."""
+        emit = self.client.emit
+        for raw in data.split(b"\n")[:-1]:
+            line = raw.decode("utf-8", "replace")
+            if line.startswith("* "):
+                text = line[2:]
+                if self.rooms and text == f"you are in {self.rooms[0][0]}":
+                    self._answer_room("ok")
+                emit("notice", text)
+            elif line.startswith("! "):
+                text = line[2:]
+                if self.rooms and text.startswith(f"room {self.rooms[0][0]} is full"):
+                    self._answer_room("failed")
+                emit("error", text)
+            else:
+                emit("chat message", line)
+
+    def close(self, reason: str) -> None:
+        """Leave the namespace (a DISCONNECT), then end the session."""
+        if self.closing is None:
+            self.closing = reason
+        self.client.disconnect()
+        self.client.session.close(reason)
+
+    def _answer_room(self, result: str) -> None:
+        _room, ack = self.rooms.popleft()
+        if result == "failed":
+            self.client.emit("result", "failed")
+        if ack is not None:
+            ack(result)
+
+
+class SocketIOChat(Namespace):
+    """The main namespace of ``chat serve --web``: the chat's events (see the module docstring)."""
+
+    def __init__(self, core: "ChatCore", acceptor: "Acceptor", max_line: int, max_rate: float = 0.0) -> None:
+        super().__init__("/")
+        self.core = core
+        self.acceptor = acceptor
+        self.max_line = max_line
+        self.max_rate = max_rate
+        #: What events asked of the core, run by settle() without the lock: (verb, member, detail).
+        self._intents: list[tuple[str, SocketIOMember, Any]] = []
+        self._settling = threading.Lock()
+        self._held: set[SocketIOMember] = set()
+
+    # -- Namespace hooks (lock held) ---------------------------------------------------
+
+    def accept(self, client: Client, auth: dict[str, Any]) -> None:
+        if self.core.shutting_down:
+            from socketlab.socketio import ConnectionRefused
+
+            raise ConnectionRefused("server shutting down")
+        if not self.acceptor.take_seat():
+            from socketlab.socketio import ConnectionRefused
+
+            self.acceptor.refusal_log.log(
+                logging.WARNING, "Refused %s: server is full (%d clients)", client.peer, self.acceptor.max_clients
+            )
+            raise ConnectionRefused("server full")
+
+    def connected(self, client: Client) -> None:
+        transport = SocketIOMember(self, client, time.monotonic())
+        client.data = transport
+        self._intents.append(("join", transport, None))
+
+    def event(self, client: Client, name: str, args: list[Any], ack: Ack | None) -> None:
+        transport = client.data
+        assert isinstance(transport, SocketIOMember)
+        if transport.departed:
+            return
+        now = time.monotonic()
+        if name == "chat message":
+            if len(args) != 1 or not isinstance(args[0], str):
+                client.emit("error", "chat message takes one string")
+                return
+            transport.last_active = now
+            self._lines(transport, args[0].encode("utf-8"), now)
+            if ack is not None:
+                ack()
+        elif name == "room":
+            if len(args) != 1 or not isinstance(args[0], str) or not NAME_PATTERN.match(args[0]):
+                client.emit("result", "failed")
+                client.emit("error", "invalid room name")
+                if ack is not None:
+                    ack("failed")
+                return
+            transport.last_active = now
+            transport.rooms.append((args[0], ack))
+            self._lines(transport, f"/join {args[0]}".encode(), now)
+        else:
+            client.emit("error", f"unknown event {name[:64]!r} (events: {', '.join(EVENTS)})")
+
+    def disconnected(self, client: Client, reason: str) -> None:
+        transport = client.data
+        if isinstance(transport, SocketIOMember) and not transport.departed:
+            transport.departed = True
+            self._held.discard(transport)
+            self._intents.append(("depart", transport, transport.closing or _REASONS.get(reason, reason)))
+
+    # -- flood control ----------------------------------------------------------------
+
+    def _lines(self, transport: SocketIOMember, data: bytes, now: float) -> None:
+        items: list[Item] = transport.framer.feed(data) + transport.framer.finish()
+        gate = transport.gate
+        if gate is not None:
+            items = gate.admit(items, len(data), now)
+            if gate.held:
+                self._held.add(transport)
+                if len(gate.held) > 16 * gate.line_rate + 64:  # no TCP flow control here: bound what waits
+                    transport.client.emit("error", "sending too fast, disconnecting")
+                    transport.close("flooding")
+                    return
+                if gate.notice_due(now):
+                    transport.client.emit("error", gate.notice().decode().rstrip("\n")[2:])
+        if items:
+            self._intents.append(("lines", transport, items))
+
+    def tick(self, now: float) -> None:
+        """Let held lines through as the members' budgets refill (lock held)."""
+        for transport in list(self._held):
+            gate = transport.gate
+            assert gate is not None
+            items = gate.release(now)
+            if items:
+                self._intents.append(("lines", transport, items))
+            if not gate.held:
+                self._held.discard(transport)
+                gate.noticed = None
+
+    # -- the core, without the lock ------------------------------------------------------
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._intents)
+
+    def settle(self) -> None:
+        """Run what the events asked of the chat core, in order (never with the lock held)."""
+        if not self._intents:
+            return
+        with self._settling:
+            while True:
+                with self.core.lock:
+                    intents, self._intents = self._intents, []
+                if not intents:
+                    return
+                for verb, transport, detail in intents:
+                    try:
+                        self._run(verb, transport, detail)
+                    except Exception:  # a bug must not stop the others' intents
+                        logger.exception("Socket.IO chat: %s for %s failed", verb, transport.peer)
+
+    def _run(self, verb: str, transport: SocketIOMember, detail: Any) -> None:
+        core = self.core
+        if verb == "join":
+            if transport.departed:
+                self.acceptor.free_seat()
+                return
+            members = core.join([transport])
+            if members is None:
+                with core.lock:
+                    transport.close("server shutting down" if core.shutting_down else "chat backend unavailable")
+                return
+            transport.member = members[0]
+        elif verb == "lines":
+            if transport.member is not None and core.receive(transport.member, detail):
+                with core.lock:  # /quit on a server alone: the hub said bye, now leave
+                    transport.close("quit")
+        elif verb == "depart":
+            self.acceptor.free_seat()
+            if transport.member is not None:
+                core.depart(transport.member, None if detail == "quit" else detail)

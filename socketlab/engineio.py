@@ -1,0 +1,466 @@
+"""Engine.IO protocol 4, sans-IO: sessions over HTTP long-polling and WebSocket.
+
+Engine.IO is the transport under Socket.IO: a *session* (``sid``) carries
+*packets* (open, close, ping, pong, message, upgrade, noop) over a series of
+HTTP requests -- a GET that the server holds until it has something to send,
+POSTs for the client's packets -- and, once both sides agree, over one
+WebSocket. This module decides everything a server does: the handshake, what
+a request means and what it is answered, heartbeats and timeouts, the upgrade
+(``2probe``/``3probe``/``5``), the limits. It never touches a socket: the I/O
+layer calls :class:`EngineServer` with each request and gives each session
+its :class:`Carrier` -- whatever writes to the held GET or the WebSocket.
+
+Messages are ``str`` (text) or ``bytes`` (binary: ``b`` + base64 over
+polling, a binary frame over WebSocket). What the messages mean is the
+:class:`EngineApp`'s business (Socket.IO, in :mod:`socketlab.socketio`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import secrets
+from dataclasses import dataclass
+from typing import Protocol, Union
+
+Message = Union[str, bytes]
+
+OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0123456"
+#: Separates the packets of one polling payload (the ASCII record separator).
+SEPARATOR = "\x1e"
+#: Defaults of the JavaScript server: ping every 25 s, give up 20 s after an unanswered ping, 1 MB bodies.
+PING_INTERVAL = 25.0
+PING_TIMEOUT = 20.0
+MAX_PAYLOAD = 1_000_000
+
+#: The JavaScript server's error codes, as its 400 bodies carry them.
+TRANSPORT_UNKNOWN, SESSION_UNKNOWN, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_VERSION = range(6)
+_ERROR_TEXT = {
+    TRANSPORT_UNKNOWN: "Transport unknown",
+    SESSION_UNKNOWN: "Session ID unknown",
+    BAD_HANDSHAKE_METHOD: "Bad handshake method",
+    BAD_REQUEST: "Bad request",
+    FORBIDDEN: "Forbidden",
+    UNSUPPORTED_VERSION: "Unsupported protocol version",
+}
+
+
+class PacketError(ValueError):
+    """Bytes that are not an Engine.IO packet or payload."""
+
+
+class EngineError(Exception):
+    """A request the server refuses: its HTTP status and the JavaScript server's error code."""
+
+    def __init__(self, code: int, status: int = 400, message: str | None = None) -> None:
+        self.code = code
+        self.status = status
+        self.message = message or _ERROR_TEXT.get(code, "Bad request")
+        super().__init__(self.message)
+
+    def body(self) -> bytes:
+        """The JSON body the JavaScript server answers with."""
+        return json.dumps({"code": self.code, "message": self.message}).encode()
+
+
+# -- packets and payloads ------------------------------------------------------
+
+
+def encode_packet(kind: str, data: Message = "") -> Message:
+    """One packet as a WebSocket message: ``4hello``, ``2``; a binary message is its bytes."""
+    if isinstance(data, bytes):
+        return data
+    return kind + data
+
+
+def decode_packet(message: Message) -> tuple[str, Message]:
+    """A WebSocket message as (kind, data); a binary message is a MESSAGE packet."""
+    if isinstance(message, bytes):
+        return MESSAGE, message
+    if not message or message[0] not in "0123456":
+        raise PacketError(f"not an Engine.IO packet: {message[:20]!r}")
+    return message[0], message[1:]
+
+
+def encode_payload(packets: list[tuple[str, Message]]) -> str:
+    """Packets as one polling body: text packets as they are, binary ones as ``b`` + base64, joined by RS."""
+    parts = []
+    for kind, data in packets:
+        if isinstance(data, bytes):
+            parts.append("b" + base64.b64encode(data).decode("ascii"))
+        else:
+            parts.append(kind + data)
+    return SEPARATOR.join(parts)
+
+
+def decode_payload(body: bytes) -> list[tuple[str, Message]]:
+    """A polling POST's body as packets; PacketError if any is malformed."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise PacketError("payload is not UTF-8") from None
+    packets: list[tuple[str, Message]] = []
+    for part in text.split(SEPARATOR):
+        if part[:1] == "b":
+            try:
+                packets.append((MESSAGE, base64.b64decode(part[1:], validate=True)))
+            except (binascii.Error, ValueError):
+                raise PacketError("bad base64 in a binary packet") from None
+        else:
+            packets.append(decode_packet(part))
+    return packets
+
+
+# -- the seams to the I/O layer and to the application ---------------------------
+
+
+class Carrier(Protocol):
+    """Where a session's packets go: a held GET (answered once) or an open WebSocket. Never blocks."""
+
+    def deliver(self, packets: list[tuple[str, Message]]) -> None:
+        """Send *packets*: a polling carrier answers its request with them (and is then used up)."""
+
+    def close(self) -> None:
+        """End the carrier (a WebSocket: close it; a held GET: answer what it was given, then done)."""
+
+
+class EngineApp(Protocol):
+    """What runs on top of Engine.IO sessions (Socket.IO does)."""
+
+    def opened(self, session: "EngineSession") -> None:
+        """A new session was opened (its handshake is queued already)."""
+
+    def received(self, session: "EngineSession", message: Message) -> None:
+        """The client sent *message*."""
+
+    def closed(self, session: "EngineSession", reason: str) -> None:
+        """The session is over (*reason*: ``client closed``, ``ping timeout``, ...)."""
+
+
+@dataclass
+class EngineSettings:
+    """What every session of one server shares."""
+
+    ping_interval: float = PING_INTERVAL
+    ping_timeout: float = PING_TIMEOUT
+    #: Largest POST body and WebSocket message (a bigger body is answered 413).
+    max_payload: int = MAX_PAYLOAD
+    #: Bytes that may wait for a client that does not poll or read, before it is dropped as ``too slow``.
+    max_backlog: int = 1024 * 1024
+    #: Whether sessions may move to WebSocket.
+    upgrades: bool = True
+
+
+# -- sessions ------------------------------------------------------------------
+
+
+class EngineSession:
+    """One Engine.IO session: its packets waiting, its carrier, its timers.
+
+    ``transport`` is ``polling`` or ``websocket``; ``closed`` says why it ended
+    (None while open). ``data`` is free for the application.
+    """
+
+    def __init__(self, server: "EngineServer", sid: str, transport: str, now: float, peer: str = "") -> None:
+        self.server = server
+        self.sid = sid
+        self.transport = transport
+        self.peer = peer
+        self.settings = server.settings
+        self.closed: str | None = None
+        self.data: object = None
+        #: Packets not yet sent, and their size in bytes (bounded by max_backlog).
+        self._queue: list[tuple[str, Message]] = []
+        self._queued = 0
+        #: The held GET (polling) or the WebSocket the session's packets go to now.
+        self._carrier: Carrier | None = None
+        #: A WebSocket that sent 2probe and waits for 5.
+        self._probing: Carrier | None = None
+        self._ping_at = now + self.settings.ping_interval
+        self._pong_by: float | None = None
+        #: Polling: when the client must poll again by (it is gone otherwise).
+        self._poll_by: float | None = now + self.settings.ping_interval + self.settings.ping_timeout
+
+    # -- for the application ---------------------------------------------------
+
+    def send(self, message: Message) -> None:
+        """Queue one message for the client, after everything queued before."""
+        self._send(MESSAGE, message)
+
+    def close(self, reason: str = "server closed") -> None:
+        """End the session: the client is told (a close packet), then the carrier is closed."""
+        if self.closed is not None:
+            return
+        self._send(CLOSE, "")
+        self._end(reason)
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the client and not yet handed to a carrier."""
+        return self._queued
+
+    # -- for the server ------------------------------------------------------------
+
+    def _send(self, kind: str, data: Message) -> None:
+        if self.closed is not None:
+            return
+        self._queue.append((kind, data))
+        self._queued += len(data) + 1
+        if self._carrier is not None:
+            self._flush()
+        elif self._queued > self.settings.max_backlog:
+            self._queue.clear()
+            self._queued = 0
+            self._end("too slow")
+
+    def _flush(self) -> None:
+        carrier, packets = self._carrier, self._queue
+        if carrier is None or not packets:
+            return
+        self._queue, self._queued = [], 0
+        if self.transport == "polling":
+            self._carrier = None  # a GET is answered once
+            self._poll_by = self.server.now + self.settings.ping_interval + self.settings.ping_timeout
+        carrier.deliver(packets)
+
+    def _end(self, reason: str) -> None:
+        """Closed: answer a held GET with what is queued, close the carrier, tell the application."""
+        if self.closed is not None:
+            return
+        self.closed = reason
+        carrier, self._carrier = self._carrier, None
+        if carrier is not None:
+            if self._queue:
+                carrier.deliver(self._queue)
+            elif self.transport == "polling":
+                carrier.deliver([(NOOP, "")])
+            carrier.close()
+        probing, self._probing = self._probing, None
+        if probing is not None:
+            probing.close()
+        self._queue, self._queued = [], 0
+        self.server._forget(self)
+        self.server.app.closed(self, reason)
+
+    def _packets(self, packets: list[tuple[str, Message]], now: float) -> None:
+        for kind, data in packets:
+            if self.closed is not None:
+                return
+            if kind == MESSAGE:
+                self.server.app.received(self, data)
+            elif kind == PONG:
+                if self._pong_by is not None:
+                    self._pong_by = None
+                    self._ping_at = now + self.settings.ping_interval
+            elif kind == CLOSE:
+                self._end("client closed")
+            elif kind == NOOP:
+                pass
+            else:  # OPEN, PING and UPGRADE are not the client's to send here
+                self._end("protocol error")
+                raise PacketError(f"unexpected packet {kind!r}")
+
+    def tick(self, now: float) -> None:
+        """Run the heartbeat and the polling deadline."""
+        if self.closed is not None:
+            return
+        if self._pong_by is None and now >= self._ping_at:
+            # Deadlines run from when the ping was due, not from when a tick noticed: a session is
+            # given up exactly ping_interval + ping_timeout after the last pong, however late the tick.
+            self._pong_by = self._ping_at + self.settings.ping_timeout
+            self._send(PING, "")
+        if self._pong_by is not None and now >= self._pong_by:
+            self._end("ping timeout")
+        elif self._poll_by is not None and self._carrier is None and now >= self._poll_by:
+            self._end("transport close")
+
+    def next_timer(self) -> float:
+        """When tick() has something to do next."""
+        times = [self._pong_by if self._pong_by is not None else self._ping_at]
+        if self._poll_by is not None and self._carrier is None:
+            times.append(self._poll_by)
+        return min(times)
+
+    # -- polling -----------------------------------------------------------------------
+
+    def poll(self, carrier: Carrier, now: float) -> None:
+        """A GET arrived: answer it with what waits, or hold it until something does."""
+        self.tick(now)
+        if self.closed is not None:
+            raise EngineError(SESSION_UNKNOWN)
+        if self.transport != "polling":
+            raise EngineError(BAD_REQUEST, message="session was upgraded")
+        if self._carrier is not None:  # a second GET while one is held: the client is broken
+            self.close("duplicate poll")  # the held GET is answered with a close packet
+            raise EngineError(BAD_REQUEST, message="overlapping GET requests")
+        self._carrier = carrier
+        self._poll_by = None
+        self._flush()
+
+    def post(self, body: bytes, now: float) -> None:
+        """A POST of the client's packets arrived; EngineError (and the session closed) if it is malformed."""
+        self.tick(now)
+        if self.closed is not None:
+            raise EngineError(SESSION_UNKNOWN)
+        if self.transport != "polling":
+            raise EngineError(BAD_REQUEST, message="session was upgraded")
+        try:
+            packets = decode_payload(body)
+        except PacketError:
+            self._end("parse error")
+            raise EngineError(BAD_REQUEST, message="malformed payload") from None
+        try:
+            self._packets(packets, now)
+        except PacketError:
+            raise EngineError(BAD_REQUEST, message="unexpected packet") from None
+
+    def poll_gone(self, carrier: Carrier) -> None:
+        """The held GET's connection ended before it was answered."""
+        if self._carrier is carrier:
+            self._carrier = None
+            self._poll_by = self.server.now + self.settings.ping_interval + self.settings.ping_timeout
+
+    # -- WebSocket ---------------------------------------------------------------------
+
+    def websocket_message(self, carrier: Carrier, message: Message, now: float) -> None:
+        """A message on one of the session's WebSockets (the one in use, or one probing to take over)."""
+        if self.closed is not None:
+            carrier.close()
+            return
+        try:
+            kind, data = decode_packet(message)
+        except PacketError:
+            self._end("parse error")
+            carrier.close()
+            return
+        if carrier is self._probing:
+            self._probe(carrier, kind, data)
+            return
+        if carrier is not self._carrier:
+            carrier.close()
+            return
+        try:
+            self._packets([(kind, data)], now)
+        except PacketError:
+            carrier.close()
+
+    def _probe(self, carrier: Carrier, kind: str, data: Message) -> None:
+        if kind == PING and data == "probe":
+            carrier.deliver([(PONG, "probe")])
+            held = self._carrier
+            if held is not None:  # end the held GET, so the client can finish the upgrade
+                self._carrier = None
+                held.deliver([(NOOP, "")])
+            else:
+                self._queue.append((NOOP, ""))
+        elif kind == UPGRADE:
+            self._probing = None
+            held, self._carrier = self._carrier, carrier
+            self.transport = "websocket"
+            self._poll_by = None
+            if held is not None:
+                held.deliver([(NOOP, "")])
+            self._queue = [packet for packet in self._queue if packet[0] != NOOP]
+            self._flush()
+        else:
+            self._probing = None
+            carrier.close()
+
+    def websocket_gone(self, carrier: Carrier) -> None:
+        """One of the session's WebSockets closed."""
+        if carrier is self._probing:
+            self._probing = None
+        elif carrier is self._carrier:
+            self._carrier = None
+            self._end("transport close")
+
+
+class EngineServer:
+    """Every Engine.IO session of one server, and what each request means.
+
+    The I/O layer calls :meth:`handshake`, :meth:`session` (then the session's
+    ``poll``/``post``) and :meth:`open_websocket`, and :meth:`tick` now and then
+    (``now`` is a monotonic clock in seconds); it catches :class:`EngineError`
+    and answers with its status and body.
+    """
+
+    def __init__(self, app: EngineApp, settings: EngineSettings | None = None) -> None:
+        self.app = app
+        self.settings = settings or EngineSettings()
+        self.sessions: dict[str, EngineSession] = {}
+        self.now = 0.0
+
+    @staticmethod
+    def check_query(query: dict[str, str], method: str) -> str:
+        """The transport a request asks for; EngineError for a bad ``EIO``, ``transport`` or method."""
+        if query.get("EIO") != "4":
+            raise EngineError(UNSUPPORTED_VERSION)
+        transport = query.get("transport")
+        if transport not in ("polling", "websocket"):
+            raise EngineError(TRANSPORT_UNKNOWN)
+        if "sid" not in query and (method != "GET"):
+            raise EngineError(BAD_HANDSHAKE_METHOD)
+        return transport
+
+    def handshake(self, transport: str, now: float, peer: str = "") -> EngineSession:
+        """A new session (its open packet queued); the application is told."""
+        self.now = now
+        sid = secrets.token_urlsafe(15)
+        while sid in self.sessions:
+            sid = secrets.token_urlsafe(15)
+        session = EngineSession(self, sid, transport, now, peer)
+        self.sessions[sid] = session
+        settings = self.settings
+        upgrades = ["websocket"] if transport == "polling" and settings.upgrades else []
+        opening = {
+            "sid": sid,
+            "upgrades": upgrades,
+            "pingInterval": round(settings.ping_interval * 1000),
+            "pingTimeout": round(settings.ping_timeout * 1000),
+            "maxPayload": settings.max_payload,
+        }
+        session._send(OPEN, json.dumps(opening, separators=(",", ":")))
+        self.app.opened(session)
+        return session
+
+    def session(self, sid: str, now: float) -> EngineSession:
+        """The open session *sid*; EngineError when there is none."""
+        self.now = now
+        session = self.sessions.get(sid)
+        if session is None:
+            raise EngineError(SESSION_UNKNOWN)
+        session.tick(now)
+        if session.closed is not None:
+            raise EngineError(SESSION_UNKNOWN)
+        return session
+
+    def open_websocket(self, sid: str | None, carrier: Carrier, now: float, peer: str = "") -> EngineSession:
+        """A WebSocket opened: a new session on it, or (with *sid*) a probe to upgrade a polling one."""
+        self.now = now
+        if sid is None:
+            session = self.handshake("websocket", now, peer)
+            session._carrier = carrier
+            session._poll_by = None
+            session._flush()
+            return session
+        session = self.session(sid, now)
+        if session.transport != "polling" or session._probing is not None or not self.settings.upgrades:
+            raise EngineError(BAD_REQUEST, message="session cannot be upgraded")
+        session._probing = carrier
+        return session
+
+    def tick(self, now: float) -> None:
+        """Run every session's timers."""
+        self.now = now
+        for session in list(self.sessions.values()):
+            session.tick(now)
+
+    def close_all(self, reason: str = "server shutting down") -> None:
+        """Close every session (the clients are told)."""
+        for session in list(self.sessions.values()):
+            session.close(reason)
+
+    def _forget(self, session: EngineSession) -> None:
+        if self.sessions.get(session.sid) is session:
+            del self.sessions[session.sid]

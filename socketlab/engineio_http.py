@@ -1,0 +1,332 @@
+"""One web connection speaking Engine.IO: long-polling requests, or the WebSocket they upgrade to.
+
+:class:`EngineConnection` turns a connection's bytes into calls on an
+:class:`~socketlab.engineio.EngineServer` and writes what it answers. It does
+not own a socket: it is given ``write(bytes)`` (non-blocking, in order) and
+``end(reason)`` (close once what was written is out), so it runs wherever
+bytes arrive -- the chat server's reader loop -- and is tested with lists.
+
+A connection carries plain HTTP requests, kept alive, one at a time: a GET
+for a session is held (it is the session's :class:`~socketlab.engineio.Carrier`)
+until the session has something to send; requests behind it wait. A GET that
+asks for ``transport=websocket`` becomes a WebSocket (``websockets``' Sans-I/O
+protocol does the handshake and framing) carrying one Engine.IO packet per message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import deque
+from typing import Callable, Sequence
+
+from websockets.frames import CloseCode, Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from socketlab.engineio import (
+    BAD_HANDSHAKE_METHOD,
+    BAD_REQUEST,
+    FORBIDDEN,
+    EngineError,
+    EngineServer,
+    EngineSession,
+    Message,
+    encode_packet,
+    encode_payload,
+)
+from socketlab.http import HttpError, HttpRequest, RequestReader, response
+
+logger = logging.getLogger("socketlab.engineio")
+_protocol_log = logging.getLogger("socketlab.engineio.protocol")
+_protocol_log.setLevel(logging.CRITICAL + 1)
+_protocol_log.propagate = False
+
+#: Requests a client may send behind a held GET before the connection is refused.
+MAX_PIPELINED = 4
+_TEXT = ("Content-Type", "text/plain; charset=UTF-8")
+_JSON = ("Content-Type", "application/json")
+_NO_CACHE = ("Cache-Control", "no-store")
+
+
+class _Poll:
+    """A held GET: the session's carrier until it is answered."""
+
+    __slots__ = ("connection", "answered")
+
+    def __init__(self, connection: "EngineConnection") -> None:
+        self.connection = connection
+        self.answered = False
+
+    def deliver(self, packets: list[tuple[str, Message]]) -> None:
+        if not self.answered:
+            self.answered = True
+            self.connection._answered_poll(self, encode_payload(packets).encode("utf-8"))
+
+    def close(self) -> None:
+        pass  # a GET is over once answered; the connection stays for the next request
+
+
+class EngineConnection:
+    """The Engine.IO side of one web connection (see the module docstring).
+
+    ``allowed_origin(origin)`` says whether a page from *origin* may use the
+    sessions (None: no Origin header, not a browser); ``ended`` is the
+    reason once the connection is over; ``refused`` the status and reason of
+    the last request refused, for the caller's log.
+    """
+
+    def __init__(
+        self,
+        server: EngineServer,
+        write: Callable[[bytes], None],
+        end: Callable[[str], None],
+        allowed_origin: Callable[[str | None, str | None], bool],
+        peer: str = "",
+        max_head: int = 8192,
+    ) -> None:
+        self.server = server
+        self.write = write
+        self.end = end
+        self.allowed_origin = allowed_origin
+        self.peer = peer
+        self.reader = RequestReader(max_head, server.settings.max_payload)
+        self.ended: str | None = None
+        self.refused: tuple[int, str] | None = None
+        self.session: EngineSession | None = None
+        self.websocket: ServerProtocol | None = None
+        self._held: _Poll | None = None
+        self._held_request: tuple[HttpRequest, list[tuple[str, str]]] | None = None
+        self._waiting: deque[HttpRequest] = deque()
+        #: Whether a request has begun arriving and is not yet answered.
+        self.busy = False
+        #: The request being served, for the log (``GET /socket.io/?...``).
+        self.last_request = ""
+        #: Requests answered so far (the caller's keep-alive deadline restarts with each).
+        self.served = 0
+
+    # -- input -----------------------------------------------------------------------
+
+    def receive(self, data: bytes, now: float) -> None:
+        """Bytes from the client."""
+        if self.ended is not None:
+            return
+        if self.websocket is not None:
+            self._websocket_data(data, now)
+            return
+        try:
+            requests = self.reader.feed(data)
+        except HttpError as error:
+            self._refuse(error.status, error.reason, json.dumps({"code": BAD_REQUEST, "message": error.reason}))
+            return
+        self._waiting.extend(requests)
+        if len(self._waiting) > MAX_PIPELINED:
+            self._refuse(400, "too many pipelined requests", '{"code":3,"message":"Bad request"}')
+            return
+        self.busy = self.reader.partial or bool(self._waiting) or self._held is not None
+        self._serve_waiting(now)
+
+    def receive_eof(self) -> None:
+        """The client ended its side (or the connection broke)."""
+        self.connection_lost("disconnected")
+
+    def connection_lost(self, reason: str) -> None:
+        """The connection is gone: a held GET or the WebSocket no longer carries its session."""
+        if self.ended is None:
+            self.ended = reason
+        held, self._held = self._held, None
+        if held is not None and self.session is not None:
+            self.session.poll_gone(held)
+        if self.websocket is not None and self.session is not None:
+            self.session.websocket_gone(self)
+            self.websocket.receive_eof()
+
+    # -- requests --------------------------------------------------------------------
+
+    def _serve_waiting(self, now: float) -> None:
+        while self._waiting and self._held is None and self.websocket is None and self.ended is None:
+            request = self._waiting.popleft()
+            self._serve(request, now)
+        self.busy = self.reader.partial or bool(self._waiting) or self._held is not None
+
+    @property
+    def holding(self) -> bool:
+        """A GET is held for its session."""
+        return self._held is not None
+
+    def _serve(self, request: HttpRequest, now: float) -> None:
+        self.last_request = f"{request.method} {request.target}"
+        origin = request.header("origin")
+        cors = self._cors(request, origin)
+        if request.method == "OPTIONS":
+            if origin is None or not self.allowed_origin(origin, request.header("host")):
+                self._answer(403, b'{"code":4,"message":"Forbidden"}', [_JSON], request)
+                return
+            headers = [*cors, ("Access-Control-Allow-Methods", "GET, POST"), ("Access-Control-Allow-Headers", "content-type")]
+            self._answer(204, b"", headers, request)
+            return
+        if origin is not None and not self.allowed_origin(origin, request.header("host")):
+            self._engine_error(EngineError(FORBIDDEN, 403), request, cors)
+            return
+        try:
+            transport = self.server.check_query(request.query, request.method)
+            sid = request.query.get("sid")
+            if transport == "websocket":
+                self._upgrade(request, sid, now)
+                return
+            if request.method == "GET":
+                if sid is None:
+                    session = self.server.handshake("polling", now, self.peer)
+                else:
+                    session = self.server.session(sid, now)
+                self._hold(session, request, cors, now)
+            elif request.method == "POST" and sid is not None:
+                session = self.server.session(sid, now)
+                session.post(request.body, now)
+                self._answer(200, b"ok", [("Content-Type", "text/html"), *cors], request)
+            else:
+                raise EngineError(BAD_HANDSHAKE_METHOD if sid is None else BAD_REQUEST)
+        except EngineError as error:
+            self._engine_error(error, request, cors)
+
+    def _cors(self, request: HttpRequest, origin: str | None) -> list[tuple[str, str]]:
+        """CORS headers for an allowed page of another origin (none for the page's own or no Origin)."""
+        host = request.header("host")
+        if origin is None or origin.partition("://")[2] == host or not self.allowed_origin(origin, host):
+            return []
+        return [("Access-Control-Allow-Origin", origin), ("Access-Control-Allow-Credentials", "true"), ("Vary", "Origin")]
+
+    def _hold(self, session: EngineSession, request: HttpRequest, cors: list[tuple[str, str]], now: float) -> None:
+        poll = _Poll(self)
+        self._held = poll
+        self._held_request = (request, cors)
+        self.session = session
+        try:
+            session.poll(poll, now)
+        except EngineError:
+            if self._held is poll:
+                self._held = None
+            raise
+
+    def _answered_poll(self, poll: _Poll, body: bytes) -> None:
+        if self._held is not poll:
+            return
+        self._held = None
+        assert self._held_request is not None
+        request, cors = self._held_request
+        self._answer(200, body, [_TEXT, _NO_CACHE, *cors], request)
+        self._serve_waiting(self.server.now)
+
+    def _engine_error(self, error: EngineError, request: HttpRequest, cors: list[tuple[str, str]]) -> None:
+        self.refused = (error.status, error.message)
+        self._answer(error.status, error.body(), [_JSON, *cors], request)
+
+    def _answer(self, status: int, body: bytes, headers: Sequence[tuple[str, str]], request: HttpRequest) -> None:
+        self.served += 1
+        close = not request.keep_alive
+        self.write(response(status, body, list(headers), close=close))
+        if close:
+            self.ended = f"HTTP {status}" if status >= 400 else "closed"
+            self.end(self.ended)
+
+    def _refuse(self, status: int, reason: str, body: str) -> None:
+        """A request that cannot be read: answer, then close the connection."""
+        self.refused = (status, reason)
+        self.ended = f"HTTP {status}"
+        self.write(response(status, body.encode(), [_JSON], close=True))
+        self.end(self.ended)
+
+    # -- WebSocket ----------------------------------------------------------------------
+
+    def _upgrade(self, request: HttpRequest, sid: str | None, now: float) -> None:
+        if request.method != "GET" or (request.header("upgrade") or "").lower() != "websocket":
+            raise EngineError(BAD_REQUEST, message="expected a WebSocket upgrade")
+        if sid is not None:
+            session = self.server.session(sid, now)
+            if session.transport != "polling":
+                raise EngineError(BAD_REQUEST, message="session was upgraded")
+        protocol = ServerProtocol(max_size=self.server.settings.max_payload, logger=_protocol_log)
+        protocol.receive_data(request.head)
+        events = protocol.events_received()
+        if not events or not isinstance(events[0], Request):
+            raise EngineError(BAD_REQUEST, message="bad WebSocket handshake")
+        reply = protocol.accept(events[0])
+        protocol.send_response(reply)
+        if reply.status_code != 101:
+            self.refused = (reply.status_code, "bad WebSocket handshake")
+            self._pump(protocol)
+            self.ended = f"HTTP {reply.status_code}"
+            self.end(self.ended)
+            return
+        self.websocket = protocol
+        self._pump(protocol)
+        try:
+            self.session = self.server.open_websocket(sid, self, now, self.peer)
+        except EngineError:
+            self.websocket.send_close(CloseCode.POLICY_VIOLATION, "session cannot be upgraded")
+            self._pump(protocol)
+            self.ended = "upgrade refused"
+            self.end(self.ended)
+            return
+        rest = self.reader.take_buffered()  # bytes after the upgrade request are WebSocket frames
+        if rest:
+            self._websocket_data(rest, now)
+
+    def _websocket_data(self, data: bytes, now: float) -> None:
+        protocol = self.websocket
+        assert protocol is not None
+        protocol.receive_data(data)
+        for frame in protocol.events_received():
+            if not isinstance(frame, Frame):
+                continue
+            if frame.opcode is Opcode.TEXT:
+                try:
+                    text = bytes(frame.data).decode("utf-8")
+                except UnicodeDecodeError:
+                    protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
+                    break
+                self._message(text, now)
+            elif frame.opcode is Opcode.BINARY:
+                self._message(bytes(frame.data), now)
+        self._pump(protocol)
+        if protocol.state in (State.CLOSING, State.CLOSED) and self.ended is None:
+            self.ended = "disconnected" if protocol.close_rcvd is not None else "closed"
+            if self.session is not None:
+                self.session.websocket_gone(self)
+            if protocol.state is State.CLOSED or protocol.close_rcvd is not None:
+                self.end(self.ended)
+
+    def _message(self, message: Message, now: float) -> None:
+        session = self.session
+        if session is not None:
+            self.server.now = now
+            session.websocket_message(self, message, now)
+
+    def _pump(self, protocol: ServerProtocol) -> None:
+        for chunk in protocol.data_to_send():
+            if chunk:
+                self.write(chunk)
+
+    # -- the session's carrier, once a WebSocket ---------------------------------------
+
+    def deliver(self, packets: list[tuple[str, Message]]) -> None:
+        protocol = self.websocket
+        if protocol is None or protocol.state is not State.OPEN:
+            return
+        for kind, data in packets:
+            message = encode_packet(kind, data)
+            if isinstance(message, bytes):
+                protocol.send_binary(message)
+            else:
+                protocol.send_text(message.encode("utf-8"))
+        self._pump(protocol)
+
+    def close(self) -> None:
+        protocol = self.websocket
+        if protocol is not None and protocol.state is State.OPEN:
+            protocol.send_close(CloseCode.NORMAL_CLOSURE, "")
+            self._pump(protocol)
+        if self.ended is None:
+            self.ended = "closed"
+        self.end(self.ended)

@@ -1,0 +1,256 @@
+"""Engine.IO protocol 4, sans-IO: the codec, sessions, polling, the upgrade, heartbeats, limits."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from socketlab.engineio import (
+    BAD_HANDSHAKE_METHOD,
+    SESSION_UNKNOWN,
+    TRANSPORT_UNKNOWN,
+    UNSUPPORTED_VERSION,
+    EngineError,
+    EngineServer,
+    EngineSession,
+    EngineSettings,
+    Message,
+    PacketError,
+    decode_packet,
+    decode_payload,
+    encode_payload,
+)
+
+
+class App:
+    """An EngineApp that remembers what happened."""
+
+    def __init__(self) -> None:
+        self.sessions: list[EngineSession] = []
+        self.messages: list[Message] = []
+        self.reasons: list[str] = []
+
+    def opened(self, session: EngineSession) -> None:
+        self.sessions.append(session)
+
+    def received(self, session: EngineSession, message: Message) -> None:
+        self.messages.append(message)
+
+    def closed(self, session: EngineSession, reason: str) -> None:
+        self.reasons.append(reason)
+
+
+class Carrier:
+    """A carrier that records what it was given."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[list[tuple[str, Message]]] = []
+        self.closed = False
+
+    def deliver(self, packets: list[tuple[str, Message]]) -> None:
+        self.deliveries.append(list(packets))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def polling_session(settings: EngineSettings | None = None) -> tuple[EngineServer, App, EngineSession, dict]:
+    app = App()
+    server = EngineServer(app, settings)
+    session = server.handshake("polling", 0.0, "127.0.0.1:1")
+    first = Carrier()
+    session.poll(first, 0.0)
+    [[(kind, data)]] = first.deliveries
+    assert kind == "0"
+    return server, app, session, json.loads(data)
+
+
+def test_payload_codec_round_trips_text_and_binary() -> None:
+    packets = [("4", "hello"), ("2", ""), ("4", b"\x00\xff"), ("4", "\u00e9\u4e2d")]
+    body = encode_payload(packets)
+    assert body == "4hello\x1e2\x1ebAP8=\x1e4\u00e9\u4e2d"
+    assert decode_payload(body.encode()) == packets
+
+
+@pytest.mark.parametrize("body", [b"", b"9x", b"4a\x1e", b"b!!!", b"\xff4"])
+def test_malformed_payloads_are_refused(body: bytes) -> None:
+    with pytest.raises(PacketError):
+        decode_payload(body)
+
+
+def test_decode_packet_binary_is_a_message() -> None:
+    assert decode_packet(b"\x01") == ("4", b"\x01")
+    assert decode_packet("3probe") == ("3", "probe")
+
+
+def test_handshake_announces_the_settings() -> None:
+    _server, app, session, opening = polling_session(EngineSettings(ping_interval=2.5, ping_timeout=1.5, max_payload=1000))
+    assert opening == {
+        "sid": session.sid,
+        "upgrades": ["websocket"],
+        "pingInterval": 2500,
+        "pingTimeout": 1500,
+        "maxPayload": 1000,
+    }
+    assert app.sessions == [session]
+    assert len(session.sid) == 20  # 15 random bytes from secrets
+
+
+@pytest.mark.parametrize(
+    ("query", "method", "code"),
+    [
+        ({"EIO": "3", "transport": "polling"}, "GET", UNSUPPORTED_VERSION),
+        ({"transport": "polling"}, "GET", UNSUPPORTED_VERSION),
+        ({"EIO": "4", "transport": "carrier-pigeon"}, "GET", TRANSPORT_UNKNOWN),
+        ({"EIO": "4", "transport": "polling"}, "POST", BAD_HANDSHAKE_METHOD),
+    ],
+)
+def test_bad_queries_get_the_javascript_servers_codes(query: dict, method: str, code: int) -> None:
+    with pytest.raises(EngineError) as caught:
+        EngineServer.check_query(query, method)
+    assert caught.value.code == code
+    assert caught.value.status == 400
+    assert json.loads(caught.value.body())["code"] == code
+
+
+def test_unknown_sid_is_refused() -> None:
+    server = EngineServer(App())
+    with pytest.raises(EngineError) as caught:
+        server.session("nope", 0.0)
+    assert caught.value.code == SESSION_UNKNOWN
+    assert caught.value.body() == b'{"code": 1, "message": "Session ID unknown"}'
+
+
+def test_a_held_poll_is_answered_when_a_message_is_sent() -> None:
+    _server, app, session, _ = polling_session()
+    held = Carrier()
+    session.poll(held, 0.1)
+    assert held.deliveries == []
+    session.send("hello")
+    session.send(b"\x01")  # after the GET was answered: waits for the next
+    assert held.deliveries == [[("4", "hello")]]
+    assert session.backlog == 2
+    again = Carrier()
+    session.poll(again, 0.2)
+    assert again.deliveries == [[("4", b"\x01")]]
+
+
+def test_posts_deliver_messages_in_order() -> None:
+    _server, app, session, _ = polling_session()
+    session.post(b"4one\x1e4two\x1ebAQI=", 0.1)
+    assert app.messages == ["one", "two", b"\x01\x02"]
+
+
+def test_a_malformed_post_closes_the_session() -> None:
+    server, app, session, _ = polling_session()
+    with pytest.raises(EngineError) as caught:
+        session.post(b"9what", 0.1)
+    assert caught.value.status == 400
+    assert app.reasons == ["parse error"]
+    assert session.sid not in server.sessions
+
+
+def test_a_second_concurrent_get_closes_the_session_and_answers_the_first() -> None:
+    server, app, session, _ = polling_session()
+    held = Carrier()
+    session.poll(held, 0.1)
+    with pytest.raises(EngineError):
+        session.poll(Carrier(), 0.2)
+    assert held.deliveries == [[("1", "")]]
+    assert app.reasons == ["duplicate poll"]
+    with pytest.raises(EngineError) as caught:
+        server.session(session.sid, 0.3)
+    assert caught.value.code == SESSION_UNKNOWN
+
+
+def test_client_close_packet_ends_the_session() -> None:
+    _server, app, session, _ = polling_session()
+    session.post(b"1", 0.1)
+    assert app.reasons == ["client closed"]
+
+
+def test_ping_pong_keeps_a_session_and_silence_ends_it() -> None:
+    settings = EngineSettings(ping_interval=1.0, ping_timeout=0.5)
+    server, app, session, _ = polling_session(settings)
+    held = Carrier()
+    session.poll(held, 0.0)
+    server.tick(0.99)
+    assert held.deliveries == []
+    server.tick(1.0)
+    assert held.deliveries == [[("2", "")]]
+    session.post(b"3", 1.2)  # pong
+    assert session.next_timer() == pytest.approx(2.2)
+    session.poll(Carrier(), 1.2)
+    server.tick(2.2)  # the next ping goes to the held GET
+    server.tick(2.69)
+    assert app.reasons == []
+    server.tick(2.71)  # no pong within ping_timeout of the ping
+    assert app.reasons == ["ping timeout"]
+
+
+def test_a_client_that_never_polls_again_is_freed() -> None:
+    settings = EngineSettings(ping_interval=1.0, ping_timeout=0.5)
+    server, app, session, _ = polling_session(settings)
+    server.tick(1.4)  # ping queued, nobody polls
+    assert app.reasons == []
+    server.tick(1.6)
+    assert app.reasons == ["ping timeout"]
+    assert server.sessions == {}
+
+
+def test_a_backlog_over_the_limit_drops_the_session() -> None:
+    _server, app, session, _ = polling_session(EngineSettings(max_backlog=200))
+    for _ in range(18):  # 11 bytes each, as counted
+        session.send("x" * 10)
+    assert app.reasons == []
+    session.send("x" * 10)
+    assert app.reasons == ["too slow"]
+
+
+def test_upgrade_probe_then_upgrade_moves_the_session() -> None:
+    server, app, session, _ = polling_session()
+    held = Carrier()
+    session.poll(held, 0.1)
+    socket = Carrier()
+    assert server.open_websocket(session.sid, socket, 0.2) is session
+    session.websocket_message(socket, "2probe", 0.2)
+    assert socket.deliveries == [[("3", "probe")]]
+    assert held.deliveries == [[("6", "")]]  # the held GET is let go, so the client can pause polling
+    session.send("queued before the upgrade")
+    session.websocket_message(socket, "5", 0.3)
+    assert session.transport == "websocket"
+    assert socket.deliveries[-1] == [("4", "queued before the upgrade")]
+    session.websocket_message(socket, "4over the socket", 0.4)
+    assert app.messages == ["over the socket"]
+    with pytest.raises(EngineError):
+        session.poll(Carrier(), 0.5)
+    session.websocket_gone(socket)
+    assert app.reasons == ["transport close"]
+
+
+def test_a_websocket_only_session_gets_its_open_packet_on_the_socket() -> None:
+    app = App()
+    server = EngineServer(app)
+    socket = Carrier()
+    session = server.open_websocket(None, socket, 0.0)
+    [[(kind, data)]] = socket.deliveries
+    assert kind == "0"
+    assert json.loads(data)["upgrades"] == []
+    assert session.transport == "websocket"
+
+
+def test_a_second_probe_is_refused() -> None:
+    server, _app, session, _ = polling_session()
+    server.open_websocket(session.sid, Carrier(), 0.1)
+    with pytest.raises(EngineError):
+        server.open_websocket(session.sid, Carrier(), 0.1)
+
+
+def test_close_all_tells_every_client() -> None:
+    server, app, session, _ = polling_session()
+    held = Carrier()
+    session.poll(held, 0.1)
+    server.close_all()
+    assert held.deliveries == [[("1", "")]]
+    assert app.reasons == ["server shutting down"]

@@ -1,0 +1,218 @@
+"""Socket.IO protocol 5, sans-IO: the packet codec and the server over fake Engine.IO sessions."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from socketlab.engineio import Message
+from socketlab.socketio import (
+    ACK,
+    BINARY_EVENT,
+    CONNECT,
+    EVENT,
+    ConnectionRefused,
+    Packet,
+    PacketError,
+    SocketIOServer,
+    decode,
+    encode,
+)
+
+
+def test_encode_event_ack_connect() -> None:
+    assert encode(Packet(CONNECT, data={"sid": "x"})) == ['0{"sid":"x"}']
+    assert encode(Packet(EVENT, data=["chat message", "안녕"])) == ['2["chat message","안녕"]']
+    assert encode(Packet(EVENT, "/admin", ["hi"], 12)) == ['2/admin,12["hi"]']
+    assert encode(Packet(ACK, data=["ok"], id=3)) == ['33["ok"]']
+
+
+def test_binary_arguments_become_placeholders_and_attachments() -> None:
+    assert encode(Packet(EVENT, data=["file", b"\x00\x01", {"more": b"\x02"}])) == [
+        '52-["file",{"_placeholder":true,"num":0},{"more":{"_placeholder":true,"num":1}}]',
+        b"\x00\x01",
+        b"\x02",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("0", Packet(CONNECT)),
+        ('0{"token":"t"}', Packet(CONNECT, data={"token": "t"})),
+        ("0/admin,", Packet(CONNECT, "/admin")),
+        ("0/admin", Packet(CONNECT, "/admin")),
+        ('2["room","r1"]', Packet(EVENT, data=["room", "r1"])),
+        ('27["room","r1"]', Packet(EVENT, data=["room", "r1"], id=7)),
+        ('3/admin,7["ok"]', Packet(ACK, "/admin", ["ok"], 7)),
+        ("1", Packet(1)),
+    ],
+)
+def test_decode(text: str, expected: Packet) -> None:
+    assert decode(text) == expected
+
+
+def test_decode_binary_event_counts_its_attachments() -> None:
+    packet = decode('52-["x",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]')
+    assert packet.type == BINARY_EVENT
+    assert len(packet.attachments) == 2
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "9",
+        "x",
+        '2{"not":"an array"}',
+        "2[]",
+        "2[1,2]",
+        "2[not json",
+        '3["no id"]',
+        '4{"message":"clients do not send CONNECT_ERROR"}',
+        '0"a string"',
+        '1["disconnect has no payload"]',
+        '5["no count"]',
+        '5999-["too many"]',
+        '51234567890123456["long id"]',
+    ],
+)
+def test_malformed_packets_are_refused(text: str) -> None:
+    with pytest.raises(PacketError):
+        decode(text)
+
+
+class FakeSession:
+    """An Engine.IO session as the Socket.IO layer sees it: send() and close() recorded."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+        self.closed: str | None = None
+        self.data: object = None
+        self.peer = "127.0.0.1:9"
+        self.backlog = 0
+
+    def send(self, message: Message) -> None:
+        self.sent.append(message)
+
+    def close(self, reason: str = "server closed") -> None:
+        self.closed = reason
+
+
+def connected(server: SocketIOServer, auth: str = "") -> tuple[Any, FakeSession]:
+    session = FakeSession()
+    server.opened(session)  # type: ignore[arg-type]
+    server.received(session, "0" + auth)  # type: ignore[arg-type]
+    return session, session
+
+
+def echo_server() -> SocketIOServer:
+    server = SocketIOServer()
+    main = server.of("/")
+
+    @main.on("authorize")
+    def authorize(client: Any, auth: dict) -> bool:
+        return auth.get("token") != "bad"
+
+    @main.on("message")
+    def message(client: Any, *args: Any) -> tuple:
+        client.emit("message-back", *args)
+        return args
+
+    return server
+
+
+def test_connect_event_ack_and_disconnect() -> None:
+    server = echo_server()
+    session, _ = connected(server)
+    [opened] = session.sent
+    assert opened.startswith('0{"sid":"')
+    sid = json.loads(opened[1:])["sid"]
+    assert sid in server.of("/").clients
+    server.received(session, '21["message",1,"two"]')  # type: ignore[arg-type]
+    assert session.sent[1:] == ['2["message-back",1,"two"]', '31[1,"two"]']
+    server.received(session, "1")  # type: ignore[arg-type]
+    assert server.of("/").clients == {}
+
+
+def test_binary_event_waits_for_its_attachment() -> None:
+    server = echo_server()
+    session, _ = connected(server)
+    server.received(session, '51-["message",{"_placeholder":true,"num":0}]')  # type: ignore[arg-type]
+    assert len(session.sent) == 1
+    server.received(session, b"\x01\x02")  # type: ignore[arg-type]
+    assert session.sent[1:] == ['51-["message-back",{"_placeholder":true,"num":0}]', b"\x01\x02"]
+
+
+def test_refused_connect_gets_connect_error() -> None:
+    server = echo_server()
+    session, _ = connected(server, '{"token":"bad"}')
+    assert session.sent == ['4{"message":"Connection refused"}']
+    assert server.of("/").clients == {}
+
+
+def test_a_handler_raising_connection_refused_names_its_reason() -> None:
+    server = SocketIOServer()
+    main = server.of("/")
+
+    @main.on("authorize")
+    def authorize(client: Any, auth: dict) -> None:
+        raise ConnectionRefused("server full")
+
+    session, _ = connected(server)
+    assert session.sent == ['4{"message":"server full"}']
+
+
+def test_unknown_namespace() -> None:
+    server = echo_server()
+    session = FakeSession()
+    server.opened(session)  # type: ignore[arg-type]
+    server.received(session, "0/nowhere,")  # type: ignore[arg-type]
+    assert session.sent == ['4/nowhere,{"message":"Invalid namespace"}']
+
+
+def test_a_malformed_packet_closes_only_that_session() -> None:
+    server = echo_server()
+    bad, _ = connected(server)
+    good, _ = connected(server)
+    server.received(bad, "2[not json")  # type: ignore[arg-type]
+    assert bad.closed == "parse error"
+    assert good.closed is None
+    server.received(good, '2["message","still here"]')  # type: ignore[arg-type]
+    assert good.sent[-1] == '2["message-back","still here"]'
+
+
+def test_a_stray_binary_message_closes_the_session() -> None:
+    server = echo_server()
+    session, _ = connected(server)
+    server.received(session, b"\x00")  # type: ignore[arg-type]
+    assert session.closed == "parse error"
+
+
+def test_a_session_that_never_connects_is_closed_after_the_connect_timeout() -> None:
+    server = SocketIOServer(connect_timeout=1.0)
+    session = FakeSession()
+    server.opened(session)  # type: ignore[arg-type]
+    server.tick(0.5)
+    assert session.closed is None
+    server.tick(1.0)
+    assert session.closed == "connect timeout"
+
+
+def test_rooms_and_server_emits_with_acks() -> None:
+    server = SocketIOServer()
+    main = server.of("/")
+    first, _ = connected(server)
+    second, _ = connected(server)
+    clients = list(main.members())
+    clients[0].join("r")
+    main.emit("news", "only r", to="r")
+    assert first.sent[-1] == '2["news","only r"]'
+    assert second.sent[-1].startswith("0")
+    answers: list[Any] = []
+    clients[1].emit("question", callback=lambda *args: answers.append(args))
+    assert second.sent[-1] == '20["question"]'
+    server.received(second, '30["yes"]')  # type: ignore[arg-type]
+    assert answers == [("yes",)]
