@@ -61,7 +61,7 @@ class EngineError(Exception):
 
     def body(self) -> bytes:
         """The JSON body the JavaScript server answers with."""
-        return json.dumps({"code": self.code, "message": self.message}).encode()
+        return json.dumps({"code": self.code, "message": self.message}, separators=(",", ":")).encode()
 
 
 # -- packets and payloads ------------------------------------------------------

@@ -118,7 +118,9 @@ class EngineConnection:
         try:
             requests = self.reader.feed(data)
         except HttpError as error:
-            self._refuse(error.status, error.reason, json.dumps({"code": BAD_REQUEST, "message": error.reason}))
+            self._refuse(
+                error.status, error.reason, json.dumps({"code": BAD_REQUEST, "message": error.reason}, separators=(",", ":"))
+            )
             return
         self._waiting.extend(requests)
         if len(self._waiting) > MAX_PIPELINED:

@@ -216,10 +216,14 @@ class Acceptor:
         self._waker.wake()
         self._stopped.wait()
 
-    def close(self) -> None:
-        """Close the listening sockets and the waker."""
+    def close_listeners(self) -> None:
+        """Close the listening sockets: a client connecting from now on is refused, not left in the backlog."""
         for listener in self._listeners:
             listener.close()
+
+    def close(self) -> None:
+        """Close the listening sockets and the waker."""
+        self.close_listeners()
         self._waker.close()
 
     def register(self, request: socket.socket) -> bool:

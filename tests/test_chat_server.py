@@ -372,6 +372,18 @@ def test_shutdown_tells_clients_and_closes_all(chat) -> None:
     assert server.connection_count == 0
 
 
+def test_connecting_after_shutdown_is_refused() -> None:
+    """After shutdown() a newcomer (TCP or web) is refused at once, not left in the listen backlog."""
+    server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0))
+    with serving(server):
+        addresses = [server.server_address, server.web_address]
+        server.shutdown()
+        for address in addresses:
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(address, timeout=TIMEOUT)
+    assert server.web_address == addresses[1]
+
+
 def test_cli_sigterm_with_clients_connected() -> None:
     """SIGTERM: clients are told, 'Server closed' is printed, exit 0 within a second."""
     with CliServer("chat", "serve", "--port", "0") as server:

@@ -119,7 +119,7 @@ def test_unknown_sid_is_refused() -> None:
     with pytest.raises(EngineError) as caught:
         server.session("nope", 0.0)
     assert caught.value.code == SESSION_UNKNOWN
-    assert caught.value.body() == b'{"code": 1, "message": "Session ID unknown"}'
+    assert caught.value.body() == b'{"code":1,"message":"Session ID unknown"}'
 
 
 def test_a_held_poll_is_answered_when_a_message_is_sent() -> None:

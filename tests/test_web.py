@@ -74,14 +74,9 @@ class RawBrowser:
 
 
 @pytest.fixture
-def chat() -> Iterator[Any]:
-    """A running ChatServer factory with a web listener; every server is shut down and joined."""
-    with contextlib.ExitStack() as stack:
-
-        def start(**options: Any) -> ChatServer:
-            return stack.enter_context(serving(ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), **options)))
-
-        yield start
+def chat(web_chat: Any) -> Any:
+    """conftest's web_chat: a ChatServer factory with a web listener."""
+    return web_chat
 
 
 @pytest.fixture

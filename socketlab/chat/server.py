@@ -126,6 +126,7 @@ class ChatServer(AcceptingServer):
         self.socketio: SocketIOServer | None = None
         self.socketio_chat: SocketIOChat | None = None
         self.web_socket: socket.socket | None = None
+        self._web_address: Any = None
         self.logger = logger
         self.max_clients = config.max_clients
         #: Accepts on both listeners, screens, counts members toward max_clients.
@@ -163,6 +164,7 @@ class ChatServer(AcceptingServer):
                 self.writer.stop()
                 self.service.stop()
                 raise
+            self._web_address = self.web_socket.getsockname()
             self.acceptor.add_listener(self.web_socket, self.start_web_connections)
 
     def _serve_socketio(self, site: WebSite, config: ChatConfig) -> None:
@@ -182,7 +184,7 @@ class ChatServer(AcceptingServer):
     @property
     def web_address(self) -> Any:
         """The web listener's real address (port 0 resolved), or None without ``web``."""
-        return self.web_socket.getsockname() if self.web_socket else None
+        return self._web_address
 
     def _tick(self) -> float | None:
         """How often the timers run: often enough for the shortest of them."""
@@ -204,6 +206,8 @@ class ChatServer(AcceptingServer):
     def shutdown(self) -> None:
         """Tell every client the server is going, flush, close them all and stop the threads (idempotent)."""
         self.acceptor.stop()
+        # A client (say, a Socket.IO long-poll opening its next request) must be refused, not left waiting.
+        self.acceptor.close_listeners()
         self.close_connections()
         self._wait_for_reader(time.monotonic() + FLUSH_TIMEOUT)
         first, self._closed = not self._closed, True

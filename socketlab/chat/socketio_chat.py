@@ -185,16 +185,15 @@ class SocketIOChat(Namespace):
         gate = transport.gate
         if gate is not None:
             items = gate.admit(items, len(data), now)
-            if gate.held:
-                self._held.add(transport)
-                if len(gate.held) > 16 * gate.line_rate + 64:  # no TCP flow control here: bound what waits
-                    transport.client.emit("error", "sending too fast, disconnecting")
-                    transport.close("flooding")
-                    return
-                if gate.notice_due(now):
-                    transport.client.emit("error", gate.notice().decode().rstrip("\n")[2:])
         if items:
             self._intents.append(("lines", transport, items))
+        if gate is not None and gate.held:
+            self._held.add(transport)
+            if len(gate.held) > 16 * gate.line_rate + 64:  # no TCP flow control here: bound what waits
+                transport.client.emit("error", "sending too fast, disconnecting")
+                transport.close("flooding")
+            elif gate.notice_due(now):
+                transport.client.emit("error", gate.notice().decode().rstrip("\n")[2:])
 
     def tick(self, now: float) -> None:
         """Let held lines through as the members' budgets refill (lock held)."""
