@@ -33,6 +33,8 @@ SEPARATOR = "\x1e"
 PING_INTERVAL = 25.0
 PING_TIMEOUT = 20.0
 MAX_PAYLOAD = 1_000_000
+#: Seconds a closed polling session waits for the client's next GET to collect its last packets.
+CLOSE_TIMEOUT = 2.0
 
 #: The JavaScript server's error codes, as its 400 bodies carry them.
 TRANSPORT_UNKNOWN, SESSION_UNKNOWN, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_VERSION = range(6)
@@ -150,6 +152,8 @@ class EngineSettings:
     max_backlog: int = 1024 * 1024
     #: Whether sessions may move to WebSocket.
     upgrades: bool = True
+    #: A polling session closed between two GETs keeps its last packets this long for the next GET.
+    close_timeout: float = CLOSE_TIMEOUT
 
 
 # -- sessions ------------------------------------------------------------------
@@ -181,6 +185,8 @@ class EngineSession:
         self._pong_by: float | None = None
         #: Polling: when the client must poll again by (it is gone otherwise).
         self._poll_by: float | None = now + self.settings.ping_interval + self.settings.ping_timeout
+        #: Closed by the server between two GETs: why, while its last packets wait for the next GET.
+        self.draining: str | None = None
 
     # -- for the application ---------------------------------------------------
 
@@ -190,8 +196,17 @@ class EngineSession:
 
     def close(self, reason: str = "server closed") -> None:
         """End the session: the client is told (a close packet), then the carrier is closed."""
-        if self.closed is not None:
+        if self.closed is not None or self.draining is not None:
             return
+        if self.transport == "polling":
+            # The close packet goes alone, in a response after everything else, as the JavaScript server
+            # sends it: a client acts on it at once, and the JavaScript one drops the Socket.IO packets
+            # of the same payload that it has not handed to the application yet.
+            self._flush()
+            if self._carrier is None:  # the next GET collects the rest, then the close
+                self.draining = reason
+                self._poll_by = self.server.now + self.settings.close_timeout
+                return
         self._send(CLOSE, "")
         self._end(reason)
 
@@ -203,12 +218,13 @@ class EngineSession:
     # -- for the server ------------------------------------------------------------
 
     def _send(self, kind: str, data: Message) -> None:
-        if self.closed is not None:
+        if self.closed is not None or self.draining is not None:
             return
         self._queue.append((kind, data))
         self._queued += len(data) + 1
         if self._carrier is not None:
-            self._flush()
+            if not self.server.holding_output:
+                self._flush()
         elif self._queued > self.settings.max_backlog:
             self._queue.clear()
             self._queued = 0
@@ -265,6 +281,10 @@ class EngineSession:
         """Run the heartbeat and the polling deadline."""
         if self.closed is not None:
             return
+        if self.draining is not None:
+            if self._poll_by is not None and now >= self._poll_by:
+                self._end(self.draining)
+            return
         if self._pong_by is None and now >= self._ping_at:
             # Deadlines run from when the ping was due, not from when a tick noticed: a session is
             # given up exactly ping_interval + ping_timeout after the last pong, however late the tick.
@@ -291,6 +311,15 @@ class EngineSession:
             raise EngineError(SESSION_UNKNOWN)
         if self.transport != "polling":
             raise EngineError(BAD_REQUEST, message="session was upgraded")
+        if self.draining is not None:  # closed by the server: what waits, then the close packet alone
+            self._carrier = carrier
+            if self._queue:
+                self._flush()
+                self._poll_by = now + self.settings.close_timeout
+            else:
+                self._queue.append((CLOSE, ""))
+                self._end(self.draining)
+            return
         if self._carrier is not None:  # a second GET while one is held: the client is broken
             self.close("duplicate poll")  # the held GET is answered with a close packet
             raise EngineError(BAD_REQUEST, message="overlapping GET requests")
@@ -305,6 +334,8 @@ class EngineSession:
             raise EngineError(SESSION_UNKNOWN)
         if self.transport != "polling":
             raise EngineError(BAD_REQUEST, message="session was upgraded")
+        if self.draining is not None:  # closed by the server: what the client still sends is too late
+            return
         try:
             packets = decode_payload(body)
         except PacketError:
@@ -390,6 +421,8 @@ class EngineServer:
         self.settings = settings or EngineSettings()
         self.sessions: dict[str, EngineSession] = {}
         self.now = 0.0
+        #: While true, what sessions send waits in their queues (see hold_output()).
+        self.holding_output = False
 
     @staticmethod
     def check_query(query: dict[str, str], method: str) -> str:
@@ -445,7 +478,7 @@ class EngineServer:
             session._flush()
             return session
         session = self.session(sid, now)
-        if session.transport != "polling" or session._probing is not None or not self.settings.upgrades:
+        if session.transport != "polling" or session._probing is not None or session.draining or not self.settings.upgrades:
             raise EngineError(BAD_REQUEST, message="session cannot be upgraded")
         session._probing = carrier
         return session
@@ -460,6 +493,21 @@ class EngineServer:
         """Close every session (the clients are told)."""
         for session in list(self.sessions.values()):
             session.close(reason)
+
+    def hold_output(self) -> None:
+        """Queue what sessions send until release_output(): a polling client then gets it in one response.
+
+        A server that says goodbye (a notice, a DISCONNECT, the close) holds its output meanwhile, so a
+        held GET carries all three instead of the first alone, while the client's next GET might find
+        the server gone.
+        """
+        self.holding_output = True
+
+    def release_output(self) -> None:
+        """Send what waited since hold_output()."""
+        self.holding_output = False
+        for session in list(self.sessions.values()):
+            session._flush()
 
     def _forget(self, session: EngineSession) -> None:
         if self.sessions.get(session.sid) is session:

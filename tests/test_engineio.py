@@ -254,3 +254,52 @@ def test_close_all_tells_every_client() -> None:
     server.close_all()
     assert held.deliveries == [[("1", "")]]
     assert app.reasons == ["server shutting down"]
+
+
+def test_closing_with_packets_waiting_sends_them_then_the_close_alone() -> None:
+    """A held GET gets what waits; the close packet goes alone in the next response, then the session ends."""
+    server, app, session, _ = polling_session()
+    held = Carrier()
+    session.poll(held, 0.1)
+    server.hold_output()
+    session.send("42bye")
+    session.close("server shutting down")
+    server.release_output()
+    assert held.deliveries == [[("4", "42bye")]]
+    assert app.reasons == []
+    assert server.session(session.sid, 0.2) is session
+    session.post(b"4too late", 0.2)
+    assert app.messages == []
+    last = Carrier()
+    session.poll(last, 0.3)
+    assert last.deliveries == [[("1", "")]]
+    assert app.reasons == ["server shutting down"]
+    assert session.sid not in server.sessions
+
+
+def test_closing_between_polls_keeps_the_packets_for_the_next_get() -> None:
+    """No GET held: the next GET collects the packets, the one after it the close."""
+    server, app, session, _ = polling_session()
+    session.send("41")
+    session.close("idle timeout")
+    session.send("4after the close")
+    first, second = Carrier(), Carrier()
+    session.poll(first, 0.5)
+    session.poll(second, 0.6)
+    assert first.deliveries == [[("4", "41")]]
+    assert second.deliveries == [[("1", "")]]
+    assert app.reasons == ["idle timeout"]
+
+
+def test_a_closed_session_whose_client_never_polls_again_ends_after_the_close_timeout() -> None:
+    """The last packets wait close_timeout seconds; then the session is forgotten."""
+    server, app, session, _ = polling_session(EngineSettings(close_timeout=2.0))
+    server.now = 1.0
+    session.send("41")
+    session.close("idle timeout")
+    server.tick(2.9)
+    assert app.reasons == []
+    server.tick(3.1)
+    assert app.reasons == ["idle timeout"]
+    with pytest.raises(EngineError):
+        server.session(session.sid, 3.2)

@@ -393,10 +393,15 @@ class ChatServer(AcceptingServer):
 
     def close_connections(self) -> None:
         """Tell everyone the server is going, flush for up to 2 s, then close."""
+        engine = self.socketio.engine if self.socketio is not None else None
+        if engine is not None:
+            with self.lock:  # the notice, the DISCONNECT and the close travel together
+                engine.hold_output()
         if self.service.shut_down():
-            if self.socketio is not None and self.socketio_chat is not None:
+            if engine is not None and self.socketio_chat is not None:
                 with self.lock:  # sessions not (yet) in the chat are told too
-                    self.socketio.engine.close_all()
+                    engine.close_all()
+                    engine.release_output()
                 self.socketio_chat.settle()
             deadline = time.monotonic() + FLUSH_TIMEOUT
             while time.monotonic() < deadline and self._backlog_bytes():

@@ -84,14 +84,17 @@ class SocketIOMember:
             line = raw.decode("utf-8", "replace")
             if line.startswith("* "):
                 text = line[2:]
-                if self.rooms and text == f"you are in {self.rooms[0][0]}":
-                    self._answer_room("ok")
                 emit("notice", text)
+                if self.rooms and text == f"you are in {self.rooms[0][0]}":
+                    self._answer_room("ok")  # after the notice: all of the answer is there when the ack is
             elif line.startswith("! "):
                 text = line[2:]
                 if self.rooms and text.startswith(f"room {self.rooms[0][0]} is full"):
+                    emit("result", "failed")
+                    emit("error", text)
                     self._answer_room("failed")
-                emit("error", text)
+                else:
+                    emit("error", text)
             else:
                 emit("chat message", line)
 
@@ -104,8 +107,6 @@ class SocketIOMember:
 
     def _answer_room(self, result: str) -> None:
         _room, ack = self.rooms.popleft()
-        if result == "failed":
-            self.client.emit("result", "failed")
         if ack is not None:
             ack(result)
 
