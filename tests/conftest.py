@@ -22,3 +22,12 @@ def web_chat() -> Iterator[Any]:
             return stack.enter_context(serving(ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), **options)))
 
         yield start
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium, headless, for a module's tests (the module is skipped where there is none)."""
+    from browsers import chromium
+
+    with chromium() as launched:
+        yield launched

@@ -2,35 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 from typing import Any, Iterator
 
 import pytest
 
-pytest.importorskip("playwright.sync_api")
-from playwright.sync_api import Browser, Page, expect, sync_playwright  # noqa: E402
+from browsers import WAIT
+from playwright.sync_api import Browser, Page, expect
 
-from support import TIMEOUT, CliServer, Peer  # noqa: E402
-
-CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
-if CHROMIUM is None:
-    pytest.skip("no chromium executable on this machine (the test never downloads a browser)", allow_module_level=True)
+from support import CliServer, Peer
 
 pytestmark = pytest.mark.timeout(60)
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-#: Playwright waits are in milliseconds.
-WAIT = TIMEOUT * 1000
 WEB_LINE = r"Web chat on (http://\S+/)$"
 
 
@@ -52,14 +35,6 @@ def web_chat() -> Iterator[WebChat]:
     server = WebChat()
     with server.cli:
         yield server
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class Watched:

@@ -58,6 +58,9 @@ class ChatConfig:
     web: tuple[str, int] | None = None
     #: Origins whose pages may open the WebSocket, besides the page's own.
     web_origins: tuple[str, ...] = ()
+    #: A folder of the user's own page, served instead of socketlab's (its Socket.IO client bundle at
+    #: ``/socket.io/socket.io.js``, from its ``node_modules``; see :mod:`socketlab.static`).
+    web_root: str | None = None
     #: Whether the web listener also answers Socket.IO clients at ``/socket.io/``.
     socketio: bool = True
     #: Socket.IO's heartbeat: a ping every this many seconds; a client silent this long after one is dropped.

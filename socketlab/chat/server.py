@@ -47,6 +47,7 @@ from socketlab.chat.socketio_chat import SocketIOChat
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
 from socketlab.engineio import EngineSettings
 from socketlab.socketio import SocketIOServer
+from socketlab.static import StaticFolder
 from socketlab.serving import Acceptor, AcceptingServer, open_listener
 from socketlab.tls import TlsLayer
 
@@ -112,6 +113,7 @@ class ChatServer(AcceptingServer):
         if web is not None and web_site is None:
             web_site = WebSite(
                 load_pages(),
+                folder=StaticFolder(config.web_root) if config.web_root is not None else None,
                 origins=config.web_origins,
                 scheme="https" if tls else "http",
                 max_line=max_line,

@@ -37,6 +37,7 @@ from socketlab.access import TokenBucket
 from socketlab.engineio import EngineServer
 from socketlab.engineio_http import EngineConnection
 from socketlab.lines import Item, LineBuffer
+from socketlab.static import CLIENT_FILES, StaticFolder
 from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat.web")
@@ -69,6 +70,18 @@ _PAGE_HEADERS = (
     ("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'"),
     ("Connection", "close"),
 )
+#: Headers of a file from the user's own folder (its page is theirs: no Content-Security-Policy of ours).
+_FOLDER_HEADERS = (
+    ("Cache-Control", "no-cache"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Connection", "close"),
+)
+#: The answer to a request for the Socket.IO client when there is none to serve.
+_NO_CLIENT = (
+    "Not found. socketlab does not ship the Socket.IO client: serve a folder that has it\n"
+    "(`npm i socket.io` in the folder, then `socketlab chat serve --web PORT --web-root FOLDER`).\n"
+)
 
 #: The departure reason of a connection the server closed with this code.
 _CLOSE_REASONS: dict[int, str] = {
@@ -97,6 +110,8 @@ class WebSite:
     """What every web connection of one server shares."""
 
     pages: dict[str, tuple[bytes, str]]
+    #: The user's own folder (``--web-root``), served instead of ``pages`` (None: socketlab's page).
+    folder: StaticFolder | None = None
     #: Origins allowed besides the page's own (``--web-origin``).
     origins: tuple[str, ...] = ()
     #: "http" (or "https" behind TLS): the scheme of the page's own origin.
@@ -135,10 +150,26 @@ class WebSite:
         return framed[1]
 
 
+def _is_engine_target(target: bytes, path: bytes) -> bool:
+    """Whether a request target is for Engine.IO at *path*, not for a file of the client bundle there."""
+    if not target.startswith(path):
+        return False
+    rest = target[len(path) :].partition(b"?")[0]
+    return rest.decode("latin-1") not in CLIENT_FILES
+
+
 def head_size(request: Request) -> int:
     """The bytes of *request*'s head as sent (request line, headers, the blank line)."""
     size = len(f"{request.method} {request.path} HTTP/1.1\r\n\r\n")
     return size + sum(len(name) + len(value) + 4 for name, value in request.headers.raw_items())
+
+
+def _is_client_file(path: str) -> bool:
+    return path.startswith("/socket.io/") and path[len("/socket.io/") :] in CLIENT_FILES
+
+
+def _file_response(body: bytes, kind: str, extra: Sequence[tuple[str, str]]) -> Response:
+    return Response(200, "OK", Headers([("Content-Type", kind), ("Content-Length", str(len(body))), *extra]), body)
 
 
 class WebSession:
@@ -234,7 +265,7 @@ class WebSession:
             return b""
         self._routing = None
         site = self.site
-        if len(parts) >= 2 and any(parts[1].startswith(path.encode()) for path in site.engine_paths):
+        if len(parts) >= 2 and any(_is_engine_target(parts[1], path.encode()) for path in site.engine_paths):
             assert site.engine is not None and self._write is not None
             self.engine = EngineConnection(site.engine, self._write, self._end, site.allowed_origin, self._peer, MAX_HEAD)
         return routing
@@ -333,12 +364,16 @@ class WebSession:
             response.headers["Allow"] = "GET"
         elif path == "/ws":
             response = self._upgrade(request)
+        elif self.site.folder is not None:
+            found = self.site.folder.lookup(path)
+            if found is None:
+                response = protocol.reject(404, _NO_CLIENT if _is_client_file(path) else "Not found.\n")
+            else:
+                response = _file_response(*found, _FOLDER_HEADERS)
         elif path in self.site.pages:
-            body, kind = self.site.pages[path]
-            headers = Headers([("Content-Type", kind), ("Content-Length", str(len(body))), *_PAGE_HEADERS])
-            response = Response(200, "OK", headers, body)
+            response = _file_response(*self.site.pages[path], _PAGE_HEADERS)
         else:
-            response = protocol.reject(404, "Not found.\n")
+            response = protocol.reject(404, _NO_CLIENT if _is_client_file(path) else "Not found.\n")
         self._send_response(response)
 
     def _upgrade(self, request: Request) -> Response:

@@ -73,6 +73,12 @@ def chat() -> None:
     multiple=True,
     help="Another origin whose pages may open the WebSocket (repeatable).",
 )
+@click.option(
+    "--web-root",
+    type=click.Path(exists=True, file_okay=False, dir_okay=True),
+    metavar="FOLDER",
+    help="With --web: serve this folder's page instead of socketlab's (e.g. the tutorial's Socket.IO project).",
+)
 @per_ip_option
 @access_options
 @tls_server_options
@@ -103,6 +109,7 @@ def chat_serve(
     max_rate: float,
     web: tuple[str | None, int] | None,
     web_origins: tuple[str, ...],
+    web_root: str | None,
     max_per_ip: int | None,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
@@ -126,12 +133,15 @@ def chat_serve(
     Examples:
       socketlab chat serve --port 3000 --room-size 2
       socketlab chat serve --room-size 2 --web 8080   # and open http://127.0.0.1:8080/
+      socketlab chat serve --room-size 2 --web 8080 --web-root chat_example_join
       socketlab chat serve --port 3001 --redis redis://127.0.0.1:6379/0
     """
     from socketlab.chat.config import ChatConfig
     from socketlab.chat.server import ChatServer
     from socketlab.serving import run_until_signal
 
+    if web_root is not None and web is None:
+        raise click.UsageError("--web-root needs --web PORT: the folder is served on the web address.")
     config = ChatConfig(
         room_size=room_size,
         max_clients=max_clients,
@@ -143,6 +153,7 @@ def chat_serve(
         max_per_ip=max_per_ip,
         web=(web[0] or host, web[1]) if web is not None else None,
         web_origins=web_origins,
+        web_root=web_root,
         tls=server_tls(tls_cert, tls_key),
         redis=redis_url or None,
         cluster=cluster,
