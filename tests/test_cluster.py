@@ -526,3 +526,36 @@ def test_a_server_that_fell_behind_keeps_its_own_members(
             assert peer.line() == "! this server fell behind the chat; some lines did not reach you"
         a1.send(b"still here\n")
         assert a2.line() == "<user1> still here"
+
+
+def test_a_socketio_member_and_a_terminal_on_two_servers_share_a_room_of_two(start) -> None:
+    """The tutorial's events across servers: `room` joins within the cluster-wide cap, `chat message`
+    reaches the terminal on the other server and comes back to the sender; a third member is refused."""
+    import socketio
+
+    a_server = start("--web", "0", "--room-size", "2")
+    web_port = int(a_server.out.wait_for(r"Web chat on http://127\.0\.0\.1:(\d+)/$").group(1))
+    b_server = start("--room-size", "2")
+    client = socketio.SimpleClient(reconnection=False)
+    client.connect(f"http://127.0.0.1:{web_port}", transports=["websocket"], wait_timeout=TIMEOUT)
+    try:
+        assert client.receive(timeout=TIMEOUT) == ["notice", welcome(1)[2:]]
+        terminal = Peer(b_server.port)
+        assert terminal.line() == welcome(2)
+        terminal.send(b"/join chess\n")
+        assert terminal.line() == "* you are in chess"
+        assert client.call("room", "chess", timeout=TIMEOUT) == "ok"
+        assert terminal.line() == "* user1 joined chess"
+        client.emit("chat message", "across servers")
+        assert terminal.line() == "<user1> across servers"
+        terminal.send(b"and back\n")
+        seen = []
+        while len(seen) < 2 or seen[-1] != ["chat message", "<user2> and back"]:
+            seen.append(client.receive(timeout=TIMEOUT))
+        assert ["chat message", "<user1> across servers"] in seen
+        third = Peer(a_server.port)
+        assert third.line() == welcome(3)
+        third.send(b"/join chess\n")
+        assert third.line() == "! room chess is full (2/2)"
+    finally:
+        client.disconnect()
