@@ -333,16 +333,17 @@ def test_two_tls_clients_chat_in_a_room(certs, chat) -> None:
 
 
 def test_plaintext_and_garbage_on_the_tls_port_close_only_that_connection(certs, chat) -> None:
-    """A plaintext line client and random bytes are each closed at once; the TLS members go on, nobody else hears of them."""
+    """A plaintext line client and random bytes are each told in plain text that the port speaks TLS and
+    closed at once; the TLS members go on, nobody else hears of them."""
     server = chat(tls=certs.server_context())
     a, b = two_members_in_chess(server, certs)
     port = server.server_address[1]
     plain = Peer(port)
     plain.send(b"hello, I speak plaintext\n")
-    assert read_until_closed(plain.sock) == b""
+    assert read_until_closed(plain.sock) == b"! this port speaks TLS: connect with TLS (socketlab chat connect --tls)\n"
     noise = Peer(port)
     noise.send(garbage(4096))
-    assert read_until_closed(noise.sock) == b""
+    assert read_until_closed(noise.sock) == b"! this port speaks TLS: connect with TLS (socketlab chat connect --tls)\n"
     plain.close()
     noise.close()
     a.send("still here")
@@ -464,7 +465,7 @@ def test_a_client_that_aborts_mid_handshake_leaves_no_trace(certs, chat) -> None
 
 
 def test_wss_and_https_and_the_https_origin_rule(certs, chat) -> None:
-    """With tls, /ws is wss (same chat as TLS line clients), / is https (plain http is closed),
+    """With tls, /ws is wss (same chat as TLS line clients), / is https (plain http gets a 400 naming https),
     only https://HOST:PORT is the own origin."""
     server = chat(tls=certs.server_context(), web=("127.0.0.1", 0))
     web_port = server.web_address[1]
@@ -485,7 +486,9 @@ def test_wss_and_https_and_the_https_origin_rule(certs, chat) -> None:
     assert member.line() == "* user2 left lobby (disconnected)"
     with socket.create_connection(server.web_address, TIMEOUT) as plain:  # http:// to the https port
         plain.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-        assert read_until_closed(plain) == b""
+        head, _, body = read_until_closed(plain).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert body == b"This port speaks HTTPS: use https:// (and wss://) for this address.\n"
     page = resources.files("socketlab.chat").joinpath("static", "index.html").read_bytes()
     with urllib.request.urlopen(f"https://127.0.0.1:{web_port}/", context=certs.client_context(), timeout=TIMEOUT) as answer:
         assert (answer.status, answer.headers["Content-Type"], answer.read()) == (200, "text/html; charset=utf-8", page)

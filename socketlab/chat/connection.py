@@ -25,6 +25,7 @@ import time
 from typing import Any
 
 from socketlab.chat.flood import FloodGate
+from socketlab.chat.opening import HTTP_ANSWER, HTTP_REQUEST, TLS_LINE_HINT, misdirected
 from socketlab.chat.outbox import Outbox
 from socketlab.lines import Item, LineBuffer
 from socketlab.tls import TlsLayer
@@ -158,6 +159,10 @@ class Connection:
         """Why the transport itself is over (e.g. a closing handshake), else None."""
         return None
 
+    def plaintext_hint(self) -> bytes:
+        """What a client that speaks plaintext to this TLS transport is told, in plain text."""
+        return TLS_LINE_HINT
+
     def goodbye(self, reason: str | None) -> None:
         """Queue the transport's own farewell, if it has one (lock held)."""
 
@@ -176,7 +181,7 @@ class Connection:
 class LineConnection(Connection):
     """The TCP line transport: ``\\n``-terminated lines both ways, as sent."""
 
-    __slots__ = ("framer",)
+    __slots__ = ("framer", "fresh", "opening")
 
     def __init__(
         self,
@@ -189,9 +194,25 @@ class LineConnection(Connection):
     ) -> None:
         super().__init__(sock, peer, outbox, tls, deadline)
         self.framer = LineBuffer(max_line)
+        #: Nothing read yet: the first bytes are checked once (see socketlab.chat.opening).
+        self.fresh = True
+        #: Why the client is not a chat client (an HTTP request, a TLS hello), if it is not.
+        self.opening: str | None = None
 
     def data_received(self, data: bytes) -> list[Item]:
+        if self.fresh:
+            self.fresh = False
+            self.opening = misdirected(data)
+            if self.opening is not None:  # never relayed: ended() makes the reader take it out
+                return []
         return self.framer.feed(data)
+
+    def ended(self) -> str | None:
+        return self.opening
+
+    def goodbye(self, reason: str | None) -> None:
+        if reason == HTTP_REQUEST:
+            self.outbox.write(HTTP_ANSWER)
 
     def eof_received(self) -> list[Item]:
         return self.framer.finish()

@@ -23,6 +23,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 from socketlab.chat.connection import MAX_READ, Connection, Phase
+from socketlab.chat.opening import looks_like_plaintext
 from socketlab.chat.outbox import reason_for
 from socketlab.lines import Item
 from socketlab.serving import Waker
@@ -349,6 +350,9 @@ class ReaderLoop:
         # Rate-limited like refusals: a scan of the TLS port cannot fill a disk.
         self.server.refusal_log.log(logging.INFO, "TLS %s failed with %s: %s", stage, conn.peer, failure)
         if conn.phase is Phase.HANDSHAKING:
+            if not tls.handshake_done and looks_like_plaintext(data):  # a hint it can read, not TLS noise
+                with self.service.lock:
+                    conn.outbox.write_raw(conn.plaintext_hint())
             self.finish(conn)
         else:
             self.leave(conn, "TLS error")

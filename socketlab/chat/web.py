@@ -32,6 +32,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from socketlab.chat.connection import Connection
+from socketlab.chat.opening import HTTPS_ANSWER
 from socketlab.chat.outbox import Outbox
 from socketlab.access import TokenBucket
 from socketlab.engineio import EngineServer
@@ -536,6 +537,9 @@ class WebConnection(Connection):
 
     def ready_to_join(self) -> bool:
         return self.session.opened and self.session.ended is None
+
+    def plaintext_hint(self) -> bytes:
+        return HTTPS_ANSWER
 
     def ended(self) -> str | None:
         return self.session.ended
