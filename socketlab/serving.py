@@ -53,6 +53,10 @@ from socketlab.access import AccessRules, PerAddressLimit, RateLimitedLog
 from socketlab.addresses import bind_error, format_address, resolve
 
 _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: Seconds a refused connection is kept, its input read and dropped, so that its refusal line arrives.
+LINGER_TIMEOUT = 2.0
+#: Refused connections kept at once; beyond that (a flood) they are closed at once.
+MAX_LINGERING = 256
 
 #: What to do with the connections one listener accepted in one wake-up.
 StartConnections = Callable[[list[tuple[socket.socket, Any]]], None]
@@ -167,6 +171,9 @@ class Acceptor:
         self._stopped = threading.Event()
         self._stopped.set()
         self._waker = Waker()
+        #: Refused connections, our side ended, read until the client closes or the deadline (accept thread).
+        self._lingering: dict[socket.socket, float] = {}
+        self._selector: selectors.BaseSelector | None = None
 
     @property
     def stopping(self) -> bool:
@@ -203,11 +210,19 @@ class Acceptor:
                     listener.setblocking(False)  # accept until the queue is empty, never wait in accept()
                     selector.register(listener, selectors.EVENT_READ, handling)
                 self._waker.register(selector)
+                self._selector = selector
                 while not self._stopping:
-                    for key, _mask in selector.select():
-                        if key.data is not None and not self._stopping:
+                    timeout = min(self._lingering.values()) - time.monotonic() if self._lingering else None
+                    for key, _mask in selector.select(timeout):
+                        if key.data is _LINGERING:
+                            self._drain_refused(key.fileobj)  # type: ignore[arg-type]
+                        elif key.data is not None and not self._stopping:
                             self._accept_waiting(key.fileobj, *key.data)  # type: ignore[arg-type]
+                    if self._lingering:
+                        self._close_refused(time.monotonic())
         finally:
+            self._selector = None
+            self._close_refused(None)
             self._stopped.set()
 
     def stop(self) -> None:
@@ -274,6 +289,51 @@ class Acceptor:
         except OSError:
             pass
 
+    def close_refused(self, request: socket.socket) -> None:
+        """Close a connection that was sent its refusal: end our side, then read until the client closes.
+
+        Closing at once with the client's first bytes unread would send a reset, and a reset makes
+        the client's kernel drop the refusal before the client reads it. A lingering close, as web
+        servers do it: bounded in time (LINGER_TIMEOUT) and in number (MAX_LINGERING).
+        """
+        selector = self._selector
+        if selector is None or len(self._lingering) >= MAX_LINGERING or self._stopping:
+            close_quietly(request)
+            return
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.setblocking(False)
+            selector.register(request, selectors.EVENT_READ, _LINGERING)
+        except (OSError, ValueError):
+            close_quietly(request)
+            return
+        self._lingering[request] = time.monotonic() + LINGER_TIMEOUT
+
+    def _drain_refused(self, request: socket.socket) -> None:
+        try:
+            data = request.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._forget_refused(request)
+
+    def _close_refused(self, now: float | None) -> None:
+        """Close the lingering connections past their deadline (all of them when *now* is None)."""
+        for request, deadline in list(self._lingering.items()):
+            if now is None or deadline <= now:
+                self._forget_refused(request)
+
+    def _forget_refused(self, request: socket.socket) -> None:
+        self._lingering.pop(request, None)
+        if self._selector is not None:
+            try:
+                self._selector.unregister(request)
+            except (KeyError, ValueError):
+                pass
+        close_quietly(request)
+
     # -- internals --------------------------------------------------------
 
     def _accept_waiting(self, listener: socket.socket, start: StartConnections, admit: bool) -> None:
@@ -323,7 +383,9 @@ class Acceptor:
                         request.send(self.too_many_message, socket.MSG_DONTWAIT)
                     except OSError:
                         pass
-                close_quietly(request)
+                    self.close_refused(request)
+                else:
+                    close_quietly(request)
                 return False
             with self._lock:
                 self._peer_hosts[request] = host
@@ -335,7 +397,7 @@ class Acceptor:
             return True
         self.refuse_full(request, client_address)
         self.forget(request)  # its per-address count
-        close_quietly(request)
+        self.close_refused(request)
         return False
 
 
@@ -373,6 +435,10 @@ class AcceptingServer:
         if not self.acceptor.stopping:
             self.shutdown()
         self.server_close()
+
+
+#: The selector key data of a refused connection that lingers (see Acceptor.close_refused).
+_LINGERING = object()
 
 
 def close_quietly(sock: socket.socket) -> None:

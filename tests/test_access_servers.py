@@ -13,7 +13,7 @@ from socketlab.access import AccessRules
 from socketlab.chat.server import ChatServer
 from socketlab.tcp import WelcomeServer
 from socketlab.udp import DatagramReceiver
-from support import TIMEOUT, CliServer, has_ipv6, read_until_closed, run_cli, serving, wait_until
+from support import TIMEOUT, CliServer, Peer, has_ipv6, read_until_closed, run_cli, serving, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -188,3 +188,27 @@ def test_sigterm_still_ends_a_server_whose_stdout_nobody_reads() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("refusal", ["per-ip", "full"])
+def test_a_refusal_arrives_even_when_the_client_is_already_sending(refusal: str) -> None:
+    """The server reads and drops what a refused client sends until it closes (a lingering close): closing
+    with its input unread would reset the connection and destroy the refusal line before it is read."""
+    options = {"max_per_ip": 1} if refusal == "per-ip" else {"max_clients": 1}
+    expected = b"! too many connections from your address\n" if refusal == "per-ip" else b"! server full\n"
+    with serving(ChatServer(("127.0.0.1", 0), **options)) as server:  # type: ignore[arg-type]
+        first = Peer(server.server_address[1])
+        assert first.line().startswith("* welcome user1")
+        for _ in range(20):  # the race was lost more often than not; every try must win now
+            with socket.create_connection(server.server_address, timeout=TIMEOUT) as sock:
+                sock.sendall(b"hello, anyone there?\n" * 200)
+                received = b""
+                while not received.endswith(b"\n"):
+                    chunk = sock.recv(4096)
+                    assert chunk, f"closed after {received!r}"
+                    received += chunk
+                assert received == expected
+                sock.sendall(b"more after the refusal\n")
+                sock.settimeout(TIMEOUT)
+                assert sock.recv(4096) == b""  # our side ended: EOF, not a reset
+        first.close()
