@@ -363,7 +363,7 @@ def who(peer: Peer) -> str:
 
 def test_redis_restarted_empty_starts_a_new_epoch(own_redis: RedisServer, start, cluster_name: str) -> None:
     """Redis restarted empty: a new epoch, members re-announced (names, rooms), departures meanwhile kept, chat goes on."""
-    config = f"socketlab:{cluster_name}:config"
+    epoch_key = f"socketlab:{cluster_name}:epoch"
     a_server, b_server = start(url=own_redis.url), start(url=own_redis.url)
     a = arrive(a_server.port, 1, [])
     b = arrive(b_server.port, 2, [a])
@@ -379,7 +379,7 @@ def test_redis_restarted_empty_starts_a_new_epoch(own_redis: RedisServer, start,
     assert leaver.line() == "* you are in chess"
     hear([a, b], "* user3 joined chess")
     client = own_redis.client()
-    epoch = client.hget(config, "epoch")
+    epoch = client.get(epoch_key)
     client.close()
 
     own_redis.stop()
@@ -396,7 +396,7 @@ def test_redis_restarted_empty_starts_a_new_epoch(own_redis: RedisServer, start,
     both = ("* in chess: alice, bob", "* in chess: bob, alice")
     listing = wait_until(lambda: (line := who(a)) in both and line, what="both members re-announced")
     client = own_redis.client()
-    assert client.hget(config, "epoch") not in (None, epoch)
+    assert client.get(epoch_key) not in (None, epoch)
     client.close()
     a.send(b"back again\n")
     assert b.line() == "<alice> back again"
@@ -559,3 +559,32 @@ def test_a_socketio_member_and_a_terminal_on_two_servers_share_a_room_of_two(sta
         assert third.line() == "! room chess is full (2/2)"
     finally:
         client.disconnect()
+
+
+def test_the_settings_bind_running_servers_only(start, redis_server: RedisServer, cluster_name: str) -> None:
+    """Once every server of a cluster has stopped, it may start again with other settings; a server
+    logs the cluster it joined, by name and address, and the others name it by its address when it is lost."""
+    first = start("--room-size", "2")
+    assert first.out.wait_for(r"^Joined cluster (\S+) as (127\.0\.0\.1:\d+)$").groups() == (
+        cluster_name,
+        f"127.0.0.1:{first.port}",
+    )
+    second = start("--room-size", "2")
+    member = arrive(second.port, 1, [])  # a member makes the first server watch the second
+    watcher = arrive(first.port, 2, [member])
+    second.proc.kill()  # no goodbye: the first names it when it finds it lost
+    assert read_until(watcher, "* user1 left lobby (server lost)")[-1] == "* user1 left lobby (server lost)"
+    second.proc.wait(TIMEOUT)
+    first.out.wait_for(rf"^Server 127\.0\.0\.1:{second.port} of the cluster is lost; its members leave$", timeout=4 * TIMEOUT)
+    assert first.stop()[0] == 0
+    client = redis_server.client()
+    config = f"socketlab:{cluster_name}:config"
+    wait_until(lambda: not client.exists(config), what="the settings expired", timeout=3 * TIMEOUT)
+    client.close()
+    member.close()
+    watcher.close()
+    again = start("--room-size", "3")
+    peer = Peer(again.port)
+    assert peer.line().startswith("* welcome user")
+    peer.send(b"/join chess\n")
+    assert peer.line() == "* you are in chess"

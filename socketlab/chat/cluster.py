@@ -56,6 +56,8 @@ logger = logging.getLogger("socketlab.chat.cluster")
 #: Seconds between a server's heartbeats, and how long its key outlives the last one.
 HEARTBEAT = 1.0
 ALIVE_FOR = 3.0
+#: Seconds a server's name outlives its last heartbeat (for the others' log when it is lost).
+NAME_FOR = 60.0
 #: A snapshot is written this often (seconds), by the server with the smallest id.
 SNAPSHOT_EVERY = 5.0
 #: Events read per XREAD, and how long one waits (ms) for the first (also how soon stop() is seen).
@@ -127,7 +129,7 @@ class ClusterService:
     The reader calls ``flush()`` after each round to publish what it queued.
     """
 
-    def __init__(self, hub: ChatHub, url: str, cluster: str = "socketlab") -> None:
+    def __init__(self, hub: ChatHub, url: str, cluster: str = "socketlab", name: str = "") -> None:
         import redis  # the extra; imported only for --redis
 
         self._redis_errors = (redis.RedisError, OSError)
@@ -142,6 +144,9 @@ class ClusterService:
         self.lock = threading.Lock()
         self.shutting_down = False
         self.server_id = secrets.token_hex(4)
+        #: How this server is named to the others' logs (its address; the id when not given).
+        self.name = name or self.server_id
+        self.cluster = cluster
         self.prefix = f"socketlab:{cluster}:"
         self.events = self.prefix + "events"
         self.available = True
@@ -198,19 +203,34 @@ class ClusterService:
         self.redis.close()
 
     def _join_config(self) -> None:
-        config = self.prefix + "config"
-        wanted = {"room_size": str(self.hub.room_size), "max_line": str(self.hub.max_line)}
-        pipe = self.redis.pipeline()
-        for name, value in wanted.items():
-            pipe.hsetnx(config, name, value)
-        pipe.hsetnx(config, "epoch", secrets.token_hex(8))
-        pipe.hgetall(config)
-        stored = {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
-        for name, value in wanted.items():
-            if stored[name] != value:
+        """Agree on the settings with the running servers (ClusterError if they differ); learn the epoch.
+
+        The settings bind the running servers only: their key lives ALIVE_FOR seconds past the last
+        heartbeat, so once every server has stopped a cluster may start again with other settings.
+        The epoch (which tells a Redis that lost its data) has a key of its own that does not expire.
+        """
+        stored = self._settings()
+        for name, value in self._wanted().items():
+            if stored.get(name, value) != value:
                 option = "--" + name.replace("_", "-")
                 raise ClusterError(f"this cluster's servers use {option} {stored[name]}; this one was given {value}")
-        self._epoch = stored["epoch"]
+        pipe = self.redis.pipeline()
+        pipe.setnx(self.prefix + "epoch", secrets.token_hex(8))
+        pipe.get(self.prefix + "epoch")
+        self._epoch = pipe.execute()[-1].decode()
+
+    def _wanted(self) -> dict[str, str]:
+        return {"room_size": str(self.hub.room_size), "max_line": str(self.hub.max_line)}
+
+    def _settings(self) -> dict[str, str]:
+        """Write our settings where none are (a cluster starting), keep them alive; return the cluster's."""
+        config = self.prefix + "config"
+        pipe = self.redis.pipeline()
+        for name, value in self._wanted().items():
+            pipe.hsetnx(config, name, value)
+        pipe.pexpire(config, int(ALIVE_FOR * 1000))
+        pipe.hgetall(config)
+        return {k.decode(): v.decode() for k, v in pipe.execute()[-1].items()}
 
     def _load(self, initial: bool = False) -> None:
         """Start from the latest snapshot, if any, then read the stream on from it."""
@@ -525,8 +545,8 @@ class ClusterService:
             self._publisher.disconnect()  # again what it did not confirm (copies are applied once)
             self._queue = self._unconfirmed + self._queue
             self._unconfirmed = []
-        config = self.redis.hgetall(self.prefix + "config")
-        new_epoch = config.get(b"epoch", b"").decode() != self._epoch
+        epoch = self.redis.get(self.prefix + "epoch")
+        new_epoch = (epoch or b"").decode() != self._epoch
         if new_epoch:
             self._new_epoch()
         with self.lock:
@@ -581,8 +601,23 @@ class ClusterService:
             except self._redis_errors as error:
                 self._unavailable(error)
 
+    def named(self, name: str) -> None:
+        """Call this server *name* (its address) in the others' logs from now on."""
+        self.name = name
+        try:
+            self._alive()
+        except self._redis_errors:  # the heartbeat says it again
+            pass
+
     def _alive(self) -> None:
-        self.redis.set(self.prefix + "alive:" + self.server_id, b"1", px=int(ALIVE_FOR * 1000))
+        """The heartbeat: this server is alive, and the cluster's settings with it; its name outlives it a while."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self.prefix + "alive:" + self.server_id, b"1", px=int(ALIVE_FOR * 1000))
+        pipe.set(self.prefix + "name:" + self.server_id, self.name.encode(), px=int(NAME_FOR * 1000))
+        pipe.execute()
+        stored = self._settings()
+        if any(stored.get(name, value) != value for name, value in self._wanted().items()):  # only after a long freeze
+            logger.error("This cluster's servers now use other settings (%s); restart this server to match", stored)
 
     def _watch_others(self) -> None:
         with self.lock:
@@ -597,7 +632,8 @@ class ClusterService:
         lost = gone & self._missing  # missing twice in a row, a heartbeat apart
         self._missing = gone - lost
         for server in sorted(lost):
-            logger.warning("Server %s of the cluster is lost; its members leave", server)
+            name = self.redis.get(self.prefix + "name:" + server)
+            logger.warning("Server %s of the cluster is lost; its members leave", name.decode() if name else server)
             self.redis.xadd(self.events, {"e": b"x", "s": self.server_id, "k": 0, "p": server.encode()})
 
     def _maybe_snapshot(self) -> None:

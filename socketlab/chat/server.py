@@ -232,6 +232,10 @@ class ChatServer(AcceptingServer):
         if self.web_socket is not None:
             scheme = "https" if self.tls_context else "http"
             self.logger.info("Web chat on %s://%s/", scheme, format_address(self.web_address))
+        cluster = getattr(self.service, "cluster", None)
+        if cluster is not None:
+            self.service.named(self.address_text)  # type: ignore[attr-defined]
+            self.logger.info("Joined cluster %s as %s", cluster, self.address_text)
 
     # -- TCP clients ----------------------------------------------------------
 
