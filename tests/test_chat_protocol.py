@@ -185,8 +185,13 @@ def test_nick_rules() -> None:
     for attempt, reply in [
         (b"/nick alice", "! nickname alice is taken"),
         (b"/nick user1", "! nickname user1 is taken"),
-        (b"/nick bad name!", "! invalid nickname"),
-        (b"/nick " + b"x" * 33, "! invalid nickname"),
+        (b"/nick bad name!", "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
+        (b"/nick " + b"x" * 33, "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
+        ("/nick evil\u202eeman".encode(), "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
+        ("/nick zero\u200bwidth".encode(), "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
+        ("/nick \u0301accent".encode(), "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
+        ("/nick ALICE".encode(), "! nickname ALICE is taken"),
+        ("/nick \uff41lice".encode(), "! nickname \uff41lice is taken"),  # fullwidth a: looks alike, so taken
         (b"/nick", "! usage: /nick NAME"),
     ]:
         say(hub, inbox, b, attempt)
@@ -195,12 +200,32 @@ def test_nick_rules() -> None:
     assert inbox.lines(c) == ["<Alice> hi"]
 
 
+def test_names_of_any_script() -> None:
+    """Korean and accented names and rooms are allowed; a name typed decomposed (NFD) is the same name."""
+    hub, inbox, (a, b, c) = setup()
+    say(hub, inbox, a, "/nick 한국".encode())
+    assert inbox.lines(b) == ["* user1 is now known as 한국"]
+    say(hub, inbox, b, "/nick cafe\u0301".encode())  # NFD: e + combining acute
+    assert inbox.lines(c) == ["* user1 is now known as 한국", "* user2 is now known as café"]
+    say(hub, inbox, c, "/nick Café".encode())
+    assert inbox.lines(c) == ["! nickname Café is taken"]
+    say(hub, inbox, a, "/join 방1".encode())
+    assert inbox.lines(a)[-1] == "* you are in 방1"
+    say(hub, inbox, c, "/msg 한국 안녕".encode())
+    assert inbox.lines(a) == ["<user3> (private) 안녕"]
+    say(hub, inbox, a, "hello".encode())
+    inbox.lines(b), inbox.lines(c)
+    say(hub, inbox, b, "/join 방1".encode())
+    assert inbox.lines(a) == ["* café joined 방1"]
+
+
 def test_private_messages() -> None:
-    """/msg reaches only its target; unknown names are an error."""
+    """/msg reaches only its target, and the sender is told it went; unknown names are an error."""
     hub, inbox, (a, b, c) = setup()
     say(hub, inbox, a, b"/msg user3 psst  secret")
     assert inbox.lines(c) == ["<user1> (private) psst  secret"]
-    assert inbox.lines(b) == [] and inbox.lines(a) == []
+    assert inbox.lines(a) == ["* to user3: psst  secret"]
+    assert inbox.lines(b) == []
     say(hub, inbox, a, b"/msg ghost boo")
     assert inbox.lines(a) == ["! no such user ghost"]
     say(hub, inbox, a, b"/msg user3")

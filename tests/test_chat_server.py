@@ -275,6 +275,7 @@ def test_room_capacity_private_messages_and_nick_collision(chat) -> None:
     assert c.line() == "! room r is full (2/2)"
     c.send(b"/msg alice psst\n")
     assert a.line() == "<user3> (private) psst"
+    assert c.line() == "* to alice: psst"
     a.send(b"in room\n")
     assert b.line() == "<alice> in room"
     c.send(b"/who\n")

@@ -132,7 +132,7 @@ def test_servers_form_one_chat(start, redis_server: RedisServer) -> None:
     assert c.line() == "* rooms: chess (2), lobby (1)"
     assert a.line() == "<user3> (private) psst"
     assert b.line() == "<user3> (private) hi bob"
-    assert c.line() == "! no such user zed"
+    assert c.lines(3) == ["* to alice: psst", "* to bob: hi bob", "! no such user zed"]
 
     a.send(b"hello chess\n")
     assert b.line() == "<alice> hello chess"

@@ -206,6 +206,7 @@ def test_commands_work_from_a_socketio_client(chat, members) -> None:
     assert sio.event() == ["notice", "rooms: lobby (2)"]
     sio.say("/msg user1 psst")
     assert tcp.line() == "<alice> (private) psst"
+    assert sio.event() == ["notice", "to user1: psst"]
     tcp.send(b"/msg alice hi back\n")
     assert sio.event() == ["chat message", "<user1> (private) hi back"]
     tcp.send(b"/nick bob\n")
@@ -227,7 +228,7 @@ def test_unknown_events_and_bad_arguments_get_an_error_event(chat, members) -> N
     assert sio.event() == ["error", "chat message takes one string"]
     assert sio.call("room", "bad room") == "failed"
     assert sio.event() == ["result", "failed"]
-    assert sio.event() == ["error", "invalid room name"]
+    assert sio.event() == ["error", "invalid room name: 1 to 32 letters or digits (any script), _ or -; no spaces"]
     sio.client.emit("chat message", b"\x00binary")
     assert sio.event() == ["error", "chat message takes one string"]
     sio.say("still here")  # and the session goes on

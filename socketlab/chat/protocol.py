@@ -15,6 +15,7 @@ prefixed in one pass over its bytes instead of line by line.
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
@@ -24,8 +25,10 @@ from socketlab.text import escape_controls
 LOBBY = "lobby"
 #: Rooms of this many members or more hear no arrivals and departures (see ChatHub).
 DEFAULT_ANNOUNCE_LIMIT = 100
-#: Nicknames and room names: 1 to 32 ASCII letters, digits, ``_`` or ``-``.
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,32}\Z")
+#: Nicknames and room names: 1 to 32 letters or digits of any script, ``_`` or ``-`` (see valid_name()).
+NAME_RULE = "1 to 32 letters or digits (any script), _ or -; no spaces"
+MAX_NAME = 32
+_ASCII_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
 #: Names the server hands out (``user<N>``) cannot be taken with /nick.
 RESERVED_NAME = re.compile(r"user[0-9]+\Z", re.IGNORECASE)
 #: Bytes that need a closer look before relaying: anything but printable ASCII and tab.
@@ -46,6 +49,27 @@ HELP_LINES = (
     "*   /quit            leave the chat",
     "*   //TEXT           send a line that starts with /",
 )
+
+
+def valid_name(name: str) -> bool:
+    """Whether *name* may be a nickname or a room name (:data:`NAME_RULE`), given in NFC form.
+
+    Letters and digits of every script are allowed (``한국``, ``café``), with the combining marks that
+    complete them; spaces, punctuation, symbols, controls and invisible format characters (the
+    right-to-left override that makes a name read backwards, zero-width joiners) are not.
+    """
+    if not 0 < len(name) <= MAX_NAME or name != unicodedata.normalize("NFC", name):
+        return False
+    if name.isascii():
+        return _ASCII_NAME.match(name) is not None
+    if unicodedata.category(name[0])[0] == "M":  # a mark must follow what it marks
+        return False
+    return all(char in "_-" or unicodedata.category(char)[0] in "LNM" for char in name)
+
+
+def name_key(name: str) -> str:
+    """What two names that look alike have in common: names are unique by it (``Bob`` = ``bob``, ``ﬁ`` = ``fi``)."""
+    return name.lower() if name.isascii() else unicodedata.normalize("NFKC", name).casefold()
 
 
 def clean_text(raw: bytes) -> bytes:
@@ -215,12 +239,12 @@ class ChatHub:
         """A client connected: name it ``user<N>``, put it in the lobby."""
         self.connections += 1
         name = f"user{self.connections}"
-        while name.lower() in self._by_name:  # only after a rename collision, which /nick forbids
+        while name_key(name) in self._by_name:  # only after a rename collision, which /nick forbids
             name += "_"
         lobby = self.rooms[LOBBY]
         member = Member(self.connections, name, lobby, transport)
         member.rename(name)
-        self._by_name[name.lower()] = member
+        self._by_name[name_key(name)] = member
         deliveries: list[Delivery] = []
         if lobby.members and self._announced(lobby):
             deliveries.append((list(lobby.members), notice(f"{name} joined {LOBBY}")))
@@ -259,7 +283,7 @@ class ChatHub:
         """*member* is gone; tell its room (with *reason* unless it quit)."""
         room = member.room
         room.members.pop(member, None)
-        self._by_name.pop(member.name.lower(), None)
+        self._by_name.pop(name_key(member.name), None)
         self._drop_if_empty(room)
         suffix = f" ({reason})" if reason else ""
         if not room.members or not self._announced(room):
@@ -295,19 +319,19 @@ class ChatHub:
                 member = Member(number, name, room, transport_for(identity))
                 member.rename(name)
                 room.members[member] = None
-                self._by_name[name.lower()] = member
+                self._by_name[name_key(name)] = member
                 made.append(member)
         return made
 
     def restore(self, transport: Transport, number: int, name: str, room_name: str) -> Member:
         """Put back a member known before (same number, name and room, if still free), silently."""
-        while name.lower() in self._by_name:
+        while name_key(name) in self._by_name:
             name += "_"
         room = self.rooms.setdefault(room_name, Room(room_name))
         member = Member(number, name, room, transport)
         member.rename(name)
         room.members[member] = None
-        self._by_name[name.lower()] = member
+        self._by_name[name_key(name)] = member
         self.connections = max(self.connections, number)
         return member
 
@@ -338,26 +362,28 @@ class ChatHub:
         return False
 
     def _nick(self, member: Member, name: str, out: list[Delivery]) -> None:
+        name = unicodedata.normalize("NFC", name)
         if not name:
             out.append(([member], error("usage: /nick NAME")))
-        elif not NAME_PATTERN.match(name):
-            out.append(([member], error("invalid nickname")))
+        elif not valid_name(name):
+            out.append(([member], error(f"invalid nickname: {NAME_RULE}")))
         elif name == member.name:
             out.append(([member], notice(f"you are already {name}")))
-        elif RESERVED_NAME.match(name) or self._by_name.get(name.lower(), member) is not member:
+        elif RESERVED_NAME.match(name) or self._by_name.get(name_key(name), member) is not member:
             out.append(([member], error(f"nickname {name} is taken")))
         else:
             old = member.name
-            del self._by_name[old.lower()]
+            del self._by_name[name_key(old)]
             member.rename(name)
-            self._by_name[name.lower()] = member
+            self._by_name[name_key(name)] = member
             out.append((list(member.room.members), notice(f"{old} is now known as {name}")))
 
     def _join(self, member: Member, name: str, out: list[Delivery]) -> None:
+        name = unicodedata.normalize("NFC", name)
         if not name:
             out.append(([member], error("usage: /join ROOM")))
-        elif not NAME_PATTERN.match(name):
-            out.append(([member], error("invalid room name")))
+        elif not valid_name(name):
+            out.append(([member], error(f"invalid room name: {NAME_RULE}")))
         else:
             self._move(member, name, out)
 
@@ -400,11 +426,13 @@ class ChatHub:
         if not name or not text:
             out.append(([member], error("usage: /msg NAME TEXT")))
             return
-        target = self._by_name.get(name.lower())
+        target = self._by_name.get(name_key(name))
         if target is None:
             out.append(([member], error(f"no such user {name}")))
         else:
             out.append(([target], f"<{member.name}> (private) {text}\n".encode()))
+            if target is not member:
+                out.append(([member], notice(f"to {target.name}: {text}")))
 
     def _help(self, member: Member, rest: str, out: list[Delivery]) -> None:
         out.append(([member], "".join(f"{line}\n" for line in HELP_LINES).encode()))

@@ -25,11 +25,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import unicodedata
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from socketlab.chat.flood import FloodGate
-from socketlab.chat.protocol import NAME_PATTERN
+from socketlab.chat.protocol import NAME_RULE, valid_name
 from socketlab.lines import Item, LineBuffer
 from socketlab.socketio import Ack, Client, Namespace
 
@@ -160,15 +161,16 @@ class SocketIOChat(Namespace):
             if ack is not None:
                 ack()
         elif name == "room":
-            if len(args) != 1 or not isinstance(args[0], str) or not NAME_PATTERN.match(args[0]):
+            room = unicodedata.normalize("NFC", args[0]) if len(args) == 1 and isinstance(args[0], str) else ""
+            if not valid_name(room):
                 client.emit("result", "failed")
-                client.emit("error", "invalid room name")
+                client.emit("error", f"invalid room name: {NAME_RULE}")
                 if ack is not None:
                     ack("failed")
                 return
             transport.last_active = now
-            transport.rooms.append((args[0], ack))
-            self._lines(transport, f"/join {args[0]}".encode(), now)
+            transport.rooms.append((room, ack))
+            self._lines(transport, f"/join {room}".encode(), now)
         else:
             client.emit("error", f"unknown event {name[:64]!r} (events: {', '.join(EVENTS)})")
 
