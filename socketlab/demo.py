@@ -67,6 +67,7 @@ def tcp_part(echo: Echo) -> None:
         host, port = "127.0.0.1", server.server_address[1]
         with connect(host, port) as sock:
             echo(f"  [client] Connected to Server {format_address((host, port))}")
+            echo("  -- the server's 'connection' event: a client arrived, and it sends its welcome --")
             log.expect(echo, "Client connected")
             reader = sock.makefile("rb")
             welcome = reader.readline().decode()
@@ -74,9 +75,11 @@ def tcp_part(echo: Echo) -> None:
             echo("  [client] sends 'Hello Socket Server' and ends its side (socket.end())")
             sock.sendall(b"Hello Socket Server\n")
             sock.shutdown(socket.SHUT_WR)
+            echo("  -- the server's 'data' event, then 'end': the client will send nothing more --")
             log.expect(echo, "Client disconnected")
             rest = reader.read()
-            echo(f"  [client] Disconnected from Server ({len(rest)} more bytes)")
+            more = f"after {len(rest)} more bytes" if rest else "the server ended its side too"
+            echo(f"  [client] Disconnected from Server ({more}: the client's 'close' event)")
         server.shutdown()
         log.expect(echo, "Server closed")
         thread.join()
@@ -107,6 +110,19 @@ class DemoChatter:
             if line is None:
                 raise RuntimeError(f"demo: {self.label} was disconnected")
             self.echo(f"  [{self.label}] {line}")
+            self.label = renamed(self.label, line)
+
+
+def renamed(label: str, line: str) -> str:
+    """A client's label after it heard *line*: its new name once the server confirms it.
+
+    Labels are ``NAME`` or ``KIND NAME`` (``browser user1``); the name is the last word.
+    """
+    kind, _, name = label.rpartition(" ")
+    prefix = f"* {name} is now known as "
+    if line.startswith(prefix):
+        return f"{kind} {line[len(prefix) :]}".lstrip()
+    return label
 
 
 @contextlib.contextmanager
@@ -138,23 +154,24 @@ def chat_part(echo: Echo) -> None:
         log.expect(echo, "Server is listening")
         port = server.server_address[1]
         people: list[DemoChatter] = []
-        for name in ("alice", "bob", "carol"):
-            person = DemoChatter(echo, name, port)
+        echo("  -- each client is welcomed under a name of the server's; the others hear it arrive --")
+        for number in (1, 2, 3):
+            person = DemoChatter(echo, f"user{number}", port)
             log.expect(echo, "Client connected")
             person.hears()
             for earlier in people:
                 earlier.hears()
             people.append(person)
         alice, bob, carol = people
-        for number, person in enumerate(people, 1):
-            person.say(f"/nick {person.label}", log, f"user{number} is now known as")
+        for person, name in zip(people, ("alice", "bob", "carol"), strict=True):
+            person.say(f"/nick {name}", log, f"{person.label} is now known as")
             for everyone in people:
                 everyone.hears()
         echo("  -- a message reaches everyone else in the room, not its sender --")
         alice.say("Hello everyone")
         bob.hears()
         carol.hears()
-        echo("  -- alice and bob move to room1, which holds two --")
+        echo("  -- alice and bob move to room1, which holds two (the tutorial's socket.join(room)) --")
         alice.say("/join room1", log, "alice left lobby and joined room1")
         alice.hears()
         bob.hears()
@@ -163,9 +180,10 @@ def chat_part(echo: Echo) -> None:
         bob.hears()
         alice.hears()
         carol.hears()
+        echo("  -- a third is refused: the tutorial's result 'failed' --")
         carol.say("/join room1")
         carol.hears()
-        echo("  -- messages in room1 stay in room1 --")
+        echo("  -- messages in room1 stay in room1 (the tutorial's io.to(room).emit) --")
         bob.say("just the two of us")
         alice.hears()
         carol.say("/who")
@@ -204,7 +222,9 @@ class DemoBrowser:
             if not self._lines:
                 message = self.ws.recv(timeout=STEP_TIMEOUT)
                 self._lines = str(message).splitlines()
-            self.echo(f"  [{self.label}] {self._lines.pop(0)}")
+            line = self._lines.pop(0)
+            self.echo(f"  [{self.label}] {line}")
+            self.label = renamed(self.label, line)
 
     def closed(self) -> None:
         """Wait for the server's close and narrate its code."""
@@ -232,10 +252,10 @@ def web_part(echo: Echo) -> None:
         log.expect(echo, "Server is listening")
         log.expect(echo, "Web chat on")
         echo("  -- the page at / opens a WebSocket to /ws; each text message carries chat lines --")
-        dana = DemoBrowser(echo, "browser dana", server.web_address[1])
+        dana = DemoBrowser(echo, "browser user1", server.web_address[1])
         log.expect(echo, "Client connected")
         dana.hears()
-        erin = DemoChatter(echo, "terminal erin", server.server_address[1])
+        erin = DemoChatter(echo, "terminal user2", server.server_address[1])
         log.expect(echo, "Client connected")
         erin.hears()
         dana.hears()
@@ -255,7 +275,7 @@ def web_part(echo: Echo) -> None:
         erin.hears()
         erin.say("hello from the terminal")
         dana.hears()
-        frank = DemoBrowser(echo, "browser frank", server.web_address[1])
+        frank = DemoBrowser(echo, "browser user3", server.web_address[1])
         log.expect(echo, "Client connected")
         frank.hears()
         frank.say("/join chess")
@@ -266,6 +286,101 @@ def web_part(echo: Echo) -> None:
             browser.closed()
         erin.hears()
         erin.client.close()
+        log.expect(echo, "Server closed")
+        thread.join()
+
+
+class DemoSocketIO:
+    """A Socket.IO client over WebSocket, as the tutorial's page is one; every event is narrated.
+
+    The packets are socketlab's own Socket.IO codec; the WebSocket is websockets' client.
+    """
+
+    def __init__(self, echo: Echo, label: str, port: int) -> None:
+        from websockets.sync.client import connect
+
+        self.echo = echo
+        self.label = label
+        self._stack = contextlib.ExitStack()
+        url = f"ws://127.0.0.1:{port}/socket.io/?EIO=4&transport=websocket"
+        self.ws = self._stack.enter_context(connect(url, open_timeout=STEP_TIMEOUT))
+        self._receive()  # the Engine.IO open packet
+        self.ws.send("40")  # CONNECT to the main namespace
+        self._receive()  # its answer, with the client's sid
+
+    def emit(self, event: str, *args: str) -> None:
+        from socketlab.socketio import EVENT, Packet, encode
+
+        self.echo(f"  [{self.label}] emit {event!r} {', '.join(repr(arg) for arg in args)}")
+        for message in encode(Packet(EVENT, "/", [event, *args])):
+            self.ws.send("4" + str(message))
+
+    def hears(self, count: int = 1) -> None:
+        """Narrate the next *count* events."""
+        from socketlab.socketio import EVENT, decode
+
+        heard = 0
+        while heard < count:
+            message = self._receive()
+            if message.startswith("4") and message[1:2] == str(EVENT):
+                event, *args = decode(message[1:]).data
+                self.echo(f"  [{self.label}] on {event!r} {', '.join(repr(arg) for arg in args)}")
+                heard += 1
+
+    def _receive(self) -> str:
+        while True:
+            message = str(self.ws.recv(timeout=STEP_TIMEOUT))
+            if message != "2":
+                return message
+            self.ws.send("3")  # the server's ping, answered
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+def socketio_part(echo: Echo) -> None:
+    """Socket.IO: the tutorial's own events, room and chat message, beside a terminal."""
+    from socketlab.chat.server import ChatServer
+
+    echo("")
+    echo("== Socket.IO: the tutorial's events on the same chat ==")
+    logger, log = demo_logger("socketio")
+    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, web=("127.0.0.1", 0), logger=logger) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        log.expect(echo, "Server is listening")
+        log.expect(echo, "Web chat on")
+        echo("  -- Socket.IO clients connect at /socket.io/ on the web port, as the tutorial's page does --")
+        page = DemoSocketIO(echo, "socket.io user1", server.web_address[1])
+        log.expect(echo, "Client connected")
+        page.hears()
+        page.emit("room", "chess")
+        log.expect(echo, "user1 left lobby and joined chess")
+        page.hears()
+        terminal = DemoChatter(echo, "terminal user2", server.server_address[1])
+        log.expect(echo, "Client connected")
+        terminal.hears()
+        terminal.say("/join chess", log, "user2 left lobby and joined chess")
+        terminal.hears()
+        page.hears()
+        echo("  -- 'chat message' reaches the whole room, the sender too, as io.to(room).emit does --")
+        page.emit("chat message", "hello from socket.io")
+        page.hears()
+        terminal.hears()
+        terminal.say("hello from a terminal")
+        page.hears()
+        third = DemoSocketIO(echo, "socket.io user3", server.web_address[1])
+        log.expect(echo, "Client connected")
+        third.hears()
+        echo("  -- a third member: the tutorial's 'result' 'failed' (and an error event saying why) --")
+        third.emit("room", "chess")
+        third.hears(2)
+        server.shutdown()
+        for client in (page, third):
+            client.hears()
+            client.close()
+        terminal.hears()
+        terminal.client.close()
         log.expect(echo, "Server closed")
         thread.join()
 
@@ -291,9 +406,22 @@ def udp_part(echo: Echo) -> None:
         log.expect(echo, "Receiver closed")
 
 
+NEXT_STEPS = """
+== What to try next ==
+  socketlab chat serve --room-size 2 --web 8080    # then open http://127.0.0.1:8080/ in two tabs
+  socketlab chat connect --name alice --room chess # a terminal member of the same chat
+  socketlab tcp-server --echo --welcome ''         # an echo service; send it a file with tcp-client
+  socketlab udp-recv & socketlab udp-send Hello    # datagrams
+  socketlab bench chat                             # how fast the chat relays, on this machine
+  Every command has --help with examples; docs/tutorial.md walks through the same steps."""
+
+
 def run_demo(echo: Echo) -> None:
     """Run every part of the demo, writing the transcript through *echo*."""
     tcp_part(echo)
     chat_part(echo)
     web_part(echo)
+    socketio_part(echo)
     udp_part(echo)
+    for line in NEXT_STEPS.splitlines():
+        echo(line)

@@ -19,7 +19,7 @@ def test_demo_exits_zero_with_narrated_tcp_transcript() -> None:
     lines = result.stdout.decode().splitlines()
     start = lines.index("== TCP: a welcome server and a client ==")
     end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("== "))
-    tcp = [line for line in lines[start:end] if line.strip()]
+    tcp = [line for line in lines[start:end] if line.strip() and not line.strip().startswith("--")]
     patterns = [
         r"\[server\] Server is listening on 127\.0\.0\.1:\d+",
         r"\[client\] Connected to Server 127\.0\.0\.1:\d+",
@@ -33,6 +33,29 @@ def test_demo_exits_zero_with_narrated_tcp_transcript() -> None:
     ]
     for pattern, line in zip(patterns, tcp[1:], strict=True):
         assert re.search(pattern, line), (pattern, line)
+
+
+def test_demo_labels_follow_the_server_and_it_ends_with_what_to_try() -> None:
+    """A client is labelled with the name the server gave it until the server confirms a rename; the
+    Socket.IO part uses the tutorial's events; the transcript ends with commands to try next."""
+    result = run_cli("demo", timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert "  [user1] > /nick alice" in lines
+    assert lines[lines.index("  [user1] > /nick alice") + 2] == "  [user1] * user1 is now known as alice"
+    assert "  [alice] > Hello everyone" in lines and not any(line.startswith("  [alice] * welcome") for line in lines)
+    start = lines.index("== Socket.IO: the tutorial's events on the same chat ==")
+    socketio = lines[start:]
+    for expected in (
+        "  [socket.io user1] emit 'room' 'chess'",
+        "  [socket.io user1] on 'chat message' '<user1> hello from socket.io'",
+        "  [terminal user2] <user1> hello from socket.io",
+        "  [socket.io user1] on 'chat message' '<user2> hello from a terminal'",
+        "  [socket.io user3] on 'result' 'failed'",
+    ):
+        assert expected in socketio, expected
+    assert lines[-7] == "== What to try next =="
+    assert "(0 more bytes)" not in result.stdout.decode()
 
 
 def run_example(name: str) -> str:
@@ -113,11 +136,11 @@ def test_demo_web_part_puts_a_websocket_member_in_a_room_with_a_terminal() -> No
     web = lines[start:end]
     expected_in_order = [
         r"\[server\] Web chat on http://127\.0\.0\.1:\d+/$",
-        r"\[browser dana\] \* welcome user1, you are in lobby \(type /help\)$",
-        r"\[terminal erin\] \* welcome user2, you are in lobby \(type /help\)$",
+        r"\[browser user1\] \* welcome user1, you are in lobby \(type /help\)$",
+        r"\[terminal user2\] \* welcome user2, you are in lobby \(type /help\)$",
         r"\[terminal erin\] <dana> hello from the browser$",
         r"\[browser dana\] <erin> hello from the terminal$",
-        r"\[browser frank\] ! room chess is full \(2/2\)$",
+        r"\[browser user3\] ! room chess is full \(2/2\)$",
         r"\[browser dana\] connection closed by the server with code 1001$",
         r"\[server\] Server closed$",
     ]
