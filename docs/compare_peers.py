@@ -3,6 +3,7 @@
     python docs/compare_peers.py [--runs 3] [--scenarios flat,paced,...] [--bench-args "--window 8000"]
                                  [--peers socketlab,node,ncat,floor,build] [--node-server PATH] [--build PATH]
                                  [--placement split|shared] [--json out.json]
+    python docs/compare_peers.py --peers socketlab-socketio,node-socketio --scenarios paced,flat,connections
     python docs/compare_peers.py --reanalyse out.json
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
@@ -36,6 +37,18 @@ reports add Redis's commands and CPU seconds. The peer
 ``build`` is another socketlab source tree (``--build PATH``, e.g. a
 ``git worktree`` of an earlier commit) serving the chat, so two builds are
 measured side by side by the same benchmark.
+
+The peers ``socketlab-socketio`` and ``node-socketio`` are measured through
+Socket.IO clients (``bench chat --transport socketio``: WebSocket only, every
+client in one room, each line one ``chat message`` event; the senders' own
+echoed lines are not counted as copies): socketlab's ``chat serve --web``
+answering ``/socket.io/``, and the tutorial's Socket.IO rooms server
+(``--socketio-server``, a folder with its ``index.js`` and pinned
+``package-lock.json``; copied to a temporary folder and installed there with
+``npm ci`` once per run of this script, then started as ``ROOM_SIZE=0
+PORT=... node index.js``). Their ratio is reported as
+``socketlab_socketio_over``; the scenario ``connections`` gives each one's
+memory per idle member (``kib_per_connection``).
 """
 
 from __future__ import annotations
@@ -53,6 +66,7 @@ import tempfile
 
 from socketlab.bench.placement import Placement
 from socketlab.bench.transfer import Certificate, free_port, wait_listening
+from socketlab.errors import BenchError
 
 HERE = pathlib.Path(__file__).resolve().parent
 _WORKDIR = tempfile.TemporaryDirectory(prefix="compare-peers-")
@@ -61,6 +75,13 @@ CERTIFICATE: Certificate
 #: Where servers and the benchmark run (set from --placement).
 PLACEMENT = Placement()
 DEFAULT_NODE = HERE.parent.parent / "shared" / "peers" / "node" / "server_chat.js"
+DEFAULT_SOCKETIO = HERE.parent.parent / "shared" / "peers" / "node" / "socketio"
+#: The peers measured through Socket.IO clients (bench chat --transport socketio, at their web address).
+SOCKETIO_PEERS = ("socketlab-socketio", "node-socketio")
+#: Each socketlab build whose ratios are reported, and the peers it is compared with (None: all but the Socket.IO pair).
+RIVALS: dict[str, tuple[str, ...] | None] = {"socketlab": None, "socketlab-socketio": ("node-socketio",)}
+#: The tutorial's Socket.IO server, installed by prepare_socketio() (None until then).
+SOCKETIO_DIR: pathlib.Path | None = None
 
 SCENARIOS = {
     "flat": ["--messages", "20000"],
@@ -77,25 +98,49 @@ OTHER_SCENARIOS = ("bulk",)
 def start(
     peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0
 ) -> subprocess.Popen:
-    if peer in ("socketlab", "build", "ws", "tls"):
+    cwd: pathlib.Path | None = build if peer == "build" else None  # python -m puts the working directory first on the path
+    if peer in ("socketlab", "build", "ws", "tls", "socketlab-socketio"):
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
         if peer != "build" or has_flood_control(build):  # flood control off, like the peers
             command += ["--max-rate", "0"]
-        if peer == "ws":
+        if peer in ("ws", "socketlab-socketio"):
             command += ["--web", str(web_port)]
         if peer == "tls":
             command += ["--tls-cert", CERTIFICATE.cert, "--tls-key", CERTIFICATE.key]
         env = {**os.environ, "PYTHONPATH": str(build)} if peer == "build" else None
     elif peer == "node":
         command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
+    elif peer == "node-socketio":  # one room for every client: no cap (the tutorial's is 2)
+        assert SOCKETIO_DIR is not None, "prepare_socketio() first"
+        command, env, cwd = ["node", "index.js"], {**os.environ, "PORT": str(port), "ROOM_SIZE": "0"}, SOCKETIO_DIR
     else:
         chat = ["--chat"] if peer == "ncat" else []  # the floor relays bytes only
         command, env = ["ncat", "--broker", *chat, "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
-    cwd = build if peer == "build" else None  # python -m puts the working directory first on the path
-    proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_path = pathlib.Path(_WORKDIR.name) / f"{peer}-{port}.log"  # its complaints, should it not start
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log)
     PLACEMENT.pin_server([proc.pid])
-    wait_listening(port, proc, peer)
+    try:
+        wait_listening(port, proc, peer)
+    except BenchError as error:
+        said = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+        raise BenchError(" / ".join([str(error), *said])) from None
     return proc
+
+
+def prepare_socketio(source: pathlib.Path) -> pathlib.Path:
+    """A copy of the Socket.IO server's folder *source*, its pinned dependencies installed (``npm ci``)."""
+    target = pathlib.Path(_WORKDIR.name) / "node-socketio"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("node_modules"))
+    for path in [target, *target.rglob("*")]:  # the source may be read-only
+        path.chmod(path.stat().st_mode | 0o200)
+    out = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel", "error"], cwd=target, capture_output=True, text=True, timeout=600
+    )
+    if out.returncode:
+        lines = (out.stderr or out.stdout).strip().splitlines() or ["(no output)"]
+        raise SystemExit(f"npm ci for the peer node-socketio failed: {lines[-1]}")
+    return target
 
 
 def has_flood_control(build: pathlib.Path | None) -> bool:
@@ -205,9 +250,13 @@ def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str],
         return bench_cluster(int(peer[-1]), scenario, extra)
     port, web_port = free_port(), free_port()
     proc = start(peer, port, node_server, build, web_port)
-    if peer == "ws":
+    if peer in ("ws", "socketlab-socketio"):
         wait_listening(web_port, proc, "socketlab chat serve --web")
-        port, extra = web_port, ["--transport", "ws", *extra]
+        port = web_port
+    if peer == "ws":
+        extra = ["--transport", "ws", *extra]
+    if peer in SOCKETIO_PEERS:
+        extra = ["--transport", "socketio", *extra]
     if peer == "tls":
         extra = ["--tls", *extra]
     try:
@@ -334,10 +383,11 @@ def ratio_interval(ours: list[float], theirs: list[float], resamples: int = 4000
     return [round(low, 3), round(med(ours) / med(theirs), 3), round(high, 3)]
 
 
-def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
-    """socketlab / each peer, for copies/s, p99 and server CPU per copy of a fanout scenario."""
-    if scenario in ("connections", "slow") or "socketlab" not in reports:
+def ratios(scenario: str, reports: dict[str, list[dict]], ours: str = "socketlab") -> dict:
+    """*ours* / each of its rivals (RIVALS) in *reports*, for copies/s, p99 and server CPU per copy of a fanout scenario."""
+    if scenario in ("connections", "slow") or ours not in reports:
         return {}
+    rivals = RIVALS.get(ours)
 
     def values(peer: str, metric: str) -> list[float]:
         rows = [r["fanout"] for r in reports[peer] if "error" not in r]
@@ -349,13 +399,15 @@ def ratios(scenario: str, reports: dict[str, list[dict]]) -> dict:
         return [pick(r) for r in rows]
 
     metrics = ("copies_per_second", "p99_ms", "server_ns_per_copy")
-    ours = {metric: values("socketlab", metric) for metric in metrics}
+    mine = {metric: values(ours, metric) for metric in metrics}
     result = {}
     for peer in reports:
+        if peer == ours or (peer not in rivals if rivals is not None else peer in SOCKETIO_PEERS):
+            continue
         theirs = {metric: values(peer, metric) for metric in metrics}
-        if peer != "socketlab" and ours["copies_per_second"] and theirs["copies_per_second"]:
+        if mine["copies_per_second"] and theirs["copies_per_second"]:
             result[peer] = {
-                metric: ratio_interval(ours[metric], theirs[metric]) for metric in metrics if ours[metric] and theirs[metric]
+                metric: ratio_interval(mine[metric], theirs[metric]) for metric in metrics if mine[metric] and theirs[metric]
             }
     return result
 
@@ -365,9 +417,10 @@ def analyse(raw: dict) -> dict:
     table: dict = {}
     for scenario, reports in raw.items():
         table[scenario] = {peer: summarise(scenario, rows) for peer, rows in reports.items()}
-        over = ratios(scenario, reports)
-        if over:
-            table[scenario]["socketlab_over"] = over
+        for ours in RIVALS:
+            over = ratios(scenario, reports, ours)
+            if over:
+                table[scenario][f"{ours.replace('-', '_')}_over"] = over
     return table
 
 
@@ -397,11 +450,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--node-server", type=pathlib.Path, default=DEFAULT_NODE)
+    parser.add_argument(
+        "--socketio-server",
+        type=pathlib.Path,
+        default=DEFAULT_SOCKETIO,
+        help="the peer node-socketio: a folder with index.js and a package-lock.json (installed with npm ci into a copy)",
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"of {', '.join([*SCENARIOS, *OTHER_SCENARIOS])}")
     parser.add_argument("--json", type=pathlib.Path, help="also write every raw report here")
     parser.add_argument("--bench-args", default="", help='more options for every run, e.g. "--window 8000"')
     parser.add_argument("--reanalyse", type=pathlib.Path, help="only summarise the raw reports of an earlier --json")
-    parser.add_argument("--peers", default="socketlab,node,ncat,floor", help="which servers to run (those installed)")
+    parser.add_argument(
+        "--peers",
+        default="socketlab,node,ncat,floor",
+        help="which servers to run (those installed), of socketlab, node, ncat, floor, ws, tls, redis1, redis3, build, "
+        "socketlab-socketio, node-socketio",
+    )
     parser.add_argument("--build", type=pathlib.Path, help="the peer 'build': another socketlab source tree")
     parser.add_argument("--bulk-buffers", default="16K,64K,256K,1M,4M", help="the scenario 'bulk': buffer sizes swept")
     parser.add_argument("--bulk-size", default="1G", help="the scenario 'bulk': bytes per stream")
@@ -425,6 +489,8 @@ def main() -> None:
         "ncat": bool(shutil.which("ncat")),
         "floor": bool(shutil.which("ncat")),
         "build": bool(args.build and (args.build / "socketlab" / "__init__.py").exists()),
+        "socketlab-socketio": True,
+        "node-socketio": bool(shutil.which("node") and shutil.which("npm")) and (args.socketio_server / "index.js").exists(),
     }
     peers = [peer for peer in args.peers.split(",") if installed.get(peer)]
     unknown = [name for name in args.scenarios.split(",") if name not in SCENARIOS and name not in OTHER_SCENARIOS]
@@ -435,6 +501,9 @@ def main() -> None:
     if "tls" in peers:
         global CERTIFICATE
         CERTIFICATE = Certificate.make(_WORKDIR.name)
+    if "node-socketio" in peers:
+        global SOCKETIO_DIR
+        SOCKETIO_DIR = prepare_socketio(args.socketio_server)
     raw: dict = {}
     for scenario in args.scenarios.split(","):
         if scenario == "bulk":  # bulk TCP is not a chat: socketlab and socat, through bench tcp

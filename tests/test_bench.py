@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -442,3 +443,298 @@ def test_bench_errors_are_one_line_but_bugs_keep_their_traceback() -> None:
     with pytest.raises(RuntimeError, match="a bug"):
         with bench_errors():
             raise RuntimeError("a bug")
+
+
+# -- Socket.IO clients (bench chat --transport socketio) ---------------------------------------
+
+
+class ScriptedSocketIOServer:
+    """A Socket.IO server's end of one connection, sans-IO: websockets' ServerProtocol, the Engine.IO
+    open packet, ``40`` answered, then whatever the test sends. Hands bytes out one at a time."""
+
+    def __init__(self) -> None:
+        from websockets.server import ServerProtocol
+
+        self.protocol = ServerProtocol()
+        self.received: list[bytes] = []
+        self.out = bytearray()
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def sendall(self, data: bytes) -> None:
+        from websockets.frames import Opcode
+        from websockets.http11 import Request
+
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, Request):
+                self.protocol.send_response(self.protocol.accept(event))
+                self.text(b'0{"sid":"s1","upgrades":[],"pingInterval":25000,"pingTimeout":20000,"maxPayload":1000000}')
+            elif event.opcode is Opcode.TEXT:
+                self.received.append(event.data)
+                if event.data == b"40":
+                    self.text(b'40{"sid":"c1"}')
+                    self.text(b'42["notice","welcome user1, you are in lobby (type /help)"]')
+
+    def text(self, message: bytes, fin: bool = True) -> None:
+        self.protocol.send_text(message, fin=fin)
+        self.out += b"".join(self.protocol.data_to_send())
+
+    def recv(self, size: int) -> bytes:
+        data, self.out = bytes(self.out[:1]), self.out[1:]
+        return data
+
+    def take(self) -> bytes:
+        data, self.out = bytes(self.out), bytearray()
+        return data
+
+
+def test_socketio_wire_connects_joins_and_turns_events_into_lines_byte_by_byte() -> None:
+    """The handshake read a byte at a time; then chat message events become lines, other events are dropped,
+    an event that cannot be read is a garbled line, pings are answered with pongs, lines go out one event each."""
+    from websockets.frames import Opcode
+
+    from socketlab.bench.tally import Receipts
+    from socketlab.bench.wire import GARBLED, SocketIOWire
+
+    server = ScriptedSocketIOServer()
+    wire = SocketIOWire(server, ("127.0.0.1", 3000), room="r1")
+    assert server.received == [b"40", b'42["room","r1"]']
+    assert wire.take_pending() == b""  # the welcome notice is not a chat line
+    server.text(b'42["chat message","<user2> ' + make_message(0, 0, 5, 40).rstrip(b"\n") + b'"]')
+    server.text(b'42["notice","user3 joined r1"]')
+    server.text(b"2")  # an Engine.IO ping
+    server.text(b'421["chat message","asks for an ack"]')
+    server.text(b'42["chat message",{"not":"a string"}]')
+    server.text(b'42["chat me', fin=False)
+    server.protocol.send_continuation(b'ssage","caf\\u00e9 in two parts"]', fin=True)
+    server.out += b"".join(server.protocol.data_to_send())
+    server.text(b'42/admin,["chat message","another namespace"]')
+    server.text(b'42["chat message","not json')
+    lines = b""
+    for byte in server.take():
+        lines += wire.decode(bytes([byte]))
+    expected = [
+        b"<user2> " + make_message(0, 0, 5, 40).rstrip(b"\n"),
+        b"asks for an ack",
+        GARBLED.encode(),
+        "café in two parts".encode(),
+        GARBLED.encode(),
+    ]
+    assert lines.split(b"\n")[:-1] == expected
+    server.protocol.receive_data(wire.take_replies())
+    assert [(frame.opcode, frame.data) for frame in server.protocol.events_received()] == [(Opcode.TEXT, b"3")]
+    server.sendall(wire.encode(b"one\n" + b'two "quoted"\n'))
+    assert server.received[2:] == [b'42["chat message","one"]', b'42["chat message","two \\"quoted\\""]']
+    totals = Totals()
+    receipts = Receipts(totals, senders=1, messages=1)
+    receipts.feed(lines, 10)
+    receipts.analyse()
+    assert (totals.delivered, totals.garbled) == (1, 2)
+
+
+def test_receipts_count_echoes_apart_from_copies() -> None:
+    """A receiver's own messages coming back (Socket.IO's echo) are not copies: feed() leaves them out and
+    analyse() counts them as echoes, on the fast path and on the line-by-line one alike."""
+    totals = Totals()
+    receipts = Receipts(totals, senders=12, messages=10, own=1)
+    mine, theirs = make_message(1, 0, 1000, 48), make_message(11, 0, 1000, 48)
+    assert receipts.feed(mine + theirs + make_message(1, 1, 1000, 48), 2000) == 1
+    assert receipts.feed(b"~broken\n" + make_message(1, 2, 1000, 48) + make_message(11, 1, 1000, 48), 2000) == 1
+    receipts.analyse()
+    assert (totals.delivered, totals.echoes, totals.garbled) == (2, 3, 1)
+    assert receipts.echoes_fed == 3
+
+
+class RoomStandIn:
+    """A Socket.IO client as confirm_joins() uses it, over a socketpair: what the first one sends
+    reaches the clients in ``room`` at that moment (the server's relay, played by the test)."""
+
+    has_pending = False
+
+    def __init__(self) -> None:
+        self.near, self.far = socket.socketpair()
+        self.near.setblocking(False)
+        self.room: list[RoomStandIn] = []
+        self.sent = 0
+        self.on_send: Any = None
+
+    def frame(self, payload: bytes) -> bytes:
+        return payload
+
+    def take_replies(self) -> bytes:
+        return b""
+
+    def sendall(self, data: bytes) -> None:
+        self.sent += 1
+        for member in self.room:
+            member.far.sendall(data)
+        if self.on_send is not None:
+            self.on_send(self.sent)
+
+    def recv(self, size: int) -> bytes:
+        return self.near.recv(size)
+
+    def settimeout(self, timeout: float) -> None:
+        pass
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.near.fileno()
+
+    def close(self) -> None:
+        self.near.close()
+        self.far.close()
+
+
+def test_confirm_joins_waits_for_late_joins_and_gives_up_on_the_rest() -> None:
+    """A client whose join the server handled after the first check hears a later one; a client never in
+    the room is closed and left out once the limit passes; the others come back in their order."""
+    from socketlab.bench.joins import confirm_joins
+
+    prober, early, late, never = clients = [RoomStandIn() for _ in range(4)]
+    prober.room = [prober, early]
+    prober.on_send = lambda sent: prober.room.append(late) if sent == 1 else None
+    try:
+        started = time.monotonic()
+        assert confirm_joins(clients, limit=1.5) == [prober, early, late]
+        assert 1.5 <= time.monotonic() - started < TIMEOUT
+        assert prober.sent >= 2 and never.near.fileno() == -1
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_bench_chat_over_socketio_against_an_in_process_server(web_chat) -> None:
+    """Socket.IO clients against a socketlab chat server with --web (in this process): they join the room,
+    every copy arrives and is counted once; the senders' echoes are all there and counted apart."""
+    server = web_chat(max_rate=0)
+    result = run_cli(
+        "bench",
+        "chat",
+        "--transport",
+        "socketio",
+        "--target",
+        f"127.0.0.1:{server.web_address[1]}",
+        "--clients",
+        "6",
+        "--senders",
+        "2",
+        "--messages",
+        "100",
+        "--json",
+        timeout=TIMEOUT * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["transport"] == "socketio"
+    fanout = report["fanout"]
+    assert fanout["expected"] == fanout["delivered"] == 2 * 100 * 5
+    assert fanout["duplicates"] == fanout["garbled"] == fanout["order_violations"] == 0
+    assert fanout["echoes"] == 2 * 100
+    assert [row["position"] for row in fanout["latency_by_position"]] == [0, 1, 2, 3]
+    assert 0 < fanout["latency_ms"]["p50"] <= fanout["latency_ms"]["p99"]
+
+
+def test_bench_chat_over_socketio_text_report_and_paced_run() -> None:
+    """Its own server started with --web, paced: all copies, and the echo named in the report."""
+    result = run_cli(
+        "bench",
+        "chat",
+        "--transport",
+        "socketio",
+        "--clients",
+        "5",
+        "--senders",
+        "2",
+        "--messages",
+        "40",
+        "--rate",
+        "40",
+        timeout=TIMEOUT * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert "delivered   320 / 320 copies (100.00 %), 0 duplicates, 0 garbled lines, 0 order violations" in text
+    assert "echoes      80 copies of senders' own lines came back to them (not counted as copies)" in text
+    assert "cpu/copy    server " in text
+
+
+def test_bench_chat_socketio_connections_scenario_reports_memory_per_member() -> None:
+    """Idle Socket.IO members are all in the room and served; the server's memory per member is reported."""
+    result = run_cli(
+        "bench", "chat", "--transport", "socketio", "--scenario", "connections", "--clients", "30", "--json", timeout=TIMEOUT * 3
+    )
+    assert result.returncode == 0, result.stderr
+    connections = json.loads(result.stdout)["connections"]
+    assert connections["connected"] == connections["served"] == 30
+    assert connections["kib_per_connection"] is not None
+
+
+def test_bench_chat_transport_socketio_options() -> None:
+    """--transport socketio is offered and explained, reaches the fanout as Socket.IO clients, and refuses flood."""
+    from click.testing import CliRunner
+
+    import socketlab.bench.chat
+    from socketlab.cli import main
+
+    help_text = CliRunner().invoke(main, ["bench", "chat", "--help"]).output
+    assert "[tcp|ws|socketio]" in help_text and "echo" in help_text
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_fanout(address: Any, **options: Any) -> None:
+        seen.update(options, address=address)
+        raise Stop
+
+    original = socketlab.bench.chat.run_fanout
+    socketlab.bench.chat.run_fanout = fake_fanout  # type: ignore[assignment]
+    try:
+        result = CliRunner().invoke(main, ["bench", "chat", "--transport", "socketio", "--target", "127.0.0.1:4000"])
+    finally:
+        socketlab.bench.chat.run_fanout = original  # type: ignore[assignment]
+    assert isinstance(result.exception, Stop), result.output
+    kind = seen["kind"]
+    assert (kind.web, kind.socketio, kind.room, kind.tls) == (True, True, "bench", None)
+    assert seen["address"].addresses == (("127.0.0.1", 4000),)
+    result = CliRunner().invoke(main, ["bench", "chat", "--transport", "socketio", "--scenario", "flood"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == (
+        "Error: --scenario flood measures the line protocol's flood control: use --transport tcp or ws"
+    )
+    result = CliRunner().invoke(main, ["bench", "chat", "--transport", "engineio"])
+    assert result.exit_code == 2 and "'engineio' is not one of 'tcp', 'ws', 'socketio'" in result.output
+
+
+def test_bench_chat_over_socketio_answers_engineio_pings_during_the_run(web_chat) -> None:
+    """A server that pings every half second and gives up 2 s after an unanswered ping: every client,
+    the senders among them (their pongs go between whole frames of their own), keeps its session."""
+    server = web_chat(max_rate=0, socketio_ping_interval=0.5, socketio_ping_timeout=2.0)
+    result = run_cli(
+        "bench",
+        "chat",
+        "--transport",
+        "socketio",
+        "--target",
+        f"127.0.0.1:{server.web_address[1]}",
+        "--clients",
+        "5",
+        "--senders",
+        "2",
+        "--messages",
+        "75",
+        "--rate",
+        "25",
+        "--json",
+        timeout=TIMEOUT * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    fanout = json.loads(result.stdout)["fanout"]
+    assert fanout["seconds"] > 2.5  # several pings came and went
+    assert fanout["expected"] == fanout["delivered"] == 2 * 75 * 4
+    assert fanout["echoes"] == 2 * 75

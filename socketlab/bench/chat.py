@@ -12,6 +12,12 @@ Scenarios:
   reports how many connections were accepted and still served, and (for a
   server it started) server memory per connection.
 
+Clients speak TCP lines, lines in WebSocket messages, or Socket.IO (each a
+member of one room, see :mod:`socketlab.bench.wire`). A sender's copies of
+its own lines (Socket.IO servers echo them) are not copies: ``expected``,
+``delivered`` and copies/s count the *other* clients' copies on every
+transport, and the echoes are reported apart.
+
 One process drives every client through ``selectors``; the clock is the
 monotonic one, shared by senders and receivers.
 """
@@ -32,8 +38,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Sequence
 
+from socketlab.bench.joins import confirm_joins
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
-from socketlab.bench.wire import BenchClient, frame
+from socketlab.bench.wire import ROOM, BenchClient, frame, receive, take_replies
 from socketlab.bench.transfer import SOCKETLAB, listening_port
 from socketlab.errors import BenchError
 from socketlab.serving import allow_open_files
@@ -76,6 +83,8 @@ class FanoutResult:
     flooder_bytes: int = 0
     #: Each probe's p50 and p99 (ms) by its place in the receivers' join order (0: joined first).
     latency_by_position: list[dict[str, float]] = field(default_factory=list)
+    #: Copies of their own lines the senders got back (Socket.IO's echo): not in delivered, nor in expected.
+    echoes: int = 0
 
 
 def rss_kib(pid: int | Sequence[int]) -> int:
@@ -134,10 +143,13 @@ class OwnServer:
 
 @dataclass(frozen=True)
 class ClientKind:
-    """How the benchmark's clients talk to the server: lines over TCP, or in WebSocket messages; TLS or not."""
+    """How the benchmark's clients talk to the server: lines over TCP, in WebSocket messages, or as
+    Socket.IO ``chat message`` events in *room* (over WebSocket: *web* too); TLS or not."""
 
     web: bool = False
     tls: ssl.SSLContext | None = None
+    socketio: bool = False
+    room: str = ROOM
 
 
 PLAIN = ClientKind()
@@ -169,7 +181,12 @@ class Targets:
 def open_clients(
     target: "tuple[str, int] | Targets", count: int, rcvbuf: int | None = None, kind: ClientKind = PLAIN
 ) -> list[Any]:
-    """Connect *count* clients of *kind* (round-robin over several targets); stops early (returning fewer) when refused."""
+    """Connect *count* clients of *kind* (round-robin over several targets); stops early (returning fewer) when refused.
+
+    Socket.IO clients are returned once they are in their room (see
+    :mod:`socketlab.bench.joins`); those that are not within its limit are
+    closed and left out.
+    """
     targets = Targets.of(target)
     socks: list[Any] = []
     for index in range(count):
@@ -184,19 +201,20 @@ def open_clients(
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(5)
             sock.connect(address)
-            client = BenchClient(sock, address, kind.web, kind.tls) if kind != PLAIN else sock
+            room = kind.room if kind.socketio else None
+            client = BenchClient(sock, address, kind.web, kind.tls, room) if kind != PLAIN else sock
         except OSError:
             sock.close()
             break
         sock.setblocking(False)
         socks.append(client)
-    return socks
+    return confirm_joins(socks) if kind.socketio else socks
 
 
 def _read(sock: socket.socket, size: int) -> bytes | None:
     """One non-blocking recv(): the bytes, None if nothing is ready, b"" if closed or failed."""
     try:
-        return sock.recv(size)
+        return receive(sock, size) if isinstance(sock, socket.socket) else sock.recv(size)
     except (BlockingIOError, InterruptedError):
         return None
     except OSError:
@@ -275,6 +293,11 @@ class ReceiveLoop:
         for _sock, receipts in self._by_fd.values():
             receipts.analyse()
         self._poller.close()
+
+    @property
+    def echoes(self) -> int:
+        """Copies of the receivers' own messages seen so far (servers that echo)."""
+        return sum(receipts.echoes_fed for _sock, receipts in self._by_fd.values())
 
     def latencies_by_socket(self) -> list[list[int]]:
         """Each socket's latencies (ns), in the order the sockets were given."""
@@ -468,8 +491,10 @@ def run_fanout(
     With *check_all* the bulk readers check every copy too, at a cost per
     copy close to the server's own: a check of the relay, not of its speed.
 
-    *kind* says how clients talk: lines over TCP, or in WebSocket text
-    messages to a chat server's web address; TLS underneath or not.
+    *kind* says how clients talk: lines over TCP, in WebSocket text
+    messages to a chat server's web address, or as Socket.IO events (all in
+    one room); TLS underneath or not. Copies are the other clients' only:
+    the senders' own echoed lines are counted apart (``echoes``).
 
     With *flooder*, one more client (a plain TCP one, in a process of its
     own) sends ordinary lines flat out while the senders send.
@@ -488,7 +513,10 @@ def run_fanout(
     if len(everyone) < clients:
         for sock in everyone:
             sock.close()
-        raise BenchError(f"only {len(everyone)} of {clients} clients could connect{_why_not(targets.first)}")
+        why = _why_not(targets.first)
+        if not why and kind.socketio:
+            why = f" (or heard no chat line sent to the room {kind.room!r})"
+        raise BenchError(f"only {len(everyone)} of {clients} clients could connect{why}")
     probe_at = set(spread(min(PROBES, receivers), receivers))
     bulk = [sock for index, sock in enumerate(receiving) if index not in probe_at]
     workers = max(1, min(workers, len(bulk))) if bulk else 0
@@ -586,6 +614,9 @@ def _drive_senders(
     next_seq = [0] * senders
     interval_ns = int(1e9 / rate) if rate else 0
     writing = set(range(senders))
+    for sock in socks:  # a pong sent while a batch is half out would cut one of its frames in two
+        if isinstance(sock, BenchClient):
+            sock.hold_replies = True
     gc.disable()  # no collector pauses inside the measurement
     bench_cpu = cpu_seconds()
     server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
@@ -594,11 +625,15 @@ def _drive_senders(
     start_ns = time.monotonic_ns()
     next_due = [start_ns + (i * interval_ns) // senders for i in range(senders)]
     peak_rss = rss_before
-    received = 0
-    last_copy = last_report = time.monotonic()
+    received = echoes = 0
+    last_copy = last_report = last_echo = time.monotonic()
     deadline = last_copy + time_limit
 
-    while writing or (received < own_expected and time.monotonic() - last_copy < QUIET_END):
+    # A server that echoes (any echo seen) owes every sender all of its own lines too: wait for them,
+    # so the echoes reported are all there are (they are not copies: last_copy ignores them).
+    while writing or (
+        (received < own_expected or 0 < echoes < senders * messages) and time.monotonic() - max(last_copy, last_echo) < QUIET_END
+    ):
         if time.monotonic() > deadline:
             break
         timeout = (
@@ -612,6 +647,8 @@ def _drive_senders(
         if got:
             received += got
             last_copy = time.monotonic()
+        if loop.echoes != echoes:
+            echoes, last_echo = loop.echoes, time.monotonic()
         if window and not interval_ns:
             in_flight = sum(next_seq) * (clients - 1) - received - sum(received_by_worker)
             if in_flight > window * (clients - 1):
@@ -623,6 +660,7 @@ def _drive_senders(
         now_ns = time.monotonic_ns()
         for index in list(writing):
             sock = socks[index]
+            pending[index] += take_replies(sock)  # after whole frames: what is pending is never cut
             if not pending[index]:
                 seq = next_seq[index]
                 if interval_ns:
@@ -645,6 +683,9 @@ def _drive_senders(
             pending[index] = pending[index][sent:]
             if not pending[index] and next_seq[index] >= messages:
                 writing.discard(index)
+                if isinstance(sock, BenchClient):  # done sending: answers go out as they are made
+                    sock.hold_replies = False
+                    sock.flush_replies()
         if time.monotonic() - last_report > 0.25:
             last_report = time.monotonic()
             if server_pid:
@@ -702,6 +743,7 @@ def _drive_senders(
             {"position": position, "p50": round(p50 / 1e6, 3), "p99": round(p99 / 1e6, 3)}
             for position, (p50, p99) in zip(probe_positions, by_socket, strict=False)
         ],
+        echoes=totals.echoes,
     )
 
 
@@ -744,7 +786,7 @@ def run_connections(
     if probe:
         drain_until_quiet(socks + probe, SETTLE_QUIET, 30.0)
         probe[0].setblocking(True)
-        probe[0].sendall(frame(probe[0], make_message(0, 0, time.monotonic_ns(), 64)))
+        probe[0].sendall(take_replies(probe[0]) + frame(probe[0], make_message(0, 0, time.monotonic_ns(), 64)))
         served = _count_receivers(socks, b"~0.0.", 10.0)
         probe[0].close()
     for sock in socks:

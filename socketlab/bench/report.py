@@ -14,6 +14,10 @@ def fanout_lines(title: str, result: Any) -> list[str]:
         f"  delivered   {result.delivered:,} / {result.expected:,} copies ({100 * result.delivered_share:.2f} %), "
         f"{result.duplicates} duplicates, {result.garbled} garbled lines, {result.order_violations} order violations",
         f"  throughput  {result.copies_per_second:,} copies/s over {result.seconds:.3f} s",
+    ]
+    if result.echoes:
+        lines.append(f"  echoes      {result.echoes:,} copies of senders' own lines came back to them (not counted as copies)")
+    lines += [
         f"  latency     p50 {result.latency_ms['p50']:.3f} ms   p99 {result.latency_ms['p99']:.3f} ms   "
         f"max {result.latency_ms['max']:.3f} ms",
     ]
@@ -27,6 +31,12 @@ def fanout_lines(title: str, result: Any) -> list[str]:
     if cpu:
         parts = [f"{name.replace('_', ' ')} {seconds:.2f} s" for name, seconds in cpu.items()]
         lines.append("  cpu         " + ", ".join(parts))
+        if result.delivered:
+            bench = sum(seconds for name, seconds in cpu.items() if name.startswith("bench"))
+            per_copy = [f"bench {bench / result.delivered * 1e6:.2f} us"]
+            if "server" in cpu:
+                per_copy.insert(0, f"server {cpu['server'] / result.delivered * 1e6:.2f} us")
+            lines.append("  cpu/copy    " + ", ".join(per_copy))
     if result.server_rss_kib:
         rss = result.server_rss_kib
         lines.append(f"  server rss  {rss['before']:,} KiB before, {rss['peak']:,} KiB peak")

@@ -44,6 +44,8 @@ class Totals:
     duplicates: int = 0
     order_violations: int = 0
     garbled: int = 0
+    #: Copies of a receiver's own messages that came back to it (servers that echo): not deliveries.
+    echoes: int = 0
     latencies_ns: list[int] = field(default_factory=list)
 
 
@@ -54,9 +56,11 @@ class Receipts:
     count garbled lines) and keeps the tags with the chunk's arrival time;
     ``analyse()`` -- called when the measurement is over, or when too many
     tags are held -- checks sequences and computes latencies. *own* is this
-    client's sender id: copies of its own messages (servers that echo) are
-    ignored. With *timed* false no latencies are recorded (a client that
-    reads in batches would only measure its own delay).
+    client's sender id: copies of its own messages (servers that echo, as
+    Socket.IO's ``io.to(room).emit`` does) are not deliveries: ``feed()``
+    does not count them and ``analyse()`` adds them to the totals' echoes.
+    With *timed* false no latencies are recorded (a client that reads in
+    batches would only measure its own delay).
     """
 
     def __init__(
@@ -69,6 +73,8 @@ class Receipts:
     ) -> None:
         self.totals = totals
         self.own = own
+        #: How a tag of our own begins (its sender id between the opening ~ and the first dot).
+        self._own_tag = b"~%d." % own if own is not None else b""
         self.timed = timed
         self._partial = b""
         self._seen = [bytearray(messages) for _ in range(senders)]
@@ -77,9 +83,11 @@ class Receipts:
         self._held_count = 0
         #: This receiver's own latencies (also added to the totals'), when timed.
         self.latencies_ns: list[int] = []
+        #: Well-formed copies of its own messages fed so far (the echo; analyse() checks them no further).
+        self.echoes_fed = 0
 
     def feed(self, data: bytes, now_ns: int) -> int:
-        """Account for *data*, received at *now_ns*; return the well-formed messages in it."""
+        """Account for *data*, received at *now_ns*; return the well-formed messages in it from other senders."""
         buffer = self._partial + data if self._partial else data
         end = buffer.rfind(b"\n")
         if end < 0:
@@ -88,7 +96,8 @@ class Receipts:
         self._partial = self._bounded(buffer[end + 1 :])
         body = buffer[: end + 1]
         tags = _MESSAGE.findall(body)
-        if body.count(b"~") != 2 * len(tags):  # something is off: judge line by line
+        fast = body.count(b"~") == 2 * len(tags)
+        if not fast:  # something is off: judge line by line
             tags = []
             for line in body.split(b"\n")[:-1]:
                 match = _LINE.fullmatch(line)
@@ -100,7 +109,13 @@ class Receipts:
         self._held_count += len(tags)
         if self._held_count > MAX_HELD_TAGS:
             self.analyse()
-        return len(tags)
+        if not self._own_tag:
+            return len(tags)
+        # Every ~ of a clean body delimits a tag, so an opening "~<own>." is one of ours, and only that.
+        own_prefix = self._own_tag[1:]
+        mine = body.count(self._own_tag) if fast else sum(1 for tag in tags if tag.startswith(own_prefix))
+        self.echoes_fed += mine
+        return len(tags) - mine
 
     def analyse(self) -> None:
         """Check the held tags: duplicates, order, latency."""
@@ -111,7 +126,10 @@ class Receipts:
             for tag in tags:
                 sender_text, seq_text, sent_text = tag.split(b".")
                 sender = int(sender_text)
-                if sender == own or sender >= len(seen):
+                if sender == own:
+                    totals.echoes += 1
+                    continue
+                if sender >= len(seen):
                     continue
                 seq = int(seq_text)
                 marks = seen[sender]

@@ -21,6 +21,7 @@ def bench() -> None:
     \b
     socketlab bench chat                         # start a chat server, measure it
     socketlab bench chat --target 127.0.0.1:4000 # measure any line relay
+    socketlab bench chat --transport socketio    # Socket.IO clients, chat serve --web
     socketlab bench tcp --size 1G
     socketlab bench udp --count 200000
     """
@@ -48,7 +49,8 @@ def clear_progress() -> None:
 @click.option(
     "--target",
     type=AddressList(),
-    help="Running line-relaying chat servers, clients spread over them round-robin (default: start socketlab's own).",
+    help="Running chat servers (line relays; with --transport ws or socketio their web address), clients spread over "
+    "them round-robin (default: start socketlab's own).",
 )
 @click.option("--scenario", type=click.Choice(["fanout", "slow", "connections", "flood"]), default="fanout", show_default=True)
 @click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
@@ -95,10 +97,11 @@ def clear_progress() -> None:
 )
 @click.option(
     "--transport",
-    type=click.Choice(["tcp", "ws"]),
+    type=click.Choice(["tcp", "ws", "socketio"]),
     default="tcp",
     show_default=True,
-    help="Clients speak TCP lines, or WebSocket to the server's --web address (/ws).",
+    help="Clients speak TCP lines, WebSocket to the server's --web address (/ws), or Socket.IO over WebSocket "
+    "(/socket.io/, the tutorial's events, every client in one room; a sender's echoed own lines are not counted as copies).",
 )
 @click.option(
     "--tls",
@@ -150,12 +153,20 @@ def bench_chat(
     sending flat out, then --abusers abusing clients for --abuse-seconds while
     two members chat and newcomers arrive.
     With --transport ws every client is a WebSocket client (--target is then
-    the server's web address).
+    the server's web address). With --transport socketio every client is a
+    Socket.IO client over WebSocket (Engine.IO 4, no long-polling) that joins
+    the room 'bench' with the event 'room' and sends each line as a 'chat
+    message' event; any Socket.IO server that relays 'chat message' to the
+    room (the sender included, as the tutorial's does) can be a --target.
+    Copies and copies/s count the other clients' copies only: the senders'
+    own lines coming back (the echo) are reported apart as echoes.
 
     \b
     Examples:
       socketlab bench chat --rate 250
       socketlab bench chat --transport ws
+      socketlab bench chat --transport socketio --rate 250
+      socketlab bench chat --transport socketio --scenario connections --clients 2000
       socketlab bench chat --scenario connections --clients 2000
       socketlab bench chat --target 127.0.0.1:4000 --json
     """
@@ -168,7 +179,9 @@ def bench_chat(
     from socketlab.bench.report import connections_lines, fanout_lines
 
     own = None
-    web = transport == "ws"
+    web = transport in ("ws", "socketio")
+    if transport == "socketio" and scenario == "flood":
+        raise click.UsageError("--scenario flood measures the line protocol's flood control: use --transport tcp or ws")
     workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
     tls_context = None
     with bench_errors():
@@ -199,7 +212,7 @@ def bench_chat(
         "tls": use_tls,
         "target": ",".join(format_address(a) for a in target) if target else f"socketlab chat serve (pid {pids})",
     }
-    kind = chat_bench.ClientKind(web=web, tls=tls_context)
+    kind = chat_bench.ClientKind(web=web, tls=tls_context, socketio=transport == "socketio")
     lines: list[str] = []
     pinned: dict[int, dict[int, set[int]]] = {}  # a --target's servers: where their threads ran before
     with bench_errors():
