@@ -494,6 +494,11 @@ class EngineServer:
         for session in list(self.sessions.values()):
             session.close(reason)
 
+    def drop_all(self, reason: str = "server shutting down") -> None:
+        """End every session now, without telling the clients: their connections are gone (after close_all())."""
+        for session in list(self.sessions.values()):
+            session._end(reason)
+
     def hold_output(self) -> None:
         """Queue what sessions send until release_output(): a polling client then gets it in one response.
 

@@ -11,6 +11,10 @@ for a session is held (it is the session's :class:`~socketlab.engineio.Carrier`)
 until the session has something to send; requests behind it wait. A GET that
 asks for ``transport=websocket`` becomes a WebSocket (``websockets``' Sans-I/O
 protocol does the handshake and framing) carrying one Engine.IO packet per message.
+
+Given ``routes`` (path prefix -> server), each request goes to the server of its
+path (``/socket.io/``, ``/engine.io/`` ...) and any other path is answered 404;
+without, every request is the one server's (the chat routes before).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
@@ -85,13 +89,19 @@ class EngineConnection:
         allowed_origin: Callable[[str | None, str | None], bool],
         peer: str = "",
         max_head: int = 8192,
+        *,
+        routes: Mapping[str, EngineServer] | None = None,
     ) -> None:
+        #: The server of the request being served (with routes: of its path).
         self.server = server
         self.write = write
         self.end = end
         self.allowed_origin = allowed_origin
         self.peer = peer
-        self.reader = RequestReader(max_head, server.settings.max_payload)
+        #: Path prefix (ending in ``/``) -> the server answering there; None: *server* answers every path.
+        self.routes = routes
+        servers = [server, *(routes.values() if routes else ())]
+        self.reader = RequestReader(max_head, max(each.settings.max_payload for each in servers))
         self.ended: str | None = None
         self.refused: tuple[int, str] | None = None
         self.session: EngineSession | None = None
@@ -159,6 +169,16 @@ class EngineConnection:
 
     def _serve(self, request: HttpRequest, now: float) -> None:
         self.last_request = f"{request.method} {request.target}"
+        if self.routes is not None:
+            server = self._route(request.path)
+            if server is None:
+                self.refused = (404, "not found")
+                self._answer(404, b"Not found.\n", [_TEXT], request)
+                return
+            self.server = server
+            if len(request.body) > server.settings.max_payload:  # the reader allows the largest of the routes'
+                self._refuse(413, "request body too large", '{"code":3,"message":"Bad request"}')
+                return
         origin = request.header("origin")
         cors = self._cors(request, origin)
         if request.method == "OPTIONS":
@@ -191,6 +211,15 @@ class EngineConnection:
                 raise EngineError(BAD_HANDSHAKE_METHOD if sid is None else BAD_REQUEST)
         except EngineError as error:
             self._engine_error(error, request, cors)
+
+    def _route(self, path: str) -> EngineServer | None:
+        """The server whose path prefix is the longest to start *path*, or None."""
+        assert self.routes is not None
+        best: str | None = None
+        for prefix in self.routes:
+            if path.startswith(prefix) and (best is None or len(prefix) > len(best)):
+                best = prefix
+        return self.routes[best] if best is not None else None
 
     def _cors(self, request: HttpRequest, origin: str | None) -> list[tuple[str, str]]:
         """CORS headers for an allowed page of another origin (none for the page's own or no Origin)."""
@@ -245,9 +274,9 @@ class EngineConnection:
         if request.method != "GET" or (request.header("upgrade") or "").lower() != "websocket":
             raise EngineError(BAD_REQUEST, message="expected a WebSocket upgrade")
         if sid is not None:
-            session = self.server.session(sid, now)
-            if session.transport != "polling":
-                raise EngineError(BAD_REQUEST, message="session was upgraded")
+            # An unknown session is refused with HTTP 400. One that cannot be upgraded (it was already, or
+            # is being) gets its WebSocket opened and closed at once, as the JavaScript server does it.
+            self.server.session(sid, now)
         protocol = ServerProtocol(max_size=self.server.settings.max_payload, logger=_protocol_log)
         protocol.receive_data(request.head)
         events = protocol.events_received()

@@ -27,6 +27,7 @@ _REASONS = {
     413: "Payload Too Large",
     431: "Request Header Fields Too Large",
     501: "Not Implemented",
+    503: "Service Unavailable",
 }
 
 

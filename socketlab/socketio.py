@@ -18,7 +18,10 @@ the Engine.IO server it makes). A service in a few lines::
         client.emit("message-back", *args)
         return args          # the ack, when the client asked for one
 
-Calls into it must be serialised by the caller (the chat server holds its lock).
+Calls into it must be serialised by the caller (the chat server holds its lock;
+:class:`~socketlab.socketio_server.SocketIOService` serves it on a port of its own).
+An exception in a handler is logged with its traceback and the client stays
+connected, as python-socketio does (the JavaScript server would crash).
 """
 
 from __future__ import annotations
@@ -364,13 +367,31 @@ class SocketIOServer:
         except PacketError as error:
             logger.info("Closing Socket.IO session from %s: %s", session.peer or "?", error)
             session.close("parse error")
+        except Exception:  # a bug in a handler: the application's to fix, not the client's to pay for
+            logger.exception("Error in a Socket.IO handler (client %s)", session.peer or "?")
 
     def closed(self, session: EngineSession, reason: str) -> None:
         self._waiting.pop(session, None)
         link = session.data
         if isinstance(link, _Link):
             for client in list(link.clients.values()):
-                client.namespace._gone(client, reason)
+                self._gone(client, reason)
+
+    def close_all(self, reason: str = "server shutting down") -> None:
+        """Disconnect every client (each is sent a DISCONNECT) and close every session: the server is going."""
+        for namespace in list(self.namespaces.values()):
+            for client in namespace.members():
+                client._send(Packet(DISCONNECT, namespace.name))
+                self._gone(client, reason)
+        self.engine.close_all(reason)
+
+    @staticmethod
+    def _gone(client: Client, reason: str) -> None:
+        """*client* left its namespace; an error in the disconnect handler is logged, the others still run."""
+        try:
+            client.namespace._gone(client, reason)
+        except Exception:
+            logger.exception("Error in a Socket.IO disconnect handler (client %s)", client.peer or "?")
 
     def tick(self, now: float) -> None:
         """The Engine.IO timers, and sessions that never connected to a namespace."""
@@ -435,6 +456,10 @@ class SocketIOServer:
             namespace.accept(client, client.auth)
         except ConnectionRefused as refusal:
             self._refuse(session, packet.namespace, str(refusal) or "Connection refused")
+            return
+        except Exception:  # a bug in the authorize handler: the client is refused, not left waiting
+            logger.exception("Error in a Socket.IO authorize handler (client %s)", session.peer or "?")
+            self._refuse(session, packet.namespace, "Connection refused")
             return
         if session.closed is not None:
             return
