@@ -12,6 +12,9 @@ its listening sockets and the one loop that accepts on them.
 - each is screened right after accept (``--allow``/``--deny``,
   ``--max-per-ip``) and counted toward ``max_clients``; the next one is sent
   ``full_message`` and closed; refusals are logged a few a second at most.
+  A UNIX socket's peers have no address to screen (the socket file's
+  permissions decide who connects): they are counted, not screened, and
+  named ``unix#N`` (or the path a client bound) in logs.
 
 :class:`ConnectionServer` is socketserver's shape -- a request handler
 class, ``serve_forever()``, ``shutdown()``, ``server_close()``, a ``with``
@@ -51,6 +54,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from socketlab.access import AccessRules, PerAddressLimit, RateLimitedLog
 from socketlab.addresses import bind_error, format_address, resolve
+from socketlab.text import plural
+from socketlab.unix import UnixAddress, open_unix_listener
 
 _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: Seconds a refused connection is kept, its input read and dropped, so that its refusal line arrives.
@@ -118,6 +123,16 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
+def listen(address: tuple[str, int] | UnixAddress, backlog: int = 1024) -> socket.socket:
+    """A listening socket on a TCP ``(host, port)`` (see open_listener()) or a :class:`~socketlab.unix.UnixAddress`.
+
+    Raises AddressError naming the address or path when it cannot listen there.
+    """
+    if isinstance(address, UnixAddress):
+        return open_unix_listener(address, backlog)
+    return open_listener(*address, backlog=backlog)
+
+
 class Acceptor:
     """Listening sockets and the one loop that accepts on them; screening; the count of connections.
 
@@ -174,6 +189,8 @@ class Acceptor:
         #: Refused connections, our side ended, read until the client closes or the deadline (accept thread).
         self._lingering: dict[socket.socket, float] = {}
         self._selector: selectors.BaseSelector | None = None
+        #: Numbers the unnamed peers of UNIX listeners (unix#1, unix#2, ...).
+        self._unix_peers = 0
 
     @property
     def stopping(self) -> bool:
@@ -282,7 +299,7 @@ class Acceptor:
     def refuse_full(self, request: socket.socket, client_address: Any) -> None:
         """Tell a connection beyond max_clients so (it is closed by the caller)."""
         self.refusal_log.log(
-            logging.WARNING, "Refused %s: server is full (%d clients)", format_address(client_address), self.max_clients
+            logging.WARNING, "Refused %s: server is full (%s)", format_address(client_address), plural(self.max_clients, "client")
         )
         try:
             request.send(self.full_message, socket.MSG_DONTWAIT)
@@ -353,7 +370,9 @@ class Acceptor:
                     self.logger.error("Cannot accept a connection: %s; retrying", error.strerror)
                     time.sleep(0.05)  # back off: the listener stays readable meanwhile
                     break
-                if (self.access is not None or self.per_ip is not None) and not self._screen(request, client_address):
+                if listener.family == socket.AF_UNIX:  # no address to screen: the file's permissions decided
+                    client_address = self._unix_peer(client_address)
+                elif (self.access is not None or self.per_ip is not None) and not self._screen(request, client_address):
                     continue
                 # Whatever the platform's accept() inherits, as the connections are served.
                 request.setblocking(self.blocking)
@@ -362,6 +381,13 @@ class Acceptor:
         finally:  # even when accept() fails for good, the ones accepted are served
             if accepted:
                 start(accepted)
+
+    def _unix_peer(self, client_address: Any) -> str:
+        """A UNIX peer's name in logs: the path it bound, else ``unix#N`` (N counts this server's UNIX peers)."""
+        self._unix_peers += 1
+        if isinstance(client_address, str) and client_address:
+            return client_address
+        return f"unix#{self._unix_peers}"
 
     def _screen(self, request: socket.socket, client_address: Any) -> bool:
         """Apply --allow/--deny and --max-per-ip to a connection just accepted; close it if refused."""
@@ -374,9 +400,9 @@ class Acceptor:
             if not self.per_ip.acquire(host):
                 self.refusal_log.log(
                     logging.INFO,
-                    "Refused %s: %d connections from that address already",
+                    "Refused %s: %s from that address already",
                     format_address(client_address),
-                    self.per_ip.limit,
+                    plural(self.per_ip.limit or 0, "connection"),
                 )
                 if self.too_many_message:
                     try:
@@ -457,6 +483,12 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
     connection, registered before it starts), ``finish_request()`` (the
     handler), ``handle_error()`` (one log line, not a traceback),
     ``shutdown_request()``.
+
+    *address* is ``(host, port)``, or a :class:`~socketlab.unix.UnixAddress`
+    to listen on a UNIX socket file instead. With *once*, one connection is
+    served (others are refused as full meanwhile) and serve_forever() returns
+    when it ends. A connection's thread may end serving with
+    ``stop_serving(error)``; serve_forever() then raises *error*.
     """
 
     allow_reuse_address = True
@@ -464,6 +496,8 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
     max_clients: int = 1000
     #: Bytes sent to a client refused because the server is full.
     full_message: bytes = b"server is full\n"
+    #: Bytes sent to a client refused by max_per_ip (b"": none).
+    too_many_message: bytes = b""
     #: listen() backlog: connections the kernel queues before accept().
     request_queue_size = 1024
     #: Stack size of connection threads; small stacks keep idle clients cheap.
@@ -477,17 +511,21 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | UnixAddress,
         handler_class: Callable[..., socketserver.BaseRequestHandler],
         *,
         max_clients: int | None = None,
         access: AccessRules | None = None,
         max_per_ip: int | None = None,
+        once: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
-        host, port = address
         self.logger = logger or logging.getLogger("socketlab.server")
-        if max_clients is not None:
+        #: Serve one connection, then return from serve_forever() (max_clients is 1 meanwhile).
+        self.once = once
+        if once:
+            self.max_clients = 1
+        elif max_clients is not None:
             self.max_clients = max_clients
         self.acceptor = Acceptor(
             max_clients=self.max_clients,
@@ -495,18 +533,36 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
             access=access,
             max_per_ip=max_per_ip,
             full_message=self.full_message,
+            too_many_message=self.too_many_message,
         )
         self.refusal_log = self.acceptor.refusal_log
-        self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
         self._lock = threading.Lock()
         self._connection_threads: list[threading.Thread] = []  # every connection thread not yet reaped
         self._closed = False
-        try:
-            super().__init__(sockaddr, handler_class, bind_and_activate=True)
-        except OSError as error:
-            self.acceptor.close()
-            raise bind_error(host, port, error) from None
+        self._failure: BaseException | None = None
+        if isinstance(address, UnixAddress):
+            self._listen_unix(address, handler_class)
+        else:
+            host, port = address
+            self.address_family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
+            try:
+                super().__init__(sockaddr, handler_class, bind_and_activate=True)
+            except OSError as error:
+                self.acceptor.close()
+                raise bind_error(host, port, error) from None
         self.acceptor.add_listener(self.socket, self.start_connections, admit=True)
+
+    def _listen_unix(self, address: UnixAddress, handler_class: Callable[..., socketserver.BaseRequestHandler]) -> None:
+        """Listen on a UNIX socket file (socketlab.unix: its mode, a stale file replaced, removed at close)."""
+        self.address_family = socket.AF_UNIX
+        super().__init__(address.path, handler_class, bind_and_activate=False)  # type: ignore[arg-type]
+        self.socket.close()  # socketserver's own, unbound: ours replaces it
+        try:
+            self.socket = open_unix_listener(address, self.request_queue_size)
+        except Exception:
+            self.acceptor.close()
+            raise
+        self.server_address = self.socket.getsockname()
 
     def server_bind(self) -> None:
         serve_both_families(self.socket)
@@ -517,6 +573,23 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
     @property
     def _stopping(self) -> bool:
         return self.acceptor.stopping
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Accept until shutdown() or stop_serving(); raises the error given to stop_serving(), if any."""
+        super().serve_forever(poll_interval)
+        if self._failure is not None:
+            raise self._failure
+
+    def stop_serving(self, error: BaseException | None = None) -> None:
+        """End serve_forever() from a connection's thread (never from serve_forever()'s own).
+
+        For the end of *once*'s connection, or when something every connection
+        needs has failed: serve_forever() then raises *error*. The connections
+        still open are left to the caller's shutdown().
+        """
+        if error is not None and self._failure is None:
+            self._failure = error
+        self.acceptor.stop()
 
     def shutdown(self) -> None:
         """Stop accepting, close every connection and join their threads.
@@ -546,6 +619,16 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
     def forget_connection(self, request: socket.socket) -> None:
         """Unregister a connection that has ended."""
         self.acceptor.forget(request)
+
+    def end_connection(self, request: socket.socket) -> None:
+        """A connection is over: with *once*, stop serving; then free its place (idempotent).
+
+        A handler may call it before closing, so that its place is free before
+        the client sees the end (a client that connects right after is let in).
+        """
+        if self.once:
+            self.stop_serving()  # before its place is free: nobody else gets in meanwhile
+        self.forget_connection(request)
 
     # -- may be overridden ------------------------------------------------
 
@@ -605,7 +688,7 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
         except Exception:  # one client must never take the server down
             self.handle_error(request, client_address)
         finally:
-            self.forget_connection(request)
+            self.end_connection(request)
             self.shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:

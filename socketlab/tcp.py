@@ -14,29 +14,45 @@ Node                 :class:`WelcomeServer`
 ===================  ==========================================
 
 A chunk is whatever one ``recv()`` returned: TCP is a byte stream, so one
-chunk is not one message. :func:`exchange` is the client side in one call;
-:func:`connect` and :func:`relay_stdio` are what ``socketlab tcp-client``
-is made of.
+chunk is not one message. With *output* the server writes what clients send
+there, byte for byte (``nc -l > file``), one client at a time; with *once*
+it serves one connection and stops. :class:`~socketlab.programs.ProgramServer`
+runs a program per connection instead (``--exec``). Both listen on a UNIX
+socket file when given a :class:`~socketlab.unix.UnixAddress`.
+
+:func:`exchange` is the client side in one call; :func:`connect` (or
+:func:`~socketlab.unix.connect_unix`) and :func:`relay_stdio`
+(:mod:`socketlab.relay`) are what ``socketlab tcp-client`` is made of.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import stat
 import socket
 import socketserver
 import ssl
 import sys
-import threading
 from typing import Any, BinaryIO
 
 from socketlab.access import AccessRules
 from socketlab.addresses import bind_error, describe_os_error, format_address, resolve
-from socketlab.errors import AddressError, OutputError
+from socketlab.errors import AddressError
+from socketlab.relay import ServerRefused, StdioRelay
 from socketlab.serving import ConnectionServer
 from socketlab.tls import HANDSHAKE_TIMEOUT, TlsError, TlsStream, describe
-from socketlab.text import TerminalText, display_bytes, hexdump
+from socketlab.text import display_bytes, hexdump, plural
+from socketlab.unix import UnixAddress
+
+__all__ = [
+    "WelcomeServer",
+    "StdioRelay",
+    "ServerRefused",
+    "connect",
+    "exchange",
+    "relay_stdio",
+    "start_tls",
+]
 
 logger = logging.getLogger("socketlab.tcp")
 
@@ -118,6 +134,7 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
         received = 0
         welcome = server.on_connection(peer)
         wants_chunks = server.echo or server.payload != "quiet" or type(server).on_data is not WelcomeServer.on_data
+        output = server.output
         try:
             if welcome:
                 sock.sendall(welcome)
@@ -128,6 +145,9 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
                 if not count:
                     break
                 received += count
+                if output is not None and not server.write_output(view[:count]):
+                    server.on_error(peer, OSError("output failed"), received)
+                    return
                 if wants_chunks:
                     chunk = bytes(view[:count])
                     server.on_data(peer, chunk)
@@ -139,7 +159,11 @@ class WelcomeHandler(socketserver.BaseRequestHandler):
         except OSError as error:
             server.on_error(peer, error, received)
             return
+        if output is not None and not server.write_output(b""):  # flushed: all of it is out
+            server.on_error(peer, OSError("output failed"), received)
+            return
         server.on_end(peer, received)
+        server.end_connection(sock)  # its place is free before the client sees the end: clients in turn get in
         try:
             if isinstance(sock, ssl.SSLSocket):  # our close_notify too (the client's has come)
                 sock = sock.unwrap()
@@ -152,17 +176,27 @@ class WelcomeServer(ConnectionServer):
     """The tutorial's TCP server: greets each client and logs what it sends.
 
     ``WelcomeServer(("127.0.0.1", 0))`` binds at once (port 0 picks a free
-    port; read ``server_address``). Run ``serve_forever()`` on a thread and
+    port; read ``server_address``); ``WelcomeServer(UnixAddress(path))``
+    listens on a UNIX socket file. Run ``serve_forever()`` on a thread and
     stop it with ``shutdown()``, or use a ``with`` block.
+
+    With *output* (a binary file, e.g. ``open(path, "wb")`` or
+    ``sys.stdout.buffer``) every byte a client sends is written there,
+    unchanged, and flushed when its connection ends. The output takes one
+    client at a time: max_clients is 1, so another client is refused as full
+    while one sends, and clients one after another are appended in turn.
+    When the output cannot be written (a full disk, a reader gone), the
+    server stops: serve_forever() raises the OSError.
 
     Raises AddressError when the address cannot be bound.
     """
 
     full_message = b"server is full, try again later\n"
+    too_many_message = b"too many connections from your address, try again later\n"
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | UnixAddress,
         *,
         welcome: str = DEFAULT_WELCOME,
         echo: bool = False,
@@ -173,6 +207,8 @@ class WelcomeServer(ConnectionServer):
         access: AccessRules | None = None,
         max_per_ip: int | None = None,
         buffer_size: int | None = None,
+        output: BinaryIO | None = None,
+        once: bool = False,
         logger: logging.Logger = logger,
     ) -> None:
         if payload not in PAYLOAD_MODES:
@@ -183,7 +219,28 @@ class WelcomeServer(ConnectionServer):
         self.echo = echo
         self.payload = payload
         self.buffer_size = buffer_size or default_buffer_size()
-        super().__init__(address, WelcomeHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip, logger=logger)
+        #: Where clients' bytes are written (one client at a time), or None.
+        self.output = output
+        if output is not None:
+            max_clients = 1
+        super().__init__(
+            address, WelcomeHandler, max_clients=max_clients, access=access, max_per_ip=max_per_ip, once=once, logger=logger
+        )
+
+    def write_output(self, data: bytes | memoryview) -> bool:
+        """Write *data* to the output (b"": flush it); False, and the server stopping, when it fails."""
+        assert self.output is not None
+        try:
+            view = memoryview(data)
+            while view:  # an unbuffered file may take part of it
+                written = self.output.write(view)
+                view = view[len(view) if written is None else written :]
+            if not data:
+                self.output.flush()
+        except OSError as error:
+            self.on_output_error(error)
+            return False
+        return True
 
     # -- events (override to change behaviour) ----------------------------
 
@@ -201,7 +258,7 @@ class WelcomeServer(ConnectionServer):
 
     def on_end(self, peer: str, received: int) -> None:
         """*peer* ended its side (EOF); the server closes the connection."""
-        self.logger.info("Client disconnected %s (%d bytes received)", peer, received)
+        self.logger.info("Client disconnected %s (%s received)", peer, plural(received, "byte"))
 
     def on_error(self, peer: str, error: OSError, received: int) -> None:
         """The connection to *peer* failed (reset, or closed by shutdown())."""
@@ -211,22 +268,38 @@ class WelcomeServer(ConnectionServer):
             reason = "connection reset by peer"
         else:
             reason = error.strerror or str(error)
-        self.logger.info("Client disconnected %s (%s, %d bytes received)", peer, reason, received)
+        self.logger.info("Client disconnected %s (%s, %s received)", peer, reason, plural(received, "byte"))
+
+    def on_output_error(self, error: OSError) -> None:
+        """The output cannot be written: stop serving; serve_forever() raises *error*."""
+        self.logger.error("Cannot write the output: %s; stopping", describe_os_error(error))
+        self.stop_serving(error)
 
 
 # -- client side -------------------------------------------------------------
 
 
-def connect(host: str, port: int, timeout: float | None = 5.0, tls: ssl.SSLContext | None = None) -> Any:
+def connect(
+    host: str,
+    port: int,
+    timeout: float | None = 5.0,
+    tls: ssl.SSLContext | None = None,
+    source: tuple[str, int] | None = None,
+) -> Any:
     """Open a TCP connection to *host*:*port*, in blocking mode once connected.
 
-    With *tls* (a client SSLContext) the handshake runs too, within *timeout*,
-    and a :class:`~socketlab.tls.TlsStream` (used like a socket) is returned.
-    Raises AddressError naming the address on unknown host, refusal or
-    timeout, TlsError naming the reason when the handshake fails.
+    With *source* ``(address, port)`` the local side is bound there first
+    (port 0: any; an empty address: any of the right family). With *tls* (a
+    client SSLContext) the handshake runs too, within *timeout*, and a
+    :class:`~socketlab.tls.TlsStream` (used like a socket) is returned.
+    Raises AddressError naming the address on unknown host, a source that
+    cannot be bound, refusal or timeout, TlsError naming the reason when the
+    handshake fails.
     """
     family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=False)
     sock = socket.socket(family, socket.SOCK_STREAM)
+    if source is not None:
+        _bind_source(sock, family, source, format_address((host, port)))
     sock.settimeout(timeout)
     try:
         sock.connect(sockaddr)
@@ -236,15 +309,44 @@ def connect(host: str, port: int, timeout: float | None = 5.0, tls: ssl.SSLConte
     sock.settimeout(None)
     if tls is None:
         return sock
-    stream = TlsStream.client(sock, tls, host)
+    return start_tls(sock, tls, host, format_address((host, port)), timeout)
+
+
+def _bind_source(sock: socket.socket, family: int, source: tuple[str, int], target: str) -> None:
+    """Bind *sock* to the local *source* address, or close it and raise AddressError naming both ends."""
+    host, port = source
+    what = f"cannot use {format_address(source) if port else host} as the source for {target}"
+    try:
+        infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as error:
+        sock.close()
+        reason = describe_os_error(error) if isinstance(error, OSError) else "unknown host"
+        if isinstance(error, socket.gaierror) and error.errno in (socket.EAI_ADDRFAMILY, socket.EAI_NONAME, socket.EAI_FAMILY):
+            reason += ", or not of the target's address family"
+        raise AddressError(f"{what}: {reason}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a fixed source port in TIME_WAIT, as nc does
+        sock.bind(infos[0][4])
+    except OSError as error:
+        sock.close()
+        raise AddressError(f"{what}: {describe_os_error(error)}") from None
+
+
+def start_tls(sock: socket.socket, tls: ssl.SSLContext, server_name: str, address: str, timeout: float | None) -> TlsStream:
+    """Run a client TLS handshake on the connected *sock* (verifying *server_name*); the stream, used like a socket.
+
+    Closes *sock* and raises TlsError naming the reason, or AddressError,
+    when the handshake fails.
+    """
+    stream = TlsStream.client(sock, tls, server_name)
     try:
         stream.handshake(timeout)
     except TlsError as error:
         sock.close()
-        raise TlsError(f"TLS handshake with {format_address((host, port))} failed: {error}") from None
+        raise TlsError(f"TLS handshake with {address} failed: {error}") from None
     except OSError as error:
         sock.close()
-        raise bind_error(host, port, error, action="finish the TLS handshake with") from None
+        raise AddressError(f"cannot finish the TLS handshake with {address}: {describe_os_error(error)}") from None
     return stream
 
 
@@ -266,117 +368,33 @@ def exchange(host: str, port: int, data: bytes, timeout: float | None = 5.0) -> 
     return b"".join(chunks)
 
 
-def _write_all(fd: int, data: memoryview) -> None:
-    """Write all of *data* to *fd*; a closed pipe raises BrokenPipeError, other failures OutputError."""
-    try:
-        while data:
-            written = os.write(fd, data)
-            data = data[written:]
-    except BrokenPipeError:
-        raise
-    except OSError as error:
-        raise OutputError(f"cannot write output: {error.strerror}") from None
-
-
-def _copy_socket_to_fd(sock: socket.socket, out_fd: int, size: int) -> None:
-    """Copy what the socket receives to *out_fd* until EOF.
-
-    Bytes are copied unchanged, except to a terminal: there control
-    characters are shown escaped, so a server cannot drive the terminal.
-    """
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    if os.isatty(out_fd):
-        terminal = TerminalText()
-        while count := sock.recv_into(view):
-            _write_all(out_fd, memoryview(terminal.feed(view[:count].tobytes()).encode()))
-        _write_all(out_fd, memoryview(terminal.feed(b"", final=True).encode()))
-        return
-    while count := sock.recv_into(view):
-        _write_all(out_fd, view[:count])
-
-
-def _copy_fd_to_socket(in_fd: int, sock: socket.socket, size: int) -> None:
-    """Copy *in_fd* into the socket until EOF.
-
-    A regular file goes by sendfile() (no copy through user space); anything
-    else is read into one reused buffer -- measured faster than splice() from
-    a pipe into a TCP socket on Linux.
-    """
-    if isinstance(sock, socket.socket) and stat.S_ISREG(os.fstat(in_fd).st_mode):
-        while os.sendfile(sock.fileno(), in_fd, None, size):
-            pass
-        return
-    buffer = bytearray(size)
-    view = memoryview(buffer)
-    source = open(in_fd, "rb", buffering=0, closefd=False)
-    while count := source.readinto(buffer):
-        sock.sendall(view[:count])
-
-
-class StdioRelay:
-    """Relay between a connected socket and two file descriptors, like ``nc``.
-
-    ``run()`` copies *in_fd* to the socket on a helper thread (half-closing
-    the socket at EOF) and the socket to *out_fd* on the calling thread,
-    returning when the server closes its side. Errors from the socket raise
-    AddressError; a closed output (``| head``) ends the relay quietly.
-    """
-
-    def __init__(
-        self,
-        sock: socket.socket,
-        host: str,
-        port: int,
-        in_fd: int | None,
-        out_fd: int,
-        prefix: bytes = b"",
-        buffer_size: int | None = None,
-    ) -> None:
-        self.sock = sock
-        self.buffer_size = buffer_size or default_buffer_size()
-        self.prefix = prefix
-        self.address = format_address((host, port))
-        self.in_fd = in_fd
-        self.out_fd = out_fd
-        self._send_error: OSError | None = None
-
-    def _send_side(self) -> None:
-        try:
-            if self.prefix:
-                self.sock.sendall(self.prefix)
-            if self.in_fd is not None:
-                _copy_fd_to_socket(self.in_fd, self.sock, self.buffer_size)
-            self.sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the receive side reports how the connection ended
-        except OSError as error:
-            self._send_error = error
-
-    def run(self) -> None:
-        sender = threading.Thread(target=self._send_side, name="stdin-to-socket", daemon=True)
-        sender.start()
-        try:
-            _copy_socket_to_fd(self.sock, self.out_fd, self.buffer_size)
-        except BrokenPipeError:
-            return
-        except ConnectionResetError:
-            raise AddressError(f"connection reset by {self.address}") from None
-        except OSError as error:
-            raise AddressError(f"connection to {self.address} failed: {error.strerror}") from None
-        if self._send_error is not None:
-            raise AddressError(f"cannot send to {self.address}: {self._send_error.strerror}")
-
-
 def relay_stdio(
-    sock: socket.socket,
-    host: str,
-    port: int,
+    sock: Any,
+    address: str,
     message: bytes | None,
     stdin: BinaryIO | None = None,
     buffer_size: int | None = None,
-) -> None:
-    """Send *message* (or stdin when None), half-close, copy replies to stdout (*buffer_size* bytes at most at a time)."""
+    *,
+    hex_dump: bool = False,
+    crlf: bool = False,
+    idle_timeout: float | None = None,
+) -> str:
+    """Send *message* (or stdin when None), half-close, copy replies to stdout; see :class:`~socketlab.relay.StdioRelay`.
+
+    *address* names the server in errors. Returns ``"closed"`` when the
+    server closed, ``"idle"`` when *idle_timeout* ended the connection.
+    """
     in_fd = None if message is not None else (stdin or sys.stdin.buffer).fileno()
     sys.stdout.flush()
-    StdioRelay(sock, host, port, in_fd, sys.stdout.fileno(), prefix=message or b"", buffer_size=buffer_size).run()
+    relay = StdioRelay(
+        sock,
+        address,
+        in_fd,
+        sys.stdout.fileno(),
+        prefix=message or b"",
+        buffer_size=buffer_size or default_buffer_size(),
+        hex_dump=hex_dump,
+        crlf=crlf,
+        idle_timeout=idle_timeout,
+    )
+    return relay.run()

@@ -20,14 +20,15 @@ WEB_LINE = r"Web chat on (http://\S+/)$"
 class WebChat:
     """`socketlab chat serve --web 0` as a user runs it: the TCP port and the page's URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, web_port: int = 0) -> None:
         self.cli = CliServer(
-            "chat", "serve", "--port", "0", "--room-size", "2", "--web", "0", ready=r"listening on (?:.*):(\d+)$"
+            "chat", "serve", "--port", str(port), "--room-size", "2", "--web", str(web_port), ready=r"listening on (?:.*):(\d+)$"
         )
         self.port = self.cli.port
         seen = [re.search(WEB_LINE, line) for line in self.cli.out.seen]
         found = [match for match in seen if match]
         self.url = found[0].group(1) if found else self.cli.out.wait_for(WEB_LINE).group(1)
+        self.web_port = int(self.url.rstrip("/").rpartition(":")[2])
 
 
 @pytest.fixture
@@ -150,27 +151,83 @@ def test_two_pages_and_a_tcp_client(web_chat: WebChat, browser: Browser, tmp_pat
 
 
 def test_disconnect_and_reconnect(web_chat: WebChat, browser: Browser) -> None:
-    """/quit and a server shutdown both show the close code and offer Reconnect, which re-applies the name."""
+    """/quit says so in words and offers Reconnect, which re-applies the name and the room; a server shutdown
+    is told in words, never as a close code."""
     a = Watched(browser, web_chat.url)
     page = a.page
     try:
         expect(page.locator("#reconnect")).to_be_hidden()
         a.rename("dave")
+        a.join("chess")
+        expect(page.locator("#room")).to_have_text("chess", timeout=WAIT)
         a.say("/quit")
-        expect(page.locator("#status")).to_contain_text("Disconnected (code 1000", timeout=WAIT)
+        expect(page.locator("#status")).to_have_text("You left the chat.", timeout=WAIT)
+        expect(page.locator("#reconnect")).to_have_text("Reconnect")
         expect(page.locator("#reconnect")).to_be_visible()
 
         page.click("#reconnect")
         expect(page.locator("#status")).to_have_text("Connected", timeout=WAIT)
         expect(page.locator("#reconnect")).to_be_hidden()
         expect(page.locator("#name")).to_have_text("dave", timeout=WAIT)
+        expect(page.locator("#room")).to_have_text("chess", timeout=WAIT)
 
         status, _seconds = web_chat.cli.stop()
         assert status == 0
-        expect(page.locator("#status")).to_contain_text("Disconnected (code 1001", timeout=WAIT)
-        expect(page.locator("#reconnect")).to_be_visible()
+        expect(page.locator("#status")).to_contain_text("The server shut down. Reconnecting in", timeout=WAIT)
+        expect(page.locator("#reconnect")).to_have_text("Try now")
         expect(a.line("* server shutting down")).to_have_count(1)
+        expect(a.line("* The server shut down.")).to_have_count(1)
+        assert "code" not in page.locator("#status").inner_text()
         assert a.dialogs == []
-        assert a.problems == []
+        assert not unexpected(a.problems)
+    finally:
+        a.close()
+
+
+def unexpected(problems: list[str]) -> list[str]:
+    """The problems a page recorded, less the console's word for each attempt at a server that is down."""
+    return [problem for problem in problems if "WebSocket connection to" not in problem]
+
+
+def test_the_page_reconnects_by_itself(browser: Browser) -> None:
+    """A lost server (killed: close 1006) is told in words with a countdown and a Try now button; the page
+    retries by itself with growing delays, and once a server is back it takes its name and room again."""
+    first = WebChat()
+    with first.cli:
+        a = Watched(browser, first.url)
+        page = a.page
+        a.rename("erin")
+        a.join("chess")
+        expect(page.locator("#room")).to_have_text("chess", timeout=WAIT)
+        first.cli.proc.kill()
+        first.cli.proc.wait(WAIT)
+    try:
+        status = page.locator("#status")
+        lost = "Connection lost: the server went away or the network dropped."
+        expect(status).to_have_text(re.compile(re.escape(lost) + r" Reconnecting in 1 s…"), timeout=WAIT)
+        expect(a.line(f"* {lost}")).to_have_count(1)
+        expect(page.locator("#reconnect")).to_have_text("Try now")
+        # The first attempt (after at most a second) fails: the next one waits up to two.
+        expect(status).to_have_text(re.compile(r"^The server cannot be reached\. Reconnecting in [12] s…$"), timeout=WAIT)
+        page.click("#reconnect")  # Try now: fails at once, and the wait doubles again
+        expect(status).to_have_text(re.compile(r"^The server cannot be reached\. Reconnecting in [2-4] s…$"), timeout=WAIT)
+        assert "1006" not in page.locator("#messages").inner_text()
+
+        second = WebChat(first.port, first.web_port)
+        with second.cli:
+            expect(status).to_have_text("Connected", timeout=WAIT)
+            expect(page.locator("#name")).to_have_text("erin", timeout=WAIT)
+            expect(page.locator("#room")).to_have_text("chess", timeout=WAIT)
+            bob = tcp_client(second.port, "bob")
+            try:
+                bob.send(b"/join chess\n")
+                bob.until("* you are in chess")
+                expect(page.locator("#members li")).to_have_text(["erin", "bob"], timeout=WAIT)
+                a.say("back again")
+                assert bob.line() == "<erin> back again"
+            finally:
+                bob.close()
+        assert a.dialogs == []
+        assert not unexpected(a.problems), a.problems
     finally:
         a.close()

@@ -128,3 +128,125 @@ def test_parameter_types_convert() -> None:
     assert Origin().convert("https://example.org:8443", None, None) == "https://example.org:8443"
     with pytest.raises(click.BadParameter):
         Origin().convert("example.org", None, None)
+
+
+@pytest.mark.parametrize(
+    "command, args, message",
+    [
+        (["chat", "serve"], ["--web", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 0-65535"),
+        (["chat", "serve"], ["--web", "99999"], "invalid port '99999': ports are 0-65535"),
+        (["bench", "chat"], ["--target", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 1-65535"),
+        (["bench", "chat"], ["--target", "127.0.0.1:0"], "invalid address '127.0.0.1:0': the port must be 1-65535"),
+        (["tcp-client"], ["-s", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 0-65535"),
+        (["tcp-server"], ["--port", "99999"], "99999 is not in the range 0<=x<=65535."),
+        (["tcp-client"], ["--port", "0"], "0 is not in the range 1<=x<=65535."),
+    ],
+)
+def test_port_options_name_the_port_range(command, args, message) -> None:
+    """Every port-taking option says which ports exist, not only 'expected HOST:PORT'."""
+    result = CliRunner().invoke(main, [*command, *args])
+    assert result.exit_code == 2
+    option = "'-s' / '--source'" if args[0] == "-s" else f"'{args[0]}'"
+    assert result.output.splitlines()[-1] == f"Error: Invalid value for {option}: {message}"
+
+
+def test_clients_and_servers_describe_host_and_port_in_their_own_words() -> None:
+    """Clients name the server they reach; only servers speak of listening and of port 0."""
+    for command in (["tcp-client"], ["udp-send"]):
+        text = CliRunner().invoke(main, [*command, "--help"], terminal_width=200).output
+        assert "Server's host name or address" in text and "Server's port" in text, command
+        options = text[text.index("Options:") :]
+        assert "listen" not in options.lower() and "free one" not in options, command
+    for command in (["tcp-server"], ["udp-recv"], ["chat", "serve"]):
+        text = CliRunner().invoke(main, [*command, "--help"], terminal_width=200).output
+        assert "Address to listen on" in text and "0 picks a free one" in text, command
+
+
+def test_missing_redis_extra_names_both_ways_to_install_it(monkeypatch) -> None:
+    """Without the redis package, --redis says how to install it from PyPI and from a checkout, as the README does."""
+    monkeypatch.setitem(__import__("sys").modules, "redis", None)
+    result = CliRunner().invoke(main, ["chat", "serve", "--redis", "redis://127.0.0.1:1/0"])
+    assert result.exit_code == 1
+    assert result.output.splitlines()[-1] == (
+        "Error: --redis needs the redis package: pip install 'socketlab[redis]', or pip install '.[redis]' from a checkout"
+    )
+
+
+@pytest.fixture
+def tcp_server_built(monkeypatch) -> dict[str, Any]:
+    """tcp-server, stopped right after it built its server: the server class and its arguments."""
+    seen: dict[str, Any] = {}
+
+    class Captured(Exception):
+        pass
+
+    def fake(kind: str) -> Any:
+        def build(address: Any, *args: Any, **options: Any) -> None:
+            seen.update(kind=kind, address=address, args=args, options=options)
+            raise Captured
+
+        return build
+
+    import socketlab.programs
+    import socketlab.tcp
+
+    monkeypatch.setattr(socketlab.tcp, "WelcomeServer", fake("welcome"))
+    monkeypatch.setattr(socketlab.programs, "ProgramServer", fake("program"))
+    monkeypatch.setattr("socketlab.cli.tcp.log_to_stdout", lambda **_: None)
+    seen["error"] = Captured
+    return seen
+
+
+def tcp_server(seen: dict[str, Any], *args: str) -> dict[str, Any]:
+    result = CliRunner().invoke(main, ["tcp-server", *args])
+    assert isinstance(result.exception, seen["error"]), result.output
+    return seen
+
+
+def test_tcp_server_output_once_exec_and_unix_become_the_servers_settings(tcp_server_built, tmp_path) -> None:
+    """--output: no welcome unless given, payloads not logged; --once; --exec split without a shell; --unix's mode."""
+    from socketlab.unix import UnixAddress
+
+    target = str(tmp_path / "out.bin")
+    seen = tcp_server(tcp_server_built, "--output", target, "--once")
+    assert seen["kind"] == "welcome" and seen["address"] == ("127.0.0.1", 3000)
+    options = seen["options"]
+    assert (options["welcome"], options["payload"], options["once"]) == ("", "quiet", True)
+    assert options["output"].name == target
+    options["output"].close()
+    seen = tcp_server(tcp_server_built, "--output", target, "--welcome", "hi", "--hex")
+    assert (seen["options"]["welcome"], seen["options"]["payload"]) == ("hi", "hex")
+    seen["options"]["output"].close()
+    seen = tcp_server(
+        tcp_server_built, "--exec", "cat -n 'a b'", "--max-clients", "3", "--unix", "/tmp/x.sock", "--unix-mode", "660"
+    )
+    assert seen["kind"] == "program" and seen["address"] == UnixAddress("/tmp/x.sock", 0o660)
+    assert seen["args"] == (["cat", "-n", "a b"],) and seen["options"]["max_clients"] == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--output", "x", "--max-clients", "4"], "--output takes one client at a time: drop --max-clients"),
+        (["--exec", "cat", "--echo", "--welcome", "hi"], "--exec hands the connection to the program: drop --welcome, --echo"),
+        (["--exec", "'unclosed"], "Invalid value for '--exec': \"'unclosed\": No closing quotation"),
+        (["--unix", "/tmp/x.sock", "--port", "4000"], "--unix replaces --host and --port: drop --port"),
+        (["--unix-mode", "660"], "--unix-mode needs --unix PATH"),
+        (
+            ["--unix", "/tmp/x.sock", "--unix-mode", "999"],
+            "Invalid value for '--unix-mode': '999' is not a file mode in octal, like 600 or 660",
+        ),
+    ],
+)
+def test_tcp_server_options_that_do_not_go_together(args, message) -> None:
+    """Options that cannot work together are one usage error, exit 2, before anything listens."""
+    result = CliRunner().invoke(main, ["tcp-server", *args])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: {message}"
+
+
+def test_tcp_client_unix_names_its_own_address() -> None:
+    """tcp-client --unix with --port or --source is a usage error."""
+    result = CliRunner().invoke(main, ["tcp-client", "--unix", "/tmp/x.sock", "--port", "4000", "--source", "127.0.0.2"])
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == "Error: --unix names its own address: drop --port and --source"

@@ -19,5 +19,7 @@ def test_redis_option_without_the_extra_is_one_error_line() -> None:
     """Without the redis package, --redis exits 1 with the install command, before anything listens."""
     result = subprocess.run([sys.executable, "-c", WITHOUT_REDIS], capture_output=True, timeout=TIMEOUT)
     assert result.returncode == 1
-    assert result.stderr.decode() == "Error: --redis needs the redis package: pip install 'socketlab[redis]'\n"
+    assert result.stderr.decode() == (
+        "Error: --redis needs the redis package: pip install 'socketlab[redis]', or pip install '.[redis]' from a checkout\n"
+    )
     assert result.stdout == b""

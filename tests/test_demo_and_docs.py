@@ -111,9 +111,9 @@ def test_demo_udp_part() -> None:
     lines = result.stdout.decode().splitlines()
     udp = lines[lines.index("== UDP: datagrams, no connection ==") :]
     assert re.fullmatch(r"  \[server\] Listening for UDP on 127\.0\.0\.1:\d+", udp[1])
-    assert re.fullmatch(r"  \[sender\] Sent 1 datagrams \(16 bytes\) to 127\.0\.0\.1:\d+ in .*", udp[3])
+    assert re.fullmatch(r"  \[sender\] Sent 1 datagram \(16 bytes\) to 127\.0\.0\.1:\d+ in .*", udp[3])
     assert re.fullmatch(r"  \[server\] Get message from client 127\.0\.0\.1:\d+: Hello UDP Server", udp[4])
-    assert udp[5] == "  [server] Receiver closed: 1 datagrams, 16 bytes from 1 senders"
+    assert udp[5] == "  [server] Receiver closed: 1 datagram, 16 bytes from 1 sender"
 
 
 def test_udp_hello_example() -> None:
@@ -121,7 +121,7 @@ def test_udp_hello_example() -> None:
     assert run_example("udp_hello.py").splitlines() == [
         "sender sent 1 datagram of 16 bytes",
         "receiver got b'Hello UDP Server' from 127.0.0.1",
-        "1 datagrams, 16 bytes from 1 senders",
+        "1 datagram, 16 bytes from 1 sender",
     ]
 
 

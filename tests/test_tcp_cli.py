@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
+import threading
 
 import pytest
 
-from support import CLI, TIMEOUT, CliServer, has_ipv6, recv_until_closed, run_cli, wait_until
+from support import CLI, TIMEOUT, CliServer, LineReader, has_ipv6, recv_until_closed, run_cli, wait_until
+
+pytestmark = pytest.mark.timeout(30)
 
 
 def free_port() -> int:
@@ -111,26 +116,62 @@ def test_restart_binds_the_same_port_at_once() -> None:
 
 
 def test_max_clients_option() -> None:
-    """--max-clients 1: the second client reads the 'full' line and is closed."""
+    """--max-clients 1: the second client is refused with the 'full' line, which a raw client reads."""
     with CliServer("tcp-server", "--port", "0", "--max-clients", "1") as server:
         with socket.create_connection(("127.0.0.1", server.port)) as held:
             held.recv(100)
-            result = run_cli("tcp-client", "--port", str(server.port))
-            assert result.stdout == b"server is full, try again later\n"
-            server.out.wait_for(r"Refused 127\.0\.0\.1:\d+: server is full \(1 clients\)")
+            with socket.create_connection(("127.0.0.1", server.port)) as refused:
+                assert recv_until_closed(refused) == b"server is full, try again later\n"
+            server.out.wait_for(r"Refused 127\.0\.0\.1:\d+: server is full \(1 client\)$")
+
+
+def test_refused_tcp_client_exits_1_with_the_reason_on_stderr() -> None:
+    """A refusal line from a socketlab server (tcp-server full, --max-per-ip, chat full) is an error, not output."""
+    with CliServer("tcp-server", "--port", "0", "--max-clients", "1") as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as held:
+            held.recv(100)
+            result = run_cli("tcp-client", "--port", str(server.port), "hi")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().splitlines() == [
+        f"Connected to Server 127.0.0.1:{server.port}",
+        f"Error: refused by 127.0.0.1:{server.port}: server is full, try again later",
+    ]
+    with CliServer("tcp-server", "--port", "0", "--max-per-ip", "1") as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as held:
+            held.recv(100)
+            result = run_cli("tcp-client", "--port", str(server.port), "hi")
+        server.out.wait_for(r"Refused 127\.0\.0\.1:\d+: 1 connection from that address already$")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().splitlines()[-1] == (
+        f"Error: refused by 127.0.0.1:{server.port}: too many connections from your address, try again later"
+    )
+    with CliServer("chat", "serve", "--port", "0", "--max-clients", "1") as chat:
+        with socket.create_connection(("127.0.0.1", chat.port)) as held:
+            held.recv(100)
+            result = run_cli("tcp-client", "--port", str(chat.port), "hi")
+    assert result.returncode == 1 and result.stdout == b""
+    assert result.stderr.decode().splitlines()[-1] == f"Error: refused by 127.0.0.1:{chat.port}: server full"
+
+
+def test_a_reply_that_only_starts_like_a_refusal_is_output() -> None:
+    """Lines that merely begin like a refusal, or more after one, are the server's output: exit 0."""
+    with CliServer("tcp-server", "--port", "0", "--echo", "--welcome", "") as server:
+        for text in (b"server is", b"server is full\nand more\n", b"too many cooks\n"):
+            result = run_cli("tcp-client", "--port", str(server.port), input=text)
+            assert (result.returncode, result.stdout) == (0, text)
 
 
 def test_empty_welcome_and_client_reset() -> None:
-    """--welcome '' sends nothing; a reset client is logged and the server goes on."""
+    """--welcome '' sends nothing; a tab is logged escaped, as the help says; a reset client is logged and the server goes on."""
     import struct
 
     with CliServer("tcp-server", "--port", "0", "--welcome", "") as server:
         sock = socket.create_connection(("127.0.0.1", server.port))
-        sock.sendall(b"abc")
-        server.out.wait_for(r"Get message from client .*: abc$")
+        sock.sendall(b"a\tbc")
+        server.out.wait_for(r"Get message from client .*: a\\tbc$")  # the tab escaped, as it says
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
-        server.out.wait_for(r"Client disconnected .* \(connection reset by peer, 3 bytes received\)")
+        server.out.wait_for(r"Client disconnected .* \(connection reset by peer, 4 bytes received\)")
         result = run_cli("tcp-client", "--port", str(server.port), "x")
         assert result.returncode == 0 and result.stdout == b""
 
@@ -311,3 +352,289 @@ def test_demo_into_a_closed_pipe_ends_quietly() -> None:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+# -- ncat's everyday jobs -----------------------------------------------------------
+
+
+def test_output_file_once_receives_byte_exact_and_exits_0(tmp_path) -> None:
+    """--once --output FILE: no welcome, the client's bytes in FILE unchanged, the server exits 0 when it ends."""
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    target = tmp_path / "received.bin"
+    with CliServer("tcp-server", "--port", "0", "--once", "--output", str(target)) as server:
+        result = run_cli("tcp-client", "--port", str(server.port), input=data)
+        assert (result.returncode, result.stdout) == (0, b"")
+        assert server.proc.wait(TIMEOUT) == 0
+        rest = server.out.rest()
+    assert target.read_bytes() == data
+    assert rest[-2:] == [f"Client disconnected {rest[0].split()[-1]} (3145745 bytes received)", "Server closed"]
+    assert not any(line.startswith("Get message") for line in rest)  # payloads are in the file, not the log
+
+
+def test_output_to_stdout_is_only_the_data() -> None:
+    """--output -: stdout carries exactly the bytes received; the log goes to stderr."""
+    data = bytes(range(256)) * 1000
+    server = subprocess.Popen(
+        CLI + ["tcp-server", "--port", "0", "--once", "--output", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        log = LineReader(server.stderr)
+        received: list[bytes] = []
+        reader = threading.Thread(target=lambda: received.append(server.stdout.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        port = int(log.wait_for(r"listening on .*:(\d+)$").group(1))
+        assert run_cli("tcp-client", "--port", str(port), input=data).returncode == 0
+        assert server.wait(TIMEOUT) == 0
+        reader.join(TIMEOUT)
+        assert received == [data]
+        log.wait_for("^Server closed$")
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait(TIMEOUT)
+
+
+def test_output_takes_one_client_at_a_time_and_appends_the_next(tmp_path) -> None:
+    """With --output a second client is refused while one sends; the next one after it is appended."""
+    target = tmp_path / "all.bin"
+    with CliServer("tcp-server", "--port", "0", "--output", str(target)) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as first:
+            first.sendall(b"first\n")
+            server.out.wait_for(r"^Client connected")
+            busy = run_cli("tcp-client", "--port", str(server.port), "second")
+            assert busy.returncode == 1
+            assert busy.stderr.decode().splitlines()[-1].endswith(": server is full, try again later")
+            first.shutdown(socket.SHUT_WR)
+            assert recv_until_closed(first) == b""
+        assert run_cli("tcp-client", "--port", str(server.port), "third").returncode == 0
+        server.out.wait_for(r"\(6 bytes received\)$")
+        assert server.stop()[0] == 0
+    assert target.read_bytes() == b"first\nthird\n"
+
+
+def test_once_serves_one_connection_then_exits() -> None:
+    """--once: after its one client ends, the server closes and exits 0 (the default keeps serving)."""
+    with CliServer("tcp-server", "--port", "0", "--once", "--echo", "--welcome", "") as server:
+        assert run_cli("tcp-client", "--port", str(server.port), "one").stdout == b"one\n"
+        assert server.proc.wait(TIMEOUT) == 0
+        assert server.out.rest()[-1] == "Server closed"
+        assert run_cli("tcp-client", "--port", str(server.port), "two").returncode == 1  # nobody listens now
+
+
+PROGRAM = (
+    "import os, sys\n"
+    "line = sys.stdin.readline()\n"
+    "sys.stdout.write(os.environ['SOCKETLAB_PEER'] + ' ' + line.upper())\n"
+    "sys.stdout.flush()\n"
+    "sys.exit(3 if line.startswith('three') else 0)\n"
+)
+
+
+def exec_option(code: str) -> str:
+    """--exec's value: this Python running *code*, quoted as a user would quote it."""
+    import shlex
+
+    return shlex.join([sys.executable, "-c", code])
+
+
+def test_exec_runs_a_program_per_connection_with_the_socket_as_stdin_and_stdout() -> None:
+    """--exec: each client talks to its own program (no shell), whose exit status is logged."""
+    with CliServer("tcp-server", "--port", "0", "--exec", exec_option(PROGRAM)) as server:
+        first = run_cli("tcp-client", "--port", str(server.port), "hello there; ls")
+        assert first.returncode == 0
+        assert first.stdout.decode().endswith(" HELLO THERE; LS\n")  # the program's, not a shell's, reading
+        assert first.stdout.decode().startswith("127.0.0.1:")  # SOCKETLAB_PEER
+        server.out.wait_for(r"^Client disconnected 127\.0\.0\.1:\d+ \(python\S* exited with status 0\)$")
+        assert run_cli("tcp-client", "--port", str(server.port), "three").stdout.endswith(b" THREE\n")
+        server.out.wait_for(r"\(python\S* exited with status 3\)$")
+        assert server.stop()[0] == 0
+
+
+def test_exec_is_bounded_by_max_clients_and_ends_its_programs_on_sigterm() -> None:
+    """--exec, --max-clients 1: the next client is refused; SIGTERM ends even a program that ignores it, within a second."""
+    stubborn = (
+        "import signal, sys, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    )
+    with CliServer("tcp-server", "--port", "0", "--max-clients", "1", "--exec", exec_option(stubborn)) as server:
+        with socket.create_connection(("127.0.0.1", server.port)) as held:
+            held.settimeout(TIMEOUT)
+            assert held.makefile("rb").readline() == b"ready\n"
+            pid = int(server.out.wait_for(r"^Running python\S* for .* \(pid (\d+)\)$").group(1))
+            refused = run_cli("tcp-client", "--port", str(server.port), "hi")
+            assert refused.returncode == 1 and refused.stderr.decode().endswith(": server is full, try again later\n")
+            status, seconds = server.stop(signal.SIGTERM)
+            assert status == 0 and seconds < 1.0
+        rest = server.out.rest()
+    assert rest[-1] == "Server closed"
+    assert re.fullmatch(r"Client disconnected 127\.0\.0\.1:\d+ \(python\S* killed by SIGKILL\)", rest[-2]), rest
+    with pytest.raises(ProcessLookupError):  # reaped, not left behind
+        os.kill(pid, 0)
+
+
+def test_exec_of_a_missing_program_is_one_line_error() -> None:
+    """--exec naming no program that exists: one line, exit 1, before anything listens."""
+    result = run_cli("tcp-server", "--port", "0", "--exec", "no-such-program-here --flag")
+    assert_one_line_error(result, "Error: cannot run 'no-such-program-here': no such executable program (not in PATH)")
+
+
+def test_client_hex_dump_with_running_offsets() -> None:
+    """tcp-client --hex prints a hex dump of what arrives instead of the bytes."""
+    data = bytes(range(20))
+    with CliServer("tcp-server", "--port", "0", "--echo", "--welcome", "") as server:
+        result = run_cli("tcp-client", "--port", str(server.port), "--hex", input=data)
+    assert result.returncode == 0
+    rows = result.stdout.decode().splitlines()
+    offsets = [int(row.split()[0], 16) for row in rows]
+    assert offsets[0] == 0 and offsets == sorted(offsets) and rows[-1].startswith(f"{offsets[-1]:08x}  ")
+    dumped = bytes(int(byte, 16) for row in rows for byte in row[10:57].split())
+    assert dumped == data
+
+
+def test_client_idle_timeout_ends_a_quiet_connection_with_status_0() -> None:
+    """-w SECONDS: a connection where nothing moves for that long is ended, exit 0, and said so."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        proc = subprocess.Popen(
+            CLI + ["tcp-client", "--port", str(port), "-w", "0.3", "hi"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        try:
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"hello\n")  # then silence; the server never closes
+                out, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(TIMEOUT)
+    assert proc.returncode == 0
+    assert out == b"hello\n"
+    assert err.decode().splitlines()[-2:] == ["Nothing sent or received for 0.3 s: disconnecting", "Disconnected from Server"]
+
+
+def test_client_source_address_and_port() -> None:
+    """--source ADDR[:PORT] binds the local side: the server sees the connection come from there."""
+    source_port = free_port()
+    with CliServer("tcp-server", "--port", "0") as server:
+        result = run_cli("tcp-client", "--port", str(server.port), "--source", f"127.0.0.2:{source_port}", "hi")
+        assert result.returncode == 0, result.stderr
+        server.out.wait_for(rf"^Client connected 127\.0\.0\.2:{source_port}$")
+        result = run_cli("tcp-client", "--port", str(server.port), "--source", "127.0.0.3", "hi")
+        server.out.wait_for(r"^Client connected 127\.0\.0\.3:\d+$")
+        wrong = run_cli("tcp-client", "--port", str(server.port), "--source", "192.0.2.1", "hi")
+    assert_one_line_error(
+        wrong, f"Error: cannot use 192.0.2.1 as the source for 127.0.0.1:{server.port}: address not available on this machine"
+    )
+
+
+def test_client_crlf_ends_every_line_in_crlf() -> None:
+    """--crlf: LF becomes CRLF in what is sent (stdin and MESSAGE); a CRLF stays one."""
+    for args, data, expected in (
+        (["--crlf"], b"a\nb\r\nc", b"a\r\nb\r\nc"),
+        (["--crlf", "hello"], None, b"hello\r\n"),
+    ):
+        server = subprocess.Popen(
+            CLI + ["tcp-server", "--port", "0", "--once", "--output", "-"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            port = int(LineReader(server.stderr).wait_for(r"listening on .*:(\d+)$").group(1))
+            assert run_cli("tcp-client", "--port", str(port), *args, input=data).returncode == 0
+            out, _ = server.communicate(timeout=TIMEOUT)
+            assert out == expected
+        finally:
+            if server.poll() is None:
+                server.kill()
+                server.wait(TIMEOUT)
+
+
+def test_ctrl_c_in_tcp_client_exits_130_quietly() -> None:
+    """Ctrl-C (SIGINT) in tcp-client: status 130, no 'Aborted!', no traceback."""
+    with CliServer("tcp-server", "--port", "0") as server:
+        proc = subprocess.Popen(
+            CLI + ["tcp-client", "--port", str(server.port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None and proc.stdout.readline() == b"Welcome to Socket Server\n"
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(TIMEOUT)
+    assert proc.returncode == 130
+    assert err.decode().splitlines() == [f"Connected to Server 127.0.0.1:{server.port}"]
+
+
+# -- UNIX domain sockets ----------------------------------------------------------------
+
+
+class UnixCliServer(CliServer):
+    """A server command listening on a UNIX socket: ready once it names its path."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            CLI + list(args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.out = LineReader(self.proc.stdout)
+        self.path = self.out.wait_for(r"listening on (/.*)$").group(1)
+
+
+def test_unix_socket_server_and_client(tmp_path) -> None:
+    """--unix PATH on both ends: the file is 0600, peers are named unix#N, the file is gone after exit."""
+    path = str(tmp_path / "s.sock")
+    with UnixCliServer("tcp-server", "--unix", path, "--echo") as server:
+        assert os.stat(path).st_mode & 0o777 == 0o600
+        result = run_cli("tcp-client", "--unix", path, "over unix")
+        assert result.returncode == 0
+        assert result.stdout == b"Welcome to Socket Server\nover unix\n"
+        assert result.stderr.decode().splitlines()[0] == f"Connected to Server {path}"
+        server.out.wait_for(r"^Client connected unix#1$")
+        server.out.wait_for(r"^Client disconnected unix#1 \(10 bytes received\)$")
+        assert server.stop()[0] == 0
+    assert not os.path.exists(path)
+
+
+def test_unix_socket_file_stale_replaced_live_refused_mode_chosen(tmp_path) -> None:
+    """A stale socket file is replaced, a live one refused in one line; --unix-mode sets the permissions."""
+    import stat
+
+    path = str(tmp_path / "s.sock")
+    with socket.socket(socket.AF_UNIX) as dead:  # a server that died: the file stays, nobody accepts
+        dead.bind(path)
+    with UnixCliServer("tcp-server", "--unix", path, "--unix-mode", "660"):
+        assert stat.S_ISSOCK(os.stat(path).st_mode) and os.stat(path).st_mode & 0o777 == 0o660
+        second = run_cli("tcp-server", "--unix", path)
+        assert_one_line_error(second, f"Error: cannot listen on {path}: a server is listening there already")
+    plain = tmp_path / "plain"
+    plain.write_text("keep me")
+    result = run_cli("tcp-server", "--unix", str(plain))
+    assert_one_line_error(
+        result, f"Error: cannot listen on {plain}: a file that is not a socket is in the way; remove it or choose another path"
+    )
+    assert plain.read_text() == "keep me"
+    result = run_cli("tcp-client", "--unix", str(tmp_path / "none.sock"), "hi")
+    assert_one_line_error(result, f"Error: cannot connect to {tmp_path / 'none.sock'}: no such socket file")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_that_cannot_be_written_stops_the_server_with_one_error_line() -> None:
+    """--output on a full device: the server says why once, stops and exits 1."""
+    with CliServer("tcp-server", "--port", "0", "--output", "/dev/full") as server:
+        run_cli("tcp-client", "--port", str(server.port), "hi")
+        assert server.proc.wait(TIMEOUT) == 1
+        server.out.wait_for("^Cannot write the output: no space left on device; stopping$")
+        assert server.proc.stderr.read().decode() == "Error: cannot write output: No space left on device\n"  # type: ignore[union-attr]

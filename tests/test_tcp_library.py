@@ -227,3 +227,101 @@ def test_default_buffer_without_cache_facts(tmp_path: Any, monkeypatch: Any) -> 
     assert tcp.default_buffer_size() == 256 << 10
     monkeypatch.setattr(tcp, "_CACHES", _fake_caches(tmp_path, [("2", "Unified", "lots")]))
     assert tcp.default_buffer_size() == 256 << 10
+
+
+def test_output_gets_every_byte_from_one_client_at_a_time() -> None:
+    """WelcomeServer(output=...): bytes land in the output unchanged; max_clients is 1 while one sends."""
+    import io
+
+    sink = io.BytesIO()
+    data = bytes(range(256)) * 2000
+    with WelcomeServer(("127.0.0.1", 0), output=sink, welcome="", payload="quiet", max_clients=50) as server, serving(server):
+        assert server.max_clients == 1
+        address = server.server_address[:2]
+        with connect(*address) as first:
+            wait_until(lambda: server.connection_count == 1)
+            assert exchange(*address, b"refused?") == b"server is full, try again later\n"
+            first.sendall(data)
+            first.shutdown(socket.SHUT_WR)
+            assert recv_until_closed(first) == b""
+        assert exchange(*address, b"second") == b""
+    assert sink.getvalue() == data + b"second"
+
+
+def test_an_output_that_fails_stops_the_server_and_serve_forever_raises_it() -> None:
+    """A full disk under the output: the server stops and serve_forever() raises the OSError."""
+    import errno
+
+    class FullDisk:
+        def write(self, data: Any) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def flush(self) -> None:
+            pass
+
+    raised: list[BaseException] = []
+    server = WelcomeServer(("127.0.0.1", 0), output=FullDisk(), welcome="")  # type: ignore[arg-type]
+
+    def serve() -> None:
+        try:
+            server.serve_forever()
+        except OSError as error:
+            raised.append(error)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        exchange(*server.server_address[:2], b"x")
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+        assert [getattr(error, "errno", None) for error in raised] == [errno.ENOSPC]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+def test_once_returns_from_serve_forever_after_one_connection() -> None:
+    """once=True: serve_forever() returns by itself when its one connection ends."""
+    server = WelcomeServer(("127.0.0.1", 0), once=True, echo=True, welcome="")
+    thread = threading.Thread(target=server.serve_forever)
+    thread.start()
+    try:
+        assert exchange(*server.server_address[:2], b"only\n") == b"only\n"
+        thread.join(TIMEOUT)
+        assert not thread.is_alive()
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(TIMEOUT)
+
+
+def test_program_server_shutdown_ends_and_reaps_its_programs() -> None:
+    """ProgramServer: shutdown() ends programs that outlive their connection, promptly, leaving no child."""
+    import sys
+
+    from socketlab.programs import ProgramServer
+
+    code = "import sys, time\nprint('up', flush=True)\ntime.sleep(60)\n"
+    with ProgramServer(("127.0.0.1", 0), [sys.executable, "-c", code], max_clients=3) as server:
+        thread = threading.Thread(target=server.serve_forever)
+        thread.start()
+        clients = [connect(*server.server_address[:2]) for _ in range(3)]
+        for sock in clients:
+            sock.settimeout(TIMEOUT)
+            assert sock.makefile("rb").readline() == b"up\n"
+        assert server.child_count == 3
+        start = time.monotonic()
+        server.shutdown()
+        thread.join(TIMEOUT)
+        assert time.monotonic() - start < 1.0
+        assert server.child_count == 0
+        for sock in clients:
+            sock.close()
+
+
+def test_connect_from_a_source_address() -> None:
+    """connect(source=...) binds the local side first."""
+    with WelcomeServer(("127.0.0.1", 0)) as server, serving(server):
+        with connect(*server.server_address[:2], source=("127.0.0.5", 0)) as sock:
+            assert sock.getsockname()[0] == "127.0.0.5"

@@ -39,3 +39,41 @@ def test_terminal_text_keeps_lines_and_split_utf8() -> None:
     out = "".join(terminal.feed(data[i : i + 1]) for i in range(len(data)))
     out += terminal.feed(b"", final=True)
     assert out == "안녕\n\\x1b[31mred\tok\n"
+
+
+def test_display_bytes_escapes_tabs_for_logs_escape_controls_keeps_them() -> None:
+    """A log line shows a peer's tab as \\t (it would pass for spaces); chat text keeps its tabs."""
+    assert display_bytes(b"a\tb") == "a\\tb"
+    assert escape_controls("a\tb") == "a\tb"
+    assert escape_controls("a\tb", keep_tabs=False) == "a\\tb"
+
+
+def test_hexdump_offsets_can_start_further_on() -> None:
+    """A chunk dumped with start=N is numbered from N, so a stream's dumps run on."""
+    assert hexdump(b"AB", start=0x20) == "00000020  41 42" + " " * 44 + "|AB|"
+
+
+def test_plural() -> None:
+    """One noun for one, the plural for every other count, zero included."""
+    from socketlab.text import plural
+
+    assert [plural(n, "datagram") for n in (0, 1, 2)] == ["0 datagrams", "1 datagram", "2 datagrams"]
+    assert plural(1, "byte") == "1 byte" and plural(1024, "byte") == "1024 bytes"
+    assert plural(2, "child", "children") == "2 children"
+
+
+def test_seconds_and_rates_keep_three_significant_digits() -> None:
+    """Small durations are not rounded to 0.000 s, nor their rates to 0/s; no exponents."""
+    from socketlab.text import format_rate, format_seconds
+
+    assert format_seconds(1.23456) == "1.235"
+    assert format_seconds(0.5) == "0.500"
+    assert format_seconds(0.0123456) == "0.0123"
+    assert format_seconds(0.000123456) == "0.000123"
+    assert format_seconds(0.0) == "0.000"
+    assert format_seconds(3e-10) == "0.000000000"
+    assert format_rate(813008.13) == "813,008"
+    assert format_rate(123.4) == "123"
+    assert format_rate(12.345) == "12.3"
+    assert format_rate(0.333333) == "0.333"
+    assert format_rate(0.0) == "0"

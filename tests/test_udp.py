@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 import threading
 
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from socketlab import udp
 from socketlab.errors import AddressError
 from socketlab.udp import SOCKET_RCVBUF, DatagramReceiver, DatagramTooLarge, NoReply, send_datagrams
-from support import TIMEOUT, CliServer, has_ipv6, run_cli, wait_until
+from support import CLI, TIMEOUT, CliServer, LineReader, has_ipv6, run_cli, wait_until
+
+pytestmark = pytest.mark.timeout(30)
 
 LISTENING = r"^Listening for UDP on .*:(\d+)$"
 
@@ -157,11 +160,11 @@ def test_cli_round_trip_count_and_totals() -> None:
     with CliServer("udp-recv", "--port", "0", "--count", "1", ready=LISTENING) as recv:
         sent = run_cli("udp-send", "--port", str(recv.port), "Hello", "UDP", "Server")
         assert sent.returncode == 0
-        assert sent.stderr.decode().startswith(f"Sent 1 datagrams (16 bytes) to 127.0.0.1:{recv.port} in ")
+        assert sent.stderr.decode().startswith(f"Sent 1 datagram (16 bytes) to 127.0.0.1:{recv.port} in ")
         assert recv.proc.wait(TIMEOUT) == 0
         rest = recv.out.rest()
     assert rest[0].startswith("Get message from client 127.0.0.1:") and rest[0].endswith(": Hello UDP Server")
-    assert rest[-1] == "Receiver closed: 1 datagrams, 16 bytes from 1 senders"
+    assert rest[-1] == "Receiver closed: 1 datagram, 16 bytes from 1 sender"
 
 
 def test_cli_stdin_lines_are_datagrams_and_escapes() -> None:
@@ -187,11 +190,115 @@ def test_cli_hex_dump() -> None:
 
 
 def test_cli_echo_with_wait_reply() -> None:
-    """udp-recv --echo sends back; udp-send --wait-reply prints the reply on stdout."""
+    """udp-recv --echo sends back; udp-send --wait-reply prints the reply on stdout, one line with its sender."""
     with CliServer("udp-recv", "--port", "0", "--echo", ready=LISTENING) as recv:
-        result = run_cli("udp-send", "--port", str(recv.port), "--wait-reply", "5", "ping")
+        result = run_cli("udp-send", "--port", str(recv.port), "--wait-reply", "0.5", "ping")
         assert result.returncode == 0
-        assert result.stdout == b"ping"
+        assert result.stdout == f"Reply from 127.0.0.1:{recv.port}: ping\n".encode()
+        hexed = run_cli("udp-send", "--port", str(recv.port), "--wait-reply", "0.5", "--hex", "AB")
+        assert hexed.stdout.decode().splitlines() == [
+            f"Reply from 127.0.0.1:{recv.port} (2 bytes):",
+            "00000000  41 42" + " " * 44 + "|AB|",
+        ]
+
+
+class Responder:
+    """A UDP peer that answers a datagram with several replies, each when the test says so."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(TIMEOUT)
+        self.port = self.sock.getsockname()[1]
+        self.client = None
+
+    def receive(self) -> bytes:
+        data, self.client = self.sock.recvfrom(65536)
+        return data
+
+    def reply(self, data: bytes) -> None:
+        self.sock.sendto(data, self.client)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_cli_wait_reply_says_sent_first_then_prints_every_reply_as_it_arrives() -> None:
+    """--wait-reply: 'Sent ...' comes before the wait; each reply is printed when it comes, escaped, until the wait ends."""
+    responder = Responder()
+    proc = subprocess.Popen(
+        CLI + ["udp-send", "--port", str(responder.port), "--wait-reply", str(TIMEOUT / 4), "ping"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert responder.receive() == b"ping"
+        err, out = LineReader(proc.stderr), LineReader(proc.stdout)
+        err.wait_for(rf"^Sent 1 datagram \(4 bytes\) to 127\.0\.0\.1:{responder.port} in ")
+        responder.reply(b"one")
+        out.wait_for(rf"^Reply from 127\.0\.0\.1:{responder.port}: one$")
+        assert proc.poll() is None  # printed as it arrived, while still waiting
+        responder.reply(b"two\x1b[2J\n")
+        responder.reply(b"")
+        assert proc.wait(TIMEOUT) == 0
+        assert out.rest() == [
+            f"Reply from 127.0.0.1:{responder.port}: two\\x1b[2J\\n",
+            f"Reply from 127.0.0.1:{responder.port} (empty datagram)",
+        ]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        responder.close()
+
+
+def test_ctrl_c_in_udp_send_exits_130_quietly() -> None:
+    """Ctrl-C while udp-send waits for replies: status 130, no 'Aborted!', no traceback."""
+    responder = Responder()
+    proc = subprocess.Popen(
+        CLI + ["udp-send", "--port", str(responder.port), "--wait-reply", str(TIMEOUT * 3), "ping"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        responder.receive()
+        err = LineReader(proc.stderr)
+        err.wait_for("^Sent 1 datagram")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(TIMEOUT) == 130
+        assert err.rest() == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(TIMEOUT)
+        responder.close()
+
+
+def test_library_hands_every_reply_to_on_reply(receiver) -> None:
+    """send_datagrams(on_reply=...) gets each reply with its sender; on_sent comes first."""
+    recorder = receiver(echo=True)
+    port = recorder.server_address[1]
+    events: list[object] = []
+    report = send_datagrams(
+        "127.0.0.1",
+        port,
+        [b"a", b"b"],
+        wait_reply=0.3,
+        on_sent=lambda report: events.append(("sent", report.datagrams)),
+        on_reply=lambda data, sender: events.append((data, sender[1])),
+    )
+    assert events == [("sent", 2), (b"a", port), (b"b", port)]
+    assert (report.replies, report.reply) == (2, b"a")
+
+
+def test_send_report_keeps_meaningful_precision() -> None:
+    """A fast send is not '0.000 s (0 datagrams/s)'; one datagram is one datagram."""
+    from socketlab.udp import SendReport
+
+    line = SendReport(datagrams=100, bytes=6400, seconds=0.000123).describe("h:1")
+    assert line == "Sent 100 datagrams (6400 bytes) to h:1 in 0.000123 s (813,008 datagrams/s)"
+    one = SendReport(datagrams=1, bytes=1, seconds=2.0).describe("h:1")
+    assert one == "Sent 1 datagram (1 byte) to h:1 in 2.000 s (0.5 datagrams/s)"
 
 
 def test_cli_timeout_and_unreachable_exit_1() -> None:
@@ -202,7 +309,7 @@ def test_cli_timeout_and_unreachable_exit_1() -> None:
     port = free_udp_port()
     result = run_cli("udp-send", "--port", str(port), "--wait-reply", "2", "hi")
     assert result.returncode == 1
-    assert result.stderr.decode().splitlines() == [f"Error: no one is listening on 127.0.0.1:{port}"]
+    assert result.stderr.decode().splitlines()[1:] == [f"Error: no one is listening on 127.0.0.1:{port}"]
 
 
 def test_cli_unknown_host() -> None:
@@ -233,7 +340,7 @@ def test_cli_ten_thousand_datagrams_quiet_totals() -> None:
     prefix, _, senders = totals.partition(" bytes from ")
     count, _, size = prefix.removeprefix("Receiver closed: ").partition(" datagrams, ")
     received = int(count)
-    assert 0 < received <= 10000 and int(size) == 64 * received and senders == "1 senders"
+    assert 0 < received <= 10000 and int(size) == 64 * received and senders == "1 sender"
     print(f"received {received} of 10000 datagrams ({100 * (10000 - received) / 10000:.2f} % lost)")
 
 

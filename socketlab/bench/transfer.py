@@ -24,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass
 from socketlab.errors import BenchError
+from socketlab.text import format_rate, format_seconds
 
 SOCKETLAB = [sys.executable, "-m", "socketlab"]
 CHUNK = 1 << 20
@@ -68,7 +69,7 @@ class UdpResult:
     def describe(self) -> str:
         rate = self.sent / self.send_seconds if self.send_seconds else 0.0
         return (
-            f"udp  {self.tool:<40} sent {self.sent:,} in {self.send_seconds:.3f} s ({rate:,.0f}/s), "
+            f"udp  {self.tool:<40} sent {self.sent:,} in {format_seconds(self.send_seconds)} s ({format_rate(rate)}/s), "
             f"received {self.received:,} ({100 * self.loss:.2f} % lost)"
         )
 
@@ -317,7 +318,7 @@ def run_udp(count: int, size: int = 64, receiver: str = "socketlab") -> UdpResul
     proc.send_signal(signal.SIGINT)
     if receiver == "socketlab":
         out, _ = proc.communicate(timeout=10)
-        totals = re.search(rb"Receiver closed: (\d+) datagrams", out)
+        totals = re.search(rb"Receiver closed: (\d+) datagrams?", out)
         received = int(totals.group(1)) if totals else 0
     else:
         proc.wait(10)

@@ -48,7 +48,9 @@ from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
 from socketlab.engineio import EngineSettings
 from socketlab.socketio import SocketIOServer
 from socketlab.static import StaticFolder
-from socketlab.serving import Acceptor, AcceptingServer, open_listener
+from socketlab.serving import Acceptor, AcceptingServer, listen, open_listener
+from socketlab.unix import UnixAddress
+from socketlab.text import plural
 from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
@@ -64,7 +66,10 @@ class ChatServer(AcceptingServer):
 
     ``ChatServer(("127.0.0.1", 0), room_size=2)`` binds at once; run
     ``serve_forever()`` on a thread and stop with ``shutdown()`` or a ``with``
-    block. Raises AddressError when an address cannot be bound.
+    block. Raises AddressError when an address cannot be bound. Given a
+    :class:`~socketlab.unix.UnixAddress`, line clients connect to that UNIX
+    socket file instead of a TCP port (access rules and max_per_ip do not
+    apply to them; the web listener, if any, stays TCP).
 
     Its settings are a :class:`~socketlab.chat.config.ChatConfig` (limits,
     web, TLS, cluster; each documented there), given whole as *config*, or
@@ -83,7 +88,7 @@ class ChatServer(AcceptingServer):
 
     def __init__(
         self,
-        address: tuple[str, int],
+        address: tuple[str, int] | UnixAddress,
         config: ChatConfig | None = None,
         *,
         web_site: WebSite | None = None,
@@ -146,7 +151,7 @@ class ChatServer(AcceptingServer):
             self._serve_socketio(self.web_site, config)
         self._closed = False
         try:
-            self.socket = open_listener(*address)
+            self.socket = listen(address)
         except Exception:
             self.acceptor.close()
             self.service.stop()
@@ -331,7 +336,7 @@ class ChatServer(AcceptingServer):
                 client_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
             return
         if not self.acceptor.register(conn.sock):
-            self.logger.warning("Refused %s: server is full (%d clients)", conn.peer, self.max_clients)
+            self.logger.warning("Refused %s: server is full (%s)", conn.peer, plural(self.max_clients, "client"))
             self._refuse(conn, "server full", self.full_message)
             return
         with self.lock:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
 
 from socketlab.cli.options import (
+    client_host_option,
+    client_port_option,
     Origin,
     RedisUrl,
     WebAddress,
@@ -20,7 +23,12 @@ from socketlab.cli.options import (
     server_tls,
     tls_client_options,
     tls_server_options,
+    unix_address,
+    unix_server_options,
 )
+
+if TYPE_CHECKING:
+    from socketlab.chat.client import LineClient
 
 
 @click.group()
@@ -36,6 +44,7 @@ def chat() -> None:
 @chat.command("serve")
 @host_option
 @port_option
+@unix_server_options
 @click.option(
     "--room-size", type=click.IntRange(0), default=0, show_default=True, help="Members per room, lobby excepted (0: no cap)."
 )
@@ -101,6 +110,8 @@ def chat() -> None:
 def chat_serve(
     host: str,
     port: int,
+    unix_path: str | None,
+    unix_mode: int,
     room_size: int,
     max_clients: int,
     max_line: int,
@@ -163,13 +174,22 @@ def chat_serve(
     if quiet:
         logging.getLogger("socketlab.chat.clients").setLevel(logging.WARNING)
         logging.getLogger("socketlab.chat.web").setLevel(logging.WARNING)
-    with ChatServer((host, port), config) as server:
+    address = unix_address(click.get_current_context(), unix_path, unix_mode) or (host, port)
+    with ChatServer(address, config) as server:
         run_until_signal(server)
 
 
 @chat.command("connect")
-@host_option
-@port_option
+@click.argument("url", required=False, metavar="[ws://HOST:PORT/ws]")
+@client_host_option
+@client_port_option
+@click.option(
+    "--unix",
+    "unix_path",
+    metavar="PATH",
+    type=click.Path(dir_okay=False),
+    help="Connect to a chat server's UNIX domain socket instead of --host/--port.",
+)
 @click.option("--name", help="Nickname to take at once (/nick).")
 @click.option("--room", help="Room to join at once (/join).")
 @click.option(
@@ -180,9 +200,13 @@ def chat_serve(
     help="Connect (and TLS handshake) timeout in seconds.",
 )
 @tls_client_options
+@click.pass_context
 def chat_connect(
+    ctx: click.Context,
+    url: str | None,
     host: str,
     port: int,
+    unix_path: str | None,
     name: str | None,
     room: str | None,
     timeout: float,
@@ -192,18 +216,70 @@ def chat_connect(
 ) -> None:
     """Chat from a terminal or a pipe: stdin lines out, server lines in.
 
-    At the end of stdin it sends /quit and waits for the server to close.
+    On a terminal, lines are edited with readline (history included) and
+    incoming lines appear above the line being typed. At the end of input
+    (Ctrl-D), on /quit or Ctrl-C it says goodbye and waits for the server to
+    close. A ws:// or wss:// URL joins through the WebSocket of 'chat serve
+    --web'. Exits 1 when the server refuses the connection (server full,
+    too many connections from this address, ...).
 
     \b
-    Example:
+    Examples:
       socketlab chat connect --port 3000 --name alice --room chess
+      socketlab chat connect ws://127.0.0.1:8080/ws --name bob
+      socketlab chat connect --unix /run/chat.sock
     """
-    from socketlab.addresses import format_address
-    from socketlab.chat.client import ChatClient, run_session
+    client = _open_chat_client(ctx, url, host, port, unix_path, timeout, use_tls, tls_ca, tls_no_verify)
+    from socketlab.chat.client import run_session
 
-    tls = client_tls(use_tls, tls_ca, tls_no_verify)
-    client = ChatClient.connect(host, port, timeout, tls=tls)
-    with client:
-        click.echo(f"Connected to Server {format_address((host, port))}{' (TLS)' if tls else ''}", err=True)
-        run_session(client, name=name, room=room)
+    try:
+        click.echo(f"Connected to Server {client.address}{' (TLS)' if client.tls else ''}", err=True)
+        end = run_session(client, name=name, room=room)
+    finally:
+        client.close()
     click.echo("Disconnected from Server", err=True)
+    if end.signal:
+        ctx.exit(128 + end.signal)
+
+
+def _open_chat_client(
+    ctx: click.Context,
+    url: str | None,
+    host: str,
+    port: int,
+    unix_path: str | None,
+    timeout: float,
+    use_tls: bool,
+    tls_ca: str | None,
+    tls_no_verify: bool,
+) -> LineClient:
+    """The connection ``chat connect`` asked for: a URL, a UNIX socket, or --host/--port."""
+    from click.core import ParameterSource
+
+    explicit = [f"--{name}" for name in ("host", "port") if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    wants_tls = use_tls or tls_ca is not None or tls_no_verify
+    if url is not None:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise click.BadParameter(f"{url!r} is not a URL like ws://HOST:PORT/ws or wss://HOST:PORT/ws", param_hint="URL")
+        if unix_path or explicit:
+            raise click.UsageError(f"a URL names its own address: drop {' and '.join(explicit) or '--unix'}")
+        if parts.scheme == "ws" and wants_tls:
+            raise click.UsageError("ws:// is plaintext: use a wss:// URL for TLS")
+        from socketlab.chat.client import WebSocketClient
+
+        tls = client_tls(True, tls_ca, tls_no_verify) if parts.scheme == "wss" else None
+        return WebSocketClient.connect(url, timeout, tls=tls)
+    if unix_path is not None:
+        if explicit:
+            raise click.UsageError(f"--unix names its own address: drop {' and '.join(explicit)}")
+        if wants_tls:
+            raise click.UsageError("--unix connects without TLS: drop --tls, --tls-ca and --tls-no-verify")
+        from socketlab.chat.client import ChatClient
+
+        return ChatClient.connect_unix(unix_path, timeout)
+    from socketlab.chat.client import ChatClient
+
+    return ChatClient.connect(host, port, timeout, tls=client_tls(use_tls, tls_ca, tls_no_verify))

@@ -69,24 +69,139 @@ def buffer_option(func: F) -> F:
 
 
 def host_option(func: F) -> F:
+    """--host for a server: where it listens."""
     return click.option(
         "--host",
         default=DEFAULT_HOST,
         show_default=True,
         envvar="SOCKETLAB_HOST",
-        help="Address (0.0.0.0 or :: to listen on every interface; env SOCKETLAB_HOST).",
+        help="Address to listen on (0.0.0.0 or :: for every interface; env SOCKETLAB_HOST).",
     )(func)
 
 
 def port_option(func: F) -> F:
+    """--port for a server: 0 picks a free one."""
     return click.option(
         "--port",
         type=click.IntRange(0, 65535),
         default=DEFAULT_PORT,
         show_default=True,
         envvar="SOCKETLAB_PORT",
-        help="Port (0 picks a free one when listening; env SOCKETLAB_PORT).",
+        help="Port to listen on (0 picks a free one; env SOCKETLAB_PORT).",
     )(func)
+
+
+def client_host_option(func: F) -> F:
+    """--host for a client: the server's name or address."""
+    return click.option(
+        "--host",
+        default=DEFAULT_HOST,
+        show_default=True,
+        envvar="SOCKETLAB_HOST",
+        help="Server's host name or address (env SOCKETLAB_HOST).",
+    )(func)
+
+
+def client_port_option(func: F) -> F:
+    """--port for a client: the server's port."""
+    return click.option(
+        "--port",
+        type=click.IntRange(1, 65535),
+        default=DEFAULT_PORT,
+        show_default=True,
+        envvar="SOCKETLAB_PORT",
+        help="Server's port (env SOCKETLAB_PORT).",
+    )(func)
+
+
+def unix_server_options(func: F) -> F:
+    """--unix PATH and --unix-mode: listen on a UNIX domain socket instead of --host/--port."""
+    func = click.option(
+        "--unix-mode",
+        type=UnixMode(),
+        default="600",
+        show_default=True,
+        metavar="MODE",
+        help="With --unix: the socket file's permissions, octal (660: the group may connect too).",
+    )(func)
+    return click.option(
+        "--unix",
+        "unix_path",
+        metavar="PATH",
+        type=click.Path(dir_okay=False),
+        help=(
+            "Listen on this UNIX domain socket instead of --host/--port (a stale socket file is replaced, "
+            "the file removed at exit). Its permissions decide who connects: --allow, --deny and "
+            "--max-per-ip do not apply to its clients."
+        ),
+    )(func)
+
+
+def unix_client_option(func: F) -> F:
+    """--unix PATH: connect to a UNIX domain socket instead of --host/--port."""
+    return click.option(
+        "--unix",
+        "unix_path",
+        metavar="PATH",
+        type=click.Path(dir_okay=False),
+        help="Connect to this UNIX domain socket instead of --host/--port (with --tls, the certificate is checked for --host).",
+    )(func)
+
+
+class UnixMode(click.ParamType):
+    """A socket file's permissions in octal, such as 600 or 0660."""
+
+    name = "mode"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().removeprefix("0o")
+        if not text or any(digit not in "01234567" for digit in text) or int(text, 8) > 0o777:
+            self.fail(f"{value!r} is not a file mode in octal, like 600 or 660", param, ctx)
+        return int(text, 8)
+
+
+def unix_address(ctx: click.Context, unix_path: str | None, unix_mode: int) -> Any:
+    """The UnixAddress of --unix/--unix-mode, or None; --unix with --host or --port given is a usage error."""
+    from click.core import ParameterSource
+
+    if unix_path is None:
+        if ctx.get_parameter_source("unix_mode") == ParameterSource.COMMANDLINE:
+            raise click.UsageError("--unix-mode needs --unix PATH")
+        return None
+    given = [f"--{name}" for name in ("host", "port") if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE]
+    if given:
+        raise click.UsageError(f"--unix replaces --host and --port: drop {' and '.join(given)}")
+    from socketlab.unix import UnixAddress
+
+    return UnixAddress(unix_path, unix_mode)
+
+
+class SourceAddress(click.ParamType):
+    """``ADDR``, ``ADDR:PORT``, ``[IPv6]:PORT``, ``IPv6`` or ``:PORT``: the local side of a connection."""
+
+    name = "ADDR[:PORT]"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> tuple[str, int]:
+        if isinstance(value, tuple):
+            return value
+        from socketlab.addresses import parse_source
+        from socketlab.errors import AddressError
+
+        try:
+            return parse_source(str(value))
+        except AddressError as error:
+            self.fail(str(error), param, ctx)
+
+
+@contextlib.contextmanager
+def stopped_by_ctrl_c() -> Iterator[None]:
+    """Ctrl-C ends a client as a stopped program: status 130 (128 + SIGINT), no ``Aborted!``, no traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
 
 
 def tls_server_options(func: F) -> F:
@@ -197,8 +312,8 @@ def drop_stdout() -> None:
         os.close(devnull)
 
 
-def log_to_stdout(level: int = logging.INFO) -> None:
-    """Send socketlab's log records to stdout, one message per line.
+def log_to_stdout(level: int = logging.INFO, stream: Any = None) -> None:
+    """Send socketlab's log records to stdout (or *stream*, e.g. stderr when stdout carries data), one message per line.
 
     No serving thread ever waits for stdout: lines go through a bounded queue
     to a writer thread, and are dropped (and counted, and said so) when
@@ -208,7 +323,7 @@ def log_to_stdout(level: int = logging.INFO) -> None:
 
     from socketlab.logqueue import BoundedLogHandler
 
-    handler = BoundedLogHandler(sys.stdout)
+    handler = BoundedLogHandler(stream or sys.stdout)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root = logging.getLogger("socketlab")
     root.handlers[:] = [handler]
@@ -236,13 +351,13 @@ class WebAddress(click.ParamType):
         from socketlab.addresses import parse_address
         from socketlab.errors import AddressError
 
+        from socketlab.addresses import parse_port
+
         text = str(value)
-        if text.isdigit() and int(text) < 65536:
-            return None, int(text)
         try:
-            if text.rpartition(":")[2] == "0":  # HOST:0, a free port
-                return parse_address(text[:-1] + "1")[0], 0
-            return parse_address(text)
+            if text.isdigit():
+                return None, parse_port(text, allow_zero=True)
+            return parse_address(text, allow_zero=True)
         except AddressError as error:
             self.fail(str(error), param, ctx)
 
@@ -301,7 +416,9 @@ class RedisUrl(click.ParamType):
         try:
             import redis  # noqa: F401
         except ImportError:
-            raise click.ClickException("--redis needs the redis package: pip install 'socketlab[redis]'") from None
+            raise click.ClickException(
+                "--redis needs the redis package: pip install 'socketlab[redis]', or pip install '.[redis]' from a checkout"
+            ) from None
         if not str(value).startswith(("redis://", "rediss://", "unix://")):
             self.fail(f"{value!r} is not a URL like redis://HOST:PORT/DB", param, ctx)
         return str(value)

@@ -7,7 +7,16 @@ from typing import Any
 
 import click
 
-from socketlab.cli.options import access_options, access_rules, host_option, log_to_stdout, port_option
+from socketlab.cli.options import (
+    access_options,
+    access_rules,
+    client_host_option,
+    client_port_option,
+    host_option,
+    log_to_stdout,
+    port_option,
+    stopped_by_ctrl_c,
+)
 
 
 @click.command("udp-recv")
@@ -53,8 +62,8 @@ def udp_recv(
 
 
 @click.command("udp-send")
-@host_option
-@port_option
+@client_host_option
+@client_port_option
 @click.option(
     "--repeat",
     type=click.IntRange(1),
@@ -68,19 +77,31 @@ def udp_recv(
     type=click.FloatRange(0, min_open=True),
     default=None,
     metavar="SECONDS",
-    help="Wait this long for a datagram back and print it.",
+    help="Then wait this long for datagrams back, printing each as it arrives with its sender (exit 1 if none).",
 )
+@click.option("--hex", "hex_dump", is_flag=True, help="With --wait-reply: print replies as hex dumps.")
 @click.argument("message", nargs=-1)
-def udp_send(host: str, port: int, repeat: int, interval: float, wait_reply: float | None, message: tuple[str, ...]) -> None:
+def udp_send(
+    host: str,
+    port: int,
+    repeat: int,
+    interval: float,
+    wait_reply: float | None,
+    hex_dump: bool,
+    message: tuple[str, ...],
+) -> None:
     """Send MESSAGE as one datagram (or each stdin line as one).
 
     Reports what was sent on stderr. UDP gives no delivery receipt: only
     --wait-reply, or the OS reporting that nobody listens, tells you more.
+    Replies go to stdout, one line each: 'Reply from HOST:PORT: text' with
+    control characters escaped (or a hex dump with --hex). Ctrl-C exits 130.
 
     \b
     Examples:
       socketlab udp-send --port 3000 Hello UDP Server
-      socketlab udp-send --port 7 --wait-reply 1 ping
+      socketlab udp-recv --port 3000 --echo -q &          # a UDP echo server
+      socketlab udp-send --port 3000 --wait-reply 1 ping  # ... answers: Reply from 127.0.0.1:3000: ping
     """
     from socketlab.addresses import format_address
     from socketlab.udp import send_datagrams
@@ -91,18 +112,28 @@ def udp_send(host: str, port: int, repeat: int, interval: float, wait_reply: flo
         if repeat > 1:
             raise click.UsageError("--repeat needs a MESSAGE (stdin lines are sent once)")
         payloads = (line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n") for line in sys.stdin.buffer)
-    report = send_datagrams(host, port, payloads, repeat=repeat, interval=interval, wait_reply=wait_reply)
-    click.echo(report.describe(format_address((host, port))), err=True)
-    if report.reply is not None:
-        write_received(report.reply)
+    target = format_address((host, port))
+    with stopped_by_ctrl_c():
+        send_datagrams(
+            host,
+            port,
+            payloads,
+            repeat=repeat,
+            interval=interval,
+            wait_reply=wait_reply,
+            on_sent=lambda report: click.echo(report.describe(target), err=True),
+            on_reply=lambda data, sender: click.echo(describe_reply(data, sender, hex_dump)),
+        )
 
 
-def write_received(data: bytes) -> None:
-    """Received bytes to stdout: raw into a pipe, escaped text on a terminal."""
-    if sys.stdout.isatty():
-        from socketlab.text import display_bytes
+def describe_reply(data: bytes, sender: Any, hex_dump: bool) -> str:
+    """One reply as udp-send prints it: its sender, then its text escaped (or a hex dump)."""
+    from socketlab.addresses import format_address
+    from socketlab.text import display_bytes, hexdump, plural
 
-        click.echo(display_bytes(data))
-    else:
-        sys.stdout.buffer.write(data)
-        sys.stdout.flush()
+    peer = format_address(sender)
+    if not data:
+        return f"Reply from {peer} (empty datagram)"
+    if hex_dump:
+        return f"Reply from {peer} ({plural(len(data), 'byte')}):\n{hexdump(data)}"
+    return f"Reply from {peer}: {display_bytes(data)}"

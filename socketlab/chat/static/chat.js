@@ -25,12 +25,23 @@
   const CHAT = /^<([^>\s]+)> (\(private\) )?/;
   const MAX_LINES = 500;
 
+  // Reconnecting: the first retry after about a second, each next one twice as late, at most 30 s;
+  // each delay is drawn between half and all of that, so that pages the server dropped together
+  // do not all come back in the same instant.
+  const FIRST_RETRY = 1000;
+  const LAST_RETRY = 30000;
+
   let ws = null;
   let me = '';          // our name, as the server knows it
   let chosenName = '';  // the name we picked with Rename; re-applied after a reconnect
+  let chosenRoom = '';  // the room we were last put in; re-joined after a reconnect
   let room = '';
   let members = [];
   let pendingWho = 0;   // /who replies we asked for ourselves (not shown in the log)
+  let leaving = false;  // we sent /quit: the close that follows is ours, not a loss
+  let retries = 0;      // reconnection attempts since the last welcome
+  let retryTimer = 0;
+  let countdownTimer = 0;
 
   // -- the message list ------------------------------------------------------
 
@@ -94,11 +105,15 @@
   function notice(text) {
     let m;
     if ((m = NOTICES.welcome.exec(text))) {
+      retries = 0;
       setName(m[1]);
       setRoom(m[2]);
+      // After a reconnect: take our name and our room again.
       if (chosenName && chosenName !== m[1]) send(`/nick ${chosenName}`);
+      if (chosenRoom && chosenRoom !== m[2]) send(`/join ${chosenRoom}`);
     } else if ((m = NOTICES.youAreIn.exec(text))) {
       clearAlert();
+      chosenRoom = m[1];
       setRoom(m[1]);
     } else if ((m = NOTICES.renamed.exec(text))) {
       if (m[1] === me) {
@@ -144,6 +159,7 @@
 
   function send(text) {
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
+    if (/^\/quit(\s|$)/.test(text.trim())) leaving = true;
     ws.send(`${text}\n`);
     return true;
   }
@@ -153,16 +169,56 @@
     ui.status.dataset.state = state;
     const online = state === 'open';
     ui.reconnect.hidden = online || state === 'connecting';
+    ui.reconnect.textContent = state === 'waiting' ? 'Try now' : 'Reconnect';
     buttons.forEach((button) => { button.disabled = !online; });
   }
 
+  // What a close means, in words: the WebSocket close codes the server uses (docs/protocol.md).
+  function whyClosed(event) {
+    if (leaving) return 'You left the chat.';
+    switch (event.code) {
+      case 1001: return 'The server shut down.';
+      case 1013: return 'The server is full.';
+      case 1000: return 'The server closed the connection.';
+      case 1006: return 'Connection lost: the server went away or the network dropped.';
+      default: return `The server closed the connection${event.reason ? ` (${event.reason})` : ''}.`;
+    }
+  }
+
+  function stopRetrying() {
+    clearTimeout(retryTimer);
+    clearInterval(countdownTimer);
+    retryTimer = 0;
+    countdownTimer = 0;
+  }
+
+  function scheduleReconnect(why) {
+    stopRetrying();
+    const ceiling = Math.min(LAST_RETRY, FIRST_RETRY * 2 ** retries);
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2);
+    const due = Date.now() + delay;
+    retries += 1;
+    const tell = () => {
+      const seconds = Math.max(1, Math.ceil((due - Date.now()) / 1000));
+      setStatus(`${why} Reconnecting in ${seconds} s…`, 'waiting');
+    };
+    tell();
+    countdownTimer = setInterval(tell, 250);
+    retryTimer = setTimeout(() => {
+      stopRetrying();
+      connect();
+    }, delay);
+  }
+
   function connect() {
+    stopRetrying();
     const url = (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + '/ws';
     const socket = new WebSocket(url);
     ws = socket;
+    leaving = false;
     pendingWho = 0;
     clearAlert();
-    setStatus('Connecting…', 'connecting');
+    setStatus(retries ? 'Reconnecting…' : 'Connecting…', 'connecting');
     socket.addEventListener('open', () => setStatus('Connected', 'open'));
     socket.addEventListener('message', (event) => {
       if (typeof event.data !== 'string') return;
@@ -173,13 +229,24 @@
     });
     socket.addEventListener('close', (event) => {
       if (ws !== socket) return;
-      const reason = event.reason ? `: ${event.reason}` : '';
-      setStatus(`Disconnected (code ${event.code}${reason})`, 'closed');
-      addLine(`* disconnected (code ${event.code}${reason})`, 'notice local');
+      const why = whyClosed(event);
+      const wasOpen = ui.status.dataset.state !== 'connecting';
       members = [];
       renderMembers();
+      if (leaving) {
+        setStatus(why, 'closed');
+        addLine(`* ${why}`, 'notice local');
+        return;
+      }
+      if (wasOpen) addLine(`* ${why}`, 'notice local');
+      scheduleReconnect(wasOpen ? why : 'The server cannot be reached.');
     });
   }
+
+  // Back online: no need to wait for the next attempt.
+  window.addEventListener('online', () => {
+    if (retryTimer) connect();
+  });
 
   // -- the forms -------------------------------------------------------------
 
