@@ -22,7 +22,7 @@ import binascii
 import json
 import secrets
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol, Union, cast
 
 Message = Union[str, bytes]
 
@@ -127,6 +127,13 @@ class Carrier(Protocol):
         """End the carrier (a WebSocket: close it; a held GET: answer what it was given, then done)."""
 
 
+class WebSocketCarrier(Carrier, Protocol):
+    """A WebSocket carrier, which also takes text messages straight, without packet tuples."""
+
+    def deliver_messages(self, messages: list[str]) -> None:
+        """Send *messages* as MESSAGE packets (the relay's hot path)."""
+
+
 class EngineApp(Protocol):
     """What runs on top of Engine.IO sessions (Socket.IO does)."""
 
@@ -217,11 +224,30 @@ class EngineSession:
 
     # -- for the server ------------------------------------------------------------
 
+    def send_many(self, messages: list[str]) -> None:
+        """Queue several text messages at once: a WebSocket client gets them in one write.
+
+        The relay's hot path: a chat delivery to many clients passes the same message strings to
+        each, so a carrier can frame each once (see the Engine.IO server's ``frames``).
+        """
+        if self.closed is not None or self.draining is not None:
+            return
+        carrier = self._carrier
+        if carrier is not None and self.transport == "websocket" and not self._queue and not self.server.holding_output:
+            cast(WebSocketCarrier, carrier).deliver_messages(messages)  # nothing waits: straight to the socket
+            return
+        self._queue += [(MESSAGE, message) for message in messages]
+        self._queued += sum(len(message) + 1 for message in messages)
+        self._sent()
+
     def _send(self, kind: str, data: Message) -> None:
         if self.closed is not None or self.draining is not None:
             return
         self._queue.append((kind, data))
         self._queued += len(data) + 1
+        self._sent()
+
+    def _sent(self) -> None:
         if self._carrier is not None:
             if not self.server.holding_output:
                 self._flush()
@@ -421,6 +447,8 @@ class EngineServer:
         self.settings = settings or EngineSettings()
         self.sessions: dict[str, EngineSession] = {}
         self.now = 0.0
+        #: Text messages as WebSocket frames, made once for every client a message goes to (bounded).
+        self.frames: dict[str, bytes] = {}
         #: While true, what sessions send waits in their queues (see hold_output()).
         self.holding_output = False
 

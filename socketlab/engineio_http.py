@@ -36,8 +36,8 @@ from socketlab.engineio import (
     EngineError,
     EngineServer,
     EngineSession,
+    MESSAGE,
     Message,
-    encode_packet,
     encode_payload,
 )
 from socketlab.http import HttpError, HttpRequest, RequestReader, response
@@ -49,6 +49,8 @@ _protocol_log.propagate = False
 
 #: Requests a client may send behind a held GET before the connection is refused.
 MAX_PIPELINED = 4
+#: Frames the server keeps made (a chat delivery is a few messages, each framed once for all its clients).
+MAX_CACHED_FRAMES = 256
 _TEXT = ("Content-Type", "text/plain; charset=UTF-8")
 _JSON = ("Content-Type", "application/json")
 _NO_CACHE = ("Cache-Control", "no-store")
@@ -70,6 +72,18 @@ class _Poll:
 
     def close(self) -> None:
         pass  # a GET is over once answered; the connection stays for the next request
+
+
+def _text_frame(text: str) -> bytes:
+    return Frame(Opcode.TEXT, text.encode("utf-8")).serialize(mask=False, extensions=[])
+
+
+def _message_frame(frames: dict[str, bytes], message: str) -> bytes:
+    """Frame a MESSAGE packet and keep it in *frames* (a server's cache, emptied when full)."""
+    if len(frames) >= MAX_CACHED_FRAMES:
+        frames.clear()
+    frame = frames[message] = _text_frame(MESSAGE + message)
+    return frame
 
 
 class EngineConnection:
@@ -342,16 +356,35 @@ class EngineConnection:
     # -- the session's carrier, once a WebSocket ---------------------------------------
 
     def deliver(self, packets: list[tuple[str, Message]]) -> None:
+        """Send *packets* as WebSocket messages, in one write.
+
+        A text message's frame comes from the server's cache: a delivery to many clients frames
+        it once. Server frames are unmasked and no extension is negotiated, so one frame fits every
+        connection; it is written between whole frames of the protocol's own (pongs, the close).
+        """
         protocol = self.websocket
         if protocol is None or protocol.state is not State.OPEN:
             return
+        frames = self.session.server.frames if self.session is not None else {}
+        wire = []
         for kind, data in packets:
-            message = encode_packet(kind, data)
-            if isinstance(message, bytes):
-                protocol.send_binary(message)
+            if isinstance(data, bytes):
+                wire.append(Frame(Opcode.BINARY, data).serialize(mask=False, extensions=[]))
+            elif kind == MESSAGE:
+                wire.append(frames.get(data) or _message_frame(frames, data))
             else:
-                protocol.send_text(message.encode("utf-8"))
+                wire.append(_text_frame(kind + data))
         self._pump(protocol)
+        self.write(wire[0] if len(wire) == 1 else b"".join(wire))
+
+    def deliver_messages(self, messages: list[str]) -> None:
+        """Send text *messages* as MESSAGE packets in one write (see deliver(); nothing of the protocol's
+        waits here, since its output is pumped after every input and every close)."""
+        if self.websocket is None or self.websocket.state is not State.OPEN or self.session is None:
+            return
+        frames = self.session.server.frames
+        wire = [frames.get(message) or _message_frame(frames, message) for message in messages]
+        self.write(wire[0] if len(wire) == 1 else b"".join(wire))
 
     def close(self) -> None:
         protocol = self.websocket

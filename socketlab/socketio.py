@@ -231,6 +231,14 @@ class Client:
             self._send(Packet(DISCONNECT, self.namespace.name))
             self.namespace._gone(self, "server namespace disconnect")
 
+    def send_encoded(self, messages: list[str]) -> None:
+        """Send events already encoded as text messages (:func:`encode`), in order and in one go.
+
+        For a server that sends the same events to many clients: it encodes them once.
+        """
+        if self.connected:
+            self.session.send_many(messages)
+
     def _send(self, packet: Packet) -> None:
         if self.connected or packet.type == DISCONNECT:
             for message in encode(packet):

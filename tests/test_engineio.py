@@ -303,3 +303,47 @@ def test_a_closed_session_whose_client_never_polls_again_ends_after_the_close_ti
     assert app.reasons == ["idle timeout"]
     with pytest.raises(EngineError):
         server.session(session.sid, 3.2)
+
+
+def test_send_many_answers_a_held_get_with_all_the_messages_in_order() -> None:
+    """Messages sent together go out together, after what was queued before them."""
+    server, app, session, _ = polling_session()
+    session.send("first")
+    held = Carrier()
+    session.poll(held, 0.1)
+    assert held.deliveries == [[("4", "first")]]
+    session.send_many(["a", "b", "c"])
+    later = Carrier()
+    session.poll(later, 0.2)
+    assert later.deliveries == [[("4", "a"), ("4", "b"), ("4", "c")]]
+
+
+def test_send_many_counts_toward_the_backlog_limit() -> None:
+    """A client that does not poll again is dropped as too slow once send_many passes max_backlog."""
+    server, app, session, _ = polling_session(EngineSettings(max_backlog=150))
+    session.send_many(["x" * 60, "y" * 60])
+    assert app.reasons == []
+    session.send_many(["z" * 60])
+    assert app.reasons == ["too slow"]
+
+
+class FramingCarrier(Carrier):
+    """A WebSocket carrier that records the messages it is handed straight."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.straight: list[list[str]] = []
+
+    def deliver_messages(self, messages: list[str]) -> None:
+        self.straight.append(list(messages))
+
+
+def test_send_many_on_an_open_websocket_goes_straight_to_it() -> None:
+    """Nothing queued: the messages go to the WebSocket carrier at once, in one call."""
+    app = App()
+    server = EngineServer(app)
+    carrier = FramingCarrier()
+    session = server.open_websocket(None, carrier, 0.0)
+    session.send_many(["4a", "4b"])
+    assert carrier.straight == [["4a", "4b"]]
+    assert [kind for kind, _ in carrier.deliveries[0]] == ["0"]  # the open packet went the usual way

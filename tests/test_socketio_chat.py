@@ -552,3 +552,34 @@ def test_chat_serve_web_answers_socketio() -> None:
             tcp.close()
         finally:
             sio.close()
+
+
+# -- the relay's fast path, without sockets ----------------------------------------------------------
+
+
+def test_a_members_events_read_together_become_one_burst() -> None:
+    """Consecutive lines of one member merge (one delivery per room member); order and other intents stay."""
+    from socketlab.chat.socketio_chat import _merged
+
+    a, b = object(), object()
+    intents: list[Any] = [("lines", a, [b"1"]), ("lines", a, [b"2"]), ("lines", b, [b"x"]), ("join", a, None)]
+    intents += [("lines", a, [b"3"])]
+    assert _merged(intents) == [("lines", a, [b"1", b"2"]), ("lines", b, [b"x"]), ("join", a, None), ("lines", a, [b"3"])]
+
+
+def test_a_delivery_is_encoded_once_for_every_member() -> None:
+    """Lines become chat message, notice and error events; the same bytes object gives the same list back."""
+    from socketlab.chat.socketio_chat import SocketIOChat
+
+    chat = SocketIOChat(None, None, 4096)  # type: ignore[arg-type]  # encoding needs neither core nor acceptor
+    data = "<alice> hi\n* bob joined r1\n! room r2 is full (2/2)\n<bob> \u00e9\n".encode()
+    messages = chat.encoded(data)
+    assert messages == [
+        '2["chat message","<alice> hi"]',
+        '2["notice","bob joined r1"]',
+        '2["error","room r2 is full (2/2)"]',
+        '2["chat message","<bob> \u00e9"]',
+    ]
+    assert chat.encoded(data) is messages
+    copy = bytes(bytearray(data))
+    assert copy is not data and chat.encoded(copy) == messages and chat.encoded(copy) is not messages

@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any
 
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.protocol import NAME_RULE, valid_name
+from socketlab.text import plural
 from socketlab.lines import Item, LineBuffer
-from socketlab.socketio import Ack, Client, Namespace
+from socketlab.socketio import EVENT, Ack, Client, Namespace, Packet, encode
 
 if TYPE_CHECKING:
     from socketlab.chat.service import ChatCore
@@ -42,6 +43,8 @@ logger = logging.getLogger("socketlab.chat.socketio")
 
 #: The events a Socket.IO member may send.
 EVENTS = ("chat message", "room")
+#: The event of a server line, by its mark.
+_MARKS = {"* ": "notice", "! ": "error"}
 #: Departure reasons of the chat, by Socket.IO's reason for the end of a client.
 _REASONS = {
     "client namespace disconnect": "disconnected",
@@ -50,6 +53,21 @@ _REASONS = {
     "parse error": "protocol error",
     "protocol error": "protocol error",
 }
+
+
+def _merged(intents: list[tuple[str, "SocketIOMember", Any]]) -> list[tuple[str, "SocketIOMember", Any]]:
+    """*intents* with a member's consecutive lines as one: its events read at once become one burst.
+
+    A Socket.IO event carries one message, where a TCP read carries many lines; merged, a burst is
+    one delivery to each member of the room (the hub coalesces consecutive chat lines), as on TCP.
+    """
+    merged: list[tuple[str, SocketIOMember, Any]] = []
+    for intent in intents:
+        if merged and intent[0] == "lines" and merged[-1][0] == "lines" and merged[-1][1] is intent[1]:
+            merged[-1] = ("lines", intent[1], merged[-1][2] + intent[2])
+        else:
+            merged.append(intent)
+    return merged
 
 
 class SocketIOMember:
@@ -79,7 +97,13 @@ class SocketIOMember:
     # -- Transport (lock held) ----------------------------------------------------------
 
     def send(self, data: bytes) -> None:
-        """Whole lines from the hub, each as an event."""
+        """Whole lines from the hub, each as an event, encoded once for every member they go to."""
+        if self.rooms:  # a `room` request waits for its answer among these lines
+            self._send_answering(data)
+        else:
+            self.client.send_encoded(self.chat.encoded(data))
+
+    def _send_answering(self, data: bytes) -> None:
         emit = self.client.emit
         for raw in data.split(b"\n")[:-1]:
             line = raw.decode("utf-8", "replace")
@@ -125,6 +149,27 @@ class SocketIOChat(Namespace):
         self._intents: list[tuple[str, SocketIOMember, Any]] = []
         self._settling = threading.Lock()
         self._held: set[SocketIOMember] = set()
+        #: The last delivery and its events as messages: a delivery to a room is encoded once.
+        self._encoded: tuple[bytes, list[str]] = (b"", [])
+
+    def encoded(self, data: bytes) -> list[str]:
+        """The events for *data* (whole lines from the hub) as Engine.IO messages (lock held).
+
+        Chat lines are ``chat message``, server lines ``notice`` (``* ``) and ``error`` (``! ``),
+        without their mark. The same bytes object delivered to many members is encoded once.
+        """
+        cached = self._encoded
+        if cached[0] is not data:
+            messages = []
+            for raw in data.split(b"\n")[:-1]:
+                line = raw.decode("utf-8", "replace")
+                event = _MARKS.get(line[:2])
+                if event is None:
+                    messages += encode(Packet(EVENT, self.name, ["chat message", line]))
+                else:
+                    messages += encode(Packet(EVENT, self.name, [event, line[2:]]))
+            cached = self._encoded = (data, [str(message) for message in messages])
+        return cached[1]
 
     # -- Namespace hooks (lock held) ---------------------------------------------------
 
@@ -137,7 +182,7 @@ class SocketIOChat(Namespace):
             from socketlab.socketio import ConnectionRefused
 
             self.acceptor.refusal_log.log(
-                logging.WARNING, "Refused %s: server is full (%d clients)", client.peer, self.acceptor.max_clients
+                logging.WARNING, "Refused %s: server is full (%s)", client.peer, plural(self.acceptor.max_clients, "client")
             )
             raise ConnectionRefused("server full")
 
@@ -226,7 +271,7 @@ class SocketIOChat(Namespace):
                     intents, self._intents = self._intents, []
                 if not intents:
                     return
-                for verb, transport, detail in intents:
+                for verb, transport, detail in _merged(intents):
                     try:
                         self._run(verb, transport, detail)
                     except Exception:  # a bug must not stop the others' intents
