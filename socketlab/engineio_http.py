@@ -380,11 +380,15 @@ class EngineConnection:
     def deliver_messages(self, messages: list[str]) -> None:
         """Send text *messages* as MESSAGE packets in one write (see deliver(); nothing of the protocol's
         waits here, since its output is pumped after every input and every close)."""
-        if self.websocket is None or self.websocket.state is not State.OPEN or self.session is None:
+        session = self.session
+        if self.ended is not None or session is None:  # ended is set as soon as the WebSocket is not open
             return
-        frames = self.session.server.frames
-        wire = [frames.get(message) or _message_frame(frames, message) for message in messages]
-        self.write(wire[0] if len(wire) == 1 else b"".join(wire))
+        frames = session.server.frames
+        if len(messages) == 1:
+            message = messages[0]
+            self.write(frames.get(message) or _message_frame(frames, message))
+        else:
+            self.write(b"".join([frames.get(message) or _message_frame(frames, message) for message in messages]))
 
     def close(self) -> None:
         protocol = self.websocket
