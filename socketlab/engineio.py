@@ -24,6 +24,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Protocol, Union, cast
 
+from socketlab.timers import Deadlines
+
 Message = Union[str, bytes]
 
 OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0123456"
@@ -213,6 +215,7 @@ class EngineSession:
             if self._carrier is None:  # the next GET collects the rest, then the close
                 self.draining = reason
                 self._poll_by = self.server.now + self.settings.close_timeout
+                self.server._timers.earliest(self, self._poll_by)
                 return
         self._send(CLOSE, "")
         self._end(reason)
@@ -342,6 +345,7 @@ class EngineSession:
             if self._queue:
                 self._flush()
                 self._poll_by = now + self.settings.close_timeout
+                self.server._timers.earliest(self, self._poll_by)
             else:
                 self._queue.append((CLOSE, ""))
                 self._end(self.draining)
@@ -449,6 +453,8 @@ class EngineServer:
         self.now = 0.0
         #: Text messages as WebSocket frames, made once for every client a message goes to (bounded).
         self.frames: dict[str, bytes] = {}
+        #: Each session at the time its timers next have something to do (or earlier).
+        self._timers: Deadlines[EngineSession] = Deadlines()
         #: While true, what sessions send waits in their queues (see hold_output()).
         self.holding_output = False
 
@@ -472,6 +478,7 @@ class EngineServer:
             sid = secrets.token_urlsafe(15)
         session = EngineSession(self, sid, transport, now, peer)
         self.sessions[sid] = session
+        self._timers.schedule(session, session.next_timer())
         settings = self.settings
         upgrades = ["websocket"] if transport == "polling" and settings.upgrades else []
         opening = {
@@ -512,10 +519,13 @@ class EngineServer:
         return session
 
     def tick(self, now: float) -> None:
-        """Run every session's timers."""
+        """Run the timers that are due: the work follows the sessions whose timers fire, not their number."""
         self.now = now
-        for session in list(self.sessions.values()):
+        timers = self._timers
+        for session in timers.due(now):
             session.tick(now)
+            if session.closed is None:
+                timers.schedule(session, session.next_timer())
 
     def close_all(self, reason: str = "server shutting down") -> None:
         """Close every session (the clients are told)."""
@@ -543,5 +553,6 @@ class EngineServer:
             session._flush()
 
     def _forget(self, session: EngineSession) -> None:
+        self._timers.cancel(session)
         if self.sessions.get(session.sid) is session:
             del self.sessions[session.sid]

@@ -583,3 +583,34 @@ def test_a_delivery_is_encoded_once_for_every_member() -> None:
     assert chat.encoded(data) is messages
     copy = bytes(bytearray(data))
     assert copy is not data and chat.encoded(copy) == messages and chat.encoded(copy) is not messages
+
+
+def test_a_long_poll_held_past_the_head_timeout_keeps_its_connection(web_chat) -> None:
+    """The keep-alive deadline starts when a held GET is answered, not when it arrived: a GET held
+    longer than the head timeout, then answered, leaves its client the whole timeout for the next one."""
+    import time
+
+    from socketlab.chat.web import WebSite, load_pages
+
+    head_timeout = 0.5
+    server = web_chat(web_site=WebSite(load_pages(), head_timeout=head_timeout))
+    raw = RawPolling(server.web_address[1])
+    assert raw.post("40") == (200, "ok")
+    assert raw.get()[-1] == '42["notice","welcome user1, you are in lobby (type /help)"]'
+    answered: list[list[str]] = []
+    holder = threading.Thread(target=lambda: answered.append(raw.get()))
+    holder.start()
+    time.sleep(2 * head_timeout)  # the GET is held past the head timeout: what this test is about
+    peer = Peer(server.server_address[1])
+    holder.join(TIMEOUT)
+    assert answered == [['42["notice","user2 joined lobby"]']]
+    time.sleep(head_timeout / 2)  # well within the timeout, counted from the answer
+    later: list[list[str]] = []
+    holder = threading.Thread(target=lambda: later.append(raw.get()))
+    holder.start()
+    peer.line()
+    peer.send(b"still there?\n")
+    holder.join(TIMEOUT)
+    assert later == [['42["chat message","<user2> still there?"]']]
+    peer.close()
+    raw.close()

@@ -454,3 +454,25 @@ def test_web_clients_refused_as_too_many_pending_free_their_address_slot() -> No
         for sock in socks:
             sock.close()
         wait_until(lambda: server.acceptor.per_ip.count("127.0.0.1") == 0, what="every address slot given back")
+
+
+def test_a_sweep_looks_only_at_timers_that_are_due(chat, browsers, monkeypatch) -> None:
+    """Twenty browsers and twenty terminals with --idle-timeout: a sweep with nothing due ticks no
+    connection and looks through no member (the timers are heaps, not scans)."""
+    from socketlab.chat.web import WebConnection
+
+    server = chat(idle_timeout=60)
+    members: list[Any] = []
+    for number in range(20):
+        browser = browsers(server)
+        browser.send(f"/join b{number}")  # a room of its own: later arrivals are not announced to it
+        browser.until(f"* you are in b{number}")
+        members += [browser, Peer(server.server_address[1])]
+    wait_until(lambda: len(server.service.local_transports()) == 40, what="forty members")
+    ticks: list[object] = []
+    looks: list[object] = []
+    monkeypatch.setattr(WebConnection, "tick", lambda self, now: ticks.append(self))
+    monkeypatch.setattr(server.service, "close_members", lambda *args: looks.append(args))
+    for _ in range(5):
+        server.sweep()
+    assert ticks == [] and looks == []

@@ -155,6 +155,12 @@ class Connection:
         if self.phase is Phase.HANDSHAKING and self.deadline is not None and now > self.deadline:
             self.outbox.fail("handshake timeout")
 
+    def next_tick(self) -> float | None:
+        """When tick() may have something to do next (None: nothing until something changes)."""
+        if self.phase is Phase.HANDSHAKING and self.deadline is not None and not self.outbox.closed:
+            return self.deadline
+        return None
+
     def ended(self) -> str | None:
         """Why the transport itself is over (e.g. a closing handshake), else None."""
         return None

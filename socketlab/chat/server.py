@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any
+from typing import Any, Sequence
 
 from socketlab.addresses import format_address
 from socketlab.chat.config import DEFAULT_MAX_BACKLOG, ChatConfig
@@ -51,6 +51,7 @@ from socketlab.static import StaticFolder
 from socketlab.serving import Acceptor, AcceptingServer, listen, open_listener
 from socketlab.unix import UnixAddress
 from socketlab.text import plural
+from socketlab.timers import Deadlines
 from socketlab.tls import TlsLayer
 
 logger = logging.getLogger("socketlab.chat")
@@ -130,6 +131,10 @@ class ChatServer(AcceptingServer):
         self._web_members: set[WebConnection] = set()
         #: Web connections that carry Socket.IO (Engine.IO requests or its WebSocket).
         self._engine_conns: set[WebConnection] = set()
+        #: Connections whose timers (handshake deadline, keepalive) are due next, and members by idle
+        #: deadline: a sweep takes out only what is due, whatever the number of members (chat lock).
+        self._timers: Deadlines[Connection] = Deadlines()
+        self._idle: Deadlines[Any] = Deadlines()
         self.socketio: SocketIOServer | None = None
         self.socketio_chat: SocketIOChat | None = None
         self.web_socket: socket.socket | None = None
@@ -183,6 +188,7 @@ class ChatServer(AcceptingServer):
         )
         self.socketio = SocketIOServer(settings, connect_timeout=config.socketio_connect_timeout)
         self.socketio_chat = SocketIOChat(self.service, self.acceptor, config.max_line, config.max_rate)
+        self.socketio_chat.on_joined = lambda transport: self._watch_idle([transport])
         self.socketio.of("/", self.socketio_chat)
         site.engine = self.socketio.engine
         site.engine_started = self._engine_started
@@ -258,6 +264,8 @@ class ChatServer(AcceptingServer):
                 conns.append(LineConnection(sock, format_address(address), outbox, self.max_line, tls, deadline))
             with self.lock:
                 self._handshaking.update(conns)
+                for conn in conns:
+                    self._watch(conn)
             self.reader.add(self._gated(conns))
             return
         conns = [LineConnection(sock, format_address(address), self._outbox(sock), self.max_line) for sock, address in accepted]
@@ -287,6 +295,7 @@ class ChatServer(AcceptingServer):
             return False
         for conn, member in zip(conns, members, strict=True):
             conn.joined(member)
+        self._watch_idle(conns)
         return True
 
     # -- web clients ------------------------------------------------------------
@@ -303,6 +312,7 @@ class ChatServer(AcceptingServer):
                 if not full:
                     conn = self._web_connection(sock, peer, now)
                     self._handshaking.add(conn)
+                    self._watch(conn)
                     conns.append(conn)
             if full:
                 self.refusal_log.log(
@@ -341,6 +351,7 @@ class ChatServer(AcceptingServer):
             return
         with self.lock:
             self._web_members.add(conn)
+            self._watch(conn)  # its keepalive
         if not self._join([conn]):
             self._refuse(conn, "server shutting down" if self.service.shutting_down else "chat backend unavailable", b"")
 
@@ -356,6 +367,23 @@ class ChatServer(AcceptingServer):
             conn.outbox.end("too many connections")
             return
         self._engine_conns.add(conn)
+        self._watch(conn)
+
+    def _watch(self, conn: Connection) -> None:
+        """Run *conn*'s timers when they next have something to do (lock held)."""
+        when = conn.next_tick()
+        if when is None:
+            self._timers.cancel(conn)
+        else:
+            self._timers.schedule(conn, when)
+
+    def _watch_idle(self, transports: Sequence[Any]) -> None:
+        """With --idle-timeout, check *transports* (new members) once they may have idled that long."""
+        if self.idle_timeout:
+            expires = time.monotonic() + self.idle_timeout
+            with self.lock:
+                for transport in transports:
+                    self._idle.schedule(transport, expires)
 
     def _refuse(self, conn: WebConnection, reason: str, line: bytes) -> None:
         with self.lock:
@@ -370,6 +398,8 @@ class ChatServer(AcceptingServer):
         """*conn* is closed: it no longer counts anywhere."""
         self.acceptor.forget(conn.sock)
         with self.lock:
+            self._timers.cancel(conn)
+            self._idle.cancel(conn)
             self._handshaking.discard(conn)
             if isinstance(conn, WebConnection):
                 self._web_members.discard(conn)
@@ -380,20 +410,29 @@ class ChatServer(AcceptingServer):
             self.socketio_chat.settle()
 
     def sweep(self) -> None:
-        """The timers: drop idle clients, ping quiet browsers, end overdue handshakes."""
+        """The timers that are due: overdue handshakes, quiet browsers pinged, idle clients dropped.
+
+        Only what is due is looked at (deadline heaps): the work follows the timers that fire, not the
+        number of members. An idle deadline that fires for a member active since is moved on.
+        """
         now = time.monotonic()
         idle = self.idle_timeout
-        if idle:
-            limit = now - idle
-            self.service.close_members(
-                lambda conn: conn.last_active < limit and not conn.departed,
-                "idle timeout",
-                f"! idle for {idle:g} s, disconnecting\n".encode(),
-            )
-        if self._handshaking or self._web_members or self._engine_conns:
-            with self.lock:
-                for conn in (*self._handshaking, *self._web_members, *self._engine_conns):
-                    conn.tick(now)
+        idle_out: set[Any] = set()
+        with self.lock:
+            for conn in self._timers.due(now):
+                conn.tick(now)
+                self._watch(conn)
+            if idle:
+                for transport in self._idle.due(now):
+                    expires = transport.last_active + idle
+                    if transport.departed:
+                        continue
+                    if expires <= now:
+                        idle_out.add(transport)
+                    else:
+                        self._idle.schedule(transport, expires)
+        if idle_out:  # rare: only then are the members looked through
+            self.service.close_members(idle_out.__contains__, "idle timeout", f"! idle for {idle:g} s, disconnecting\n".encode())
         if self.socketio is not None and self.socketio_chat is not None:
             with self.lock:
                 self.socketio.tick(now)

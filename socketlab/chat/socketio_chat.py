@@ -27,7 +27,7 @@ import threading
 import time
 import unicodedata
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.protocol import NAME_RULE, valid_name
@@ -149,6 +149,8 @@ class SocketIOChat(Namespace):
         self._intents: list[tuple[str, SocketIOMember, Any]] = []
         self._settling = threading.Lock()
         self._held: set[SocketIOMember] = set()
+        #: Called (lock not held) with each Socket.IO member once it is in the chat (the server's idle timer).
+        self.on_joined: Callable[[SocketIOMember], None] | None = None
         #: The last delivery and its events as messages: a delivery to a room is encoded once.
         self._encoded: tuple[bytes, list[str]] = (b"", [])
 
@@ -289,6 +291,8 @@ class SocketIOChat(Namespace):
                     transport.close("server shutting down" if core.shutting_down else "chat backend unavailable")
                 return
             transport.member = members[0]
+            if self.on_joined is not None:
+                self.on_joined(transport)
         elif verb == "lines":
             if transport.member is not None and core.receive(transport.member, detail):
                 with core.lock:  # /quit on a server alone: the hub said bye, now leave

@@ -445,7 +445,12 @@ class WebSession:
         if engine is not None:
             if engine.ended is not None:
                 self.ended = engine.ended
-            elif engine.websocket is None and not engine.holding and now > self._deadline:
+            elif engine.websocket is not None:  # Engine.IO's heartbeat watches it
+                return None
+            elif engine.holding or engine.served != self._served:  # an answer given, or one pending
+                self._served = engine.served  # the next request has head_timeout again, from now
+                self._deadline = now + self.site.head_timeout
+            elif now > self._deadline:
                 self.ended = "request head timeout" if engine.busy else "keep-alive timeout"
                 engine.connection_lost(self.ended)
                 return self.ended
@@ -464,6 +469,19 @@ class WebSession:
             self.protocol.send_ping(b"keepalive")
             self._ping_sent = now
         return None
+
+    def next_deadline(self) -> float | None:
+        """When tick() may have something to do next (it may be called earlier); None: no timer runs."""
+        if self.ended is not None:
+            return None
+        engine = self.engine
+        if engine is not None:
+            return None if engine.ended is not None or engine.websocket is not None else self._deadline
+        if not self.opened:
+            return self._deadline
+        if self._ping_sent is not None:
+            return self._ping_sent + self.site.ping_timeout
+        return self._last_heard + self.site.ping_interval
 
 
 class WebConnection(Connection):
@@ -565,6 +583,13 @@ class WebConnection(Connection):
         self.pump()
         if reason is not None:
             self.outbox.end(reason)
+
+    def next_tick(self) -> float | None:
+        handshake = super().next_tick()
+        session = self.session.next_deadline()
+        if handshake is None or session is None:
+            return session if handshake is None else handshake
+        return min(handshake, session)
 
     def pump(self) -> None:
         """Move the session's outgoing bytes to the outbox (lock held)."""
