@@ -27,6 +27,7 @@ from socketlab.chat.opening import looks_like_plaintext
 from socketlab.chat.outbox import reason_for
 from socketlab.lines import Item
 from socketlab.serving import Waker
+from socketlab.timers import Deadlines
 from socketlab.tls import TlsError
 
 if TYPE_CHECKING:
@@ -71,8 +72,10 @@ class ReaderLoop:
         self._waker = Waker()
         self._waker.register(self._selector)
         self._closing: dict[Connection, None] = {}
-        #: Clients over their flood budget, not read until the time given.
-        self._paused: dict[Connection, float] = {}
+        #: Clients over their flood budget, not read until their deadline here (a heap: a wake-up looks
+        #: only at those due); _held says which are paused.
+        self._paused: Deadlines[Connection] = Deadlines()
+        self._held: set[Connection] = set()
         #: Paused clients that hang up are noticed without reading them: epoll's EPOLLRDHUP, where there is epoll.
         self._hangups = select.epoll() if hasattr(select, "epoll") else None
         self._paused_by_fd: dict[int, Connection] = {}
@@ -149,8 +152,9 @@ class ReaderLoop:
         track_idle = self.server.idle_timeout is not None
         while self._running:
             timeout = 0.05 if self._closing else None
-            if self._paused:
-                soonest = max(0.0, min(self._paused.values()) - time.monotonic())
+            resume_at = self._paused.next_time() if self._held else None
+            if resume_at is not None:
+                soonest = max(0.0, resume_at - time.monotonic())
                 timeout = soonest if timeout is None else min(timeout, soonest)
             try:
                 events = self._selector.select(timeout)
@@ -180,7 +184,7 @@ class ReaderLoop:
                 if self._closing:
                     for conn in list(self._closing):
                         self._advance(conn)
-                if self._paused:
+                if self._held:
                     self._resume_due()
                 self.service.flush()
             except Exception as error:  # the reader thread must never die: log it and go on
@@ -246,7 +250,8 @@ class ReaderLoop:
 
         A client held back is not idle: its held lines count as activity when they are released.
         """
-        if conn not in self._paused:
+        if conn not in self._held:
+            self._held.add(conn)
             try:
                 self._selector.unregister(conn.sock)
             except (KeyError, ValueError):
@@ -255,7 +260,7 @@ class ReaderLoop:
                 fd = conn.sock.fileno()
                 self._hangups.register(fd, select.EPOLLRDHUP)
                 self._paused_by_fd[fd] = conn
-        self._paused[conn] = until
+        self._paused.schedule(conn, until)
         self._tell_held_back(conn)
 
     def _tell_held_back(self, conn: Connection, force: bool = False) -> None:
@@ -269,8 +274,10 @@ class ReaderLoop:
 
     def _unpause(self, conn: Connection) -> bool:
         """Take *conn* off the paused list (reading it again is the caller's); False if it was not paused."""
-        if self._paused.pop(conn, None) is None:
+        if conn not in self._held:
             return False
+        self._held.discard(conn)
+        self._paused.cancel(conn)
         if self._hangups is not None:
             fd = conn.sock.fileno()
             self._paused_by_fd.pop(fd, None)
@@ -306,11 +313,11 @@ class ReaderLoop:
     def _resume_due(self) -> None:
         """Release held lines of paused clients whose budget refilled; read them again when all are out."""
         now = time.monotonic()
-        for conn, until in list(self._paused.items()):
+        for conn in self._paused.due(now):
+            if conn not in self._held:
+                continue
             if conn.outbox.closed:  # dropped meanwhile (too slow, idle, shutdown): it leaves now
                 self.leave(conn, conn.outbox.reason or "disconnected")
-                continue
-            if until > now:
                 continue
             assert conn.gate is not None
             conn.last_active = now  # sending over its rate is not being idle
@@ -318,7 +325,7 @@ class ReaderLoop:
                 continue
             resume = conn.gate.resume_at(now)
             if resume is not None:
-                self._paused[conn] = resume
+                self._paused.schedule(conn, resume)
                 self._tell_held_back(conn)
             else:
                 self._unpause(conn)
