@@ -290,3 +290,28 @@ def test_framing_and_hub_together_byte_by_byte() -> None:
     for byte in b"first\r\nsecond\n/nick Z\nthird\n":
         say(hub, inbox, a, *buffer.feed(bytes([byte])))
     assert inbox.lines(b) == ["<user1> first", "<user1> second", "* user1 is now known as Z", "<Z> third"]
+
+
+def test_who_and_rooms_are_paged_on_a_big_server() -> None:
+    """/who lists 100 names an answer and /rooms 50 rooms (by name), saying how to get the next page;
+    small rooms and servers answer as before; a bad page is a usage error."""
+    hub, inbox, members = setup(count=230)
+    first = members[0]
+    say(hub, inbox, first, b"/who")
+    [line] = inbox.lines(first)
+    assert line.startswith("* in lobby (230, page 1 of 3): user1, user2, ") and line.endswith("user100 (/who 2 for more)")
+    say(hub, inbox, first, b"/who 3")
+    assert inbox.lines(first) == ["* in lobby (230, page 3 of 3): " + ", ".join(f"user{n}" for n in range(201, 231))]
+    say(hub, inbox, first, b"/who 4", b"/who two", b"/rooms 0")
+    assert inbox.lines(first) == ["* in lobby (230): there are 3 pages", "! usage: /who [PAGE]", "! usage: /rooms [PAGE]"]
+    for number, member in enumerate(members):
+        say(hub, inbox, member, f"/join room{number:03d}".encode())
+    for member in members:
+        inbox.lines(member)
+    say(hub, inbox, first, b"/rooms", b"/rooms 5")
+    page1, page5 = inbox.lines(first)
+    assert page1.startswith("* rooms (231, page 1 of 5): lobby (0), room000 (1), room001 (1), ")
+    assert page1.endswith("room048 (1) (/rooms 2 for more)")
+    assert page5 == "* rooms (231, page 5 of 5): " + ", ".join(f"room{n:03d} (1)" for n in range(199, 230))
+    say(hub, inbox, first, b"/who")
+    assert inbox.lines(first) == ["* in room000: user1"]

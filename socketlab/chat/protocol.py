@@ -14,6 +14,8 @@ prefixed in one pass over its bytes instead of line by line.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -43,12 +45,38 @@ HELP_LINES = (
     "*   /nick NAME       change your name",
     "*   /join ROOM       move to ROOM, creating it",
     "*   /leave           go back to lobby",
-    "*   /who             list the members of your room",
-    "*   /rooms           list every room with its member count",
+    "*   /who [PAGE]      list the members of your room (100 a page)",
+    "*   /rooms [PAGE]    list every room with its member count (50 a page)",
     "*   /msg NAME TEXT   send TEXT to NAME only",
     "*   /quit            leave the chat",
     "*   //TEXT           send a line that starts with /",
 )
+
+
+#: Names one /who answer lists, and rooms one /rooms answer lists: more are paged (/who 2, /rooms 2).
+WHO_PAGE = 100
+ROOMS_PAGE = 50
+
+
+def _page_number(rest: str) -> int | None:
+    """The PAGE argument of /who and /rooms (1 when none), or None when it is not a number from 1."""
+    rest = rest.strip()
+    if not rest:
+        return 1
+    return int(rest) if rest.isdigit() and rest.isascii() and 0 < int(rest) < 10**9 else None
+
+
+def _pages(count: int, size: int) -> int:
+    return max(1, -(-count // size))
+
+
+def _paged(what: str, count: int, page: int, size: int, entries: list[str], command: str) -> str:
+    """``in lobby (1234, page 2 of 13): a, b, ... (/who 3 for more)``."""
+    pages = _pages(count, size)
+    if page > pages:
+        return f"{what} ({count}): there {'is 1 page' if pages == 1 else f'are {pages} pages'}"
+    more = f" ({command} {page + 1} for more)" if page < pages else ""
+    return f"{what} ({count}, page {page} of {pages}): {', '.join(entries)}{more}"
 
 
 def valid_name(name: str) -> bool:
@@ -413,12 +441,34 @@ class ChatHub:
         out.append(([member], notice(f"you are in {name}")))
 
     def _who(self, member: Member, rest: str, out: list[Delivery]) -> None:
-        names = ", ".join(m.name for m in member.room.members)
-        out.append(([member], notice(f"in {member.room.name}: {names}")))
+        room = member.room
+        page = _page_number(rest)
+        if page is None:
+            out.append(([member], error("usage: /who [PAGE]")))
+            return
+        count = len(room.members)
+        if count <= WHO_PAGE and page == 1:
+            out.append(([member], notice(f"in {room.name}: {', '.join(m.name for m in room.members)}")))
+            return
+        start = (page - 1) * WHO_PAGE  # joining order: islice walks only up to this page
+        names = [m.name for m in itertools.islice(room.members, start, start + WHO_PAGE)]
+        out.append(([member], notice(_paged(f"in {room.name}", count, page, WHO_PAGE, names, "/who"))))
 
     def _rooms(self, member: Member, rest: str, out: list[Delivery]) -> None:
-        listing = ", ".join(f"{r.name} ({len(r.members)})" for r in sorted(self.rooms.values(), key=lambda r: r.name))
-        out.append(([member], notice(f"rooms: {listing}")))
+        page = _page_number(rest)
+        if page is None:
+            out.append(([member], error("usage: /rooms [PAGE]")))
+            return
+        count = len(self.rooms)
+        if count <= ROOMS_PAGE and page == 1:
+            listing = ", ".join(f"{r.name} ({len(r.members)})" for r in sorted(self.rooms.values(), key=lambda r: r.name))
+            out.append(([member], notice(f"rooms: {listing}")))
+            return
+        # By name: the first PAGE x ROOMS_PAGE names are found without sorting every room.
+        first = heapq.nsmallest(min(page, _pages(count, ROOMS_PAGE)) * ROOMS_PAGE, self.rooms)
+        names = first[(page - 1) * ROOMS_PAGE :]
+        entries = [f"{name} ({len(self.rooms[name].members)})" for name in names]
+        out.append(([member], notice(_paged("rooms", count, page, ROOMS_PAGE, entries, "/rooms"))))
 
     def _msg(self, member: Member, rest: str, out: list[Delivery]) -> None:
         name, _, text = rest.partition(" ")
