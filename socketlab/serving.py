@@ -54,10 +54,13 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from socketlab.access import AccessRules, PerAddressLimit, RateLimitedLog
 from socketlab.addresses import bind_error, format_address, resolve
+from socketlab.errors import SocketlabError
 from socketlab.text import plural
 from socketlab.unix import UnixAddress, open_unix_listener
 
 _RETRYABLE_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: Seconds between checks of a listener that waits for room, should nobody call resume().
+ROOM_CHECK = 0.1
 #: Seconds a refused connection is kept, its input read and dropped, so that its refusal line arrives.
 LINGER_TIMEOUT = 2.0
 #: Refused connections kept at once; beyond that (a flood) they are closed at once.
@@ -105,8 +108,33 @@ def serve_both_families(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
 
 
-def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
-    """A listening TCP socket on *host*:*port* ("::" also serves IPv4).
+#: listen() backlog when a server says nothing: connections the kernel queues before accept().
+DEFAULT_BACKLOG = 1024
+
+
+def listen_backlog(max_clients: int) -> int:
+    """The listen() backlog for a server of *max_clients*: room for all of them connecting at once.
+
+    A restarted server meets every client reconnecting together; a connection that finds the
+    queue full is dropped by the kernel and retried by the client a second or more later. So the
+    queue holds *max_clients* (at least :data:`DEFAULT_BACKLOG`). The kernel caps it silently at
+    ``net.core.somaxconn`` (4096 on Linux since 5.4; see :func:`somaxconn`), and the queue costs
+    memory only while connections wait in it.
+    """
+    return max(DEFAULT_BACKLOG, max_clients)
+
+
+def somaxconn() -> int | None:
+    """The kernel's cap on a listen() backlog (``net.core.somaxconn``), or None where it cannot be read."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return None
+
+
+def open_listener(host: str, port: int, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+    """A listening TCP socket on *host*:*port* ("::" also serves IPv4), queueing *backlog* connections.
 
     Raises AddressError naming the address when it cannot be bound.
     """
@@ -123,7 +151,7 @@ def open_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
     return sock
 
 
-def listen(address: tuple[str, int] | UnixAddress, backlog: int = 1024) -> socket.socket:
+def listen(address: tuple[str, int] | UnixAddress, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
     """A listening socket on a TCP ``(host, port)`` (see open_listener()) or a :class:`~socketlab.unix.UnixAddress`.
 
     Raises AddressError naming the address or path when it cannot listen there.
@@ -175,13 +203,13 @@ class Acceptor:
         self.too_many_message = too_many_message
         #: Refusals are logged, but never more than a few a second: a flood cannot fill a disk.
         self.refusal_log = RateLimitedLog(logger, what="refused connections")
-        allow_open_files(max_clients + 64)
+        allow_open_files(max_clients + SPARE_OPEN_FILES)
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         #: Clients counted toward max_clients that hold no socket of their own (Socket.IO sessions).
         self._seats = 0
         self._peer_hosts: dict[socket.socket, str] = {}
-        self._listeners: dict[socket.socket, tuple[StartConnections, bool]] = {}
+        self._listeners: dict[socket.socket, tuple[StartConnections, bool, Callable[[], int] | None]] = {}
         self._stopping = False
         self._stopped = threading.Event()
         self._stopped.set()
@@ -189,6 +217,8 @@ class Acceptor:
         #: Refused connections, our side ended, read until the client closes or the deadline (accept thread).
         self._lingering: dict[socket.socket, float] = {}
         self._selector: selectors.BaseSelector | None = None
+        #: Listeners out of room, not watched until resume() (accept thread): listener -> its handling.
+        self._waiting_listeners: dict[socket.socket, Any] = {}
         #: Numbers the unnamed peers of UNIX listeners (unix#1, unix#2, ...).
         self._unix_peers = 0
 
@@ -207,13 +237,23 @@ class Acceptor:
         with self._lock:
             return list(self._connections)
 
-    def add_listener(self, sock: socket.socket, start: StartConnections, *, admit: bool = False) -> None:
+    def add_listener(
+        self, sock: socket.socket, start: StartConnections, *, admit: bool = False, room: Callable[[], int] | None = None
+    ) -> None:
         """Accept connections on the listening *sock* and hand them to *start*.
 
         With *admit*, they count toward max_clients when accepted; otherwise *start* decides
-        (e.g. after a handshake, with register()). Call before serve_forever(); close() closes *sock*.
+        (e.g. after a handshake, with register()). With *room*, at most ``room()`` are accepted at
+        a time: at 0 the listener is left alone (its clients wait in the kernel's listen queue, not
+        refused) until resume() says there may be room again. Call before serve_forever();
+        close() closes *sock*.
         """
-        self._listeners[sock] = (start, admit)
+        self._listeners[sock] = (start, admit, room)
+
+    def resume(self) -> None:
+        """There may be room again on a listener that waits for it (any thread)."""
+        if self._waiting_listeners:
+            self._waker.wake()
 
     def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:
         """Accept connections until stop(); *on_listening* is called once the loop is about to wait."""
@@ -230,6 +270,9 @@ class Acceptor:
                 self._selector = selector
                 while not self._stopping:
                     timeout = min(self._lingering.values()) - time.monotonic() if self._lingering else None
+                    if self._waiting_listeners:  # resume() wakes the loop; this is only a safety net
+                        timeout = ROOM_CHECK if timeout is None else min(timeout, ROOM_CHECK)
+                        self._watch_again(selector)
                     for key, _mask in selector.select(timeout):
                         if key.data is _LINGERING:
                             self._drain_refused(key.fileobj)  # type: ignore[arg-type]
@@ -353,11 +396,25 @@ class Acceptor:
 
     # -- internals --------------------------------------------------------
 
-    def _accept_waiting(self, listener: socket.socket, start: StartConnections, admit: bool) -> None:
-        """Accept the connections waiting on *listener* (at most accept_burst) and start them together."""
+    def _watch_again(self, selector: selectors.BaseSelector) -> None:
+        """Watch the listeners that waited for room again, where there is some (accept thread)."""
+        for listener, handling in list(self._waiting_listeners.items()):
+            if handling[2]() > 0:
+                del self._waiting_listeners[listener]
+                selector.register(listener, selectors.EVENT_READ, handling)
+
+    def _accept_waiting(
+        self, listener: socket.socket, start: StartConnections, admit: bool, room: Callable[[], int] | None
+    ) -> None:
+        """Accept the connections waiting on *listener* (at most accept_burst, and its room) and start them together."""
+        limit = self.accept_burst if room is None else min(self.accept_burst, room())
+        if limit <= 0 and room is not None and self._selector is not None:  # full: leave them in the listen queue
+            self._selector.unregister(listener)
+            self._waiting_listeners[listener] = (start, admit, room)
+            return
         accepted: list[tuple[socket.socket, Any]] = []
         try:
-            while len(accepted) < self.accept_burst:
+            while len(accepted) < limit:
                 try:
                     request, client_address = listener.accept()
                 except (BlockingIOError, InterruptedError):
@@ -498,8 +555,9 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
     full_message: bytes = b"server is full\n"
     #: Bytes sent to a client refused by max_per_ip (b"": none).
     too_many_message: bytes = b""
-    #: listen() backlog: connections the kernel queues before accept().
-    request_queue_size = 1024
+    #: listen() backlog: connections the kernel queues before accept(); a server of more clients
+    #: queues max_clients (listen_backlog()), capped by the kernel at net.core.somaxconn.
+    request_queue_size = DEFAULT_BACKLOG
     #: Stack size of connection threads; small stacks keep idle clients cheap.
     thread_stack_size: int = 256 * 1024
     #: How long shutdown() waits for connection threads to finish.
@@ -536,6 +594,7 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
             too_many_message=self.too_many_message,
         )
         self.refusal_log = self.acceptor.refusal_log
+        self.request_queue_size = max(self.request_queue_size, listen_backlog(self.max_clients))
         self._lock = threading.Lock()
         self._connection_threads: list[threading.Thread] = []  # every connection thread not yet reaped
         self._closed = False
@@ -716,27 +775,79 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
             thread.join(remaining)
 
 
+#: Descriptors a server needs besides one per client: its listeners, wakers and selectors, the log,
+#: Redis, the metrics port. (Refused connections lingering until their refusal is read, at most
+#: MAX_LINGERING, get room too where the hard limit allows; without it a refusal is a plain close.)
+SPARE_OPEN_FILES = 64
+
+
+class OpenFilesError(SocketlabError):
+    """The process may not open as many files as its clients need: the hard RLIMIT_NOFILE is too low."""
+
+
 def allow_open_files(wanted: int | None = None) -> int:
     """Raise the soft RLIMIT_NOFILE toward *wanted* (None: as far as it goes; never above the hard limit).
 
     Many systems start processes with a soft limit of 1024 descriptors, too
-    few for a server meant to hold a thousand clients. Returns the soft limit.
+    few for a server meant to hold a thousand clients. Returns the soft limit
+    (``resource.RLIM_INFINITY`` when unlimited). The one place socketlab
+    changes the limit; see allow_clients() for a server's check.
     """
+    return _raise_soft_limit(wanted)[0]
+
+
+def allow_clients(max_clients: int, extra: int = 0) -> int:
+    """Make room for *max_clients* connections and *extra* more descriptors (say, handshakes in flight).
+
+    Raises the soft open-file limit to what they need, plus :data:`SPARE_OPEN_FILES` (and
+    MAX_LINGERING where there is room), never above the hard limit (only a privileged process may
+    raise that), and returns it. Raises OpenFilesError saying what to do when that is not enough:
+    one line at start-up rather than ``too many open files`` under load.
+    """
+    needed = max_clients + extra + SPARE_OPEN_FILES
+    soft, hard, failure = _raise_soft_limit(needed + MAX_LINGERING)
+    if soft == _UNLIMITED or soft >= needed:
+        return soft
+    room = soft if failure else hard  # the descriptors there are: the hard limit, or the soft one left as it was
+    fewer = max_clients - (needed - room)
+    lower = f"lower --max-clients to {fewer} or less, or " if fewer >= 1 else ""
+    if failure is None:  # the hard limit is the wall
+        raise OpenFilesError(
+            f"--max-clients {max_clients} needs {needed} open files, but this process may open at most {hard} "
+            f"(its hard limit): {lower}raise the hard limit (ulimit -Hn {needed} as root, "
+            f"or LimitNOFILE={needed} in a systemd unit)"
+        )
+    raise OpenFilesError(
+        f"--max-clients {max_clients} needs {needed} open files, but the limit could not be raised past {soft} "
+        f"({failure}): {lower}raise fs.nr_open and the hard limit (ulimit -Hn, or LimitNOFILE= in a systemd unit)"
+    )
+
+
+#: What getrlimit() says of a limit that is not set (resource.RLIM_INFINITY; -1 where there is no resource module).
+_UNLIMITED: int = -1
+
+
+def _raise_soft_limit(wanted: int | None) -> tuple[int, int, str | None]:
+    """Raise the soft RLIMIT_NOFILE toward *wanted*: (soft, hard, why setrlimit failed or None)."""
     try:
         import resource
-    except ImportError:  # not POSIX
-        return wanted or 0
+    except ImportError:  # not POSIX: nothing to raise
+        return _UNLIMITED, _UNLIMITED, None
+    unlimited = resource.RLIM_INFINITY
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if wanted is None:
-        wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        wanted = hard if hard != unlimited else 1 << 20
+    failure = None
+    if soft != unlimited and soft < wanted:
+        target = wanted if hard == unlimited else min(wanted, hard)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
-        except (ValueError, OSError):
-            pass
-    return soft
+        except (ValueError, OSError) as error:  # e.g. above fs.nr_open with an unlimited hard limit
+            failure = getattr(error, "strerror", None) or str(error)
+    if soft == unlimited:
+        soft = _UNLIMITED
+    return soft, (_UNLIMITED if hard == unlimited else hard), failure
 
 
 def run_until_signal(server: Any, on_stop: Callable[[], None] | None = None) -> None:

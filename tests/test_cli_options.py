@@ -72,6 +72,8 @@ def test_chat_serve_options_become_one_config(captured) -> None:
         "http://localhost:8000",
         "--max-per-ip",
         "3",
+        "--metrics",
+        "9100",
     )
     assert captured["address"] == ("::1", 0)
     assert config == ChatConfig(
@@ -83,14 +85,17 @@ def test_chat_serve_options_become_one_config(captured) -> None:
         web=("::1", 8080),
         web_origins=("https://example.org", "http://localhost:8000"),
         max_per_ip=3,
+        metrics=("127.0.0.1", 9100),  # the numbers stay local whatever --host is
     )
     assert serve(captured, "--web", "127.0.0.5:0").web == ("127.0.0.5", 0)
+    assert serve(captured, "--metrics", "127.0.0.5:0").metrics == ("127.0.0.5", 0)
 
 
 @pytest.mark.parametrize(
     "args, message",
     [
         (["--web", "x:y"], "Invalid value for '--web': invalid address 'x:y': expected HOST:PORT"),
+        (["--metrics", "x:y"], "Invalid value for '--metrics': invalid address 'x:y': expected HOST:PORT"),
         (
             ["--web-origin", "ftp://x"],
             "Invalid value for '--web-origin': 'ftp://x' is not an origin like https://example.org or http://localhost:8000",

@@ -476,3 +476,21 @@ def test_a_sweep_looks_only_at_timers_that_are_due(chat, browsers, monkeypatch) 
     for _ in range(5):
         server.sweep()
     assert ticks == [] and looks == []
+
+
+def test_a_crowd_of_browsers_beyond_the_pending_limit_is_served_not_refused() -> None:
+    """Forty browsers connecting at once with room for 2 requests in flight: the others wait in the
+    listen queue and every one is welcomed (a reconnect storm after a restart); none is refused."""
+    import concurrent.futures
+
+    server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0))
+    server.max_pending_web = 2
+
+    def browser_welcome(_: int) -> str:
+        with connect(ws_url(server), open_timeout=TIMEOUT, close_timeout=1) as conn:
+            return str(conn.recv(timeout=TIMEOUT)).partition("\n")[0]
+
+    with serving(server):
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            welcomes = list(pool.map(browser_welcome, range(40)))
+    assert sorted(welcomes) == sorted(f"* welcome user{n}, you are in lobby (type /help)" for n in range(1, 41))

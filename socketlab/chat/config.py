@@ -80,6 +80,11 @@ class ChatConfig:
     redis: str | None = None
     cluster: str = DEFAULT_CLUSTER
 
+    # -- the operator's view --------------------------------------------------------------
+    #: Where to serve Prometheus metrics at ``/metrics`` (None: not served; needs the metrics extra,
+    #: ``prometheus_client``; see :mod:`socketlab.metrics` and docs/security.md).
+    metrics: tuple[str, int] | None = None
+
     def replace(self, **changes: Any) -> "ChatConfig":
         """A copy with *changes* (TypeError names an unknown setting)."""
         if "web_origins" in changes:

@@ -113,6 +113,11 @@ class ReaderLoop:
                 self.finish(conn)
 
     @property
+    def held_count(self) -> int:
+        """Clients held back by flood control now (reader thread; other threads read a near figure)."""
+        return len(self._held)
+
+    @property
     def count(self) -> int:
         """Connections still open (any thread)."""
         with self._open_lock:

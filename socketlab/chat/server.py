@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from socketlab.addresses import format_address
 from socketlab.chat.config import DEFAULT_MAX_BACKLOG, ChatConfig
@@ -48,11 +48,14 @@ from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
 from socketlab.engineio import EngineSettings
 from socketlab.socketio import SocketIOServer
 from socketlab.static import StaticFolder
-from socketlab.serving import Acceptor, AcceptingServer, listen, open_listener
+from socketlab.serving import Acceptor, AcceptingServer, allow_clients, listen, listen_backlog, open_listener, somaxconn
 from socketlab.unix import UnixAddress
 from socketlab.text import plural
 from socketlab.timers import Deadlines
 from socketlab.tls import TlsLayer
+
+if TYPE_CHECKING:
+    from socketlab.metrics import ChatMetrics
 
 logger = logging.getLogger("socketlab.chat")
 web_log = logging.getLogger("socketlab.chat.web")
@@ -84,7 +87,8 @@ class ChatServer(AcceptingServer):
     too_many_message = b"! too many connections from your address\n"
 
     full_message = b"! server full\n"
-    #: Web connections still in their HTTP request at once; more are closed when accepted.
+    #: Web connections still in their HTTP request (or TLS handshake) at once; more wait in the kernel's
+    #: listen queue (up to the listen backlog) until one is done: a reconnect storm is served, not refused.
     max_pending_web: int = 256
 
     def __init__(
@@ -98,6 +102,10 @@ class ChatServer(AcceptingServer):
     ) -> None:
         config = (config or ChatConfig()).replace(**settings)
         self.config = config
+        # -- before anything is opened: room for max_clients (OpenFilesError), the metrics extra --
+        allow_clients(config.max_clients, extra=self.max_pending_web if config.web is not None else 0)
+        if config.metrics is not None:
+            from socketlab.metrics import ChatMetrics  # needs prometheus_client (the metrics extra)
         self.max_line = max_line = config.max_line
         self.max_backlog = config.max_backlog
         self.idle_timeout = config.idle_timeout or None
@@ -151,14 +159,27 @@ class ChatServer(AcceptingServer):
             full_message=self.full_message,
             too_many_message=self.too_many_message,
         )
+        # -- metrics: bound now, counting every refusal from here on (it becomes the refusal log) --
+        self.metrics: ChatMetrics | None = None
+        if config.metrics is not None:
+            try:
+                self.metrics = ChatMetrics(self, config.metrics)
+            except Exception:
+                self.acceptor.close()
+                self.service.stop()
+                raise
         self.refusal_log = self.acceptor.refusal_log
         if self.web_site is not None and config.socketio:
             self._serve_socketio(self.web_site, config)
         self._closed = False
+        #: Connections the kernel queues before accept(): all of max_clients at once (a reconnect storm).
+        self.listen_backlog = listen_backlog(config.max_clients)
         try:
-            self.socket = listen(address)
+            self.socket = listen(address, self.listen_backlog)
         except Exception:
             self.acceptor.close()
+            if self.metrics is not None:
+                self.metrics.close()
             self.service.stop()
             raise
         self.server_address = self.socket.getsockname()
@@ -169,15 +190,17 @@ class ChatServer(AcceptingServer):
             self.web_site.refusals = self.refusal_log  # rate-limited, like every refusal
         if web is not None:
             try:
-                self.web_socket = open_listener(*web)
+                self.web_socket = open_listener(*web, backlog=self.listen_backlog)
             except Exception:
                 self.server_close()
                 self.reader.stop()
                 self.writer.stop()
+                if self.metrics is not None:
+                    self.metrics.close()
                 self.service.stop()
                 raise
             self._web_address = self.web_socket.getsockname()
-            self.acceptor.add_listener(self.web_socket, self.start_web_connections)
+            self.acceptor.add_listener(self.web_socket, self.start_web_connections, room=self._web_room)
 
     def _serve_socketio(self, site: WebSite, config: ChatConfig) -> None:
         """Answer Socket.IO at the site's ``/socket.io/``: its members join the same hub."""
@@ -229,6 +252,8 @@ class ChatServer(AcceptingServer):
             self.logger.info("Server closed")
         self.writer.stop()
         self.service.stop()
+        if self.metrics is not None:
+            self.metrics.close()
 
     def server_close(self) -> None:
         """Close the listeners (and any connection still open)."""
@@ -247,6 +272,19 @@ class ChatServer(AcceptingServer):
         if cluster is not None:
             self.service.named(self.address_text)  # type: ignore[attr-defined]
             self.logger.info("Joined cluster %s as %s", cluster, self.address_text)
+        # -- the operator's view: metrics, and a listen backlog the kernel caps --
+        if self.metrics is not None:
+            self.metrics.start()
+            self.logger.info("Metrics on %s", self.metrics.url)
+        cap = somaxconn()
+        if cap is not None and cap < self.listen_backlog:
+            self.logger.info(
+                "The kernel queues at most %d connections before accept (net.core.somaxconn): "
+                "for %d clients connecting at once, raise it (sysctl -w net.core.somaxconn=%d)",
+                cap,
+                self.max_clients,
+                self.listen_backlog,
+            )
 
     # -- TCP clients ----------------------------------------------------------
 
@@ -337,16 +375,23 @@ class ChatServer(AcceptingServer):
             return Outbox(sock, self.max_backlog, self.writer)
         return TlsOutbox(sock, self.max_backlog, self.writer, tls)
 
+    def _web_room(self) -> int:
+        """How many more web connections may start their request now (accept thread)."""
+        return self.max_pending_web - len(self._handshaking)
+
     def join_late(self, conn: Connection) -> None:
         """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread)."""
         with self.lock:
             self._handshaking.discard(conn)
+        self.acceptor.resume()
         if not isinstance(conn, WebConnection):  # a TCP client over TLS, counted when accepted
             if self._join([conn]):
                 client_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
             return
         if not self.acceptor.register(conn.sock):
-            self.logger.warning("Refused %s: server is full (%s)", conn.peer, plural(self.max_clients, "client"))
+            self.refusal_log.log(
+                logging.WARNING, "Refused %s: server is full (%s)", conn.peer, plural(self.max_clients, "client")
+            )
             self._refuse(conn, "server full", self.full_message)
             return
         with self.lock:
@@ -362,6 +407,7 @@ class ChatServer(AcceptingServer):
         a polling client holds two at times. The connections are bounded on their own.
         """
         self._handshaking.discard(conn)
+        self.acceptor.resume()
         if len(self._engine_conns) >= 2 * self.max_clients + self.max_pending_web:
             self.refusal_log.log(logging.WARNING, "Refused Socket.IO connection from %s: too many open", conn.peer)
             conn.outbox.end("too many connections")
@@ -400,7 +446,9 @@ class ChatServer(AcceptingServer):
         with self.lock:
             self._timers.cancel(conn)
             self._idle.cancel(conn)
-            self._handshaking.discard(conn)
+            if conn in self._handshaking:
+                self._handshaking.discard(conn)
+                self.acceptor.resume()
             if isinstance(conn, WebConnection):
                 self._web_members.discard(conn)
                 if conn in self._engine_conns:

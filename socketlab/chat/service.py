@@ -8,6 +8,11 @@ knows members only through the transport interface: *send these bytes*,
 *close with this reason*. Sockets, framing and threads live in the
 transports and the server around it.
 
+Its counters (lines and bytes in and out, joins, departures, clients dropped
+as too slow) are plain integers changed under the lock it already holds at
+each event: one addition per event, no metric object and no lock of their
+own; ``socketlab.metrics`` reads them when Prometheus scrapes.
+
 Loggers: ``socketlab.chat.clients`` (joins, nick changes, departures) and
 ``socketlab.chat.messages`` (message text, at DEBUG).
 """
@@ -57,12 +62,28 @@ class ChatService:
     For the I/O layer: ``join()``, ``receive()``, ``depart()`` and
     ``shut_down()``, each safe from any thread; ``lock`` for anything else
     that must not interleave with a delivery (a transport's own writes).
+
+    Counters, only ever increased, each under ``lock`` (read them without it:
+    an int read is atomic): ``lines_received`` and ``bytes_received`` (what
+    members sent, commands and too-long lines included; a line end counts as
+    one byte, a too-long line's bytes not at all), ``lines_delivered`` and
+    ``bytes_delivered`` (what was handed to members' transports, chat lines,
+    notices and replies alike: a line to N members counts N times; framing
+    such as WebSocket's or TLS's excluded), ``joins``, ``departures`` and
+    ``dropped_too_slow`` (departures because a backlog overflowed).
     """
 
     def __init__(self, hub: ChatHub) -> None:
         self.hub = hub
         self.lock = threading.Lock()
         self.shutting_down = False
+        self.lines_received = 0
+        self.bytes_received = 0
+        self.lines_delivered = 0
+        self.bytes_delivered = 0
+        self.joins = 0
+        self.departures = 0
+        self.dropped_too_slow = 0
 
     def join(self, transports: Sequence[Transport]) -> list[Member] | None:
         """Welcome clients that arrived together; None when the server is shutting down.
@@ -79,7 +100,8 @@ class ChatService:
                 member, joined = self.hub.connect(transport)
                 members.append(member)
                 deliveries += joined
-            self.deliver(deliveries)
+            self.joins += len(members)
+            self._deliver(deliveries)
         if client_log.isEnabledFor(logging.INFO):
             for member in members:
                 client_log.info("Client connected %s as %s", member.transport.peer, member.name)
@@ -94,9 +116,15 @@ class ChatService:
         with self.lock:
             if self.shutting_down:
                 return False
+            count = len(items)
+            self.lines_received += count
+            try:  # one line (a person typing) is the common case: no sum() for it
+                self.bytes_received += (len(items[0]) if count == 1 else sum(map(len, items))) + count  # type: ignore[arg-type]
+            except TypeError:  # a LineTooLong among them: its bytes were never kept
+                self.bytes_received += sum(len(item) + 1 for item in items if isinstance(item, bytes))
             before = (member.name, member.room.name)
             reaction = self.hub.receive(member, items)
-            self.deliver(reaction.deliveries)
+            self._deliver(reaction.deliveries)
             after = (member.name, member.room.name)
         if before != after:
             if before[0] != after[0]:
@@ -111,8 +139,11 @@ class ChatService:
             if self.shutting_down and reason == "disconnected":
                 reason = SHUTDOWN_REASON
             deliveries = self.hub.disconnect(member, reason)
+            self.departures += 1
+            if reason == "too slow":
+                self.dropped_too_slow += 1
             if not self.shutting_down:
-                self.deliver(deliveries)
+                self._deliver(deliveries)
         client_log.info("Client disconnected %s (%s)", member.name, reason or "quit")
 
     def shut_down(self) -> bool:
@@ -121,7 +152,7 @@ class ChatService:
             if self.shutting_down:
                 return False
             self.shutting_down = True
-            self.deliver(self.hub.announce(SHUTDOWN_REASON))
+            self._deliver(self.hub.announce(SHUTDOWN_REASON))
             for member in self.hub.members:
                 member.transport.close(SHUTDOWN_REASON)
             return True
@@ -148,9 +179,24 @@ class ChatService:
     def stop(self) -> None:
         """Nothing to leave (see ClusterService)."""
 
+    def _deliver(self, deliveries: list[Delivery]) -> None:
+        """deliver(), counting the lines and bytes handed over (lock held).
+
+        A delivery is whole lines, so its lines are its line ends: counted
+        once per delivery (at C speed), multiplied by its receivers.
+        """
+        if len(deliveries) > 1:
+            deliveries = coalesce(deliveries)
+        for members, data in deliveries:
+            for member in members:
+                member.transport.send(data)
+            copies = len(members)
+            self.lines_delivered += data.count(b"\n") * copies
+            self.bytes_delivered += len(data) * copies
+
     @staticmethod
     def deliver(deliveries: list[Delivery]) -> None:
-        """Hand each delivery to its receivers' transports (lock held).
+        """Hand each delivery to its receivers' transports (lock held), uncounted (a cluster's replica uses it).
 
         Several deliveries (a command's replies and notices, a crowd's joins)
         are coalesced first, so each receiver gets one send.

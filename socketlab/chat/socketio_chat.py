@@ -245,6 +245,11 @@ class SocketIOChat(Namespace):
             elif gate.notice_due(now):
                 transport.client.emit("error", gate.notice().decode().rstrip("\n")[2:])
 
+    @property
+    def held_count(self) -> int:
+        """Socket.IO members held back by flood control now."""
+        return len(self._held)
+
     def tick(self, now: float) -> None:
         """Let held lines through as the members' budgets refill (lock held)."""
         for transport in list(self._held):

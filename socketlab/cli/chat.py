@@ -7,6 +7,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from socketlab.addresses import DEFAULT_HOST
+
 from socketlab.cli.options import (
     client_host_option,
     client_port_option,
@@ -105,6 +107,15 @@ def chat() -> None:
     metavar="NAME",
     help="With --redis: the cluster's name; servers with the same Redis and name serve one chat.",
 )
+@click.option(
+    "--metrics",
+    type=WebAddress(),
+    callback=lambda ctx, param, value: _needs_prometheus(value),
+    help=(
+        "Serve Prometheus metrics at http://[HOST:]PORT/metrics (HOST: 127.0.0.1 whatever --host is; 0: a free port; "
+        "pip install 'socketlab[metrics]'; docs/security.md)."
+    ),
+)
 @click.option("-v", "--verbose", is_flag=True, help="Also log every message's text.")
 @click.option("-q", "--quiet", is_flag=True, help="Log only start, stop and errors.")
 def chat_serve(
@@ -128,6 +139,7 @@ def chat_serve(
     tls_key: str | None,
     redis_url: str | None,
     cluster: str,
+    metrics: tuple[str | None, int] | None,
     verbose: bool,
     quiet: bool,
 ) -> None:
@@ -146,6 +158,7 @@ def chat_serve(
       socketlab chat serve --room-size 2 --web 8080   # and open http://127.0.0.1:8080/
       socketlab chat serve --room-size 2 --web 8080 --web-root chat_example_join
       socketlab chat serve --port 3001 --redis redis://127.0.0.1:6379/0
+      socketlab chat serve --metrics 127.0.0.1:9100   # Prometheus's format at /metrics
     """
     from socketlab.chat.config import ChatConfig
     from socketlab.chat.server import ChatServer
@@ -168,6 +181,7 @@ def chat_serve(
         tls=server_tls(tls_cert, tls_key),
         redis=redis_url or None,
         cluster=cluster,
+        metrics=(metrics[0] or DEFAULT_HOST, metrics[1]) if metrics is not None else None,
     )
     log_to_stdout()
     logging.getLogger("socketlab.chat.messages").setLevel(logging.DEBUG if verbose else logging.WARNING)
@@ -177,6 +191,19 @@ def chat_serve(
     address = unix_address(click.get_current_context(), unix_path, unix_mode) or (host, port)
     with ChatServer(address, config) as server:
         run_until_signal(server)
+
+
+def _needs_prometheus(metrics: tuple[str | None, int] | None) -> tuple[str | None, int] | None:
+    """--metrics needs the metrics extra: one error line saying how to install it, before anything listens."""
+    if metrics is not None:
+        try:
+            import prometheus_client  # noqa: F401
+        except ImportError:
+            raise click.ClickException(
+                "--metrics needs the prometheus_client package: pip install 'socketlab[metrics]', "
+                "or pip install '.[metrics]' from a checkout"
+            ) from None
+    return metrics
 
 
 @chat.command("connect")
