@@ -76,8 +76,11 @@ class LineReader:
         self._thread.start()
 
     def _pump(self, stream: Any) -> None:
-        for raw in iter(stream.readline, b""):
-            self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        try:
+            for raw in iter(stream.readline, b""):
+                self.lines.put(raw.decode("utf-8", "replace").rstrip("\n"))
+        except (ValueError, OSError):  # the test closed the stream under the read: it has ended
+            pass
         self.lines.put(None)
 
     def wait_for(self, pattern: str, timeout: float = TIMEOUT) -> re.Match[str]:
