@@ -274,9 +274,11 @@ class Acceptor:
                         timeout = ROOM_CHECK if timeout is None else min(timeout, ROOM_CHECK)
                         self._watch_again(selector)
                     for key, _mask in selector.select(timeout):
-                        if key.data is _LINGERING:
+                        if key.data is None:  # the waker: stop() or resume()
+                            self._waker.drain()
+                        elif key.data is _LINGERING:
                             self._drain_refused(key.fileobj)  # type: ignore[arg-type]
-                        elif key.data is not None and not self._stopping:
+                        elif not self._stopping:
                             self._accept_waiting(key.fileobj, *key.data)  # type: ignore[arg-type]
                     if self._lingering:
                         self._close_refused(time.monotonic())

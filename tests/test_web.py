@@ -493,4 +493,19 @@ def test_a_crowd_of_browsers_beyond_the_pending_limit_is_served_not_refused() ->
     with serving(server):
         with concurrent.futures.ThreadPoolExecutor(40) as pool:
             welcomes = list(pool.map(browser_welcome, range(40)))
+        # Afterwards the accept thread sleeps: resume() woke it, and the wake-up was consumed.
+        [acceptor] = [thread for thread in threading.enumerate() if thread.name.endswith("(serve_forever)")]
+        assert acceptor.native_id is not None
+        before = thread_cpu_seconds(acceptor.native_id)
+        time.sleep(0.5)  # a span of time to measure the thread's CPU over, not a synchronisation
+        assert thread_cpu_seconds(acceptor.native_id) - before < 0.1
     assert sorted(welcomes) == sorted(f"* welcome user{n}, you are in lobby (type /help)" for n in range(1, 41))
+
+
+def thread_cpu_seconds(native_id: int) -> float:
+    """CPU time (user + system) of one thread of this process, from /proc."""
+    import os
+
+    with open(f"/proc/self/task/{native_id}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
