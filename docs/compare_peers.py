@@ -4,6 +4,8 @@
                                  [--peers socketlab,node,ncat,floor,build] [--node-server PATH] [--build PATH]
                                  [--placement split|shared] [--json out.json]
     python docs/compare_peers.py --peers socketlab-socketio,node-socketio --scenarios paced,flat,connections
+    python docs/compare_peers.py --peers socketlab,ws,socketlab-socketio,node-socketio --scenarios pairs \
+                                 --bench-args "--clients 10000"
     python docs/compare_peers.py --reanalyse out.json
 
 Starts each chat server on a free loopback port -- ``socketlab chat serve``,
@@ -49,6 +51,18 @@ answering ``/socket.io/``, and the tutorial's Socket.IO rooms server
 PORT=... node index.js``). Their ratio is reported as
 ``socketlab_socketio_over``; the scenario ``connections`` gives each one's
 memory per idle member (``kib_per_connection``).
+
+The scenario ``pairs`` is the tutorial's rooms at scale (``bench chat
+--scenario pairs``: members in pairs, a room each, every member saying a
+line every 2 s; 2,000 members unless ``--bench-args "--clients N"`` says
+otherwise). It runs for the peers with rooms -- ``socketlab`` (TCP),
+``ws``, ``socketlab-socketio``, ``node-socketio`` and ``build`` -- each
+started with a room size of 2 (``--room-size 2``; the Node server with
+``ROOM_SIZE=2``, the tutorial's) and room for every member; the others are
+skipped. Its summary gives the members joined, every copy's p50 and p99,
+the server's CPU per line and per connection-second, its memory per
+member, the accept storm's length and the benchmark's busy share; the
+Socket.IO pair's ratios compare p99, CPU per line and memory per member.
 """
 
 from __future__ import annotations
@@ -63,10 +77,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from typing import Callable
 
 from socketlab.bench.placement import Placement
 from socketlab.bench.transfer import Certificate, free_port, wait_listening
 from socketlab.errors import BenchError
+from socketlab.serving import allow_open_files
 
 HERE = pathlib.Path(__file__).resolve().parent
 _WORKDIR = tempfile.TemporaryDirectory(prefix="compare-peers-")
@@ -90,19 +106,34 @@ SCENARIOS = {
     "paced": ["--rate", "250", "--messages", "2000"],
     "slow": ["--scenario", "slow", "--messages", "20000"],
     "connections": ["--scenario", "connections", "--clients", "2000"],
+    "pairs": ["--scenario", "pairs", "--clients", "2000"],
 }
+#: Scenarios whose members join rooms, and the peers that have rooms to join (the others are skipped).
+ROOM_SCENARIOS = ("pairs",)
+ROOM_PEERS = ("socketlab", "ws", "socketlab-socketio", "node-socketio", "build")
 #: Not a chat scenario: bulk TCP through ``bench tcp --buffer`` (socketlab and socat), a sweep of buffer sizes.
 OTHER_SCENARIOS = ("bulk",)
 
 
 def start(
-    peer: str, port: int, node_server: pathlib.Path, build: pathlib.Path | None = None, web_port: int = 0
+    peer: str,
+    port: int,
+    node_server: pathlib.Path,
+    build: pathlib.Path | None = None,
+    web_port: int = 0,
+    room_size: int = 0,
+    clients: int = 0,
 ) -> subprocess.Popen:
+    """Start *peer* on *port* (and *web_port*); with *room_size*, rooms are capped (the lobby excepted), and
+    the server takes at least *clients* members."""
     cwd: pathlib.Path | None = build if peer == "build" else None  # python -m puts the working directory first on the path
     if peer in ("socketlab", "build", "ws", "tls", "socketlab-socketio"):
-        command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", "5000"]
+        max_clients = str(max(5000, clients + 100))
+        command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--max-clients", max_clients]
         if peer != "build" or has_flood_control(build):  # flood control off, like the peers
             command += ["--max-rate", "0"]
+        if room_size:
+            command += ["--room-size", str(room_size)]
         if peer in ("ws", "socketlab-socketio"):
             command += ["--web", str(web_port)]
         if peer == "tls":
@@ -110,9 +141,10 @@ def start(
         env = {**os.environ, "PYTHONPATH": str(build)} if peer == "build" else None
     elif peer == "node":
         command, env = ["node", str(node_server)], {**os.environ, "PORT": str(port)}
-    elif peer == "node-socketio":  # one room for every client: no cap (the tutorial's is 2)
+    elif peer == "node-socketio":  # one room for every client: no cap (the tutorial's is 2), unless rooms are capped
         assert SOCKETIO_DIR is not None, "prepare_socketio() first"
-        command, env, cwd = ["node", "index.js"], {**os.environ, "PORT": str(port), "ROOM_SIZE": "0"}, SOCKETIO_DIR
+        env = {**os.environ, "PORT": str(port), "ROOM_SIZE": str(room_size)}
+        command, cwd = ["node", "index.js"], SOCKETIO_DIR
     else:
         chat = ["--chat"] if peer == "ncat" else []  # the floor relays bytes only
         command, env = ["ncat", "--broker", *chat, "--max-conns", "5000", "-l", "127.0.0.1", str(port)], None
@@ -245,11 +277,24 @@ def placement_args() -> list[str]:
     return ["--placement", "split" if PLACEMENT.server else "shared"]
 
 
+def clients_in(arguments: list[str]) -> int:
+    """The last ``--clients N`` (or ``--clients=N``) in *arguments* (click takes the last one), 0 if none."""
+    found = 0
+    for index, argument in enumerate(arguments):
+        if argument == "--clients" and index + 1 < len(arguments) and arguments[index + 1].isdigit():
+            found = int(arguments[index + 1])
+        elif argument.startswith("--clients=") and argument[10:].isdigit():
+            found = int(argument[10:])
+    return found
+
+
 def bench(peer: str, scenario: str, node_server: pathlib.Path, extra: list[str], build: pathlib.Path | None = None) -> dict:
     if peer in ("redis1", "redis3"):
         return bench_cluster(int(peer[-1]), scenario, extra)
     port, web_port = free_port(), free_port()
-    proc = start(peer, port, node_server, build, web_port)
+    rooms = scenario in ROOM_SCENARIOS
+    clients = clients_in([*SCENARIOS[scenario], *extra])
+    proc = start(peer, port, node_server, build, web_port, room_size=2 if rooms else 0, clients=clients)
     if peer in ("ws", "socketlab-socketio"):
         wait_listening(web_port, proc, "socketlab chat serve --web")
         port = web_port
@@ -321,6 +366,23 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
     if scenario == "bulk":
         return summarise_bulk(ok)
     med = lambda values: statistics.median(values)
+    if scenario in ROOM_SCENARIOS:
+        rows = [r[scenario] for r in ok]
+        return {
+            "members": med([r["members"] for r in rows]),
+            "joined": med([r["joined"] for r in rows]),
+            "delivered_share": min(r["delivered_share"] for r in rows),
+            "faults": sum(r["duplicates"] + r["garbled"] + r["order_violations"] + r["strays"] for r in rows),
+            "p50_ms": med([r["latency_ms"]["p50"] for r in rows]),
+            "p99_ms": med([r["latency_ms"]["p99"] for r in rows]),
+            "max_ms": med([r["latency_ms"]["max"] for r in rows]),
+            "server_us_per_line": med([r["server_us_per_line"] or 0 for r in rows]),
+            "server_us_per_connection_second": med([r["server_us_per_connection_second"] or 0 for r in rows]),
+            "kib_per_member": med([r["kib_per_member"] or 0 for r in rows]),
+            "storm_s": med([r["storm_seconds"] for r in rows]),
+            "load_busy": med([r["bench_busy"]["share"] for r in rows]),
+            "busiest_load_process": med([r["bench_busy"]["busiest_process"] for r in rows]),
+        }
     if scenario == "connections":
         rows = [r["connections"] for r in ok]
         return {
@@ -388,24 +450,33 @@ def ratios(scenario: str, reports: dict[str, list[dict]], ours: str = "socketlab
     if scenario in ("connections", "slow") or ours not in reports:
         return {}
     rivals = RIVALS.get(ours)
-
-    def values(peer: str, metric: str) -> list[float]:
-        rows = [r["fanout"] for r in reports[peer] if "error" not in r]
-        pick = {
+    picks: dict[str, Callable[[dict], float]]
+    if scenario in ROOM_SCENARIOS:
+        key = scenario
+        picks = {
+            "p99_ms": lambda r: r["latency_ms"]["p99"],
+            "server_us_per_line": lambda r: r["server_us_per_line"] or 0.0,
+            "kib_per_member": lambda r: r["kib_per_member"] or 0.0,
+        }
+    else:
+        key = "fanout"
+        picks = {
             "copies_per_second": lambda r: r["copies_per_second"],
             "p99_ms": lambda r: r["latency_ms"]["p99"],
             "server_ns_per_copy": server_ns_per_copy,
-        }[metric]
-        return [pick(r) for r in rows]
+        }
 
-    metrics = ("copies_per_second", "p99_ms", "server_ns_per_copy")
+    def values(peer: str, metric: str) -> list[float]:
+        return [picks[metric](r[key]) for r in reports[peer] if "error" not in r]
+
+    metrics = tuple(picks)
     mine = {metric: values(ours, metric) for metric in metrics}
     result = {}
     for peer in reports:
         if peer == ours or (peer not in rivals if rivals is not None else peer in SOCKETIO_PEERS):
             continue
         theirs = {metric: values(peer, metric) for metric in metrics}
-        if mine["copies_per_second"] and theirs["copies_per_second"]:
+        if mine[metrics[0]] and theirs[metrics[0]]:
             result[peer] = {
                 metric: ratio_interval(mine[metric], theirs[metric]) for metric in metrics if mine[metric] and theirs[metric]
             }
@@ -498,6 +569,7 @@ def main() -> None:
         parser.error(f"unknown scenario {unknown[0]!r}: choose from {', '.join([*SCENARIOS, *OTHER_SCENARIOS])}")
     global PLACEMENT
     PLACEMENT = Placement.named(args.placement)
+    allow_open_files()  # the servers started from here inherit it (the Node ones cannot raise it themselves)
     if "tls" in peers:
         global CERTIFICATE
         CERTIFICATE = Certificate.make(_WORKDIR.name)
@@ -514,8 +586,12 @@ def main() -> None:
         for run in range(args.runs):
             # Interleaved, so drift in the machine hits every peer alike, and each run starts
             # with a different peer, so no peer always follows the same one.
-            shift = run % len(peers)
-            for peer in peers[shift:] + peers[:shift]:
+            able = [peer for peer in peers if scenario not in ROOM_SCENARIOS or peer in ROOM_PEERS]
+            if not able:
+                print(f"{scenario}: none of the peers has rooms (those that do: {', '.join(ROOM_PEERS)})", file=sys.stderr)
+                break
+            shift = run % len(able)
+            for peer in able[shift:] + able[:shift]:
                 report = bench(peer, scenario, args.node_server, args.bench_args.split(), args.build)
                 raw.setdefault(scenario, {}).setdefault(peer, []).append(report)
                 print(f"{scenario} run {run + 1} {peer}: done", file=sys.stderr)

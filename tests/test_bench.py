@@ -738,3 +738,299 @@ def test_bench_chat_over_socketio_answers_engineio_pings_during_the_run(web_chat
     assert fanout["seconds"] > 2.5  # several pings came and went
     assert fanout["expected"] == fanout["delivered"] == 2 * 75 * 4
     assert fanout["echoes"] == 2 * 75
+
+
+# -- the rooms workloads (bench chat --scenario pairs, mixed) ----------------------------------
+
+#: Every rooms run: a line each half second for one second, so every member says exactly two lines.
+ROOMS_PACE = ["--duration", "1", "--interval", "0.5"]
+#: A rooms test's bound: a server start, the joins, the run and its tail, twice over on a busy machine.
+ROOMS_TIMEOUT = 60
+
+
+def test_room_plans_lay_out_pairs_and_the_documented_mix() -> None:
+    """pairs: rooms of two; mixed: one big room of min(500, N/4), about half the rest in rooms of 20, then pairs."""
+    from socketlab.bench.rooms import RoomPlan
+
+    assert RoomPlan.named("pairs", 40).sizes == (2,) * 20
+    assert RoomPlan.named("mixed", 40).sizes == (10, 20, 2, 2, 2, 2, 2)
+    assert RoomPlan.named("mixed", 2000).layout() == {"500": 1, "20": 38, "2": 370}
+    assert RoomPlan.named("mixed", 19000).layout() == {"500": 1, "20": 463, "2": 4620}
+    assert RoomPlan.named("mixed", 9).sizes == (3, 2, 2, 2)  # the odd one out joins the big room
+    for scenario, members in (("pairs", 19000), ("mixed", 19000), ("mixed", 41), ("mixed", 8)):
+        assert RoomPlan.named(scenario, members).members == members
+    with pytest.raises(ValueError, match="pairs need an even number of members"):
+        RoomPlan.named("pairs", 41)
+    with pytest.raises(ValueError, match="at least 8 members"):
+        RoomPlan.named("mixed", 7)
+
+
+def test_room_plan_spreads_start_times_evenly_and_counts_lines() -> None:
+    """Start times are the N evenly spaced points of one interval, each once, a big room's spread over all of it;
+    a member says a line every interval until the duration is over."""
+    from socketlab.bench.rooms import RoomPlan
+
+    plan = RoomPlan.named("mixed", 2000, interval=2.0, duration=3.0)
+    offsets = [plan.offset_ns(member) for member in range(plan.members)]
+    assert sorted(offsets) == [rank * 2_000_000_000 // 2000 for rank in range(2000)]
+    big = sorted(offsets[: plan.sizes[0]])
+    assert big[0] < 0.05e9 and big[-1] > 1.95e9
+    assert max(b - a for a, b in zip(big, big[1:], strict=False)) < 0.05e9  # no gap of more than a few ranks
+    assert {plan.lines_of(member) for member in range(plan.members) if offsets[member] < 1e9} == {2}
+    assert {plan.lines_of(member) for member in range(plan.members) if offsets[member] >= 1e9} == {1}
+    assert plan.max_lines == 2
+
+
+def test_room_plan_split_keeps_rooms_whole_and_members_balanced() -> None:
+    """Load processes get whole rooms, and about as many members each."""
+    from socketlab.bench.rooms import RoomPlan
+
+    plan = RoomPlan.named("mixed", 2000)
+    shares = plan.split(3)
+    assert sorted(room for share in shares for room in share) == list(range(len(plan.sizes)))
+    loads = [sum(plan.sizes[room] for room in share) for share in shares]
+    assert sum(loads) == 2000 and max(loads) - min(loads) <= 20
+
+
+def test_process_count_follows_the_open_file_limit() -> None:
+    """Processes: at least one per 5,000 members and per what the open-file limit allows; a room too big for any is an error."""
+    from socketlab.bench.pairs import process_count
+    from socketlab.bench.rooms import RoomPlan
+
+    pairs = RoomPlan.named("pairs", 19000)
+    assert process_count(pairs, 1, 20000) == 4
+    assert process_count(pairs, 6, 20000) == 6
+    assert process_count(pairs, 1, 1064) == 19
+    with pytest.raises(BenchError, match="a room of 500 members does not fit in one load process"):
+        process_count(RoomPlan.named("mixed", 2000), 1, 400)
+
+
+def test_receipts_count_copies_from_another_room_as_strays() -> None:
+    """A receiver told who its room-mates are counts a copy from anyone else as a stray, not a delivery."""
+    totals = Totals()
+    receipts = Receipts(totals, [7, 9], messages=4, own=8)
+    receipts.feed(make_message(7, 0, 1, 48) + make_message(3, 0, 1, 48) + make_message(8, 0, 1, 48), 5)
+    receipts.analyse()
+    assert (totals.delivered, totals.strays, totals.echoes) == (1, 1, 1)
+
+
+def test_line_speaker_is_welcomed_by_the_first_line_and_refused_by_an_error() -> None:
+    """A TCP member: welcomed once the server's first line is whole, read a byte at a time; '! ...' first is a refusal."""
+    from socketlab.bench.speakers import LineSpeaker
+
+    speaker = LineSpeaker()
+    for byte in b"* welcome user1, you are in lobby (type /help)\n":
+        assert not speaker.welcomed
+        speaker.receive(bytes([byte]))
+    assert speaker.welcomed and speaker.refused is None
+    speaker.join("bench-1")
+    speaker.say(b"hello\n")
+    assert speaker.take_output() == b"/join bench-1\nhello\n"
+    refused = LineSpeaker()
+    refused.receive(b"! server is full (1000 clients), try again later\n")
+    assert refused.refused == "server is full (1000 clients), try again later" and not refused.welcomed
+    assert speaker.join_refused is None
+    speaker.receive(b"* user2 joined lobby\n! room bench-1 is full (2/2)\n")
+    assert speaker.join_refused == "room bench-1 is full (2/2)"
+
+
+def test_websocket_speaker_opens_without_blocking_byte_by_byte() -> None:
+    """A WebSocket member: its upgrade request, the 101 and welcome read a byte at a time, lines as text messages;
+    a refused upgrade is a refusal."""
+    from websockets.http11 import Request
+    from websockets.server import ServerProtocol
+
+    from socketlab.bench.speakers import WebSocketSpeaker
+
+    server = ServerProtocol()
+    speaker = WebSocketSpeaker(("127.0.0.1", 3000))
+    server.receive_data(speaker.opening())
+    request = server.events_received()[0]
+    assert isinstance(request, Request) and request.path == "/ws"
+    server.send_response(server.accept(request))
+    server.send_text(b"* welcome user1, you are in lobby (type /help)\n")
+    lines = b""
+    for byte in b"".join(server.data_to_send()):
+        lines += speaker.receive(bytes([byte]))
+    assert speaker.welcomed and lines == b"* welcome user1, you are in lobby (type /help)\n"
+    speaker.join("bench-1")
+    speaker.say(make_message(0, 0, 1, 48))
+    server.receive_data(speaker.take_output())
+    assert [event.data for event in server.events_received()] == [b"/join bench-1\n", make_message(0, 0, 1, 48)]
+    refused = WebSocketSpeaker(("127.0.0.1", 3000))
+    refused.opening()
+    refused.receive(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+    assert refused.refused == "HTTP 503" and not refused.welcomed
+
+
+def test_socketio_speaker_connects_joins_and_answers_pings() -> None:
+    """A Socket.IO member: '40' after the open packet, welcomed by the namespace's answer, the event 'room' to join,
+    'chat message' to speak; pings get pongs; a refused namespace is a refusal."""
+    from socketlab.bench.speakers import SocketIOSpeaker
+
+    server = ScriptedSocketIOServer()
+    speaker = SocketIOSpeaker(("127.0.0.1", 3000))
+    server.sendall(speaker.opening())
+    for _ in range(2):  # the upgrade's answer and the open packet, then the namespace's answer to 40
+        for byte in server.take():
+            speaker.receive(bytes([byte]))
+            server.sendall(speaker.take_output())
+    assert server.received == [b"40"] and speaker.welcomed
+    speaker.join("bench-1")
+    speaker.say(make_message(0, 0, 1, 48))
+    server.text(b"2")
+    server.text(b'42["chat message","' + make_message(1, 0, 1, 48).rstrip(b"\n") + b'"]')
+    assert speaker.receive(server.take()) == make_message(1, 0, 1, 48)
+    server.sendall(speaker.take_output())
+    assert server.received[1:] == [
+        b'42["room","bench-1"]',
+        b'42["chat message","' + make_message(0, 0, 1, 48).rstrip(b"\n") + b'"]',
+        b"3",
+    ]
+    assert speaker.join_refused is None
+    server.text(b'42["result","failed"]')
+    assert speaker.receive(server.take()) == b"" and speaker.join_refused is not None
+    refused = SocketIOSpeaker(("127.0.0.1", 3000))
+    server = ScriptedSocketIOServer()
+    server.sendall(refused.opening())
+    opening = server.take()
+    server.protocol.send_text(b'44{"message":"not authorized"}')
+    refused.receive(opening + b"".join(server.protocol.data_to_send()))
+    assert refused.refused == '{"message":"not authorized"}' and not refused.welcomed
+
+
+def rooms_report(result: subprocess.CompletedProcess[bytes], scenario: str) -> dict[str, Any]:
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["scenario"] == scenario
+    rooms: dict[str, Any] = report[scenario]
+    return rooms
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+@pytest.mark.parametrize("transport", ["tcp", "ws", "socketio"])
+def test_bench_chat_pairs_against_its_own_server(transport: str) -> None:
+    """20 members in pairs on socketlab's own server (--room-size 2): all joined, every copy once, in order, timed;
+    the storm, the server's cost per line, per connection-second and per member, and the bench's busy share reported."""
+    result = run_cli(
+        "bench", "chat", "--scenario", "pairs", "--transport", transport, "--clients", "20", *ROOMS_PACE, "--json",
+        timeout=ROOMS_TIMEOUT - 5,
+    )  # fmt: skip
+    pairs = rooms_report(result, "pairs")
+    assert pairs["rooms"] == {"2": 10} and pairs["members"] == 20
+    assert pairs["connected"] == pairs["welcomed"] == pairs["joined"] == 20
+    assert pairs["refused"] == pairs["failed"] == pairs["dropped"] == 0
+    assert pairs["lines"] == 40 and pairs["expected"] == pairs["delivered"] == 40
+    assert pairs["duplicates"] == pairs["garbled"] == pairs["order_violations"] == pairs["strays"] == 0
+    assert pairs["echoes"] == (40 if transport == "socketio" else 0)
+    assert 0 < pairs["latency_ms"]["p50"] <= pairs["latency_ms"]["p99"] <= pairs["latency_ms"]["max"]
+    assert 0 < pairs["storm_seconds"] < 10 and 0 < pairs["welcome_ms"]["p50"] <= pairs["welcome_ms"]["max"]
+    assert pairs["server_us_per_line"] is not None and pairs["server_us_per_connection_second"] is not None
+    assert pairs["server_rss_kib"]["joined"] > 0 and pairs["kib_per_member"] is not None
+    assert {"server", "server_storm", "bench"} <= set(pairs["cpu_seconds"])
+    assert 0 <= pairs["bench_busy"]["share"] <= 1 and pairs["bench_busy"]["load_cpus"] >= 1
+    assert pairs["processes"] == 1 and pairs["source_addresses"] == 8 and pairs["warnings"] == []
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+@pytest.mark.parametrize("transport", ["tcp", "ws", "socketio"])
+def test_bench_chat_mixed_against_an_in_process_server(web_chat, transport: str) -> None:
+    """The mixed rooms (10, 20 and five pairs), members in two load processes, ten connecting at a time, against a
+    server in this process: every copy of every room arrives once, none crosses rooms."""
+    server = web_chat(max_rate=0, room_size=20)
+    port = server.server_address[1] if transport == "tcp" else server.web_address[1]
+    result = run_cli(
+        "bench", "chat", "--scenario", "mixed", "--transport", transport, "--target", f"127.0.0.1:{port}",
+        "--clients", "40", "--workers", "2", "--connect-window", "10", *ROOMS_PACE, "--json",
+        timeout=ROOMS_TIMEOUT - 5,
+    )  # fmt: skip
+    mixed = rooms_report(result, "mixed")
+    assert mixed["rooms"] == {"20": 1, "10": 1, "2": 5} and mixed["processes"] == 2 and mixed["connect_window"] == 10
+    assert mixed["joined"] == 40 and mixed["lines"] == 80
+    assert mixed["expected"] == mixed["delivered"] == 2 * (20 * 19 + 10 * 9 + 5 * 2)
+    assert mixed["duplicates"] == mixed["garbled"] == mixed["order_violations"] == mixed["strays"] == 0
+    assert mixed["echoes"] == (80 if transport == "socketio" else 0)
+    assert mixed["cpu_seconds"].keys() == {"bench"} and mixed["server_rss_kib"] == {}  # no --server-pid
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+def test_bench_chat_rooms_fuller_than_the_server_allows(web_chat) -> None:
+    """The mixed rooms against a server with a room size of 2: two members of each big room get in, the others
+    are refused at once (not after the join limit), and the pairs run as usual."""
+    server = web_chat(max_rate=0, room_size=2)
+    started = time.monotonic()
+    result = run_cli(
+        "bench", "chat", "--scenario", "mixed", "--target", f"127.0.0.1:{server.server_address[1]}", "--clients", "40",
+        *ROOMS_PACE, "--json", timeout=ROOMS_TIMEOUT - 5,
+    )  # fmt: skip
+    mixed = rooms_report(result, "mixed")
+    assert (mixed["joined"], mixed["refused"], mixed["failed"]) == (14, 26, 0)
+    assert mixed["first_problem"].startswith("refused a room: room bench-") and "is full (2/2)" in mixed["first_problem"]
+    assert mixed["expected"] == mixed["delivered"] == 2 * 14
+    assert mixed["warnings"] == [f"26 of 40 members did not join: {mixed['first_problem']}"]
+    assert time.monotonic() - started < 10  # the join limit (10 s) never ran out
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+def test_bench_chat_pairs_text_report() -> None:
+    """The text report of a pairs run names the storm, every copy's latency, the server's costs and the bench's."""
+    result = run_cli("bench", "chat", "--scenario", "pairs", "--clients", "4", *ROOMS_PACE, timeout=ROOMS_TIMEOUT - 5)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout.decode()
+    assert text.startswith("pairs over tcp: 4 members in rooms (2 of 2), a line of 64 bytes every 0.5 s each for 1 s")
+    assert "joined      4 of 4 (4 connected, 4 welcomed; 0 refused, 0 failed)" in text
+    assert "delivered   8 / 8 copies of 8 lines (100.00 %), 0 duplicates, 0 garbled lines, 0 order violations" in text
+    for part in ("storm       all connecting:", "(every copy)", "us per connection-second", "KiB per member", "% of its"):
+        assert part in text
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+def test_bench_chat_pairs_with_nobody_listening_is_one_line() -> None:
+    """No server: one error line naming why no member joined, exit 1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("bench", "chat", "--scenario", "pairs", "--target", f"127.0.0.1:{port}", "--clients", "4", *ROOMS_PACE)
+    assert result.returncode == 1
+    assert result.stderr.decode() == "Error: no member could join a room: cannot connect: Connection refused\n"
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+def test_bench_chat_rooms_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pairs and mixed are offered with their options, reach run_rooms as a plan, and refuse what they cannot do."""
+    from click.testing import CliRunner
+
+    import socketlab.bench.pairs
+    from socketlab.cli import main
+
+    help_text = CliRunner().invoke(main, ["bench", "chat", "--help"]).output
+    for part in ("pairs|mixed", "--duration", "--interval", "--connect-window", "min(500, N/4)"):
+        assert part in help_text
+    seen: dict[str, Any] = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_rooms(address: Any, plan: Any, **options: Any) -> None:
+        seen.update(options, address=address, plan=plan)
+        raise Stop
+
+    monkeypatch.setattr(socketlab.bench.pairs, "run_rooms", fake_rooms)
+    arguments = ["bench", "chat", "--scenario", "pairs", "--target", "127.0.0.1:4000", "--clients", "6", "--size", "48"]
+    pace = ["--duration", "30", "--interval", "3", "--workers", "3", "--connect-window", "200"]
+    result = CliRunner().invoke(main, [*arguments, *pace, "--transport", "ws"])
+    assert isinstance(result.exception, Stop), result.output
+    plan = seen["plan"]
+    assert (plan.scenario, plan.sizes, plan.interval, plan.duration, plan.size) == ("pairs", (2, 2, 2), 3.0, 30.0, 48)
+    assert plan.prefix.startswith("bench-") and len(plan.room_name(9999)) <= 32
+    assert (seen["transport"], seen["processes"], seen["connect_window"]) == ("ws", 3, 200)
+    assert seen["address"].addresses == (("127.0.0.1", 4000),)
+    result = CliRunner().invoke(main, ["bench", "chat", "--scenario", "mixed", "--target", "127.0.0.1:4000", "--clients", "40"])
+    assert isinstance(result.exception, Stop) and seen["plan"].sizes == (10, 20, 2, 2, 2, 2, 2)
+    for extra, message in (
+        (["--clients", "7"], "Error: pairs need an even number of members (not 7)"),
+        (["--tls"], "Error: --scenario pairs does not speak TLS: leave out --tls"),
+        (["--duration", "0.1"], "Error: Invalid value for '--duration': 0.1 is not in the range 0.5<=x<=3600."),
+    ):
+        result = CliRunner().invoke(main, [*arguments, *extra])
+        assert result.exit_code == 2 and result.output.splitlines()[-1] == message

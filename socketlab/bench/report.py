@@ -74,3 +74,49 @@ def abuse_lines(result: Any) -> list[str]:
         if result.server_rss_kib
         else []
     )
+
+
+def rooms_lines(title: str, result: Any) -> list[str]:
+    """Describe a RoomsResult (``bench chat --scenario pairs`` or ``mixed``)."""
+    layout = ", ".join(f"{count:,} of {size}" for size, count in result.rooms.items())
+    lines = [
+        f"{title}: {result.members:,} members in rooms ({layout}), a line of {result.size} bytes every "
+        f"{result.interval:g} s each for {result.duration:g} s; {result.processes} load "
+        f"{'process' if result.processes == 1 else 'processes'}",
+        f"  joined      {result.joined:,} of {result.members:,} ({result.connected:,} connected, {result.welcomed:,} welcomed; "
+        f"{result.refused:,} refused, {result.failed:,} failed)",
+        f"  storm       {'all' if not result.connect_window else f'{result.connect_window:,} at a time'} connecting: "
+        f"the last welcome {result.storm_seconds:.3f} s after the first connect "
+        f"(each one's wait p50 {result.welcome_ms.get('p50', 0):.1f} ms, p99 {result.welcome_ms.get('p99', 0):.1f} ms)",
+        f"  delivered   {result.delivered:,} / {result.expected:,} copies of {result.lines:,} lines "
+        f"({100 * result.delivered_share:.2f} %), {result.duplicates} duplicates, {result.garbled} garbled lines, "
+        f"{result.order_violations} order violations, {result.strays} from other rooms",
+    ]
+    if result.echoes:
+        lines.append(f"  echoes      {result.echoes:,} copies of members' own lines came back to them (not counted as copies)")
+    latency = result.latency_ms
+    lines.append(
+        f"  latency     p50 {latency['p50']:.3f} ms   p99 {latency['p99']:.3f} ms   max {latency['max']:.3f} ms (every copy)"
+    )
+    cpu = result.cpu_seconds
+    if "server" in cpu:
+        rss = result.server_rss_kib
+        per_line = f"{result.server_us_per_line:.1f} us" if result.server_us_per_line is not None else "-"
+        per_copy = f"{result.server_us_per_copy:.1f} us" if result.server_us_per_copy is not None else "-"
+        lines.append(
+            f"  server      {cpu['server']:.2f} s CPU: {per_line} per line ({per_copy} per copy), "
+            f"{result.server_us_per_connection_second:.2f} us per connection-second; "
+            f"{cpu.get('server_storm', 0):.2f} s during the storm and joins"
+        )
+        lines.append(
+            f"  server rss  {rss['before']:,} KiB before, {rss['joined']:,} KiB joined ({result.kib_per_member} KiB per member), "
+            f"{rss['peak']:,} KiB peak"
+        )
+    busy = result.bench_busy
+    lines.append(
+        f"  bench       {cpu.get('bench', 0):.2f} s CPU: {100 * busy.get('share', 0):.0f} % of its "
+        f"{busy.get('load_cpus', 0)} CPU{'s' if busy.get('load_cpus', 0) != 1 else ''}, busiest process "
+        f"{100 * busy.get('busiest_process', 0):.0f} %; lines left p99 {result.send_lag_ms.get('p99', 0):.2f} ms late"
+    )
+    lines += [f"  warning     {warning}" for warning in result.warnings]
+    return lines

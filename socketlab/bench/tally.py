@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Sequence, TypeVar
+from typing import Iterable, Sequence, TypeVar
 
 N = TypeVar("N", int, float)
 
@@ -46,6 +46,8 @@ class Totals:
     garbled: int = 0
     #: Copies of a receiver's own messages that came back to it (servers that echo): not deliveries.
     echoes: int = 0
+    #: Well-formed copies from a sender the receiver should not hear (another room's): not deliveries.
+    strays: int = 0
     latencies_ns: list[int] = field(default_factory=list)
 
 
@@ -61,24 +63,32 @@ class Receipts:
     does not count them and ``analyse()`` adds them to the totals' echoes.
     With *timed* false no latencies are recorded (a client that reads in
     batches would only measure its own delay).
+
+    *senders* is how many senders there are (ids ``0 .. senders - 1``) or
+    the ids of those this receiver hears (its room's); a well-formed copy
+    from any other is a *stray* (a relay that crossed rooms). With
+    *keep_own* false the receiver's latencies go to the totals only.
     """
 
     def __init__(
         self,
         totals: Totals,
-        senders: int,
+        senders: int | Iterable[int],
         messages: int,
         own: int | None = None,
         timed: bool = True,
+        keep_own: bool = True,
     ) -> None:
         self.totals = totals
         self.own = own
         #: How a tag of our own begins (its sender id between the opening ~ and the first dot).
         self._own_tag = b"~%d." % own if own is not None else b""
         self.timed = timed
+        self.keep_own = keep_own
         self._partial = b""
-        self._seen = [bytearray(messages) for _ in range(senders)]
-        self._last = [-1] * senders
+        ids = range(senders) if isinstance(senders, int) else senders
+        self._seen = {sender: bytearray(messages) for sender in ids}
+        self._last = dict.fromkeys(self._seen, -1)
         self._held: list[tuple[int, list[bytes]]] = []
         self._held_count = 0
         #: This receiver's own latencies (also added to the totals'), when timed.
@@ -121,7 +131,8 @@ class Receipts:
         """Check the held tags: duplicates, order, latency."""
         totals = self.totals
         seen, last, own = self._seen, self._last, self.own
-        timed = self.timed
+        timed, keep_own = self.timed, self.keep_own
+        own_latencies = self.latencies_ns
         for now_ns, tags in self._held:
             for tag in tags:
                 sender_text, seq_text, sent_text = tag.split(b".")
@@ -129,10 +140,11 @@ class Receipts:
                 if sender == own:
                     totals.echoes += 1
                     continue
-                if sender >= len(seen):
+                marks = seen.get(sender)
+                if marks is None:
+                    totals.strays += 1
                     continue
                 seq = int(seq_text)
-                marks = seen[sender]
                 if seq >= len(marks):
                     totals.garbled += 1
                     continue
@@ -148,7 +160,8 @@ class Receipts:
                 if timed:
                     latency = now_ns - int(sent_text)
                     totals.latencies_ns.append(latency)
-                    self.latencies_ns.append(latency)
+                    if keep_own:
+                        own_latencies.append(latency)
         self._held = []
         self._held_count = 0
 

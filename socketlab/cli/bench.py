@@ -22,6 +22,7 @@ def bench() -> None:
     socketlab bench chat                         # start a chat server, measure it
     socketlab bench chat --target 127.0.0.1:4000 # measure any line relay
     socketlab bench chat --transport socketio    # Socket.IO clients, chat serve --web
+    socketlab bench chat --scenario pairs --clients 2000   # members in pairs, a room each
     socketlab bench tcp --size 1G
     socketlab bench udp --count 200000
     """
@@ -52,8 +53,13 @@ def clear_progress() -> None:
     help="Running chat servers (line relays; with --transport ws or socketio their web address), clients spread over "
     "them round-robin (default: start socketlab's own).",
 )
-@click.option("--scenario", type=click.Choice(["fanout", "slow", "connections", "flood"]), default="fanout", show_default=True)
-@click.option("--clients", type=click.IntRange(2), default=100, show_default=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["fanout", "slow", "connections", "flood", "pairs", "mixed"]),
+    default="fanout",
+    show_default=True,
+)
+@click.option("--clients", type=click.IntRange(2), default=100, show_default=True, help="Clients (pairs, mixed: members).")
 @click.option("--senders", type=click.IntRange(1), default=4, show_default=True)
 @click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
 @click.option("--size", type=click.IntRange(32, 4000), default=64, show_default=True, help="Bytes per message line.")
@@ -65,7 +71,8 @@ def clear_progress() -> None:
     type=click.IntRange(1, 16),
     default=1,
     show_default=True,
-    help="Bulk receiver processes (besides the probes' and the senders').",
+    help="Bulk receiver processes (besides the probes' and the senders'); pairs, mixed: load processes "
+    "(at least one per 5,000 members, and as many as the open-file limit needs).",
 )
 @click.option(
     "--window",
@@ -120,6 +127,28 @@ def clear_progress() -> None:
     "--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts."
 )
 @click.option(
+    "--duration",
+    type=click.FloatRange(0.5, 3600),
+    default=10.0,
+    show_default=True,
+    help="pairs, mixed: seconds of chat measured, once every member joined.",
+)
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05, 3600),
+    default=2.0,
+    show_default=True,
+    help="pairs, mixed: seconds between one member's lines (start times spread evenly).",
+)
+@click.option(
+    "--connect-window",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="pairs, mixed: members connecting at once at most, each one's place taken when it is welcomed "
+    "(0: all at once, as after a restart).",
+)
+@click.option(
     "--server-pid", type=PidList(), default=None, help="PIDs of the target servers, to report their CPU and memory (summed)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
@@ -140,6 +169,9 @@ def bench_chat(
     use_tls: bool,
     abusers: int,
     abuse_seconds: float,
+    duration: float,
+    interval: float,
+    connect_window: int,
     server_pid: list[int] | None,
     as_json: bool,
 ) -> None:
@@ -161,6 +193,17 @@ def bench_chat(
     Copies and copies/s count the other clients' copies only: the senders'
     own lines coming back (the echo) are reported apart as echoes.
 
+    'pairs' is the tutorial's rooms at scale: --clients members (an even
+    number) connect at once, as after a restart, and join in pairs, a room
+    each (its own server runs with --room-size 2; a --target must take
+    rooms: /join, or Socket.IO's event 'room'); then each member says a line
+    every --interval seconds for --duration seconds, and every copy is timed
+    and checked. 'mixed' is the same with one room of min(500, N/4) members,
+    about half of the others in rooms of 20 and the rest in pairs. Both
+    report the accept storm (first connect to last welcome), the server's
+    CPU per line and per connection-second and its memory per member (given
+    its PIDs), and the benchmark's own busy share (a warning above 80 %).
+
     \b
     Examples:
       socketlab bench chat --rate 250
@@ -168,6 +211,8 @@ def bench_chat(
       socketlab bench chat --transport socketio --rate 250
       socketlab bench chat --transport socketio --scenario connections --clients 2000
       socketlab bench chat --scenario connections --clients 2000
+      socketlab bench chat --scenario pairs --clients 2000 --placement split
+      socketlab bench chat --scenario mixed --clients 2000 --transport ws
       socketlab bench chat --target 127.0.0.1:4000 --json
     """
     import json
@@ -182,6 +227,20 @@ def bench_chat(
     web = transport in ("ws", "socketio")
     if transport == "socketio" and scenario == "flood":
         raise click.UsageError("--scenario flood measures the line protocol's flood control: use --transport tcp or ws")
+    plan = None
+    if scenario in ("pairs", "mixed"):
+        import secrets
+
+        from socketlab.bench.rooms import RoomPlan
+
+        if use_tls:
+            raise click.UsageError(f"--scenario {scenario} does not speak TLS: leave out --tls")
+        try:  # each run's rooms have names of their own: a server that never forgets a room finds them empty
+            plan = RoomPlan.named(
+                scenario, clients, interval=interval, duration=duration, size=size, prefix=f"bench-{secrets.token_hex(3)}-"
+            )
+        except ValueError as error:
+            raise click.UsageError(str(error)) from None
     workdir = tempfile.TemporaryDirectory(prefix="socketlab-bench-")
     tls_context = None
     with bench_errors():
@@ -189,6 +248,8 @@ def bench_chat(
         if cpus.server and target and not server_pid:
             raise click.UsageError("--placement split with a --target needs the servers' --server-pid")
         server_options = ["--max-clients", str(max(1000, clients + 10))]
+        if plan is not None:
+            server_options += ["--room-size", str(max(plan.sizes))]
         if scenario != "flood":  # flood control off, so the comparison with peers is like for like
             server_options += ["--max-rate", "0"]
         if use_tls:
@@ -235,7 +296,22 @@ def bench_chat(
                 check_all=check == "all",
                 kind=kind,
             )
-            if scenario == "fanout":
+            if plan is not None:
+                from socketlab.bench.pairs import run_rooms
+                from socketlab.bench.report import rooms_lines
+
+                rooms = run_rooms(
+                    address,
+                    plan,
+                    transport=transport,
+                    server_pid=pids,
+                    processes=workers,
+                    connect_window=connect_window,
+                    progress=progress,
+                )
+                output[scenario] = chat_bench.as_dict(rooms)
+                lines += rooms_lines(f"{scenario} over {transport}", rooms)
+            elif scenario == "fanout":
                 result = chat_bench.run_fanout(address, **options)
                 output["fanout"] = chat_bench.as_dict(result)
                 lines += fanout_lines("fanout", result)
