@@ -219,6 +219,8 @@ class Acceptor:
         self._selector: selectors.BaseSelector | None = None
         #: Listeners out of room, not watched until resume() (accept thread): listener -> its handling.
         self._waiting_listeners: dict[socket.socket, Any] = {}
+        #: resume() woke the accept thread, which has not looked yet.
+        self._resume_pending = False
         #: Numbers the unnamed peers of UNIX listeners (unix#1, unix#2, ...).
         self._unix_peers = 0
 
@@ -251,8 +253,13 @@ class Acceptor:
         self._listeners[sock] = (start, admit, room)
 
     def resume(self) -> None:
-        """There may be room again on a listener that waits for it (any thread)."""
-        if self._waiting_listeners:
+        """There may be room again on a listener that waits for it (any thread).
+
+        One wake-up until the accept thread has seen it: a storm of finished handshakes costs one
+        system call, not one each.
+        """
+        if self._waiting_listeners and not self._resume_pending:
+            self._resume_pending = True
             self._waker.wake()
 
     def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:
@@ -275,6 +282,7 @@ class Acceptor:
                         self._watch_again(selector)
                     for key, _mask in selector.select(timeout):
                         if key.data is None:  # the waker: stop() or resume()
+                            self._resume_pending = False
                             self._waker.drain()
                         elif key.data is _LINGERING:
                             self._drain_refused(key.fileobj)  # type: ignore[arg-type]
