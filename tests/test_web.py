@@ -479,11 +479,12 @@ def test_a_sweep_looks_only_at_timers_that_are_due(chat, browsers, monkeypatch) 
 
 
 def test_a_crowd_of_browsers_beyond_the_pending_limit_is_served_not_refused() -> None:
-    """Forty browsers connecting at once with room for 2 requests in flight: the others wait in the
-    listen queue and every one is welcomed (a reconnect storm after a restart); none is refused."""
+    """Forty browsers connecting at once to a server with room for 10 members and 2 more requests in
+    flight: the others wait in the listen queue, each is welcomed as a seat frees (every browser leaves
+    after its welcome), and none is refused."""
     import concurrent.futures
 
-    server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0))
+    server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), max_clients=10)
     server.max_pending_web = 2
 
     def browser_welcome(_: int) -> str:

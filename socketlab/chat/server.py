@@ -87,8 +87,8 @@ class ChatServer(AcceptingServer):
     too_many_message = b"! too many connections from your address\n"
 
     full_message = b"! server full\n"
-    #: Web connections still in their HTTP request (or TLS handshake) at once; more wait in the kernel's
-    #: listen queue (up to the listen backlog) until one is done: a reconnect storm is served, not refused.
+    #: Web connections in their HTTP request (or TLS handshake) beyond the clients the server takes: more
+    #: wait in the kernel's listen queue until one is done, so a reconnect storm is served, not refused.
     max_pending_web: int = 256
 
     def __init__(
@@ -346,7 +346,7 @@ class ChatServer(AcceptingServer):
         for sock, address in accepted:
             peer = format_address(address)
             with self.lock:
-                full = len(self._handshaking) >= self.max_pending_web
+                full = self._web_room() <= 0  # the acceptor took no more than the room: a race at most
                 if not full:
                     conn = self._web_connection(sock, peer, now)
                     self._handshaking.add(conn)
@@ -376,8 +376,14 @@ class ChatServer(AcceptingServer):
         return TlsOutbox(sock, self.max_backlog, self.writer, tls)
 
     def _web_room(self) -> int:
-        """How many more web connections may start their request now (accept thread)."""
-        return self.max_pending_web - len(self._handshaking)
+        """How many more web connections may start their request now (accept thread).
+
+        Requests in flight are bounded by the clients the server takes (each will be one) plus
+        max_pending_web (pages, refusals), and by time (the head timeout), not by a small count:
+        a crowd of honest clients after a restart starts at once instead of waiting in the listen
+        queue, where a full queue drops connection attempts that the clients retry seconds later.
+        """
+        return self.max_clients + self.max_pending_web - self.acceptor.count - len(self._handshaking)
 
     def join_late(self, conn: Connection) -> None:
         """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread)."""
