@@ -71,7 +71,6 @@ REFUSAL_REASONS = {
     "Refused %s: server is full (%s)": "server_full",
     "Refused %s: not allowed": "not_allowed",
     "Refused %s: %s from that address already": "max_per_ip",
-    "Refused web client %s: %d requests already pending": "web_requests_pending",
     "Refused Socket.IO connection from %s: too many open": "socketio_connections",
     "Refused web request from %s: %s (%s)": "bad_web_request",
     "TLS %s failed with %s: %s": "tls_failed",

@@ -445,8 +445,8 @@ def test_the_page_and_its_files_are_served(chat) -> None:
         assert body == static.joinpath(path[1:]).read_bytes()
 
 
-def test_web_clients_refused_as_too_many_pending_free_their_address_slot() -> None:
-    """Web connections refused because too many requests are pending give back their --max-per-ip count."""
+def test_web_clients_that_wait_for_room_then_close_free_their_address_slot() -> None:
+    """Web connections that wait for room for their request and close give back their --max-per-ip count."""
     server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), max_per_ip=50)
     server.max_pending_web = 1
     with serving(server):
@@ -479,13 +479,13 @@ def test_a_sweep_looks_only_at_timers_that_are_due(chat, browsers, monkeypatch) 
 
 
 def test_a_crowd_of_browsers_beyond_the_pending_limit_is_served_not_refused() -> None:
-    """Forty browsers connecting at once to a server with room for 10 members and 2 more requests in
-    flight: the others wait in the listen queue, each is welcomed as a seat frees (every browser leaves
-    after its welcome), and none is refused."""
+    """Forty browsers connecting at once to a server with room for 10 members and no request in flight
+    beyond them: the others wait in the listen queue, each is welcomed as a seat frees (every browser
+    leaves after its welcome), and none is refused."""
     import concurrent.futures
 
     server = ChatServer(("127.0.0.1", 0), web=("127.0.0.1", 0), max_clients=10)
-    server.max_pending_web = 2
+    server.max_pending_web = 0
 
     def browser_welcome(_: int) -> str:
         with connect(ws_url(server), open_timeout=TIMEOUT, close_timeout=1) as conn:

@@ -343,21 +343,12 @@ class ChatServer(AcceptingServer):
         assert self.web_site is not None
         now = time.monotonic()
         conns: list[Connection] = []
-        for sock, address in accepted:
-            peer = format_address(address)
-            with self.lock:
-                full = self._web_room() <= 0  # the acceptor took no more than the room: a race at most
-                if not full:
-                    conn = self._web_connection(sock, peer, now)
-                    self._handshaking.add(conn)
-                    self._watch(conn)
-                    conns.append(conn)
-            if full:
-                self.refusal_log.log(
-                    logging.WARNING, "Refused web client %s: %d requests already pending", peer, self.max_pending_web
-                )
-                self.acceptor.forget(sock)  # its per-address count
-                sock.close()
+        with self.lock:  # the acceptor took no more than _web_room() allowed
+            for sock, address in accepted:
+                conn = self._web_connection(sock, format_address(address), now)
+                self._handshaking.add(conn)
+                self._watch(conn)
+                conns.append(conn)
         if conns:
             self.reader.add(self._gated(conns))
 
@@ -386,15 +377,22 @@ class ChatServer(AcceptingServer):
         return self.max_clients + self.max_pending_web - self.acceptor.count - len(self._handshaking)
 
     def join_late(self, conn: Connection) -> None:
-        """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread)."""
+        """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread).
+
+        A browser is counted toward max_clients before it stops counting as a request in flight, so
+        the web listener's room (_web_room) never sees it as neither.
+        """
+        web = isinstance(conn, WebConnection)
+        seated = web and self.acceptor.register(conn.sock)
         with self.lock:
             self._handshaking.discard(conn)
         self.acceptor.resume()
-        if not isinstance(conn, WebConnection):  # a TCP client over TLS, counted when accepted
+        if not web:  # a TCP client over TLS, counted when accepted
             if self._join([conn]):
                 client_log.debug("TLS %s with %s", conn.tls.version if conn.tls else "", conn.peer)
             return
-        if not self.acceptor.register(conn.sock):
+        assert isinstance(conn, WebConnection)
+        if not seated:
             self.refusal_log.log(
                 logging.WARNING, "Refused %s: server is full (%s)", conn.peer, plural(self.max_clients, "client")
             )
