@@ -588,3 +588,20 @@ def test_the_settings_bind_running_servers_only(start, redis_server: RedisServer
     assert peer.line().startswith("* welcome user")
     peer.send(b"/join chess\n")
     assert peer.line() == "* you are in chess"
+
+
+def test_quit_in_a_cluster_says_bye_and_ends_cleanly_even_with_more_input_behind_it(start) -> None:
+    """/quit takes the same path as on one server: the bye arrives, then our side ends and what the
+    client still sends is read and dropped, so no reset destroys the bye; the room hears a plain departure."""
+    server = start()
+    other = arrive(server.port, 1, [])
+    quitter = arrive(server.port, 2, [other])
+    quitter.send(b"/quit\n" + b"after the quit, never relayed\n" * 5000)
+    quitter.sock.settimeout(TIMEOUT)
+    received = b""
+    while chunk := quitter.sock.recv(65536):  # a reset raises ConnectionResetError here
+        received += chunk
+    assert received.decode().splitlines()[-1] == "* bye"
+    assert other.line() == "* user2 left lobby"
+    other.send(b"/who\n")
+    assert other.line() == "* in lobby: user1"

@@ -287,16 +287,16 @@ class ClusterService:
         self._publish()
         return tickets
 
-    def receive(self, ticket: Ticket, items: list[Item]) -> bool:
+    def receive(self, ticket: Ticket, items: list[Item]) -> None:
         """Queue a client's lines for the stream (published by flush()); /quit takes effect when applied."""
         if self.shutting_down:
-            return False
+            return
         if not self.available:
             with self.lock:
                 self._not_delivered(ticket, len(items))
-            return False
+            return
         self._enqueue([(b"l", ticket.key, encode_items(items))])
-        return False
+        return
 
     def depart(self, ticket: Ticket, reason: str | None) -> None:
         """A local client left: its departure goes to the stream (kept until Redis takes it)."""

@@ -22,11 +22,12 @@ from __future__ import annotations
 import enum
 import socket
 import time
-from typing import Any
+from typing import Any, Callable
 
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.opening import HTTP_ANSWER, HTTP_REQUEST, TLS_LINE_HINT, misdirected
 from socketlab.chat.outbox import Outbox
+from socketlab.chat.service import QUIT
 from socketlab.lines import Item, LineBuffer
 from socketlab.tls import TlsLayer
 
@@ -74,6 +75,7 @@ class Connection:
         "tls",
         "deadline",
         "gate",
+        "on_quit",
     )
 
     def __init__(
@@ -96,6 +98,9 @@ class Connection:
         #: Once it has left: when to give up flushing and close.
         self.leave_by = 0.0
         self.send = outbox.write
+        #: Called (lock held) when the chat core closes the connection after /quit: the reader loop's
+        #: graceful leave (flush, end our side, read until the client closes), not an abrupt shutdown.
+        self.on_quit: Callable[[Connection], None] | None = None
 
     # -- the lifecycle (reader thread, but joined() on whichever thread welcomes it) --
 
@@ -179,7 +184,13 @@ class Connection:
             self.outbox.write_raw(self.tls.close())
 
     def close(self, reason: str) -> None:
-        """Say goodbye, then shut the socket once the outbox is flushed (lock held)."""
+        """Say goodbye, then shut the socket once the outbox is flushed (lock held).
+
+        After /quit (QUIT), the reader loop takes the connection out as for a client that left.
+        """
+        if reason == QUIT and self.on_quit is not None:
+            self.on_quit(self)
+            return
         self.farewell(reason)
         self.outbox.end(reason)
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 from socketlab.chat.connection import MAX_READ, Connection, Phase
 from socketlab.chat.opening import looks_like_plaintext
 from socketlab.chat.outbox import reason_for
+from socketlab.chat.service import QUIT
 from socketlab.lines import Item
 from socketlab.serving import Waker
 from socketlab.timers import Deadlines
@@ -84,6 +85,8 @@ class ReaderLoop:
         #: Connections handed over by other threads, registered by the reader thread itself: only the
         #: thread that sits in select() changes what its selector watches.
         self._arriving: deque[Connection] = deque()
+        #: Members that quit, handed over by whichever thread applied the /quit (see request_leave()).
+        self._quitting: deque[Connection] = deque()
         #: Every connection added and not finished yet (any thread reads the count, under _open_lock).
         self._open: set[Connection] = set()
         self._open_lock = threading.Lock()
@@ -98,8 +101,20 @@ class ReaderLoop:
         """Start reading *conns* (any thread; their sockets are non-blocking): the reader thread registers them."""
         with self._open_lock:
             self._open.update(conns)
+        for conn in conns:
+            conn.on_quit = self.request_leave
         self._arriving.extend(conns)
         self._waker.wake()
+
+    def request_leave(self, conn: Connection) -> None:
+        """*conn*'s member quit (any thread; the chat lock may be held): the reader thread takes it out."""
+        self._quitting.append(conn)
+        self._waker.wake()
+
+    def _take_out_quitters(self) -> None:
+        """Members that quit leave, as a client that ended its side does: flushed, then our side ended."""
+        while self._quitting:
+            self.leave(self._quitting.popleft(), QUIT)
 
     def _register_arrivals(self) -> None:
         """Watch the connections other threads handed over (reader thread)."""
@@ -169,6 +184,8 @@ class ReaderLoop:
                 continue
             if self._arriving:
                 self._register_arrivals()
+            if self._quitting:
+                self._take_out_quitters()
             for key, _mask in events:
                 conn = key.data
                 if conn is None:
@@ -245,9 +262,10 @@ class ReaderLoop:
     def _hand_on(self, conn: Connection, items: list[Item]) -> bool:
         """Give *conn*'s lines to the chat; False when it quit (and has left)."""
         if items and conn.phase is Phase.MEMBER and not conn.outbox.closed:
-            if self.service.receive(conn.member, items):
-                self.leave(conn, None)  # a plain /quit
-                return False
+            self.service.receive(conn.member, items)
+            if self._quitting:  # a /quit among them (on one server it is applied at once)
+                self._take_out_quitters()
+                return not conn.departed
         return True
 
     def _pause(self, conn: Connection, until: float) -> None:
@@ -341,8 +359,8 @@ class ReaderLoop:
         """The client ended its side: its last unterminated line still counts, then it leaves."""
         reason: str | None = conn.outbox.reason or "disconnected"
         items = conn.eof_received()
-        if items and conn.phase is Phase.MEMBER and self.service.receive(conn.member, items):
-            reason = None
+        if items:
+            self._hand_on(conn, items)  # a last /quit makes it leave as one that quit
         self.leave(conn, reason)
 
     def _decrypt(self, conn: Connection, data: bytes) -> bytes | None:

@@ -31,6 +31,8 @@ client_log = logging.getLogger("socketlab.chat.clients")
 message_log = logging.getLogger("socketlab.chat.messages")
 
 SHUTDOWN_REASON = "server shutting down"
+#: The reason a member's transport is closed with after /quit, on one server and in a cluster alike.
+QUIT = "quit"
 
 
 class ChatCore(Protocol):
@@ -48,7 +50,7 @@ class ChatCore(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def join(self, transports: Sequence[Transport]) -> Sequence[Any] | None: ...
-    def receive(self, member: Any, items: list[Item]) -> bool: ...
+    def receive(self, member: Any, items: list[Item]) -> None: ...
     def depart(self, member: Any, reason: str | None) -> None: ...
     def flush(self) -> None: ...
     def shut_down(self) -> bool: ...
@@ -107,15 +109,16 @@ class ChatService:
                 client_log.info("Client connected %s as %s", member.transport.peer, member.name)
         return members
 
-    def receive(self, member: Member, items: list[Item]) -> bool:
-        """Handle *member*'s lines and deliver the result; True when it quit."""
+    def receive(self, member: Member, items: list[Item]) -> None:
+        """Handle *member*'s lines and deliver the result; after /quit its transport is closed with QUIT
+        (in the same lock hold, after the bye), as the cluster does once the /quit is applied."""
         if message_log.isEnabledFor(logging.DEBUG):
             for item in items:
                 if isinstance(item, bytes):
                     message_log.debug("%s: %s", member.name, display_bytes(item))
         with self.lock:
             if self.shutting_down:
-                return False
+                return
             count = len(items)
             self.lines_received += count
             try:  # one line (a person typing) is the common case: no sum() for it
@@ -125,16 +128,19 @@ class ChatService:
             before = (member.name, member.room.name)
             reaction = self.hub.receive(member, items)
             self._deliver(reaction.deliveries)
+            if reaction.quit:
+                member.transport.close(QUIT)
             after = (member.name, member.room.name)
         if before != after:
             if before[0] != after[0]:
                 client_log.info("%s is now known as %s", before[0], after[0])
             if before[1] != after[1]:
                 client_log.info("%s left %s and joined %s", after[0], before[1], after[1])
-        return reaction.quit
 
     def depart(self, member: Member, reason: str | None) -> None:
-        """*member* has left (*reason*, or None after /quit): tell its room."""
+        """*member* has left (*reason*; QUIT or None after /quit): tell its room."""
+        if reason == QUIT:
+            reason = None
         with self.lock:
             if self.shutting_down and reason == "disconnected":
                 reason = SHUTDOWN_REASON

@@ -299,9 +299,8 @@ class SocketIOChat(Namespace):
             if self.on_joined is not None:
                 self.on_joined(transport)
         elif verb == "lines":
-            if transport.member is not None and core.receive(transport.member, detail):
-                with core.lock:  # /quit on a server alone: the hub said bye, now leave
-                    transport.close("quit")
+            if transport.member is not None:  # after /quit the core closes the transport (QUIT)
+                core.receive(transport.member, detail)
         elif verb == "depart":
             self.acceptor.free_seat()
             if transport.member is not None:
