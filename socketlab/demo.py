@@ -12,7 +12,7 @@ import logging
 import socket
 import queue
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from socketlab.addresses import format_address
 
@@ -141,17 +141,28 @@ def narrated_clients(log: ServerLog) -> Iterator[None]:
         clients_logger.setLevel(level)
 
 
-def chat_part(echo: Echo) -> None:
-    """Chat: three clients, a broadcast, then a room of two that refuses a third."""
+@contextlib.contextmanager
+def running_chat(echo: Echo, title: str, name: str, **options: Any) -> Iterator[tuple[Any, ServerLog]]:
+    """A chat server with rooms of two, narrated from its start to its close (the part shuts it down)."""
     from socketlab.chat.server import ChatServer
 
     echo("")
-    echo("== Chat: a broadcast server with rooms of at most two ==")
-    logger, log = demo_logger("chat")
-    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, logger=logger) as server:
+    echo(f"== {title} ==")
+    logger, log = demo_logger(name)
+    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, logger=logger, **options) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
         log.expect(echo, "Server is listening")
+        if "web" in options:
+            log.expect(echo, "Web chat on")
+        yield server, log
+        log.expect(echo, "Server closed")
+        thread.join()
+
+
+def chat_part(echo: Echo) -> None:
+    """Chat: three clients, a broadcast, then a room of two that refuses a third."""
+    with running_chat(echo, "Chat: a broadcast server with rooms of at most two", "chat") as (server, log):
         port = server.server_address[1]
         people: list[DemoChatter] = []
         echo("  -- each client is welcomed under a name of the server's; the others hear it arrive --")
@@ -192,8 +203,6 @@ def chat_part(echo: Echo) -> None:
         for person in people:
             person.hears()
             person.client.close()
-        log.expect(echo, "Server closed")
-        thread.join()
 
 
 class DemoBrowser:
@@ -241,16 +250,8 @@ class DemoBrowser:
 
 def web_part(echo: Echo) -> None:
     """Web: a browser's WebSocket and a terminal in one room of two."""
-    from socketlab.chat.server import ChatServer
-
-    echo("")
-    echo("== Web: a browser (WebSocket) and terminals in the same rooms ==")
-    logger, log = demo_logger("web")
-    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, web=("127.0.0.1", 0), logger=logger) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        log.expect(echo, "Server is listening")
-        log.expect(echo, "Web chat on")
+    title = "Web: a browser (WebSocket) and terminals in the same rooms"
+    with running_chat(echo, title, "web", web=("127.0.0.1", 0)) as (server, log):
         echo("  -- the page at / opens a WebSocket to /ws; each text message carries chat lines --")
         dana = DemoBrowser(echo, "browser user1", server.web_address[1])
         log.expect(echo, "Client connected")
@@ -286,8 +287,6 @@ def web_part(echo: Echo) -> None:
             browser.closed()
         erin.hears()
         erin.client.close()
-        log.expect(echo, "Server closed")
-        thread.join()
 
 
 class DemoSocketIO:
@@ -340,16 +339,8 @@ class DemoSocketIO:
 
 def socketio_part(echo: Echo) -> None:
     """Socket.IO: the tutorial's own events, room and chat message, beside a terminal."""
-    from socketlab.chat.server import ChatServer
-
-    echo("")
-    echo("== Socket.IO: the tutorial's events on the same chat ==")
-    logger, log = demo_logger("socketio")
-    with narrated_clients(log), ChatServer(("127.0.0.1", 0), room_size=2, web=("127.0.0.1", 0), logger=logger) as server:
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        log.expect(echo, "Server is listening")
-        log.expect(echo, "Web chat on")
+    title = "Socket.IO: the tutorial's events on the same chat"
+    with running_chat(echo, title, "socketio", web=("127.0.0.1", 0)) as (server, log):
         echo("  -- Socket.IO clients connect at /socket.io/ on the web port, as the tutorial's page does --")
         page = DemoSocketIO(echo, "socket.io user1", server.web_address[1])
         log.expect(echo, "Client connected")
@@ -381,8 +372,6 @@ def socketio_part(echo: Echo) -> None:
             client.close()
         terminal.hears()
         terminal.client.close()
-        log.expect(echo, "Server closed")
-        thread.join()
 
 
 def udp_part(echo: Echo) -> None:
