@@ -608,28 +608,19 @@ def test_confirm_joins_waits_for_late_joins_and_gives_up_on_the_rest() -> None:
             client.close()
 
 
+def socketio_fanout(server: Any, *options: str) -> dict[str, Any]:
+    """`bench chat --transport socketio --json` against *server*'s web port: its report, after exit 0."""
+    target = f"127.0.0.1:{server.web_address[1]}"
+    result = run_cli("bench", "chat", "--transport", "socketio", "--target", target, *options, "--json", timeout=TIMEOUT * 3)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def test_bench_chat_over_socketio_against_an_in_process_server(web_chat) -> None:
     """Socket.IO clients against a socketlab chat server with --web (in this process): they join the room,
     every copy arrives and is counted once; the senders' echoes are all there and counted apart."""
     server = web_chat(max_rate=0)
-    result = run_cli(
-        "bench",
-        "chat",
-        "--transport",
-        "socketio",
-        "--target",
-        f"127.0.0.1:{server.web_address[1]}",
-        "--clients",
-        "6",
-        "--senders",
-        "2",
-        "--messages",
-        "100",
-        "--json",
-        timeout=TIMEOUT * 3,
-    )
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    report = socketio_fanout(server, "--clients", "6", "--senders", "2", "--messages", "100")
     assert report["transport"] == "socketio"
     fanout = report["fanout"]
     assert fanout["expected"] == fanout["delivered"] == 2 * 100 * 5
@@ -715,26 +706,7 @@ def test_bench_chat_over_socketio_answers_engineio_pings_during_the_run(web_chat
     """A server that pings every half second and gives up 2 s after an unanswered ping: every client,
     the senders among them (their pongs go between whole frames of their own), keeps its session."""
     server = web_chat(max_rate=0, socketio_ping_interval=0.5, socketio_ping_timeout=2.0)
-    result = run_cli(
-        "bench",
-        "chat",
-        "--transport",
-        "socketio",
-        "--target",
-        f"127.0.0.1:{server.web_address[1]}",
-        "--clients",
-        "5",
-        "--senders",
-        "2",
-        "--messages",
-        "75",
-        "--rate",
-        "25",
-        "--json",
-        timeout=TIMEOUT * 3,
-    )
-    assert result.returncode == 0, result.stderr
-    fanout = json.loads(result.stdout)["fanout"]
+    fanout = socketio_fanout(server, "--clients", "5", "--senders", "2", "--messages", "75", "--rate", "25")["fanout"]
     assert fanout["seconds"] > 2.5  # several pings came and went
     assert fanout["expected"] == fanout["delivered"] == 2 * 75 * 4
     assert fanout["echoes"] == 2 * 75
