@@ -63,8 +63,6 @@ MAX_SCRAPES = 8
 SCRAPE_TIMEOUT = 10.0
 #: How often the metrics thread checks for close(): close() returns within this.
 POLL_INTERVAL = 0.1
-#: At most this many of the cluster stream's events are counted as "behind" per scrape (one XRANGE).
-CLUSTER_BEHIND_LIMIT = 1000
 
 #: What each refusal logged through the refusal log means, by the message it logs (see RefusalCounts).
 REFUSAL_REASONS = {
@@ -126,11 +124,11 @@ class ChatFigures:
     joins: int | None = None
     departures: int | None = None
     dropped_too_slow: int | None = None
-    #: With --redis: members on every server of the cluster, this server's events not yet in Redis,
-    #: and how far this server's copy of the chat is behind the stream (None: not known now).
+    #: With --redis: members on every server of the cluster, rooms this server listens to, its steps
+    #: not yet in Redis and how long the oldest has waited (None: not known now).
     cluster_members: int | None = None
+    cluster_listening: int | None = None
     cluster_unpublished: int | None = None
-    cluster_behind: int | None = None
     cluster_lag_seconds: float | None = None
 
 
@@ -142,8 +140,9 @@ def read_figures(server: ChatServer, refusals: RefusalCounts | None = None) -> C
     """Read *server*'s state and counters now (any thread but the chat's own; takes the chat lock briefly)."""
     service = server.service
     writer = server.writer
+    in_cluster = getattr(service, "cluster", None) is not None
     with service.lock:
-        members = service.hub.members
+        members: list[Any] = list(service.view.members.values()) if in_cluster else service.hub.members  # type: ignore[attr-defined]
         rooms = service.hub.rooms
         room_count = len(rooms) - (0 if rooms[LOBBY].members else 1)
         counters = [getattr(service, name, None) for name in _COUNTERS]
@@ -161,8 +160,7 @@ def read_figures(server: ChatServer, refusals: RefusalCounts | None = None) -> C
         figures.held += server.socketio_chat.held_count
     if refusals is not None:
         figures.refusals = refusals.counts()
-    if getattr(service, "cluster", None) is not None:
-        figures.cluster_members = len(members)
+    if in_cluster:
         _read_cluster(service, figures)
     return figures
 
@@ -187,25 +185,17 @@ def _by_transport(members: list[Any], line_label: str) -> dict[str, int]:
 
 
 def _read_cluster(service: Any, figures: ChatFigures) -> None:
-    """The cluster's lag: one Redis round trip (the newest event, and at most CLUSTER_BEHIND_LIMIT after ours)."""
-    figures.cluster_unpublished = len(service._queue) + len(service._unconfirmed)
-    if not service.available:
-        return
-    applied = service._last_id
+    """The cluster's figures, as its core reports them (one Redis round trip); left out when Redis is away."""
     try:
-        pipe = service.redis.pipeline(transaction=False)
-        pipe.xrevrange(service.events, count=1)
-        pipe.xrange(service.events, min="(" + applied, count=CLUSTER_BEHIND_LIMIT)
-        newest, behind = pipe.execute()
-    except service._redis_errors as error:
-        logger.debug("Cannot read the cluster's lag: %s", error)
+        cluster = service.figures()
+    except service.backend.errors as error:
+        logger.debug("Cannot read the cluster's figures: %s", error)
         return
-    figures.cluster_behind = len(behind)
-    if behind and newest:
-        newest_ms = int(newest[0][0].split(b"-")[0])
-        figures.cluster_lag_seconds = max(0, newest_ms - int(applied.split("-")[0])) / 1000
-    else:
-        figures.cluster_lag_seconds = 0.0
+    figures.rooms = int(cluster["rooms"])
+    figures.cluster_members = int(cluster["members"])
+    figures.cluster_listening = int(cluster["listening"])
+    figures.cluster_unpublished = int(cluster["unpublished"])
+    figures.cluster_lag_seconds = float(cluster["lag_seconds"])
 
 
 class ChatCollector(Collector):
@@ -276,22 +266,22 @@ def families(figures: ChatFigures) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "socketlab_chat_cluster_members", "Members on every server of the cluster.", figures.cluster_members
         )
+    if figures.cluster_listening is not None:
+        yield GaugeMetricFamily(
+            "socketlab_chat_cluster_rooms_listened",
+            "Rooms whose channel this server listens to: those its own members are in.",
+            figures.cluster_listening,
+        )
     if figures.cluster_unpublished is not None:
         yield GaugeMetricFamily(
             "socketlab_chat_cluster_unpublished_events",
-            "This server's events not yet confirmed in Redis.",
+            "This server's events (lines, joins, departures) waiting to be written to Redis.",
             figures.cluster_unpublished,
-        )
-    if figures.cluster_behind is not None:
-        yield GaugeMetricFamily(
-            "socketlab_chat_cluster_events_behind",
-            f"Events in the cluster's stream this server has not applied yet (counted up to {CLUSTER_BEHIND_LIMIT}).",
-            figures.cluster_behind,
         )
     if figures.cluster_lag_seconds is not None:
         yield GaugeMetricFamily(
             "socketlab_chat_cluster_lag_seconds",
-            "How much older the last event this server applied is than the stream's newest.",
+            "How long the oldest of this server's events waiting to be written to Redis has waited.",
             figures.cluster_lag_seconds,
         )
 

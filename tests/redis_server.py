@@ -87,42 +87,21 @@ class RedisServer:
             "--logfile",
             str(self.log),
         ]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        probe = self.client()
-        try:
-            wait_until(lambda: self._answers(probe), what="redis-server to answer PING")
-        except BaseException:
-            self.stop()
-            raise
-        finally:
-            probe.close()
-        if self.proc.poll() is not None:  # it exited (and is reaped)
-            self.proc = None
-            return False
-        return True
-
-    def _answers(self, probe: Any) -> bool:
-        import redis
-
-        if self.proc is not None and self.proc.poll() is not None:
-            return True  # it exited (a port in use?): start() decides
-        try:
-            return bool(probe.ping())
-        except (redis.RedisError, OSError):
-            return False
+        self.proc = launch(args, self.client(), "redis-server")
+        return self.proc is not None
 
     def stop(self) -> None:
         """End the server (SIGCONT first, in case it was paused) and wait for it."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
+        end(proc)
+
+    def listeners(self, channel: str) -> int:
+        """Subscribers of the sharded *channel* (PUBSUB SHARDNUMSUB)."""
+        client = self.client()
         try:
-            proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(TIMEOUT)
+            return int(client.execute_command("PUBSUB", "SHARDNUMSUB", channel)[1])
+        finally:
+            client.close()
 
     def pause(self) -> None:
         assert self.proc is not None
@@ -137,3 +116,41 @@ class RedisServer:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def launch(args: list[str], probe: Any, what: str) -> subprocess.Popen[bytes] | None:
+    """Start ``redis-server`` with *args* and wait until *probe* (a client, closed here) answers PING;
+    None when it exited instead (its port taken: the caller picks another)."""
+    import redis
+
+    proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+
+    def answers() -> bool:
+        if proc.poll() is not None:
+            return True  # it exited: decided below
+        try:
+            return bool(probe.ping())
+        except (redis.RedisError, OSError):
+            return False
+
+    try:
+        wait_until(answers, what=f"{what} to answer PING")
+    except BaseException:
+        end(proc)
+        raise
+    finally:
+        probe.close()
+    return None if proc.poll() is not None else proc
+
+
+def end(proc: subprocess.Popen[bytes] | None) -> None:
+    """End *proc* (SIGCONT first, in case it was paused) and wait for it; killed if it does not go."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGCONT)
+    proc.terminate()
+    try:
+        proc.wait(TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(TIMEOUT)

@@ -1,13 +1,16 @@
-"""chat serve --redis: several servers, one chat, through a real redis-server.
+"""chat serve --redis: several servers, one chat, through a real redis-server and a real Redis Cluster.
 
-Every test runs its own cluster (a fresh --cluster name) on a Redis shared by
-the module; the tests that stop, freeze or restart Redis get one of their own.
+Every test that needs Redis runs twice: on one redis-server, and on a Redis
+Cluster of three masters (``redis_kind``). Each runs its own chat cluster (a
+fresh --cluster name) on a Redis shared by the module; the tests that stop,
+freeze or restart Redis get one of their own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import secrets
 import subprocess
 import sys
@@ -17,6 +20,7 @@ from typing import Any, Iterator
 
 import pytest
 
+from redis_cluster import REDIS_CLI, ClusterAsServer
 from redis_server import REDIS_SERVER, RedisServer, free_port
 from support import TIMEOUT, Browser, CliServer, Peer, run_cli, serving, wait_until
 
@@ -41,17 +45,29 @@ def welcome(number: int) -> str:
 # -- fixtures -------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module", params=["redis", "redis-cluster"])
+def redis_kind(request: pytest.FixtureRequest) -> str:
+    """One redis-server, or a Redis Cluster of three masters: every test that needs Redis runs on both."""
+    if request.param == "redis-cluster" and REDIS_CLI is None:
+        pytest.skip("redis-cli is not installed (Debian: apt-get install redis-tools)")
+    return str(request.param)
+
+
+def new_redis(kind: str, directory: Any, tcp: bool = False) -> Any:
+    return ClusterAsServer(directory) if kind == "redis-cluster" else RedisServer(directory, tcp=tcp)
+
+
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One redis-server for the module, on a Unix socket and a TCP port."""
-    with RedisServer(tmp_path_factory.mktemp("redis"), tcp=True) as server:
+def redis_server(redis_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One Redis for the module: a redis-server on a Unix socket and a TCP port, or a Redis Cluster."""
+    with new_redis(redis_kind, tmp_path_factory.mktemp("redis"), tcp=True) as server:
         yield server
 
 
 @pytest.fixture
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, to stop, freeze or restart."""
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+def own_redis(redis_kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of the test's own (of the same kind), to stop, freeze or restart."""
+    with new_redis(redis_kind, tmp_path_factory.mktemp("redis")) as server:
         yield server
 
 
@@ -214,8 +230,8 @@ def test_last_seat_goes_to_one_of_two_servers(start) -> None:
         won = [name for name, line in first.items() if line == f"* you are in {room}"]
         assert len(won) == 1, first
         winner, loser = won[0], ({"user2", "user3"} - set(won)).pop()
-        assert first[loser] == f"* {winner} left lobby"
-        assert rivals[loser].line() == f"! room {room} is full (2/2)"
+        # The refusal is the loser's own answer, the winner's departure the lobby's news: no order between them.
+        assert sorted([first[loser], rivals[loser].line()]) == sorted([f"* {winner} left lobby", f"! room {room} is full (2/2)"])
         assert holder.line() == f"* {winner} joined {room}"
         rivals[winner].send(b"/leave\n")
         assert rivals[winner].line() == "* you are in lobby"
@@ -363,7 +379,7 @@ def who(peer: Peer) -> str:
 
 def test_redis_restarted_empty_starts_a_new_epoch(own_redis: RedisServer, start, cluster_name: str) -> None:
     """Redis restarted empty: a new epoch, members re-announced (names, rooms), departures meanwhile kept, chat goes on."""
-    epoch_key = f"socketlab:{cluster_name}:epoch"
+    epoch_key = f"socketlab:{{{cluster_name}}}:epoch"
     a_server, b_server = start(url=own_redis.url), start(url=own_redis.url)
     a = arrive(a_server.port, 1, [])
     b = arrive(b_server.port, 2, [a])
@@ -454,78 +470,64 @@ def test_without_redis_the_redis_package_is_not_imported() -> None:
     assert (result.returncode, result.stdout, result.stderr) == (0, b"ok\n", b"")
 
 
-def test_a_server_started_after_a_snapshot_and_trim_sees_everyone(
-    redis_server: RedisServer, cluster_name: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With snapshots every heartbeat, the stream is trimmed; a server started after that still knows every member."""
-    monkeypatch.setattr(cluster, "SNAPSHOT_EVERY", 0.0)
-    monkeypatch.setattr(cluster, "HEARTBEAT", 0.1)
-    events, trimmed = f"socketlab:{cluster_name}:events", f"socketlab:{cluster_name}:trimmed"
+def test_a_server_listens_only_to_the_rooms_its_members_are_in(redis_server: RedisServer, cluster_name: str) -> None:
+    """A room's channel has a listener on a server while a member of that server is in the room, and only then:
+    the other rooms' events never reach it. Counted by Redis itself (PUBSUB SHARDNUMSUB)."""
     client = redis_server.client()
     with contextlib.ExitStack() as stack:
         stack.callback(client.close)
+        a_port, b_port = (
+            stack.enter_context(
+                serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name))
+            ).server_address[1]
+            for _ in range(2)
+        )
 
-        def server() -> int:
-            chat = ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)
-            return stack.enter_context(serving(chat)).server_address[1]
+        def listeners(room: str) -> int:
+            return redis_server.listeners(f"socketlab:{{{cluster_name}:r:{room}}}:channel")
 
-        a_port = server()
-        a1 = arrive(a_port, 1, [])
-        a2 = arrive(a_port, 2, [a1])
-        first_event = client.xrange(events, count=1)[0][0]
-        a1.send(b"/nick alice\n/join chess\n")
-        assert a1.lines(2) == ["* user1 is now known as alice", "* you are in chess"]
-        a2.send(b"/nick bob\n/join chess\n")
-        assert a2.lines(2) == ["* user1 is now known as alice", "* alice left lobby"]
-        assert a2.lines(2) == ["* user2 is now known as bob", "* you are in chess"]
-        assert a1.line() == "* bob joined chess"
-        late_port = server()  # before any trim: it replays the stream
-        lobby = [arrive(late_port, 3, [])]
-
-        def trimmed_past_the_start() -> bool:
-            a1.send(b"tick\n")  # keep events coming, so each snapshot is newer than the last
-            assert a2.line() == "<alice> tick"
-            return client.get(trimmed) is not None and not client.xrange(events, max=first_event)
-
-        wait_until(trimmed_past_the_start, what="a snapshot and a trim")
-        assert client.xrange(events, count=1)[0][0] > first_event
-        after_trim_port = server()
-        c = arrive(after_trim_port, 4, lobby)
-        c.send(b"/rooms\n/join chess\n")
-        assert c.line() == "* rooms: chess (2), lobby (2)"
-        assert c.line() == "* you are in chess"
-        hear([a1, a2], "* user4 joined chess")
-        assert lobby[0].line() == "* user4 left lobby"
-        c.send(b"/who\nhello after the trim\n")
-        assert c.line() == "* in chess: alice, bob, user4"
-        hear([a1, a2], "<user4> hello after the trim")
+        a = arrive(a_port, 1, [])
+        b = arrive(b_port, 2, [a])
+        assert listeners("lobby") == 2
+        assert listeners("chess") == 0
+        a.send(b"/join chess\n")
+        assert a.line() == "* you are in chess"
+        assert b.line() == "* user1 left lobby"
+        assert listeners("chess") == 1
+        wait_until(lambda: listeners("lobby") == 1, what="server A to stop listening to the lobby, its member gone")
+        a.send(b"only the chess room hears this\n/join go\n")
+        assert a.line() == "* you are in go"
+        wait_until(lambda: listeners("chess") == 0, what="server A to stop listening to chess")
+        b.send(b"/join go\n")
+        assert b.line() == "* you are in go"
+        assert a.line() == "* user2 joined go"
+        assert listeners("go") == 2
+        wait_until(lambda: listeners("lobby") == 0, what="server B to stop listening to the lobby")
 
 
-def test_a_server_that_fell_behind_keeps_its_own_members(
-    redis_server: RedisServer, cluster_name: str, monkeypatch: pytest.MonkeyPatch
+def test_lines_missed_while_a_server_was_not_listening_come_from_the_rooms_log(
+    redis_server: RedisServer, cluster_name: str
 ) -> None:
-    """Loading the snapshot with members of its own connected (the 'fell behind' path): they are told and stay."""
-    monkeypatch.setattr(cluster, "SNAPSHOT_EVERY", 0.0)
-    monkeypatch.setattr(cluster, "HEARTBEAT", 0.1)
-    client = redis_server.client()
+    """A server whose channels broke tells its members, listens again, and delivers what its rooms said
+    meanwhile from their logs, in order, once; then live lines go on."""
     with contextlib.ExitStack() as stack:
-        stack.callback(client.close)
-        chat = stack.enter_context(serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)))
-        port = chat.server_address[1]
-        a1 = arrive(port, 1, [])
-        a2 = arrive(port, 2, [a1])
-        snapshot = f"socketlab:{cluster_name}:snapshot"
-
-        def snapshot_has_both() -> bool:
-            raw = client.get(snapshot)
-            return raw is not None and b"user2" in raw
-
-        wait_until(snapshot_has_both, what="a snapshot with both members")
-        chat.service._fell_behind()  # type: ignore[union-attr]
-        for peer in (a1, a2):
-            assert peer.line() == "! this server fell behind the chat; some lines did not reach you"
-        a1.send(b"still here\n")
-        assert a2.line() == "<user1> still here"
+        a_chat = stack.enter_context(serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)))
+        b_port = stack.enter_context(
+            serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name))
+        ).server_address[1]
+        a = arrive(a_chat.server_address[1], 1, [])
+        b = arrive(b_port, 2, [a])
+        service = a_chat.service
+        service._subscriber.reset()  # type: ignore[union-attr]  # server A hears nothing from now on
+        b.send(b"".join(b"missed %d\n" % i for i in range(50)))
+        b.send(b"/who\n")
+        assert b.line() == "* in lobby: user1, user2"  # the lines went out before the answer
+        service._unavailable(ConnectionError("a test broke the channels"))  # type: ignore[union-attr]
+        assert a.line() == cluster.UNAVAILABLE.decode().strip()
+        assert a.line() == cluster.BACK.decode().strip()
+        assert a.lines(50) == [f"<user2> missed {i}" for i in range(50)]
+        b.send(b"live again\n")
+        assert a.line() == "<user2> live again"
 
 
 def test_a_socketio_member_and_a_terminal_on_two_servers_share_a_room_of_two(start) -> None:
@@ -578,7 +580,7 @@ def test_the_settings_bind_running_servers_only(start, redis_server: RedisServer
     first.out.wait_for(rf"^Server 127\.0\.0\.1:{second.port} of the cluster is lost; its members leave$", timeout=4 * TIMEOUT)
     assert first.stop()[0] == 0
     client = redis_server.client()
-    config = f"socketlab:{cluster_name}:config"
+    config = f"socketlab:{{{cluster_name}}}:config"
     wait_until(lambda: not client.exists(config), what="the settings expired", timeout=3 * TIMEOUT)
     client.close()
     member.close()
@@ -605,3 +607,109 @@ def test_quit_in_a_cluster_says_bye_and_ends_cleanly_even_with_more_input_behind
     assert other.line() == "* user2 left lobby"
     other.send(b"/who\n")
     assert other.line() == "* in lobby: user1"
+
+
+# -- faults: a frozen server, a Redis Cluster master lost -------------------------------------------------
+
+
+def both_in_chess(a: Peer, b: Peer) -> None:
+    """user1 (*a*) then user2 (*b*), both in the lobby, move to chess."""
+    a.send(b"/join chess\n")
+    assert a.line() == "* you are in chess"
+    assert b.line() == "* user1 left lobby"
+    b.send(b"/join chess\n")
+    assert b.line() == "* you are in chess"
+    assert a.line() == "* user2 joined chess"
+
+
+def test_a_server_frozen_past_the_deadline_is_counted_lost_and_closes_its_members_when_thawed(start) -> None:
+    """SIGSTOP a server: the others announce its members lost (within 5 s of its last heartbeat and a
+    claim); SIGCONT: it learns it was counted lost and closes them with a line, instead of leaving ghosts."""
+    a_server, b_server = start(), start()
+    a = arrive(a_server.port, 1, [])
+    b = arrive(b_server.port, 2, [a])
+    both_in_chess(a, b)
+
+    a_server.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        assert read_until(b, "* user1 left chess (server lost)") == ["* user1 left chess (server lost)"]
+        assert time.monotonic() - stopped < cluster.ALIVE_FOR + 2 * cluster.HEARTBEAT + 3
+        b.send(b"/who\n")
+        assert b.line() == "* in chess: user2"
+    finally:
+        a_server.proc.send_signal(signal.SIGCONT)
+    assert read_until(a, "! lost contact with the chat cluster, disconnecting")[-1] == (
+        "! lost contact with the chat cluster, disconnecting"
+    )
+    a.sock.settimeout(TIMEOUT)
+    assert a.sock.recv(100) == b""  # closed by its server
+    newcomer = arrive(a_server.port, 3, [])  # the thawed server serves again
+    newcomer.send(b"/join chess\n")
+    assert newcomer.line() == "* you are in chess"
+    assert b.line() == "* user3 joined chess"
+    b.send(b"/who\n")
+    assert b.line() == "* in chess: user2, user3"  # no ghost of user1, nobody twice
+    for server in (a_server, b_server):
+        assert server.stop()[0] == 0
+
+
+def test_a_redis_cluster_master_killed_and_restarted(own_redis: Any, redis_kind: str, start, cluster_name: str) -> None:
+    """Kill the master that holds a room (and restart it empty): members are told, lines meanwhile are
+    refused visibly, and when it is back every server puts its members back: the room and /who as before."""
+    if redis_kind != "redis-cluster":
+        pytest.skip("a Redis Cluster's own fault")
+    a_server, b_server = start(url=own_redis.url), start(url=own_redis.url)
+    a = arrive(a_server.port, 1, [])
+    b = arrive(b_server.port, 2, [a])
+    both_in_chess(a, b)
+    node = own_redis.cluster.node_for(f"socketlab:{{{cluster_name}:r:chess}}:members")
+    own_redis.cluster.kill_master(node)
+    for peer in (a, b):
+        assert read_until(peer, UNAVAILABLE)[-1] == UNAVAILABLE
+    a.send(b"while the master is down\n")
+    assert read_until(a, NOT_DELIVERED)[-1] == NOT_DELIVERED
+    own_redis.cluster.restart_master(node)
+    for peer in (a, b):
+        assert read_until(peer, BACK)[-1] == BACK
+    listing = wait_until(
+        lambda: (line := who(a)) in ("* in chess: user1, user2", "* in chess: user2, user1") and line,
+        what="both members put back in chess",
+    )
+    a.send(b"after the restart\n")
+    assert read_until(b, "<user1> after the restart")[-1] == "<user1> after the restart"
+    b.send(b"/who\n")
+    assert read_until(b, listing)[-1] == listing
+    c = Peer(b_server.port)
+    assert c.line().startswith("* welcome user")
+    for server in (a_server, b_server):
+        assert server.proc.poll() is None
+        assert server.stop()[0] == 0
+
+
+def test_a_member_whose_steps_wait_for_redis_is_not_read_until_they_are_out(
+    own_redis: Any, cluster_name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis slow (frozen for a moment): a member with MEMBER_QUEUE steps waiting is no longer read (TCP
+    holds the rest), the others still are; when Redis answers, every step goes out in order, nothing lost."""
+    from socketlab.chat.cluster import service as cluster_service
+
+    monkeypatch.setattr(cluster_service, "MEMBER_QUEUE", 4)
+    with serving(ChatServer(("127.0.0.1", 0), redis=own_redis.url, cluster=cluster_name)) as chat:
+        port = chat.server_address[1]
+        busy = arrive(port, 1, [])
+        other = arrive(port, 2, [busy])
+        own_redis.pause()
+        try:
+            busy.send(b"/who\n" * 10 + b"after the queries\n")
+            wait_until(lambda: len(chat.reader._core_held) == 1, what="the busy member held back")
+            other.send(b"still read\n")
+            others_member = next(m for m in chat.service.local_members() if m.number == 2)  # type: ignore[attr-defined]
+            wait_until(lambda: others_member.waiting == 1, what="the other member's line read and queued")
+        finally:
+            own_redis.resume()
+        assert busy.lines(11) == ["* in lobby: user1, user2"] * 10 + ["<user2> still read"]
+        assert other.line() == "<user1> after the queries"
+        wait_until(lambda: not chat.reader._core_held, what="the busy member read again")
+        busy.send(b"and on\n")
+        assert read_until(other, "<user1> and on")[-1] == "<user1> and on"

@@ -25,6 +25,7 @@ from support import CLI, TIMEOUT, Browser, CliServer, LineReader, Peer, serving,
 
 pytest.importorskip("prometheus_client", reason="the metrics extra is not installed (pip install 'socketlab[metrics]')")
 
+from socketlab import metrics  # noqa: E402
 from socketlab.chat.server import ChatServer  # noqa: E402
 from socketlab.serving import (  # noqa: E402
     DEFAULT_BACKLOG,
@@ -246,37 +247,32 @@ def test_the_metrics_port_closes_with_the_server() -> None:
         urllib.request.urlopen(url, timeout=TIMEOUT)
 
 
-def test_the_cluster_lag_is_read_from_the_stream(tmp_path) -> None:
-    """With --redis: events behind and lag come from the stream ids after the last one applied."""
-    pytest.importorskip("redis")
-    from redis_server import REDIS_SERVER, RedisServer
-
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
+def test_the_cluster_figures_come_from_its_core_and_are_left_out_when_redis_is_away() -> None:
+    """With --redis the cluster's figures are what its core reports; when Redis fails they are simply absent."""
     from socketlab.metrics import ChatFigures, _read_cluster
 
-    with RedisServer(tmp_path) as redis_server:
-        client = redis_server.client()
-        events = f"socketlab:test-{secrets.token_hex(4)}:events"
-        for ms in (1000, 1500, 2000, 4250):
-            client.xadd(events, {"e": "x"}, id=f"{ms}-0")
+    class Core:  # what _read_cluster asks of a ClusterService
+        class backend:
+            errors = (OSError,)
 
-        class Core:  # what _read_cluster reads of a ClusterService
-            available = True
-            _last_id = "1500-0"
-            _queue = [1, 2]
-            _unconfirmed = [3]
-            _redis_errors = (OSError,)
+        def __init__(self, figures: dict[str, float] | None) -> None:
+            self._figures = figures
 
-        core = Core()
-        core.redis, core.events = client, events  # type: ignore[attr-defined]
-        figures = ChatFigures()
-        _read_cluster(core, figures)
-        assert (figures.cluster_behind, figures.cluster_lag_seconds, figures.cluster_unpublished) == (2, 2.75, 3)
-        core._last_id = "4250-0"
-        _read_cluster(core, figures)
-        assert (figures.cluster_behind, figures.cluster_lag_seconds) == (0, 0.0)
-        client.close()
+        def figures(self) -> dict[str, float]:
+            if self._figures is None:
+                raise ConnectionRefusedError("Redis is away")
+            return self._figures
+
+    figures = ChatFigures()
+    _read_cluster(Core({"members": 7, "rooms": 3, "listening": 2, "unpublished": 5, "lag_seconds": 0.25}), figures)
+    assert (figures.cluster_members, figures.rooms, figures.cluster_listening) == (7, 3, 2)
+    assert (figures.cluster_unpublished, figures.cluster_lag_seconds) == (5, 0.25)
+    families = {family.name: family.samples[0].value for family in metrics.families(figures) if family.samples}
+    assert families["socketlab_chat_cluster_rooms_listened"] == 2
+    assert families["socketlab_chat_cluster_lag_seconds"] == 0.25
+    away = ChatFigures()
+    _read_cluster(Core(None), away)
+    assert (away.cluster_members, away.cluster_unpublished, away.cluster_lag_seconds) == (None, None, None)
 
 
 def test_a_cluster_member_reports_lag_and_the_clusters_members(tmp_path) -> None:
@@ -306,10 +302,11 @@ def test_a_cluster_member_reports_lag_and_the_clusters_members(tmp_path) -> None
 
         figures = wait_until(both_members, what="the second member in the first server's copy of the chat")
         assert figures['socketlab_chat_members{transport="tcp"}'] == 1
-        assert figures["socketlab_chat_cluster_events_behind"] == 0
+        assert figures["socketlab_chat_cluster_rooms_listened"] == 1  # the lobby, where its member is
         assert figures["socketlab_chat_cluster_lag_seconds"] == 0
         assert figures["socketlab_chat_cluster_unpublished_events"] == 0
-        assert "socketlab_chat_lines_received_total" not in figures  # the cluster's core keeps no such counter
+        assert figures["socketlab_chat_rooms"] == 1
+        assert figures["socketlab_chat_joins_total"] == 1  # this server's own
         first.close()
         second.close()
 

@@ -16,101 +16,30 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import re
-import unicodedata
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
-from socketlab.lines import LineTooLong
-from socketlab.text import escape_controls
-
-LOBBY = "lobby"
-#: Rooms of this many members or more hear no arrivals and departures (see ChatHub).
-DEFAULT_ANNOUNCE_LIMIT = 100
-#: Nicknames and room names: 1 to 32 letters or digits of any script, ``_`` or ``-`` (see valid_name()).
-NAME_RULE = "1 to 32 letters or digits (any script), _ or -; no spaces"
-MAX_NAME = 32
-_ASCII_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
-#: Names the server hands out (``user<N>``) cannot be taken with /nick.
-RESERVED_NAME = re.compile(r"user[0-9]+\Z", re.IGNORECASE)
-#: Bytes that need a closer look before relaying: anything but printable ASCII and tab.
-_NEEDS_CLEANING = re.compile(rb"[^\t\x20-\x7e]")
-#: The bytes of ordinary chat lines joined by newlines (what bytes.translate() may delete).
-_PLAIN_BYTES = bytes([0x09, 0x0A, *range(0x20, 0x7F)])
-#: A line that starts with "/" (a command or "//"), a space or tab (maybe blank), or is empty.
-_SPECIAL_LINE_START = re.compile(rb"\n[/ \t\n]")
-
-HELP_LINES = (
-    "* commands:",
-    "*   /nick NAME       change your name",
-    "*   /join ROOM       move to ROOM, creating it",
-    "*   /leave           go back to lobby",
-    "*   /who [PAGE]      list the members of your room (100 a page)",
-    "*   /rooms [PAGE]    list every room with its member count (50 a page)",
-    "*   /msg NAME TEXT   send TEXT to NAME only",
-    "*   /quit            leave the chat",
-    "*   //TEXT           send a line that starts with /",
+from socketlab.chat.commands import Join, Msg, Nick, Quit, Reply, Rooms, Say, Step, Who, interpret
+from socketlab.chat.words import (  # noqa: F401  (re-exported: the chat's words were defined here first)
+    DEFAULT_ANNOUNCE_LIMIT,
+    HELP_LINES,
+    LOBBY,
+    MAX_NAME,
+    NAME_RULE,
+    RESERVED_NAME,
+    ROOMS_PAGE,
+    WHO_PAGE,
+    PLAIN_BYTES,
+    SPECIAL_LINE_START,
+    clean_text,
+    error,
+    name_key,
+    notice,
+    paged,
+    pages,
+    valid_name,
 )
-
-
-#: Names one /who answer lists, and rooms one /rooms answer lists: more are paged (/who 2, /rooms 2).
-WHO_PAGE = 100
-ROOMS_PAGE = 50
-
-
-def _page_number(rest: str) -> int | None:
-    """The PAGE argument of /who and /rooms (1 when none), or None when it is not a number from 1."""
-    rest = rest.strip()
-    if not rest:
-        return 1
-    return int(rest) if rest.isdigit() and rest.isascii() and 0 < int(rest) < 10**9 else None
-
-
-def _pages(count: int, size: int) -> int:
-    return max(1, -(-count // size))
-
-
-def _paged(what: str, count: int, page: int, size: int, entries: list[str], command: str) -> str:
-    """``in lobby (1234, page 2 of 13): a, b, ... (/who 3 for more)``."""
-    pages = _pages(count, size)
-    if page > pages:
-        return f"{what} ({count}): there {'is 1 page' if pages == 1 else f'are {pages} pages'}"
-    more = f" ({command} {page + 1} for more)" if page < pages else ""
-    return f"{what} ({count}, page {page} of {pages}): {', '.join(entries)}{more}"
-
-
-def valid_name(name: str) -> bool:
-    """Whether *name* may be a nickname or a room name (:data:`NAME_RULE`), given in NFC form.
-
-    Letters and digits of every script are allowed (``한국``, ``café``), with the combining marks that
-    complete them; spaces, punctuation, symbols, controls and invisible format characters (the
-    right-to-left override that makes a name read backwards, zero-width joiners) are not.
-    """
-    if not 0 < len(name) <= MAX_NAME or name != unicodedata.normalize("NFC", name):
-        return False
-    if name.isascii():
-        return _ASCII_NAME.match(name) is not None
-    if unicodedata.category(name[0])[0] == "M":  # a mark must follow what it marks
-        return False
-    return all(char in "_-" or unicodedata.category(char)[0] in "LNM" for char in name)
-
-
-def name_key(name: str) -> str:
-    """What two names that look alike have in common: names are unique by it (``Bob`` = ``bob``, ``ﬁ`` = ``fi``)."""
-    return name.lower() if name.isascii() else unicodedata.normalize("NFKC", name).casefold()
-
-
-def clean_text(raw: bytes) -> bytes:
-    """Return *raw* safe to relay: valid UTF-8 with control characters escaped.
-
-    Invalid UTF-8 becomes U+FFFD; control characters other than tab (ESC
-    included) become visible escapes such as ``\\x1b``. Printable Unicode is
-    returned byte for byte.
-    """
-    if _NEEDS_CLEANING.search(raw) is None:
-        return raw
-    text = raw.decode("utf-8", "replace")
-    return escape_controls(text).encode("utf-8")
+from socketlab.lines import LineTooLong
 
 
 class Transport(Protocol):
@@ -197,7 +126,11 @@ class Reaction:
     quit: bool = False
 
 
-def coalesce(deliveries: Sequence[Delivery]) -> list[Delivery]:
+#: Whoever a delivery goes to: a hub's Member, or a cluster server's own member.
+Receiver = TypeVar("Receiver")
+
+
+def coalesce(deliveries: Sequence[tuple[Sequence[Receiver], bytes]]) -> list[tuple[Sequence[Receiver], bytes]]:
     """The same bytes to the same members, in the same order, at most one delivery per member.
 
     Members that get the same deliveries share one joined ``bytes``, so a
@@ -208,7 +141,7 @@ def coalesce(deliveries: Sequence[Delivery]) -> list[Delivery]:
     """
     if len(deliveries) < 2:
         return list(deliveries)
-    node_of: dict[Member, int] = {}
+    node_of: dict[Receiver, int] = {}
     child: dict[tuple[int, int], int] = {}  # (node, delivery index) -> node
     parent: list[tuple[int, int]] = [(0, -1)]  # node -> (parent node, delivery index); 0 is the root
     for index, (members, _data) in enumerate(deliveries):
@@ -219,10 +152,10 @@ def coalesce(deliveries: Sequence[Delivery]) -> list[Delivery]:
                 node = child[step] = len(parent)
                 parent.append(step)
             node_of[member] = node
-    groups: dict[int, list[Member]] = {}
+    groups: dict[int, list[Receiver]] = {}
     for member, node in node_of.items():
         groups.setdefault(node, []).append(member)
-    coalesced: list[Delivery] = []
+    coalesced: list[tuple[Sequence[Receiver], bytes]] = []
     for node, members in groups.items():
         indices = []
         while node:
@@ -230,16 +163,6 @@ def coalesce(deliveries: Sequence[Delivery]) -> list[Delivery]:
             indices.append(index)
         coalesced.append((members, b"".join(deliveries[i][1] for i in reversed(indices))))
     return coalesced
-
-
-def notice(text: str) -> bytes:
-    """A server line: ``* text``."""
-    return f"* {text}\n".encode()
-
-
-def error(text: str) -> bytes:
-    """An error line for one client: ``! text``."""
-    return f"! {text}\n".encode()
 
 
 class ChatHub:
@@ -287,25 +210,33 @@ class ChatHub:
             audience = member.room.audience(member)
             return Reaction([(audience, plain)] if audience else [])
         reaction = Reaction()
-        deliveries = reaction.deliveries
-        burst: list[bytes] = []  # consecutive chat lines, sent as one delivery
-        for item in items:
-            if isinstance(item, LineTooLong):
-                self._flush(member, burst, deliveries)
-                deliveries.append(([member], error(f"line too long (max {self.max_line} bytes)")))
-                continue
-            if not item or item.isspace():
-                continue
-            if item[:1] == b"/" and item[:2] != b"//":
-                self._flush(member, burst, deliveries)
-                if self._command(member, item, reaction):
-                    return reaction
-                continue
-            if item[:1] == b"/":
-                item = item[1:]
-            burst += (member.prefix, clean_text(item), b"\n")
-        self._flush(member, burst, deliveries)
+        for step in interpret(items, self.max_line):
+            self.carry_out(member, step, reaction)
         return reaction
+
+    def carry_out(self, member: Member, step: Step, reaction: Reaction) -> None:
+        """One step of *member*'s lines (see :func:`~socketlab.chat.commands.interpret`)."""
+        out = reaction.deliveries
+        match step:
+            case Say():
+                audience = member.room.audience(member)
+                if audience:
+                    out.append((audience, step.said_by(member.prefix)))
+            case Reply(data):
+                out.append(([member], data))
+            case Nick(name):
+                self._nick(member, name, out)
+            case Join(room):
+                self._move(member, room, out)
+            case Who(page):
+                self._who(member, page, out)
+            case Rooms(page):
+                self._rooms(member, page, out)
+            case Msg(name, text):
+                self._msg(member, name, text, out)
+            case Quit():
+                out.append(([member], notice("bye")))
+                reaction.quit = True
 
     def disconnect(self, member: Member, reason: str | None = None) -> list[Delivery]:
         """*member* is gone; tell its room (with *reason* unless it quit)."""
@@ -371,31 +302,8 @@ class ChatHub:
 
     # -- commands ----------------------------------------------------------
 
-    def _command(self, member: Member, line: bytes, reaction: Reaction) -> bool:
-        """Run one command; return True when the member quit."""
-        text = clean_text(line).decode("utf-8")
-        word, _, rest = text.partition(" ")
-        command = word.lower()
-        rest = rest.strip()
-        out = reaction.deliveries
-        if command == "/quit":
-            out.append(([member], notice("bye")))
-            reaction.quit = True
-            return True
-        handler = self._COMMANDS.get(command)
-        if handler is None:
-            out.append(([member], error(f"unknown command {word} (type /help)")))
-        else:
-            handler(self, member, rest, out)
-        return False
-
     def _nick(self, member: Member, name: str, out: list[Delivery]) -> None:
-        name = unicodedata.normalize("NFC", name)
-        if not name:
-            out.append(([member], error("usage: /nick NAME")))
-        elif not valid_name(name):
-            out.append(([member], error(f"invalid nickname: {NAME_RULE}")))
-        elif name == member.name:
+        if name == member.name:
             out.append(([member], notice(f"you are already {name}")))
         elif RESERVED_NAME.match(name) or self._by_name.get(name_key(name), member) is not member:
             out.append(([member], error(f"nickname {name} is taken")))
@@ -405,18 +313,6 @@ class ChatHub:
             member.rename(name)
             self._by_name[name_key(name)] = member
             out.append((list(member.room.members), notice(f"{old} is now known as {name}")))
-
-    def _join(self, member: Member, name: str, out: list[Delivery]) -> None:
-        name = unicodedata.normalize("NFC", name)
-        if not name:
-            out.append(([member], error("usage: /join ROOM")))
-        elif not valid_name(name):
-            out.append(([member], error(f"invalid room name: {NAME_RULE}")))
-        else:
-            self._move(member, name, out)
-
-    def _leave(self, member: Member, rest: str, out: list[Delivery]) -> None:
-        self._move(member, LOBBY, out)
 
     def _move(self, member: Member, name: str, out: list[Delivery]) -> None:
         old = member.room
@@ -440,42 +336,29 @@ class ChatHub:
         member.room = room
         out.append(([member], notice(f"you are in {name}")))
 
-    def _who(self, member: Member, rest: str, out: list[Delivery]) -> None:
+    def _who(self, member: Member, page: int, out: list[Delivery]) -> None:
         room = member.room
-        page = _page_number(rest)
-        if page is None:
-            out.append(([member], error("usage: /who [PAGE]")))
-            return
         count = len(room.members)
         if count <= WHO_PAGE and page == 1:
             out.append(([member], notice(f"in {room.name}: {', '.join(m.name for m in room.members)}")))
             return
         start = (page - 1) * WHO_PAGE  # joining order: islice walks only up to this page
         names = [m.name for m in itertools.islice(room.members, start, start + WHO_PAGE)]
-        out.append(([member], notice(_paged(f"in {room.name}", count, page, WHO_PAGE, names, "/who"))))
+        out.append(([member], notice(paged(f"in {room.name}", count, page, WHO_PAGE, names, "/who"))))
 
-    def _rooms(self, member: Member, rest: str, out: list[Delivery]) -> None:
-        page = _page_number(rest)
-        if page is None:
-            out.append(([member], error("usage: /rooms [PAGE]")))
-            return
+    def _rooms(self, member: Member, page: int, out: list[Delivery]) -> None:
         count = len(self.rooms)
         if count <= ROOMS_PAGE and page == 1:
             listing = ", ".join(f"{r.name} ({len(r.members)})" for r in sorted(self.rooms.values(), key=lambda r: r.name))
             out.append(([member], notice(f"rooms: {listing}")))
             return
         # By name: the first PAGE x ROOMS_PAGE names are found without sorting every room.
-        first = heapq.nsmallest(min(page, _pages(count, ROOMS_PAGE)) * ROOMS_PAGE, self.rooms)
+        first = heapq.nsmallest(min(page, pages(count, ROOMS_PAGE)) * ROOMS_PAGE, self.rooms)
         names = first[(page - 1) * ROOMS_PAGE :]
         entries = [f"{name} ({len(self.rooms[name].members)})" for name in names]
-        out.append(([member], notice(_paged("rooms", count, page, ROOMS_PAGE, entries, "/rooms"))))
+        out.append(([member], notice(paged("rooms", count, page, ROOMS_PAGE, entries, "/rooms"))))
 
-    def _msg(self, member: Member, rest: str, out: list[Delivery]) -> None:
-        name, _, text = rest.partition(" ")
-        text = text.strip()
-        if not name or not text:
-            out.append(([member], error("usage: /msg NAME TEXT")))
-            return
+    def _msg(self, member: Member, name: str, text: str, out: list[Delivery]) -> None:
         target = self._by_name.get(name_key(name))
         if target is None:
             out.append(([member], error(f"no such user {name}")))
@@ -483,19 +366,6 @@ class ChatHub:
             out.append(([target], f"<{member.name}> (private) {text}\n".encode()))
             if target is not member:
                 out.append(([member], notice(f"to {target.name}: {text}")))
-
-    def _help(self, member: Member, rest: str, out: list[Delivery]) -> None:
-        out.append(([member], "".join(f"{line}\n" for line in HELP_LINES).encode()))
-
-    _COMMANDS = {
-        "/nick": _nick,
-        "/join": _join,
-        "/leave": _leave,
-        "/who": _who,
-        "/rooms": _rooms,
-        "/msg": _msg,
-        "/help": _help,
-    }
 
     # -- internals ---------------------------------------------------------
 
@@ -512,18 +382,10 @@ class ChatHub:
         except TypeError:  # a LineTooLong among them
             return None
         wrapped = b"\n" + block + b"\n"
-        if wrapped.translate(None, _PLAIN_BYTES) or _SPECIAL_LINE_START.search(wrapped):
+        if wrapped.translate(None, PLAIN_BYTES) or SPECIAL_LINE_START.search(wrapped):
             return None
         prefix = member.prefix
         return prefix + block.replace(b"\n", b"\n" + prefix) + b"\n"
-
-    @staticmethod
-    def _flush(member: Member, burst: list[bytes], deliveries: list[Delivery]) -> None:
-        if burst:
-            audience = member.room.audience(member)
-            if audience:
-                deliveries.append((audience, b"".join(burst)))
-            burst.clear()
 
     def _announced(self, room: Room) -> bool:
         """Whether arrivals and departures are announced in *room* (not in a crowd)."""

@@ -85,6 +85,10 @@ class ReaderLoop:
         #: Connections handed over by other threads, registered by the reader thread itself: only the
         #: thread that sits in select() changes what its selector watches.
         self._arriving: deque[Connection] = deque()
+        #: Clients the chat core asked not to read until their earlier lines are out (a cluster's publisher
+        #: is behind), and those it lets go again (any thread hands them over; see resume_reading()).
+        self._core_held: set[Connection] = set()
+        self._resuming: deque[Connection] = deque()
         #: Members that quit, handed over by whichever thread applied the /quit (see request_leave()).
         self._quitting: deque[Connection] = deque()
         #: Every connection added and not finished yet (any thread reads the count, under _open_lock).
@@ -110,6 +114,23 @@ class ReaderLoop:
         """*conn*'s member quit (any thread; the chat lock may be held): the reader thread takes it out."""
         self._quitting.append(conn)
         self._waker.wake()
+
+    def resume_reading(self, conn: Connection) -> None:
+        """The chat core has room for *conn*'s lines again (any thread): the reader thread reads it again."""
+        self._resuming.append(conn)
+        self._waker.wake()
+
+    def _resume_held_by_core(self) -> None:
+        while self._resuming:
+            conn = self._resuming.popleft()
+            if conn not in self._core_held:
+                continue
+            self._core_held.discard(conn)
+            if conn not in self._held and conn.phase is not Phase.CLOSED:
+                try:
+                    self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                except (ValueError, KeyError, OSError):  # closed meanwhile, or watched already
+                    pass
 
     def _take_out_quitters(self) -> None:
         """Members that quit leave, as a client that ended its side does: flushed, then our side ended."""
@@ -186,6 +207,8 @@ class ReaderLoop:
                 self._register_arrivals()
             if self._quitting:
                 self._take_out_quitters()
+            if self._resuming:
+                self._resume_held_by_core()
             for key, _mask in events:
                 conn = key.data
                 if conn is None:
@@ -262,7 +285,12 @@ class ReaderLoop:
     def _hand_on(self, conn: Connection, items: list[Item]) -> bool:
         """Give *conn*'s lines to the chat; False when it quit (and has left)."""
         if items and conn.phase is Phase.MEMBER and not conn.outbox.closed:
-            self.service.receive(conn.member, items)
+            if self.service.receive(conn.member, items) is False and conn not in self._core_held:
+                self._core_held.add(conn)  # TCP flow control holds the client until the core has room
+                try:
+                    self._selector.unregister(conn.sock)
+                except (KeyError, ValueError):
+                    pass
             if self._quitting:  # a /quit among them (on one server it is applied at once)
                 self._take_out_quitters()
                 return not conn.departed
@@ -353,7 +381,8 @@ class ReaderLoop:
             else:
                 self._unpause(conn)
                 conn.gate.noticed = None
-                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+                if conn not in self._core_held:
+                    self._selector.register(conn.sock, selectors.EVENT_READ, conn)
 
     def _ended(self, conn: Connection) -> None:
         """The client ended its side: its last unterminated line still counts, then it leaves."""
@@ -406,8 +435,13 @@ class ReaderLoop:
         """The client is gone or going: tell its room, say goodbye, then flush and close."""
         if conn.departed:
             return
-        if self._unpause(conn):  # read again: the departure reads until the client closes
-            self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+        held_by_core = conn in self._core_held
+        self._core_held.discard(conn)
+        if self._unpause(conn) or held_by_core:  # read again: the departure reads until the client closes
+            try:
+                self._selector.register(conn.sock, selectors.EVENT_READ, conn)
+            except (KeyError, ValueError):  # registered already
+                pass
         if conn.phase is Phase.MEMBER:
             self.service.depart(conn.member, reason)
         with self.service.lock:
@@ -449,6 +483,7 @@ class ReaderLoop:
             return
         self._closing.pop(conn, None)
         self._unpause(conn)
+        self._core_held.discard(conn)
         with self._open_lock:
             self._open.discard(conn)
         try:

@@ -186,6 +186,8 @@ class ChatServer(AcceptingServer):
         self.acceptor.add_listener(self.socket, self.start_connections, admit=True)
         self.writer = BacklogWriter(self.lock, self._tick(), self.sweep)
         self.reader = ReaderLoop(self)
+        if hasattr(self.service, "resume_reading"):  # a cluster's core may ask for a client not to be read for a while
+            self.service.resume_reading = self.reader.resume_reading
         if self.web_site is not None and self.web_site.refusals is None:
             self.web_site.refusals = self.refusal_log  # rate-limited, like every refusal
         if web is not None:

@@ -50,7 +50,9 @@ class ChatCore(Protocol):
     def start(self) -> None: ...
     def stop(self) -> None: ...
     def join(self, transports: Sequence[Transport]) -> Sequence[Any] | None: ...
-    def receive(self, member: Any, items: list[Item]) -> None: ...
+    def receive(self, member: Any, items: list[Item]) -> bool | None:
+        """Handle or queue *member*'s lines; False asks the reader not to read it until ``resume_reading``."""
+
     def depart(self, member: Any, reason: str | None) -> None: ...
     def flush(self) -> None: ...
     def shut_down(self) -> bool: ...
@@ -186,19 +188,7 @@ class ChatService:
         """Nothing to leave (see ClusterService)."""
 
     def _deliver(self, deliveries: list[Delivery]) -> None:
-        """deliver(), counting the lines and bytes handed over (lock held).
-
-        A delivery is whole lines, so its lines are its line ends: counted
-        once per delivery (at C speed), multiplied by its receivers.
-        """
-        if len(deliveries) > 1:
-            deliveries = coalesce(deliveries)
-        for members, data in deliveries:
-            for member in members:
-                member.transport.send(data)
-            copies = len(members)
-            self.lines_delivered += data.count(b"\n") * copies
-            self.bytes_delivered += len(data) * copies
+        hand_over(self, deliveries)
 
     @staticmethod
     def deliver(deliveries: list[Delivery]) -> None:
@@ -212,3 +202,20 @@ class ChatService:
         for members, data in deliveries:
             for member in members:
                 member.transport.send(data)
+
+
+def hand_over(counters: Any, deliveries: Sequence[tuple[Sequence[Any], bytes]]) -> None:
+    """Hand each delivery to its receivers' transports, one send per receiver, and count it in
+    *counters*' ``lines_delivered`` and ``bytes_delivered`` (the chat lock held).
+
+    A delivery is whole lines, so its lines are its line ends: counted once per
+    delivery (at C speed), multiplied by its receivers.
+    """
+    if len(deliveries) > 1:
+        deliveries = coalesce(deliveries)
+    for members, data in deliveries:
+        for member in members:
+            member.transport.send(data)
+        copies = len(members)
+        counters.lines_delivered += data.count(b"\n") * copies
+        counters.bytes_delivered += len(data) * copies
