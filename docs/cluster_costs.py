@@ -249,26 +249,44 @@ def main() -> None:
     print(json.dumps(summarise(raw), indent=1))
 
 
+def figures(bench: dict) -> dict:
+    """One bench report's figures: lines (or copies) per second, p99, the server's CPU per second, losses."""
+    if "pairs" in bench:
+        run = bench["pairs"]
+        rate, sent = run["lines"] / run["seconds"], run["lines"]
+    else:
+        run = bench["fanout"]
+        rate, sent = run["copies_per_second"], run["senders"] * run["messages"]
+    return {
+        "per_s": rate,
+        "sent": sent,
+        "p99_ms": run["latency_ms"]["p99"],
+        "server_cpu_per_s": run["cpu_seconds"]["server"] / run["seconds"],
+        "lost": run["expected"] - run["delivered"],
+        "wrong": run["duplicates"] + run["garbled"] + run["order_violations"],
+    }
+
+
 def summarise(raw: list[dict]) -> dict:
-    """Medians over the runs, per case and server count."""
+    """Medians over the runs, per case and server count (per server for 'own')."""
     groups: dict[str, list[dict]] = {}
     for run in raw:
         groups.setdefault(f"{run['case']}-{run['servers']}", []).append(run)
     summary = {}
+    med = statistics.median
     for name, runs in groups.items():
-        med = statistics.median
+        benches = [figures(bench) for run in runs for bench in run["benches"]]
         entry: dict[str, object] = {"runs": len(runs)}
         if runs[0]["case"] == "bystander":
             entry["bystander_share"] = med(run["bystander_share"] for run in runs)
-        per_server = [cpu / run["wall_s"] for run in runs for cpu in run["server_cpu_s"]]
-        entry["server_cpu_per_s"] = round(med(per_server), 4)
-        benches = [bench for run in runs for bench in run["benches"]]
-        for key in ("p99_ms", "copies_per_s", "cpu_us_per_line"):
-            values = [bench[key] for bench in benches if isinstance(bench.get(key), (int, float))]
-            if values:
-                entry[key] = round(med(values), 3)
-        entry["redis_cpu_s"] = med(run["redis_cpu_s"] for run in runs)
-        entry["redis_commands"] = med(run["redis_commands"] for run in runs)
+        for key in ("per_s", "p99_ms", "server_cpu_per_s"):
+            entry[key] = round(med(bench[key] for bench in benches), 4)
+        entry["lost"] = sum(bench["lost"] for bench in benches)
+        entry["wrong"] = sum(bench["wrong"] for bench in benches)
+        sent = [sum(figures(bench)["sent"] for bench in run["benches"]) for run in runs]
+        # Redis's figures cover the whole run (joins and heartbeats too), divided by the lines sent in it.
+        entry["redis_cpu_us_per_line"] = round(med(run["redis_cpu_s"] / n * 1e6 for run, n in zip(runs, sent, strict=True)), 2)
+        entry["redis_commands_per_line"] = round(med(run["redis_commands"] / n for run, n in zip(runs, sent, strict=True)), 3)
         summary[name] = entry
     return summary
 

@@ -13,7 +13,7 @@ import selectors
 import socket
 import threading
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from socketlab.chat.cluster import scripts
 from socketlab.chat.cluster.scripts import Keys
@@ -37,6 +37,8 @@ class Backend:
         self.client: Any = None
         self.is_cluster = False
         self._scripts: dict[str, Any] = {}
+        #: The publisher's own connections, one per Redis node ("" for a single Redis).
+        self._publishers: dict[str, Any] = {}
 
     def connect(self) -> None:
         """Connect, and learn whether the URL is a Redis Cluster (raises on failure)."""
@@ -69,6 +71,8 @@ class Backend:
             self.client.script_load(script.script)
 
     def close(self) -> None:
+        for conn in self._publishers.values():
+            conn.disconnect()
         if self.client is not None:
             self.client.close()
 
@@ -94,6 +98,49 @@ class Backend:
         """ROOM on *room*: ``[result, count, member?, version]`` (``who``: ``['who', count, names...]``)."""
         args = [self.keys.room_channel(room), op, server, seq, member, name, argument, batch, scripts.LOG_KEEP_MS]
         return self.script("ROOM", self.keys.room(room), args, client)
+
+    def say_many(self, server: str, calls: Sequence[tuple[str, int, bytes]]) -> None:
+        """Bursts of lines, ``(room, seq, batch)``: one ROOM ``say`` each, sent in one write per Redis node
+        on connections of the publisher's own, then every answer read (raises the backend's errors).
+
+        The hot path: no pipeline object, no check that the script is loaded (a NOSCRIPT error is a
+        failure like any other, and recovery loads the scripts again).
+        """
+        sha = self._scripts["ROOM"].sha
+        by_node: dict[str, tuple[Any, list[tuple[Any, ...]]]] = {}
+        for room, seq, batch in calls:
+            keys = self.keys.room(room)
+            node = self._node_of(keys[0])
+            conn = self._publishers.get(node)
+            if conn is None:
+                conn = self._publishers[node] = self._pool_of(node).make_connection()
+            command = ("EVALSHA", sha, 4, *keys, self.keys.room_channel(room), "say", server, seq, "", "", "", batch)
+            by_node.setdefault(node, (conn, []))[1].append((*command, scripts.LOG_KEEP_MS))
+        try:
+            for conn, commands in by_node.values():
+                conn.send_packed_command(conn.pack_commands(commands))
+            for conn, commands in by_node.values():
+                for _ in commands:
+                    conn.read_response()
+        except BaseException:
+            self.reset_publishers()  # answers may be left unread on them: start afresh
+            raise
+
+    def reset_publishers(self) -> None:
+        """Close the publisher's own connections (after a failure; they are made again when needed)."""
+        for conn in self._publishers.values():
+            conn.disconnect()
+        self._publishers.clear()
+        if self.is_cluster:
+            self.client.nodes_manager.initialize()  # slots may have moved
+
+    def _node_of(self, key: str) -> str:
+        return self.client.get_node_from_key(key).name if self.is_cluster else ""
+
+    def _pool_of(self, node: str) -> Any:
+        if not self.is_cluster:
+            return self.client.connection_pool
+        return self.client.get_node(node_name=node).redis_connection.connection_pool
 
     def log_since(self, room: str, version: str) -> tuple[list[tuple[str, bytes]], str | None]:
         """The room's logged batches after *version* (the oldest first), and the newest one trimmed away

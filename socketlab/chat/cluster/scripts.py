@@ -25,6 +25,16 @@ ROOM = """
 -- KEYS: 1 members (zset: id -> joining order), 2 names (hash: id -> name), 3 state (hash), 4 log (stream)
 -- ARGV: 1 channel, 2 op, 3 server, 4 seq (0: no duplicate check), 5 id, 6 name, 7 argument, 8 batch, 9 keep ms
 local op, id = ARGV[2], ARGV[5]
+local seq = tonumber(ARGV[4])
+if op == 'say' then  -- the hot path: a burst of lines, no question about members
+  if seq <= tonumber(redis.call('HGET', KEYS[3], 'seq:' .. ARGV[3]) or '0') then return {'dup', 0, 0, '0-0'} end
+  redis.call('HSET', KEYS[3], 'seq:' .. ARGV[3], seq)
+  local now = redis.call('TIME')
+  local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  local version = redis.call('XADD', KEYS[4], 'MINID', '~', ms - tonumber(ARGV[9]), '*', 'b', ARGV[8])
+  redis.call('SPUBLISH', ARGV[1], version .. ' ' .. ARGV[8])
+  return {'ok', 0, 0, version}
+end
 local count = redis.call('ZCARD', KEYS[1])
 if op == 'who' then
   local first = tonumber(ARGV[7])
@@ -36,7 +46,6 @@ if op == 'who' then
   return reply
 end
 local member = redis.call('ZSCORE', KEYS[1], id) and 1 or 0
-local seq = tonumber(ARGV[4])
 if seq > 0 then
   if seq <= tonumber(redis.call('HGET', KEYS[3], 'seq:' .. ARGV[3]) or '0') then
     return {'dup', count, member, redis.call('HGET', KEYS[3], 'version') or '0-0'}
@@ -44,9 +53,7 @@ if seq > 0 then
   redis.call('HSET', KEYS[3], 'seq:' .. ARGV[3], seq)
 end
 local header
-if op == 'say' then
-  header = nil
-elseif op == 'join' or op == 'restore' then
+if op == 'join' or op == 'restore' then
   if member == 1 then return {'same', count, 1, redis.call('HGET', KEYS[3], 'version') or '0-0'} end
   local cap = tonumber(ARGV[7])
   if op == 'join' and cap > 0 and count >= cap then return {'full', count, 0, ''} end
@@ -73,8 +80,7 @@ else
 end
 local now = redis.call('TIME')
 local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local batch = nil
-if op == 'say' then batch = ARGV[8] elseif header then batch = header .. '\\n' end
+local batch = header and (header .. '\\n')
 local version = ms .. '-0'
 if batch then
   version = redis.call('XADD', KEYS[4], 'MINID', '~', ms - tonumber(ARGV[9]), '*', 'b', batch)

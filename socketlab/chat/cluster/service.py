@@ -405,12 +405,8 @@ class ClusterService:
         self._send_calls(calls)
 
     def _send_calls(self, calls: list[_SayCall]) -> None:
-        if not calls:
-            return
-        pipe = self.backend.pipeline()
-        for call in calls:
-            self.backend.room(call.room, "say", self.server_id, call.seq, "", "", "", call.batch, client=pipe)
-        pipe.execute()
+        if calls:
+            self.backend.say_many(self.server_id, [(call.room, call.seq, call.batch) for call in calls])
         self._inflight = []
 
     def _retry_inflight(self) -> None:
@@ -698,6 +694,7 @@ class ClusterService:
         Runs on the publisher thread; any step that fails raises, and the next try starts over (each
         step does nothing where nothing is left to do), so members hear "back" once, when it is true.
         """
+        self.backend.reset_publishers()
         self.backend.client.ping()
         self.backend.load_scripts()  # a Redis that restarted lost them
         epoch = self.backend.client.get(self.keys.epoch)
