@@ -1,7 +1,7 @@
 """What a cluster costs each server: run socketlab servers on one Redis (or a Redis Cluster) and measure them.
 
     python docs/cluster_costs.py [--runs 3] [--servers 1,4] [--members 100] [--interval 0.1] [--duration 20]
-                                 [--redis single|cluster] [--cases own,bystander,shared] [--json out.json]
+                                 [--redis single|cluster] [--cases own,bystander,shared,joins] [--json out.json]
                                  [--build PATH]
 
 Three cases, each run ``--runs`` times with a fresh Redis and fresh servers:
@@ -15,6 +15,9 @@ Three cases, each run ``--runs`` times with a fresh Redis and fresh servers:
 - ``bystander``: two servers; all the members on server B; server A has none.
   A's CPU over the same window as a share of B's: what a server pays for
   rooms it has no member in.
+- ``joins``: ``--members`` members arrive at one server at once (as after a
+  restart): Redis's CPU per arrival and its memory per member, the server's
+  memory per member and the storm's length.
 - ``shared``: one room spread over N servers (``bench chat --target A,B,...``,
   clients round-robin, 4 senders at ``--rate`` lines a second each): p99 and
   copies per second, against one server.
@@ -91,6 +94,7 @@ class Redis:
             args += ["--dir", str(self.folder), "--logfile", str(self.folder / f"redis-{port}.log")]
             if self.kind == "cluster":
                 args += ["--cluster-enabled", "yes", "--cluster-config-file", str(self.folder / f"nodes-{port}.conf")]
+                args += ["--cluster-port", str(free_port())]  # not port + 10000, which may not exist
             self.procs.append(subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             wait_listening(port, self.procs[-1], "redis-server")
             self.ports.append(port)
@@ -109,14 +113,15 @@ class Redis:
     def cli(self, port: int, *args: str) -> str:
         return subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10).stdout
 
-    def counters(self) -> tuple[int, float]:
-        """(commands processed, CPU seconds) summed over the nodes."""
-        commands, cpu = 0, 0.0
+    def counters(self) -> tuple[int, float, int]:
+        """(commands processed, CPU seconds, bytes of memory used) summed over the nodes."""
+        commands, cpu, memory = 0, 0.0, 0
         for port in self.ports:
             fields = dict(line.split(":", 1) for line in self.cli(port, "INFO").splitlines() if ":" in line)
             commands += int(fields["total_commands_processed"])
             cpu += float(fields["used_cpu_sys"]) + float(fields["used_cpu_user"])
-        return commands, cpu
+            memory += int(fields["used_memory"])
+        return commands, cpu, memory
 
     def stop(self) -> None:
         for proc in self.procs:
@@ -132,8 +137,8 @@ def start_servers(count: int, url: str, members: int) -> tuple[list[subprocess.P
         port = free_port()
         command = [sys.executable, "-m", "socketlab", "chat", "serve", "--port", str(port), "-q", "--room-size", "2"]
         command += ["--max-clients", str(max(1000, 2 * members)), "--max-rate", "0", "--redis", url, "--cluster", cluster]
-        env = os.environ | ({"PYTHONPATH": str(BUILD)} if BUILD else {})
-        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+        env = os.environ | ({"PYTHONPATH": str(BUILD)} if BUILD else {})  # and from its folder: `-m` looks there first
+        procs.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=BUILD))
         wait_listening(port, procs[-1], "socketlab chat serve --redis")
         ports.append(port)
     return procs, ports
@@ -164,6 +169,7 @@ def run_benches(commands: list[list[str]], servers: list[subprocess.Popen], redi
         "server_cpu_s": [round(b - a, 3) for a, b in zip(before, after, strict=True)],
         "redis_commands": redis_after[0] - redis_before[0],
         "redis_cpu_s": round(redis_after[1] - redis_before[1], 3),
+        "redis_memory_bytes": redis_after[2] - redis_before[2],
         "benches": reports,
     }
 
@@ -218,6 +224,20 @@ def case_shared(count: int, options: argparse.Namespace) -> dict:
         return run_benches([bench_command(ports, fanout)], servers, redis) | {"case": "shared", "servers": count}
 
 
+def case_joins(options: argparse.Namespace) -> dict:
+    """What arrivals cost Redis: --members members join one server at once (pairs), then a short chat."""
+    with cluster_of(1, options) as (redis, servers, ports):
+        pairs = ["--scenario", "pairs", "--clients", str(options.members), "--interval", "2", "--duration", "0.5"]
+        result = run_benches([bench_command([ports[0]], pairs + ["--server-pid", str(servers[0].pid)])], servers, redis)
+    members = options.members
+    return result | {
+        "case": "joins",
+        "servers": 1,
+        "redis_cpu_us_per_join": round(result["redis_cpu_s"] / members * 1e6, 1),
+        "redis_bytes_per_member": round(result["redis_memory_bytes"] / members),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -243,6 +263,8 @@ def main() -> None:
                 raw.append(case_bystander(options))
             elif case == "shared":
                 raw += [case_shared(n, options) for n in counts]
+            elif case == "joins":
+                raw.append(case_joins(options))
             print(json.dumps(raw[-1] | {"benches": len(raw[-1]["benches"])}), file=sys.stderr)
     if options.json:
         options.json.write_text(json.dumps(raw, indent=1))
@@ -279,6 +301,11 @@ def summarise(raw: list[dict]) -> dict:
         entry: dict[str, object] = {"runs": len(runs)}
         if runs[0]["case"] == "bystander":
             entry["bystander_share"] = med(run["bystander_share"] for run in runs)
+        if runs[0]["case"] == "joins":
+            entry["redis_cpu_us_per_join"] = med(run["redis_cpu_us_per_join"] for run in runs)
+            entry["redis_bytes_per_member"] = med(run["redis_bytes_per_member"] for run in runs)
+            entry["kib_per_member"] = med(bench["pairs"]["kib_per_member"] for run in runs for bench in run["benches"])
+            entry["storm_seconds"] = med(bench["pairs"]["storm_seconds"] for run in runs for bench in run["benches"])
         for key in ("per_s", "p99_ms", "server_cpu_per_s"):
             entry[key] = round(med(bench[key] for bench in benches), 4)
         entry["lost"] = sum(bench["lost"] for bench in benches)

@@ -231,11 +231,7 @@ class ClusterService:
                 )
             return True
         steps = interpret(items, self.hub.max_line)
-        self._queue([Job(member, step) for step in steps])
-        if member.waiting >= MEMBER_QUEUE and self.resume_reading is not None:
-            member.held = True  # the publisher lets it go (resume_reading) once half of that is out
-            return False
-        return True
+        return not self._queue([Job(member, step) for step in steps], member)
 
     def depart(self, member: LocalMember, reason: str | None) -> None:
         """A member left: it hears nothing more, and its departure goes to its room."""
@@ -323,14 +319,18 @@ class ClusterService:
 
     # -- the publisher ---------------------------------------------------------------------------------
 
-    def _queue(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
+    def _queue(self, jobs: list[Job], sender: LocalMember | None = None) -> bool:
+        """Queue *jobs* for the publisher; True when *sender* now has MEMBER_QUEUE steps waiting: it is
+        held (not read) until the publisher has taken half of them out and calls resume_reading."""
         with self._work:
             for job in jobs:
                 job.member.waiting += 1
             self._jobs.extend(jobs)
             self._work.notify()
+            if sender is not None and sender.waiting >= MEMBER_QUEUE and self.resume_reading is not None:
+                sender.held = True  # decided under the lock _done() takes: the release cannot be missed
+                return True
+        return False
 
     def _publish_forever(self) -> None:
         delay = RETRY_FIRST
