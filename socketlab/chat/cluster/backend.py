@@ -30,7 +30,8 @@ class Backend:
     def __init__(self, url: str, cluster: str) -> None:
         import redis  # the extra; imported only for --redis
 
-        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        #: What a failing Redis raises (a cluster's own errors are not RedisErrors).
+        self.errors: tuple[type[BaseException], ...] = (redis.RedisError, redis.exceptions.RedisClusterException, OSError)
         self.url = url
         self.keys = Keys(cluster)
         self._redis = redis
@@ -191,6 +192,8 @@ class Subscriber:
         self._channel_node: dict[str, str] = {}
         self._waiting: dict[str, list[_Waiter]] = {}
         self._watched: dict[str, socket.socket] = {}
+        #: Our own unsubscribe requests not answered yet, by channel.
+        self._unsubscribing: dict[str, int] = {}
         self._confirmed: set[str] = set()
         self.broken = False
         self._running = True
@@ -272,6 +275,7 @@ class Subscriber:
                     node = self._channel_node.pop(channel, None)
                     self._confirmed.discard(channel)
                     if node is not None and node in self._nodes:
+                        self._unsubscribing[channel] = self._unsubscribing.get(channel, 0) + 1
                         self._nodes[node].sunsubscribe(channel)
         except self.backend.errors as error:
             self._failed(error)
@@ -340,6 +344,15 @@ class Subscriber:
             self._confirmed.add(channel)
             for waiter in self._waiting.pop(channel, []):
                 waiter.confirmed(channel)
+        elif kind == "sunsubscribe":
+            asked = self._unsubscribing.get(channel, 0)
+            if asked:  # the answer to our own unsubscribe()
+                if asked == 1:
+                    del self._unsubscribing[channel]
+                else:
+                    self._unsubscribing[channel] = asked - 1
+            elif channel in self._channel_node:  # Redis dropped it (its slot moved): what it says is missed
+                self._failed(ConnectionError(f"Redis ended the subscription to {channel}"))
 
     def _failed(self, error: BaseException) -> None:
         if not self.broken:
@@ -365,6 +378,7 @@ class Subscriber:
         self._nodes.clear()
         self._channel_node.clear()
         self._confirmed.clear()
+        self._unsubscribing.clear()
 
 
 class _Waiter:

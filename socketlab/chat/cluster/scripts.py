@@ -36,6 +36,31 @@ if op == 'say' then  -- the hot path: a burst of lines, no question about member
   return {'ok', 0, 0, version}
 end
 local count = redis.call('ZCARD', KEYS[1])
+if op == 'seat' then  -- arrivals in the lobby (no cap): ARGV[8] is [[id, name], ...]; one batch of events
+  local events, results = {}, {}
+  for _, arrival in ipairs(cjson.decode(ARGV[8])) do
+    if redis.call('ZSCORE', KEYS[1], arrival[1]) then
+      table.insert(results, 'same')
+    else
+      redis.call('ZADD', KEYS[1], redis.call('HINCRBY', KEYS[3], 'order', 1), arrival[1])
+      redis.call('HSET', KEYS[2], arrival[1], arrival[2])
+      table.insert(events, {'joined', arrival[1], arrival[2], count, 1})
+      count = count + 1
+      table.insert(results, 'ok')
+    end
+  end
+  if #events > 0 then
+    local now = redis.call('TIME')
+    local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+    local batch = cjson.encode(events) .. '\\n'
+    local version = redis.call('XADD', KEYS[4], 'MINID', '~', ms - tonumber(ARGV[9]), '*', 'b', batch)
+    redis.call('HSET', KEYS[3], 'version', version)
+    redis.call('SPUBLISH', ARGV[1], version .. ' ' .. batch)
+    redis.call('PERSIST', KEYS[3])
+    redis.call('PERSIST', KEYS[4])
+  end
+  return {'seated', count, unpack(results)}
+end
 if op == 'who' then
   local first = tonumber(ARGV[7])
   local ids = redis.call('ZRANGE', KEYS[1], first, first + tonumber(ARGV[6]) - 1)

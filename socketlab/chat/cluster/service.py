@@ -16,6 +16,7 @@ Threads, each with one job:
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import secrets
@@ -44,6 +45,8 @@ ALIVE_FOR = 3.0
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 #: Steps one member may have waiting for the publisher before its lines wait in the kernel (TCP flow control).
 MEMBER_QUEUE = 64
+#: Arrivals seated by one script at most (a reconnect storm goes in batches of this many).
+ARRIVALS = 500
 #: Batches a room's channel may bring while its log is read after a failure (they are in the log too).
 FILL_BUFFER = 10_000
 #: How long (ms) a room's version in the index outlives its last change.
@@ -118,6 +121,8 @@ class ClusterService:
         self._filling: dict[str, list[tuple[str, bytes]]] = {}
         #: Set while Redis is unavailable: the rooms' channels are not trusted until they are read again.
         self._deaf = False
+        #: Failures seen so far: a recovery is good only if none came while it ran.
+        self._failures = 0
         self._running = False
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -350,11 +355,12 @@ class ClusterService:
                 self._unavailable(failure)
                 self._stopping.wait(delay)
                 delay = min(RETRY_MAX, delay * 2)
-            except Exception as failure:  # never let the publisher die: log it, drop the step, go on
+            except Exception as failure:  # a bug: never let the publisher die; log it, drop the step, go on
                 logger.error("Error in the cluster's publisher: %s: %s", type(failure).__name__, failure)
                 self._inflight = []
                 if self._jobs:
                     self._done(1)
+                self._stopping.wait(RETRY_FIRST)
 
     def _run_jobs(self) -> None:
         """Carry out the queued steps in order; consecutive chat lines go out as one pipeline."""
@@ -364,16 +370,16 @@ class ClusterService:
                     self._work.notify_all()  # stop() waits for an empty queue
                     return
                 jobs = list(self._jobs)
-            says = []
-            for job in jobs:
-                if not isinstance(job.step, Say):
-                    break
-                says.append(job)
+            says = list(itertools.takewhile(lambda job: isinstance(job.step, Say), jobs))
             if says:
                 self._publish_says(says)
                 continue
-            job = jobs[0]
-            self._carry_out(job)
+            arrivals = list(itertools.islice(itertools.takewhile(lambda job: isinstance(job.step, Connect), jobs), ARRIVALS))
+            if arrivals:
+                self._connect([job.member for job in arrivals])
+                self._done(len(arrivals))
+                continue
+            self._carry_out(jobs[0])
             self._done(1)
 
     def _done(self, count: int) -> None:
@@ -416,9 +422,7 @@ class ClusterService:
 
     def _carry_out(self, job: Job) -> None:
         member, step = job.member, job.step
-        if isinstance(step, Connect):
-            self._connect(member)
-        elif isinstance(step, Depart):
+        if isinstance(step, Depart):
             self._depart(member, step.reason)
         elif member.id not in self.view.members:
             return  # left meanwhile: its remaining steps are moot
@@ -442,25 +446,32 @@ class ClusterService:
 
     # -- steps ------------------------------------------------------------------------------------------
 
-    def _connect(self, member: LocalMember, number: int = 0, name: str = "") -> None:
+    def _connect(self, members: list[LocalMember]) -> None:
+        """Arrivals: numbers and names for all (one pipeline), seated in the lobby by one script (one
+        batch of joined events), recorded under this server (one pipeline)."""
         keys = self.keys
-        entry = self.backend.script(
-            "CONNECT", [keys.numbers, keys.names, keys.members], [member.id, number, name, name_key(name) if name else ""]
-        )
-        number, given, _key = json.loads(entry)
+        pipe = self.backend.pipeline()
+        for member in members:
+            self.backend.script("CONNECT", [keys.numbers, keys.names, keys.members], [member.id, 0, "", ""], client=pipe)
+        entries = pipe.execute()
         with self.lock:
-            if member.id not in self.view.members:  # left before it was named
-                self._departing[member.id] = member
-            member.number = number
-            if not member.name:
-                member.rename(given)
-            member.joining = LOBBY
-            self.joins += 1
+            for member, entry in zip(members, entries, strict=True):
+                number, given, _key = json.loads(entry)
+                member.number = number
+                if not member.name:
+                    member.rename(given)
+                member.joining = LOBBY
+            self.joins += len(members)
         self._listen(LOBBY)
-        result, _count, _present, _version = self._room_op(LOBBY, "join", member, 0, first=1)
-        self._registered(member)
-        if result in ("same", "dup"):  # joined already, by a try whose answer a failure lost
-            self._arrived(member)
+        seats = json.dumps([[member.id, member.name] for member in members], ensure_ascii=False)
+        reply = self.backend.room(LOBBY, "seat", self.server_id, 0, "", "", 0, seats)
+        pipe = self.backend.pipeline()
+        for member in members:
+            self._registered(member, pipe)
+        pipe.execute()
+        for member, result in zip(members, reply[2:], strict=True):
+            if result == b"same":  # seated already, by a try whose answer a failure lost
+                self._arrived(member)
 
     def _depart(self, member: LocalMember, reason: str) -> None:
         self._departing.pop(member.id, None)
@@ -582,10 +593,10 @@ class ClusterService:
             "INDEX", [self.keys.index, self.keys.room_version(room)], [room, version, 1 if count else 0, VERSION_KEEP_MS]
         )
 
-    def _registered(self, member: LocalMember) -> None:
+    def _registered(self, member: LocalMember, pipe: Any = None) -> None:
         """Note *member* (name, room) under this server, for whoever cleans up after it."""
         record = json.dumps([member.name, member.target], ensure_ascii=False)
-        self.backend.client.hset(self.keys.server_members(self.server_id), member.id, record)
+        (pipe or self.backend.client).hset(self.keys.server_members(self.server_id), member.id, record)
 
     def _arrived(self, member: LocalMember) -> None:
         """*member* is in the room it was joining although its joined event went by: it hears it from now on."""
@@ -679,6 +690,7 @@ class ClusterService:
     def _unavailable(self, failure: BaseException) -> None:
         with self.lock:
             self._deaf = True
+            self._failures += 1  # a recovery under way when this happens starts over (see _recover)
             if not self.available:
                 return
             self.available = False
@@ -694,6 +706,8 @@ class ClusterService:
         Runs on the publisher thread; any step that fails raises, and the next try starts over (each
         step does nothing where nothing is left to do), so members hear "back" once, when it is true.
         """
+        with self.lock:
+            failures = self._failures
         self.backend.reset_publishers()
         self.backend.client.ping()
         self.backend.load_scripts()  # a Redis that restarted lost them
@@ -710,6 +724,8 @@ class ClusterService:
             self._join_config()
         self._repair()
         with self.lock:
+            if self._failures != failures:  # the channels broke again meanwhile: not back yet
+                raise ConnectionError("Redis failed again while the chat recovered")
             self.available = True
             for member in self.view.members.values():
                 member.transport.send(BACK)
