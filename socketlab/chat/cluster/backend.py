@@ -232,10 +232,6 @@ class Subscriber:
         self._wake()
         done.wait(REDIS_TIMEOUT)
 
-    @property
-    def channels(self) -> list[str]:
-        return list(self._channel_node)
-
     def _wake(self) -> None:
         try:
             self._wake_w.send(b"\0")
