@@ -254,6 +254,9 @@ def main() -> None:
     global BUILD
     BUILD = options.build
     counts = [int(n) for n in options.servers.split(",")]
+    unknown = set(options.cases.split(",")) - {"own", "bystander", "shared", "joins"}
+    if unknown:
+        parser.error(f"no such case: {', '.join(sorted(unknown))} (choose from own, bystander, shared, joins)")
     raw: list[dict] = []
     for _ in range(options.runs):
         for case in options.cases.split(","):
