@@ -81,8 +81,10 @@ class Backend:
         return self.client.pipeline(transaction=False)
 
     def script(self, name: str, keys: list[str], args: list[Any], client: Any = None) -> Any:
-        """Run script *name* (or queue it on the pipeline *client*)."""
-        return self._scripts[name](keys=keys, args=args, client=client or self.client)
+        """Run script *name* (or queue it on the pipeline *client*) by its hash: the scripts are loaded
+        at start and on every recovery, and a Redis that lost them (NOSCRIPT) fails like any other
+        error, so no call checks first (redis-py's Script would send SCRIPT EXISTS with every pipeline)."""
+        return (client or self.client).evalsha(self._scripts[name].sha, len(keys), *keys, *args)
 
     def room(
         self,

@@ -524,14 +524,16 @@ class ClusterService:
             self._reply(member, error(f"room {room} is full ({count}/{self.hub.room_size})"))
             self._forget_room(room)
             return
-        if result == "ok":
-            self._index(room, version, count)
-        else:  # joined already, by a try whose answer a failure lost
+        if result != "ok":  # joined already, by a try whose answer a failure lost
             self._arrived(member)
-        left, count, _present, version = self._room_op(old, "leave", member, "")
+        pipe = self.backend.pipeline()  # leaving the old room and the bookkeeping: one round trip
+        self._room_op(old, "leave", member, "", client=pipe)
+        if result == "ok":
+            self._index(room, version, count, pipe)
+        self._registered(member, pipe)
+        left, count, _present, version = _room_reply(pipe.execute()[0])
         if left == "ok":
             self._index(old, version, count)
-        self._registered(member)
         self._forget_room(old)
         client_log.info("%s left %s and joined %s", member.name, old, room)
 
@@ -583,14 +585,16 @@ class ClusterService:
 
     # -- Redis, for the steps -------------------------------------------------------------------------------
 
-    def _room_op(self, room: str, op: str, member: LocalMember, argument: object, first: int = 0) -> tuple[str, int, int, str]:
-        reply = self.backend.room(room, op, self.server_id, 0, member.id, member.name, argument, first)
-        result, count, present, version = reply
-        return result.decode(), int(count), int(present), version.decode() if isinstance(version, bytes) else str(version)
+    def _room_op(
+        self, room: str, op: str, member: LocalMember, argument: object, first: int = 0, client: Any = None
+    ) -> tuple[str, int, int, str]:
+        """A room script for *member*: (result, members now, whether it is one, the room's version)."""
+        reply = self.backend.room(room, op, self.server_id, 0, member.id, member.name, argument, first, client=client)
+        return ("queued", 0, 0, "") if client is not None else _room_reply(reply)
 
-    def _index(self, room: str, version: str, count: int) -> None:
+    def _index(self, room: str, version: str, count: int, client: Any = None) -> None:
         self.backend.script(
-            "INDEX", [self.keys.index, self.keys.room_version(room)], [room, version, 1 if count else 0, VERSION_KEEP_MS]
+            "INDEX", [self.keys.index, self.keys.room_version(room)], [room, version, 1 if count else 0, VERSION_KEEP_MS], client
         )
 
     def _registered(self, member: LocalMember, pipe: Any = None) -> None:
@@ -801,6 +805,11 @@ class ClusterService:
                 self._index(room, reply[3].decode(), int(reply[1]))
             self.backend.script("RELEASE", [keys.names, keys.members], [member_id])
         self.backend.client.delete(keys.server_members(server))
+
+
+def _room_reply(reply: Any) -> tuple[str, int, int, str]:
+    result, count, present, version = reply
+    return result.decode(), int(count), int(present), version.decode() if isinstance(version, bytes) else str(version)
 
 
 def _room_of(channel: str) -> str | None:
