@@ -714,3 +714,19 @@ def test_a_member_whose_steps_wait_for_redis_is_not_read_until_they_are_out(
         wait_until(lambda: not chat.reader._core_held, what="the busy member read again")
         busy.send(b"and on\n")
         assert read_until(other, "<user1> and on")[-1] == "<user1> and on"
+
+
+def test_a_member_far_ahead_of_the_publisher_is_refused_visibly(redis_server: RedisServer, cluster_name: str) -> None:
+    """A member whose lines the reader cannot hold back (a Socket.IO member) with MEMBER_QUEUE_MAX steps
+    waiting: its next lines are refused with a line saying so, not queued without bound."""
+    from socketlab.chat.cluster import service as cluster_service
+
+    with serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)) as chat:
+        peer = arrive(chat.server_address[1], 1, [])
+        member = chat.service.local_members()[0]  # type: ignore[attr-defined]
+        member.waiting += cluster_service.MEMBER_QUEUE_MAX  # as if that many steps were waiting
+        assert chat.service.receive(member, [b"one", b"two"]) is False
+        assert peer.line() == "! not delivered: 2 lines (this server is behind)"
+        member.waiting -= cluster_service.MEMBER_QUEUE_MAX
+        peer.send(b"/who\n")
+        assert peer.line() == "* in lobby: user1"

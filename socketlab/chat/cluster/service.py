@@ -45,6 +45,8 @@ ALIVE_FOR = 3.0
 RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 #: Steps one member may have waiting for the publisher before its lines wait in the kernel (TCP flow control).
 MEMBER_QUEUE = 64
+#: Steps a member whose lines the reader cannot hold back (Socket.IO's) may have waiting; more are refused.
+MEMBER_QUEUE_MAX = 1024
 #: Arrivals seated by one script at most (a reconnect storm goes in batches of this many).
 ARRIVALS = 500
 #: Batches a room's channel may bring while its log is read after a failure (they are in the log too).
@@ -235,6 +237,12 @@ class ClusterService:
                     f"! not delivered: {count} line{'s' if count != 1 else ''} (chat backend unavailable)\n".encode()
                 )
             return True
+        if member.waiting >= MEMBER_QUEUE_MAX:  # a member the reader cannot hold back (Socket.IO), far ahead
+            with self.lock:
+                member.transport.send(
+                    f"! not delivered: {count} line{'s' if count != 1 else ''} (this server is behind)\n".encode()
+                )
+            return False
         steps = interpret(items, self.hub.max_line)
         return not self._queue([Job(member, step) for step in steps], member)
 
