@@ -47,7 +47,7 @@ RETRY_FIRST, RETRY_MAX = 0.1, 2.0
 MEMBER_QUEUE = 64
 #: Steps a member whose lines the reader cannot hold back (Socket.IO's) may have waiting; more are refused.
 MEMBER_QUEUE_MAX = 1024
-#: Arrivals seated by one script at most (a reconnect storm goes in batches of this many).
+#: Steps the publisher takes at once at most: arrivals seated by one script, lines in one pipeline.
 ARRIVALS = 500
 #: Batches a room's channel may bring while its log is read after a failure (they are in the log too).
 FILL_BUFFER = 10_000
@@ -377,12 +377,12 @@ class ClusterService:
                 if not self._jobs:
                     self._work.notify_all()  # stop() waits for an empty queue
                     return
-                jobs = list(self._jobs)
+                jobs = list(itertools.islice(self._jobs, ARRIVALS))  # a bounded look ahead: never the whole queue
             says = list(itertools.takewhile(lambda job: isinstance(job.step, Say), jobs))
             if says:
                 self._publish_says(says)
                 continue
-            arrivals = list(itertools.islice(itertools.takewhile(lambda job: isinstance(job.step, Connect), jobs), ARRIVALS))
+            arrivals = list(itertools.takewhile(lambda job: isinstance(job.step, Connect), jobs))
             if arrivals:
                 self._connect([job.member for job in arrivals])
                 self._done(len(arrivals))
