@@ -626,9 +626,14 @@ class ClusterService:
                 self._seen.setdefault(room, "")
 
     def _forget_room(self, room: str) -> None:
-        """Stop hearing *room* when no member of this server is in it or on its way."""
+        """Stop hearing *room* when no member of this server is in it, on its way in, or leaving it.
+
+        By target, not by the room a member still hears: a member moving on stops hearing its old room
+        now, and one whose joined event has not come yet keeps its new room's channel.
+        """
         with self.lock:
-            if any(m.room == room for m in self.view.members.values()) or any(m.room == room for m in self._departing.values()):
+            members = itertools.chain(self.view.members.values(), self._departing.values())
+            if any(member.target == room for member in members):
                 return
             self._seen.pop(room, None)
         assert self._subscriber is not None
