@@ -22,7 +22,7 @@ import logging
 import secrets
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -82,6 +82,8 @@ class Job:
     member: LocalMember
     step: Step | Connect | Depart
     queued_at: float = field(default_factory=time.monotonic)
+    #: A /join's room of departure, noted when it is first tried (a retry after a failure moves from there).
+    origin: str | None = None
 
 
 @dataclass(eq=False)
@@ -130,6 +132,8 @@ class ClusterService:
         self._threads: list[threading.Thread] = []
         self._subscriber: Subscriber | None = None
         self._departing: dict[str, LocalMember] = {}
+        #: How many of this server's members (departing ones included) target each room: those it must hear.
+        self._targets: Counter[str] = Counter()
         #: Set by the server: read this client again (its lines waited for the publisher; see receive()).
         self.resume_reading: Callable[[Any], None] | None = None
         #: Counters, as ChatService keeps them (read by socketlab.metrics).
@@ -387,6 +391,11 @@ class ClusterService:
                 self._connect([job.member for job in arrivals])
                 self._done(len(arrivals))
                 continue
+            moves = _moves(jobs)
+            if moves:
+                self._move(moves)
+                self._done(len(moves))
+                continue
             self._carry_out(jobs[0])
             self._done(1)
 
@@ -439,7 +448,7 @@ class ClusterService:
         elif isinstance(step, Nick):
             self._nick(member, step.name)
         elif isinstance(step, Join):
-            self._move(member, step.room)
+            self._move([job])
         elif isinstance(step, Who):
             self._who(member, step.page)
         elif isinstance(step, Rooms):
@@ -468,7 +477,9 @@ class ClusterService:
                 member.number = number
                 if not member.name:
                     member.rename(given)
-                member.joining = LOBBY
+                if member.joining is None and member.room is None:  # not on a retry
+                    member.joining = LOBBY
+                    self._targets[LOBBY] += 1
             self.joins += len(members)
         self._listen(LOBBY)
         seats = json.dumps([[member.id, member.name] for member in members], ensure_ascii=False)
@@ -482,8 +493,8 @@ class ClusterService:
                 self._arrived(member)
 
     def _depart(self, member: LocalMember, reason: str) -> None:
-        self._departing.pop(member.id, None)
         if not member.name:
+            self._departing.pop(member.id, None)
             return  # never joined
         room = member.target
         result, count, _present, version = self._room_op(room, "leave", member, reason)
@@ -494,6 +505,9 @@ class ClusterService:
         self.backend.script("RELEASE", [keys.names, keys.members], [member.id], client=pipe)
         pipe.hdel(keys.server_members(self.server_id), member.id)
         pipe.execute()
+        with self.lock:  # done: until now a retry after a failure (and a repair) still knew it
+            self._departing.pop(member.id, None)
+            self._targets[room] -= 1
         self._forget_room(room)
         client_log.info("Client disconnected %s (%s)", member.name, reason or "quit")
 
@@ -516,34 +530,70 @@ class ClusterService:
         self._registered(member)
         client_log.info("%s is now known as %s", old, name)
 
-    def _move(self, member: LocalMember, room: str) -> None:
-        old = member.target
-        if room == old:
-            self._reply(member, notice(f"you are in {room}"))
-            return
-        self._listen(room)
-        with self.lock:
-            member.joining = room  # its joined event, whenever it comes, moves it
-        cap = self.hub.room_size if room != LOBBY else 0
-        result, count, present, version = self._room_op(room, "join", member, cap, first=0)
-        if result == "full" or (result == "dup" and not present):
+    def _move(self, jobs: list[Job]) -> None:
+        """Members of this server moving to rooms (each member once): their seats in one pipeline (in
+        queue order, so two members racing for one room's last seat are decided in that order), then
+        their departures from the old rooms, the index and their records in another."""
+        todo = []
+        for job in jobs:
+            member, room = job.member, job.step.room  # type: ignore[union-attr]
+            if member.id not in self.view.members:
+                continue  # left meanwhile
             with self.lock:
-                member.joining = None
-            self._reply(member, error(f"room {room} is full ({count}/{self.hub.room_size})"))
-            self._forget_room(room)
+                if job.origin is None:  # first try: aim at the new room (a retry after a failure was aimed)
+                    job.origin = member.target
+                    if room != job.origin:
+                        member.joining = room  # its joined event, whenever it comes, moves it
+                        self._targets[job.origin] -= 1
+                        self._targets[room] += 1
+            if room == job.origin:
+                self._reply(member, notice(f"you are in {room}"))
+            else:
+                todo.append((member, room, job.origin))
+        if not todo:
             return
-        if result != "ok":  # joined already, by a try whose answer a failure lost
-            self._arrived(member)
-        pipe = self.backend.pipeline()  # leaving the old room and the bookkeeping: one round trip
-        self._room_op(old, "leave", member, "", client=pipe)
-        if result == "ok":
-            self._index(room, version, count, pipe)
-        self._registered(member, pipe)
-        left, count, _present, version = _room_reply(pipe.execute()[0])
-        if left == "ok":
-            self._index(old, version, count)
-        self._forget_room(old)
-        client_log.info("%s left %s and joined %s", member.name, old, room)
+        self._listen(*{room for _member, room, _old in todo})
+        pipe = self.backend.pipeline()
+        for member, room, _old in todo:
+            self._room_op(room, "join", member, self.hub.room_size if room != LOBBY else 0, client=pipe)
+        seated = []
+        for (member, room, old), reply in zip(todo, pipe.execute(), strict=True):
+            result, count, present, version = _room_reply(reply)
+            if result == "full" or (result == "dup" and not present):
+                with self.lock:
+                    member.joining = None if old == member.room else old  # its target is its old room again
+                    self._targets[room] -= 1
+                    self._targets[old] += 1
+                self._reply(member, error(f"room {room} is full ({count}/{self.hub.room_size})"))
+                self._forget_room(room)
+                continue
+            if result != "ok":  # joined already, by a try whose answer a failure lost
+                self._arrived(member)
+            seated.append((member, room, old, result == "ok", version, count))
+        if not seated:
+            return
+        pipe = self.backend.pipeline()  # leaving the old rooms and the bookkeeping: one round trip
+        for member, room, old, joined, version, count in seated:
+            self._room_op(old, "leave", member, "", client=pipe)
+            if joined:
+                self._index(room, version, count, pipe)
+            self._registered(member, pipe)
+        replies = iter(pipe.execute())
+        left = []
+        for member, room, old, joined, _version, _count in seated:
+            result, count, _present, version = _room_reply(next(replies))
+            for _ in range(2 if joined else 1):  # the index's answer, the record's
+                next(replies)
+            if result == "ok":
+                left.append((old, version, count))
+            client_log.info("%s left %s and joined %s", member.name, old, room)
+        if left:
+            pipe = self.backend.pipeline()
+            for old, version, count in left:
+                self._index(old, version, count, pipe)
+            pipe.execute()
+        for old in {old for _member, _room, old, *_rest in seated}:
+            self._forget_room(old)
 
     def _who(self, member: LocalMember, page: int) -> None:
         room = member.target
@@ -616,14 +666,15 @@ class ClusterService:
             if member.id in self.view.members:
                 self._deliver(self.view.arrived(member))
 
-    def _listen(self, room: str) -> None:
-        """Hear *room*'s channel (before joining it, so that nothing after the join is missed)."""
-        channel = self.keys.room_channel(room)
+    def _listen(self, *rooms: str) -> None:
+        """Hear *rooms*' channels (before seating anyone there, so that nothing after the seat is missed)."""
         assert self._subscriber is not None
-        if room not in self._seen:
-            self._subscriber.subscribe([channel])
+        new = [room for room in rooms if room not in self._seen]
+        if new:
+            self._subscriber.subscribe([self.keys.room_channel(room) for room in new])
             with self.lock:
-                self._seen.setdefault(room, "")
+                for room in new:
+                    self._seen.setdefault(room, "")
 
     def _forget_room(self, room: str) -> None:
         """Stop hearing *room* when no member of this server is in it, on its way in, or leaving it.
@@ -632,8 +683,7 @@ class ClusterService:
         now, and one whose joined event has not come yet keeps its new room's channel.
         """
         with self.lock:
-            members = itertools.chain(self.view.members.values(), self._departing.values())
-            if any(member.target == room for member in members):
+            if self._targets[room] > 0:
                 return
             self._seen.pop(room, None)
         assert self._subscriber is not None
@@ -818,6 +868,18 @@ class ClusterService:
                 self._index(room, reply[3].decode(), int(reply[1]))
             self.backend.script("RELEASE", [keys.names, keys.members], [member_id])
         self.backend.client.delete(keys.server_members(server))
+
+
+def _moves(jobs: list[Job]) -> list[Job]:
+    """The /join steps at the head of *jobs*, up to a member's second one (each member moves once)."""
+    moves: list[Job] = []
+    moving: set[str] = set()
+    for job in jobs:
+        if not isinstance(job.step, Join) or job.member.id in moving:
+            break
+        moving.add(job.member.id)
+        moves.append(job)
+    return moves
 
 
 def _room_reply(reply: Any) -> tuple[str, int, int, str]:
