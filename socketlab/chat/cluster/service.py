@@ -438,6 +438,7 @@ class ClusterService:
             self._send_calls(self._inflight)
 
     def _carry_out(self, job: Job) -> None:
+        """One step that goes alone (lines, arrivals and moves go in batches: see _run_jobs)."""
         member, step = job.member, job.step
         if isinstance(step, Depart):
             self._depart(member, step.reason)
@@ -447,8 +448,6 @@ class ClusterService:
             self._reply(member, step.data)
         elif isinstance(step, Nick):
             self._nick(member, step.name)
-        elif isinstance(step, Join):
-            self._move([job])
         elif isinstance(step, Who):
             self._who(member, step.page)
         elif isinstance(step, Rooms):
