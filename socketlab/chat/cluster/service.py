@@ -371,40 +371,47 @@ class ClusterService:
                 logger.error("Error in the cluster's publisher: %s: %s", type(failure).__name__, failure)
                 self._inflight = []
                 if self._jobs:
-                    self._done(1)
+                    self._done([self._jobs[0]])
                 self._stopping.wait(RETRY_FIRST)
 
     def _run_jobs(self) -> None:
-        """Carry out the queued steps in order; consecutive chat lines go out as one pipeline."""
+        """Carry out the queued steps, each member's in its order.
+
+        Steps of the kind at the head of the queue go together, taken from the first ARRIVALS queued
+        wherever no earlier step of the same member waits: chat lines in one pipeline, arrivals in one
+        batch, moves in one batch (so a storm of arrivals, moves and first lines does not go one
+        member at a time). Other steps go one by one.
+        """
         while self._running:
             with self._work:
                 if not self._jobs:
                     self._work.notify_all()  # stop() waits for an empty queue
                     return
-                jobs = list(itertools.islice(self._jobs, ARRIVALS))  # a bounded look ahead: never the whole queue
-            says = list(itertools.takewhile(lambda job: isinstance(job.step, Say), jobs))
-            if says:
-                self._publish_says(says)
+                window = list(itertools.islice(self._jobs, ARRIVALS))  # a bounded look ahead: never the whole queue
+            kind = type(window[0].step)
+            batch = _first_steps(window, kind) if kind in (Say, Connect, Join) else window[:1]
+            if kind is Say:
+                self._publish_says(batch)
                 continue
-            arrivals = list(itertools.takewhile(lambda job: isinstance(job.step, Connect), jobs))
-            if arrivals:
-                self._connect([job.member for job in arrivals])
-                self._done(len(arrivals))
-                continue
-            moves = _moves(jobs)
-            if moves:
-                self._move(moves)
-                self._done(len(moves))
-                continue
-            self._carry_out(jobs[0])
-            self._done(1)
+            if kind is Connect:
+                self._connect([job.member for job in batch])
+            elif kind is Join:
+                self._move(batch)
+            else:
+                self._carry_out(batch[0])
+            self._done(batch)
 
-    def _done(self, count: int) -> None:
-        """The first *count* queued steps are out of the queue; members held for them are read again."""
+    def _done(self, jobs: list[Job]) -> None:
+        """*jobs* are out of the queue; members held for them are read again."""
         released = []
         with self._work:
-            for _ in range(count):
-                member = self._jobs.popleft().member
+            if len(jobs) == 1 and self._jobs and self._jobs[0] is jobs[0]:
+                self._jobs.popleft()
+            else:
+                taken = set(jobs)
+                self._jobs = deque(job for job in self._jobs if job not in taken)
+            for job in jobs:
+                member = job.member
                 member.waiting -= 1
                 if member.held and member.waiting <= MEMBER_QUEUE // 2:
                     member.held = False
@@ -424,7 +431,7 @@ class ClusterService:
             batch = encode([Said(job.member.id, job.step.said_by(job.member.prefix)) for job in room_jobs])  # type: ignore[union-attr]
             calls.append(_SayCall(room, self._seq, batch, room_jobs))
         self._inflight = calls  # from now on a failure retries these very calls, not the jobs
-        self._done(len(jobs))
+        self._done(jobs)
         self._send_calls(calls)
 
     def _send_calls(self, calls: list[_SayCall]) -> None:
@@ -869,16 +876,22 @@ class ClusterService:
         self.backend.client.delete(keys.server_members(server))
 
 
-def _moves(jobs: list[Job]) -> list[Job]:
-    """The /join steps at the head of *jobs*, up to a member's second one (each member moves once)."""
-    moves: list[Job] = []
-    moving: set[str] = set()
-    for job in jobs:
-        if not isinstance(job.step, Join) or job.member.id in moving:
-            break
-        moving.add(job.member.id)
-        moves.append(job)
-    return moves
+def _first_steps(window: list[Job], kind: type) -> list[Job]:
+    """The steps of *kind* in *window* that are their member's first there (so each member's steps
+    keep their order), and for moves one per member."""
+    taken: list[Job] = []
+    waiting: set[str] = set()  # members with an earlier step still in the queue
+    for job in window:
+        member = job.member.id
+        if member in waiting:
+            continue
+        if isinstance(job.step, kind):
+            taken.append(job)
+            if kind is Join:
+                waiting.add(member)
+        else:
+            waiting.add(member)
+    return taken
 
 
 def _room_reply(reply: Any) -> tuple[str, int, int, str]:
