@@ -405,8 +405,9 @@ class ClusterService:
         """*jobs* are out of the queue; members held for them are read again."""
         released = []
         with self._work:
-            if len(jobs) == 1 and self._jobs and self._jobs[0] is jobs[0]:
-                self._jobs.popleft()
+            if all(queued is job for queued, job in zip(self._jobs, jobs, strict=False)):  # the head of the queue (usual)
+                for _ in jobs:
+                    self._jobs.popleft()
             else:
                 taken = set(jobs)
                 self._jobs = deque(job for job in self._jobs if job not in taken)
