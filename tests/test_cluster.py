@@ -730,3 +730,20 @@ def test_a_member_far_ahead_of_the_publisher_is_refused_visibly(redis_server: Re
         member.waiting -= cluster_service.MEMBER_QUEUE_MAX
         peer.send(b"/who\n")
         assert peer.line() == "* in lobby: user1"
+
+
+def test_nothing_a_member_sends_after_quit_is_taken(redis_server: RedisServer, cluster_name: str) -> None:
+    """A /quit in one read and another in the next (as `chat connect` sends at the end of its input):
+    one bye, as on one server, however soon the second arrives."""
+    with serving(ChatServer(("127.0.0.1", 0), redis=redis_server.url, cluster=cluster_name)) as chat:
+        other = arrive(chat.server_address[1], 1, [])
+        quitter = arrive(chat.server_address[1], 2, [other])
+        member = next(m for m in chat.service.local_members() if m.number == 2)  # type: ignore[attr-defined]
+        chat.service.receive(member, [b"/quit"])
+        chat.service.receive(member, [b"/quit", b"never relayed"])
+        quitter.sock.settimeout(TIMEOUT)
+        received = b""
+        while chunk := quitter.sock.recv(65536):
+            received += chunk
+        assert received.decode().splitlines() == ["* bye"]
+        assert other.line() == "* user2 left lobby"

@@ -230,7 +230,7 @@ class ClusterService:
 
     def receive(self, member: LocalMember, items: list[Item]) -> bool:
         """Queue a member's lines, interpreted into steps; False when it has too many waiting (stop reading it)."""
-        if self.shutting_down:
+        if self.shutting_down or member.quitting:
             return True
         count = len(items)
         self.lines_received += count
@@ -248,6 +248,8 @@ class ClusterService:
                 )
             return False
         steps = interpret(items, self.hub.max_line)
+        if steps and isinstance(steps[-1], Quit):  # interpret() stops at a /quit: what follows is never taken
+            member.quitting = True
         return not self._queue([Job(member, step) for step in steps], member)
 
     def depart(self, member: LocalMember, reason: str | None) -> None:

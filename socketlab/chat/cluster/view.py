@@ -38,6 +38,8 @@ class LocalMember:
     present: bool = False
     welcomed: bool = False
     prefix: bytes = b""
+    #: It asked to /quit: nothing it sends after that is taken (as on one server, where it is closed at once).
+    quitting: bool = False
     #: Its steps waiting for the publisher, and whether its reading stopped for them.
     waiting: int = 0
     held: bool = False
