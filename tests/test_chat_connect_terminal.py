@@ -273,8 +273,9 @@ def test_a_wrapped_input_line_leaves_no_stale_rows(server: CliServer, screen: Sc
         screen.wait_for(lambda rows: f"> {typed[:38]}" in rows, "typed text")
         for n in range(3):
             other.send(f"line {n}\n".encode())
-        rows = screen.wait_for(lambda rows: "<user2> line 2" in rows, "incoming lines")
         first, second = f"> {typed[:38]}", typed[38:]
+        # The typed line is drawn again just after the last incoming line: wait for both, not the first alone.
+        rows = screen.wait_for(lambda rows: "<user2> line 2" in rows and first in rows, "incoming lines, the typed line redrawn")
         assert rows.count(first) == 1 and rows.count(second) == 1, rows
         at = rows.index(first)
         assert rows[at + 1] == second and rows[at - 1] == "<user2> line 2", rows
