@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import os
@@ -547,6 +548,17 @@ def test_receipts_count_echoes_apart_from_copies() -> None:
     assert receipts.echoes_fed == 3
 
 
+def test_receipts_time_arrival_and_read_apart() -> None:
+    """Given the kernel's arrival time and the read time, a copy's latency runs to the first and its read latency
+    to the second; without a read time, only the latency is kept."""
+    totals = Totals()
+    receipts = Receipts(totals, senders=2, messages=4, own=0)
+    receipts.feed(make_message(1, 0, 1_000, 48), 4_000, 9_000)
+    receipts.feed(make_message(1, 1, 5_000, 48), 7_000)
+    receipts.analyse()
+    assert totals.latencies_ns == [3_000, 2_000] and totals.read_latencies_ns == [8_000]
+
+
 class RoomStandIn:
     """A Socket.IO client as confirm_joins() uses it, over a socketpair: what the first one sends
     reaches the clients in ``room`` at that moment (the server's relay, played by the test)."""
@@ -896,6 +908,9 @@ def test_bench_chat_pairs_against_its_own_server(transport: str) -> None:
     assert pairs["duplicates"] == pairs["garbled"] == pairs["order_violations"] == pairs["strays"] == 0
     assert pairs["echoes"] == (40 if transport == "socketio" else 0)
     assert 0 < pairs["latency_ms"]["p50"] <= pairs["latency_ms"]["p99"] <= pairs["latency_ms"]["max"]
+    # Latencies run to each copy's arrival in the kernel; read by the load process, no copy is earlier.
+    assert pairs["latency_clock"] == "kernel"
+    assert all(pairs["latency_ms"][name] <= pairs["latency_read_ms"][name] for name in ("p50", "p99", "max"))
     assert 0 < pairs["storm_seconds"] < 10 and 0 < pairs["welcome_ms"]["p50"] <= pairs["welcome_ms"]["max"]
     assert pairs["server_us_per_line"] is not None and pairs["server_us_per_connection_second"] is not None
     assert pairs["server_rss_kib"]["joined"] > 0 and pairs["kib_per_member"] is not None
@@ -952,8 +967,10 @@ def test_bench_chat_pairs_text_report() -> None:
     assert text.startswith("pairs over tcp: 4 members in rooms (2 of 2), a line of 64 bytes every 0.5 s each for 1 s")
     assert "joined      4 of 4 (4 connected, 4 welcomed; 0 refused, 0 failed)" in text
     assert "delivered   8 / 8 copies of 8 lines (100.00 %), 0 duplicates, 0 garbled lines, 0 order violations" in text
-    for part in ("storm       all connecting:", "(every copy)", "us per connection-second", "KiB per member", "% of its"):
+    for part in ("storm       all connecting:", "(every copy, to its arrival at the member's socket)",
+                 "us per connection-second", "KiB per member", "% of its"):  # fmt: skip
         assert part in text
+    assert re.search(r"\n  read        p50 [\d.]+ ms   p99 [\d.]+ ms   max [\d.]+ ms \(to its read by the load process", text)
 
 
 @pytest.mark.timeout(ROOMS_TIMEOUT)

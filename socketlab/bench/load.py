@@ -21,6 +21,7 @@ import math
 import os
 import select
 import socket
+import struct
 import time
 import traceback
 from dataclasses import dataclass
@@ -44,6 +45,11 @@ COUNT_EVERY = 0.25
 #: Linux's IP_BIND_ADDRESS_NO_PORT (Python 3.10 lacks the name): a bound source address takes its port at
 #: connect(), unique per destination, instead of at bind().
 _BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+#: Linux's SO_TIMESTAMPNS (Python does not name it everywhere): the kernel stamps what a socket receives
+#: with its arrival time, so a copy's latency does not include the time it waited for this process to read it.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+#: Room for one stamp (a struct timespec) in recvmsg()'s ancillary data.
+_STAMP_SPACE = socket.CMSG_SPACE(16)
 
 # A member's state: waiting for its turn to connect, connecting (TCP), opening (the transport's handshake
 # and the server's welcome), welcomed (its join sent; confirmed or not), closed.
@@ -135,6 +141,11 @@ class LoadLoop:
         self.echoes = 0
         self.last_copy_ns = 0
         self.dropped = 0
+        #: Whether the members' sockets stamp arrivals (see prepare()), the stamp of the last read (monotonic ns;
+        #: 0: none) and the wall clock's lead over the monotonic one (the stamps are wall-clock times).
+        self.stamping = False
+        self.arrived_ns = 0
+        self.clock_lead_ns = 0
 
     # -- sockets ---------------------------------------------------------------------------------
 
@@ -218,7 +229,11 @@ class LoadLoop:
     def _read(self, member: Member) -> bytes | None:
         """The chat lines that arrived for *member* (None: nothing, or it closed); its answers are sent."""
         try:
-            count = member.sock.recv_into(self.buffer)
+            if self.stamping:
+                count, ancillary, _, _ = member.sock.recvmsg_into([self.view], _STAMP_SPACE)
+                self.arrived_ns = self._arrival(ancillary)
+            else:
+                count = member.sock.recv_into(self.buffer)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError:
@@ -236,6 +251,14 @@ class LoadLoop:
         if output:
             self._send(member, output)
         return payload
+
+    def _arrival(self, ancillary: list[tuple[int, int, bytes]]) -> int:
+        """The kernel's arrival stamp in *ancillary* as a monotonic time (ns), or 0."""
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = struct.unpack("qq", data[:16])
+                return seconds * 1_000_000_000 + nanoseconds - self.clock_lead_ns
+        return 0
 
     def _events(self, timeout: float) -> list[tuple[int, int]]:
         try:
@@ -442,6 +465,13 @@ class LoadLoop:
             member.receipts = Receipts(self.totals, mates, plan.max_lines, own=member.id, keep_own=False)
         self.schedule = sorted(self.speaking, key=lambda member: plan.offset_ns(member.id))
         self.offsets = [plan.offset_ns(member.id) for member in self.schedule]
+        try:
+            for member in self.speaking:
+                member.sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        except OSError:
+            return  # no stamps here: latencies run to the moment this process reads each copy
+        self.stamping = True
+        self.clock_lead_ns = _clock_lead_ns()
 
     def measure(self, start_ns: int) -> dict[str, Any]:
         """Say the plan's lines from *start_ns* on (after prepare()), read every copy; the tally, for the parent."""
@@ -508,6 +538,8 @@ class LoadLoop:
             "echoes": totals.echoes,
             "dropped": self.dropped,
             "latencies": array.array("q", totals.latencies_ns).tobytes(),
+            "read_latencies": array.array("q", totals.read_latencies_ns).tobytes(),
+            "stamped": self.stamping,
             "lags": lags.tobytes(),
             "cpu": cpu,
             "end_ns": self.last_copy_ns,
@@ -532,13 +564,25 @@ class LoadLoop:
             if payload and receipts is not None:
                 now_ns = time.monotonic_ns()
                 echoes = receipts.echoes_fed
-                got = receipts.feed(payload, now_ns)
+                arrived_ns = self.arrived_ns
+                got = receipts.feed(payload, min(arrived_ns, now_ns), now_ns) if arrived_ns else receipts.feed(payload, now_ns)
                 if got:
                     self.received += got
                     self.last_copy_ns = now_ns
                 if receipts.echoes_fed != echoes:
                     self.echoes += receipts.echoes_fed - echoes
                     self.last_copy_ns = now_ns
+
+
+def _clock_lead_ns() -> int:
+    """How far the wall clock is ahead of the monotonic one (ns): the closest of a few readings."""
+    readings = []
+    for _ in range(5):
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        readings.append((after - before, wall - (before + after) // 2))
+    return min(readings)[1]
 
 
 def load_process(job: LoadJob, link: Any, counters: Any) -> None:

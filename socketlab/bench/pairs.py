@@ -114,7 +114,14 @@ class RoomsResult:
     delivered_share: float = 0.0
     #: From the first scheduled line to the last copy (or the last line, if later).
     seconds: float = 0.0
+    #: From a line's send() to its copy's arrival in the receiving member's kernel (SO_TIMESTAMPNS), or, where
+    #: the kernel does not stamp arrivals (latency_clock "process"), to the moment the load process read it.
     latency_ms: dict[str, float] = field(default_factory=dict)
+    #: "kernel" or "process": where latency_ms ends.
+    latency_clock: str = "process"
+    #: With kernel stamps: the same latencies to the moment the load process read each copy. The difference
+    #: from latency_ms is the instrument's own delay (a busy load process reads late), not the server's.
+    latency_read_ms: dict[str, float] = field(default_factory=dict)
     #: How late lines left against their schedule (the instrument falling behind shows here first).
     send_lag_ms: dict[str, float] = field(default_factory=dict)
     #: server: during the measurement; server_storm: from the first connect until every room was settled;
@@ -332,14 +339,18 @@ def _add_joins(result: RoomsResult, reports: list[dict[str, Any]]) -> None:
 def _add_measurement(result: RoomsResult, reports: list[dict[str, Any]], start_ns: int, cpu: dict[str, float]) -> None:
     for name in ("lines", "expected", "delivered", "duplicates", "garbled", "order_violations", "strays", "echoes", "dropped"):
         setattr(result, name, sum(report[name] for report in reports))
-    latencies, lags = array.array("q"), array.array("q")
+    latencies, read_latencies, lags = array.array("q"), array.array("q"), array.array("q")
     for report in reports:
         latencies.frombytes(report["latencies"])
+        read_latencies.frombytes(report["read_latencies"])
         lags.frombytes(report["lags"])
     seconds = max(1e-9, (max(report["end_ns"] for report in reports) - start_ns) / 1e9)
     result.seconds = round(seconds, 3)
     result.delivered_share = round(result.delivered / result.expected, 6) if result.expected else 0.0
     result.latency_ms = _summary_ms(latencies)
+    if all(report["stamped"] for report in reports):
+        result.latency_clock = "kernel"
+        result.latency_read_ms = _summary_ms(read_latencies)
     result.send_lag_ms = {name: value for name, value in _summary_ms(lags).items() if name in ("p50", "p99", "max")}
     bench = [report["cpu"] for report in reports]
     cpu["bench"] = round(sum(bench), 3)

@@ -95,9 +95,17 @@ def rooms_lines(title: str, result: Any) -> list[str]:
     if result.echoes:
         lines.append(f"  echoes      {result.echoes:,} copies of members' own lines came back to them (not counted as copies)")
     latency = result.latency_ms
+    where = "to its arrival at the member's socket" if result.latency_clock == "kernel" else "to its read by the member"
     lines.append(
-        f"  latency     p50 {latency['p50']:.3f} ms   p99 {latency['p99']:.3f} ms   max {latency['max']:.3f} ms (every copy)"
+        f"  latency     p50 {latency['p50']:.3f} ms   p99 {latency['p99']:.3f} ms   max {latency['max']:.3f} ms "
+        f"(every copy, {where})"
     )
+    if result.latency_read_ms:
+        read = result.latency_read_ms
+        lines.append(
+            f"  read        p50 {read['p50']:.3f} ms   p99 {read['p99']:.3f} ms   max {read['max']:.3f} ms "
+            f"(to its read by the load process: the instrument's own delay added)"
+        )
     cpu = result.cpu_seconds
     if "server" in cpu:
         rss = result.server_rss_kib

@@ -49,6 +49,9 @@ class Totals:
     #: Well-formed copies from a sender the receiver should not hear (another room's): not deliveries.
     strays: int = 0
     latencies_ns: list[int] = field(default_factory=list)
+    #: Latencies to the moment the receiving process read each copy, when feed() was also given that moment
+    #: (latencies_ns then run to the copy's arrival in the receiver's kernel).
+    read_latencies_ns: list[int] = field(default_factory=list)
 
 
 class Receipts:
@@ -89,15 +92,16 @@ class Receipts:
         ids = range(senders) if isinstance(senders, int) else senders
         self._seen = {sender: bytearray(messages) for sender in ids}
         self._last = dict.fromkeys(self._seen, -1)
-        self._held: list[tuple[int, list[bytes]]] = []
+        self._held: list[tuple[int, int, list[bytes]]] = []
         self._held_count = 0
         #: This receiver's own latencies (also added to the totals'), when timed.
         self.latencies_ns: list[int] = []
         #: Well-formed copies of its own messages fed so far (the echo; analyse() checks them no further).
         self.echoes_fed = 0
 
-    def feed(self, data: bytes, now_ns: int) -> int:
-        """Account for *data*, received at *now_ns*; return the well-formed messages in it from other senders."""
+    def feed(self, data: bytes, now_ns: int, read_ns: int = 0) -> int:
+        """Account for *data*, received at *now_ns* (and read by this process at *read_ns*, if given);
+        return the well-formed messages in it from other senders."""
         buffer = self._partial + data if self._partial else data
         end = buffer.rfind(b"\n")
         if end < 0:
@@ -115,7 +119,7 @@ class Receipts:
                     tags.append(match.group(1))
                 elif b"~" in line:
                     self.totals.garbled += 1
-        self._held.append((now_ns, tags))
+        self._held.append((now_ns, read_ns, tags))
         self._held_count += len(tags)
         if self._held_count > MAX_HELD_TAGS:
             self.analyse()
@@ -132,8 +136,8 @@ class Receipts:
         totals = self.totals
         seen, last, own = self._seen, self._last, self.own
         timed, keep_own = self.timed, self.keep_own
-        own_latencies = self.latencies_ns
-        for now_ns, tags in self._held:
+        own_latencies, read_latencies = self.latencies_ns, totals.read_latencies_ns
+        for now_ns, read_ns, tags in self._held:
             for tag in tags:
                 sender_text, seq_text, sent_text = tag.split(b".")
                 sender = int(sender_text)
@@ -158,8 +162,11 @@ class Receipts:
                 else:
                     last[sender] = seq
                 if timed:
-                    latency = now_ns - int(sent_text)
+                    sent_ns = int(sent_text)
+                    latency = now_ns - sent_ns
                     totals.latencies_ns.append(latency)
+                    if read_ns:
+                        read_latencies.append(read_ns - sent_ns)
                     if keep_own:
                         own_latencies.append(latency)
         self._held = []
