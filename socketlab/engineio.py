@@ -518,14 +518,19 @@ class EngineServer:
         session._probing = carrier
         return session
 
-    def tick(self, now: float) -> None:
-        """Run the timers that are due: the work follows the sessions whose timers fire, not their number."""
+    def tick(self, now: float, limit: int | None = None) -> bool:
+        """Run the timers that are due: the work follows the sessions whose timers fire, not their number.
+
+        With *limit*, at most that many; True when more may be due (call again).
+        """
         self.now = now
         timers = self._timers
-        for session in timers.due(now):
+        due = timers.due(now, limit)
+        for session in due:
             session.tick(now)
             if session.closed is None:
                 timers.schedule(session, session.next_timer())
+        return limit is not None and len(due) == limit
 
     def close_all(self, reason: str = "server shutting down") -> None:
         """Close every session (the clients are told)."""

@@ -401,13 +401,15 @@ class SocketIOServer:
         except Exception:
             logger.exception("Error in a Socket.IO disconnect handler (client %s)", client.peer or "?")
 
-    def tick(self, now: float) -> None:
-        """The Engine.IO timers, and sessions that never connected to a namespace."""
-        self.engine.tick(now)
+    def tick(self, now: float, limit: int | None = None) -> bool:
+        """The Engine.IO timers (at most *limit* of them: True when more may be due), and sessions that never
+        connected to a namespace."""
+        more = self.engine.tick(now, limit)
         for session in list(self._waiting):
             link = session.data
             if isinstance(link, _Link) and link.connect_by is not None and now >= link.connect_by:
                 session.close("connect timeout")
+        return more
 
     # -- internals --------------------------------------------------------------------
 

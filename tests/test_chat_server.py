@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from socketlab.chat import server as chat_server
 from socketlab.chat.server import ChatServer
 from support import TIMEOUT, CliServer, Peer, has_ipv6, rss_kib, run_cli, serving, wait_until
 
@@ -549,3 +550,49 @@ def test_shutdown_twice_and_no_threads_left() -> None:
     for peer in peers:
         assert peer.rest().endswith(b"* server shutting down\n")
         peer.close()
+
+
+class TimedStandIn:
+    """A connection as the server's timers see it: it counts its ticks and wants no further one."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    def tick(self, now: float) -> None:
+        self.ticks += 1
+
+    def next_tick(self) -> None:
+        return None
+
+
+def test_a_sweep_runs_every_due_timer_a_slice_at_a_time(monkeypatch) -> None:
+    """Timers that come due together (a storm's members reach their keepalive together) are run a slice at a
+    time, the lock let go in between, and one sweep goes on until none is due: twelve with slices of five."""
+    monkeypatch.setattr(chat_server, "SWEEP_SLICE", 5)
+    server = ChatServer(("127.0.0.1", 0))  # no web, TLS or idle timeout: no sweep of its own runs
+    try:
+        stand_ins = [TimedStandIn() for _ in range(12)]
+        taken: list[float] = []
+        monkeypatch.setattr(server, "lock", CountingLock(taken))
+        for stand_in in stand_ins:
+            server._timers.schedule(stand_in, time.monotonic() - 1)  # type: ignore[arg-type]
+        server.sweep()
+        assert [stand_in.ticks for stand_in in stand_ins] == [1] * 12
+        assert len(server._timers) == 0 and len(taken) >= 3  # three slices, three holds of the lock at least
+    finally:
+        server.server_close()
+
+
+class CountingLock:
+    """A lock that records each time it is taken."""
+
+    def __init__(self, taken: list[float]) -> None:
+        self._lock = threading.Lock()
+        self._taken = taken
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        self._taken.append(time.monotonic())
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()

@@ -1,10 +1,10 @@
-"""Deadlines: a heap of timers whose due() looks only at what is due."""
+"""Deadlines: a timer wheel whose due() looks only at what is due."""
 
 from __future__ import annotations
 
 import random
 
-from socketlab.timers import Deadlines
+from socketlab.timers import BUCKET, Deadlines
 
 
 def test_due_returns_what_has_come_earliest_first_and_forgets_it() -> None:
@@ -33,13 +33,37 @@ def test_scheduling_again_replaces_and_cancel_removes() -> None:
     assert timers.due(3.0) == ["a"]
 
 
-def test_stale_entries_do_not_pile_up() -> None:
-    """Rescheduling one item many times keeps the heap small."""
+def test_moved_deadlines_leave_nothing_behind() -> None:
+    """Members that keep moving their deadline on (an active member's keepalive) cost no work when the old
+    deadlines come, and the buckets kept stay bounded by the span of the deadlines, not by the moves."""
     timers: Deadlines[int] = Deadlines()
-    for step in range(10_000):
-        timers.schedule(step % 10, float(step))
-    assert len(timers) == 10
-    assert len(timers._heap) <= 2 * 10 + 64 + 1
+    now = 0.0
+    for step in range(20_000):
+        now = step / 1000
+        timers.schedule(step % 100, now + 5.0)
+        if step % 50 == 0:
+            assert timers.due(now) == []
+    assert len(timers) == 100
+    assert len(timers._buckets) <= (5.0 + 0.05) / BUCKET + 2 and len(timers._order) == len(timers._buckets)
+    assert timers.next_time() == 5.0 + 19_900 / 1000
+
+
+def test_due_with_a_limit_takes_the_earliest_and_leaves_the_rest_due() -> None:
+    timers: Deadlines[str] = Deadlines()
+    for name, when in (("c", 0.5), ("a", 0.1), ("b", 0.1 + BUCKET / 2), ("d", 2.0)):
+        timers.schedule(name, when)
+    assert timers.due(1.0, limit=2) == ["a", "b"]
+    assert timers.due(1.0, limit=2) == ["c"]
+    assert timers.due(1.0, limit=2) == [] and timers.next_time() == 2.0
+
+
+def test_items_need_not_be_comparable() -> None:
+    """Two deadlines at the same time never compare their items (connections are not orderable)."""
+    timers: Deadlines[object] = Deadlines()
+    first, second = object(), object()
+    timers.schedule(first, 1.0)
+    timers.schedule(second, 1.0)
+    assert set(timers.due(1.0)) == {first, second}
 
 
 def test_against_a_sorted_list_of_random_schedules() -> None:
@@ -61,7 +85,8 @@ def test_against_a_sorted_list_of_random_schedules() -> None:
         else:
             now += rng.random()
             expected = sorted((when, item) for item, when in plain.items() if when <= now)
-            got = timers.due(now)
+            got = timers.due(now, limit=rng.choice([None, 3, 1_000]))
+            expected = expected[: len(got)]
             assert [when for when, _ in expected] == sorted(plain[item] for item in got)
             assert sorted(got) == sorted(item for _, item in expected)
             for item in got:

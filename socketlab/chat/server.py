@@ -57,6 +57,11 @@ from socketlab.tls import TlsLayer
 if TYPE_CHECKING:
     from socketlab.metrics import ChatMetrics
 
+#: Timers run per hold of the lock in a sweep (a few milliseconds of work at most).
+SWEEP_SLICE = 256
+#: The longest time between sweeps: often, so that timers coming due together are run in small batches.
+SWEEP_EVERY = 0.25
+
 logger = logging.getLogger("socketlab.chat")
 web_log = logging.getLogger("socketlab.chat.web")
 client_log = logging.getLogger("socketlab.chat.clients")
@@ -237,7 +242,7 @@ class ChatServer(AcceptingServer):
             if self.socketio is not None:
                 engine = self.socketio.engine.settings
                 periods += [engine.ping_interval / 4, engine.ping_timeout / 4, self.socketio.connect_timeout / 4]
-        return min([1.0, *periods]) if periods else None
+        return min([SWEEP_EVERY, *periods]) if periods else None
 
     # -- for the caller (and AcceptingServer's address_text, connection_count, serve_forever, with) --
 
@@ -466,30 +471,45 @@ class ChatServer(AcceptingServer):
     def sweep(self) -> None:
         """The timers that are due: overdue handshakes, quiet browsers pinged, idle clients dropped.
 
-        Only what is due is looked at (deadline heaps): the work follows the timers that fire, not the
-        number of members. An idle deadline that fires for a member active since is moved on.
+        Only what is due is looked at (a timer wheel): the work follows the timers that fire, not the
+        number of members. An idle deadline that fires for a member active since is moved on. The lock is
+        taken for SWEEP_SLICE timers at a time, so that thousands coming due together (the members of a
+        storm reach their keepalive together) never hold the reader up for long.
         """
         now = time.monotonic()
         idle = self.idle_timeout
         idle_out: set[Any] = set()
-        with self.lock:
-            for conn in self._timers.due(now):
-                conn.tick(now)
-                self._watch(conn)
-            if idle:
-                for transport in self._idle.due(now):
-                    expires = transport.last_active + idle
-                    if transport.departed:
-                        continue
-                    if expires <= now:
-                        idle_out.add(transport)
-                    else:
-                        self._idle.schedule(transport, expires)
+        more = True
+        while more:
+            with self.lock:
+                due = self._timers.due(now, SWEEP_SLICE)
+                for conn in due:
+                    conn.tick(now)
+                    self._watch(conn)
+                more = len(due) == SWEEP_SLICE
+                if idle:
+                    expired = self._idle.due(now, SWEEP_SLICE)
+                    more = more or len(expired) == SWEEP_SLICE
+                    for transport in expired:
+                        expires = transport.last_active + idle
+                        if transport.departed:
+                            continue
+                        if expires <= now:
+                            idle_out.add(transport)
+                        else:
+                            self._idle.schedule(transport, expires)
+            if more:
+                time.sleep(0)  # the reader may have waited for the lock: let it in
         if idle_out:  # rare: only then are the members looked through
             self.service.close_members(idle_out.__contains__, "idle timeout", f"! idle for {idle:g} s, disconnecting\n".encode())
         if self.socketio is not None and self.socketio_chat is not None:
+            more = True
+            while more:
+                with self.lock:
+                    more = self.socketio.tick(now, SWEEP_SLICE)
+                if more:
+                    time.sleep(0)
             with self.lock:
-                self.socketio.tick(now)
                 self.socketio_chat.tick(now)
             self.socketio_chat.settle()
 
