@@ -1023,3 +1023,30 @@ def test_bench_chat_rooms_options(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         result = CliRunner().invoke(main, [*arguments, *extra])
         assert result.exit_code == 2 and result.output.splitlines()[-1] == message
+
+
+@pytest.mark.timeout(ROOMS_TIMEOUT)
+def test_bench_chat_flood_over_ws_floods_and_abuses_the_line_port() -> None:
+    """--scenario flood --transport ws: the fanout speaks WebSocket, while the flooder and the abusers, which
+    speak TCP lines, go to the same server's line port (sent to the web port, they were an HTTP client that
+    the server read and dropped, and the abuse's members never got a welcome: 'Error: timed out')."""
+    result = run_cli(
+        "bench", "chat", "--scenario", "flood", "--transport", "ws", "--clients", "4", "--messages", "10",
+        "--abusers", "2", "--abuse-seconds", "1", "--json", timeout=ROOMS_TIMEOUT - 5,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["transport"] == "ws" and report["fanout"]["delivered"] == report["fanout"]["expected"]
+    assert 0 < report["flooded"]["flooder_bytes"] < 64 << 20  # held back by flood control, not read and dropped
+    abuse = report["abuse"]
+    assert abuse["round_trips"] > 0 and abuse["newcomers"] > 0 and abuse["newcomers_refused"] == 0
+
+
+def test_bench_chat_flood_over_ws_needs_the_line_port() -> None:
+    from click.testing import CliRunner
+
+    from socketlab.cli import main
+
+    result = CliRunner().invoke(main, ["bench", "chat", "--transport", "ws", "--scenario", "flood", "--target", "127.0.0.1:9"])
+    assert result.exit_code == 2
+    assert "Error: --scenario flood over ws with a --target: its abusers speak TCP lines" in result.output

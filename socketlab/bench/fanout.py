@@ -85,6 +85,7 @@ def run_fanout(
     check_all: bool = False,
     kind: ClientKind = PLAIN,
     flooder: bool = False,
+    flooder_at: tuple[str, int] | None = None,
 ) -> FanoutResult:
     """Run one fanout measurement against the chat server at *address*.
 
@@ -111,7 +112,9 @@ def run_fanout(
     the senders' own echoed lines are counted apart (``echoes``).
 
     With *flooder*, one more client (a plain TCP one, in a process of its
-    own) sends ordinary lines flat out while the senders send.
+    own) sends ordinary lines flat out while the senders send, to
+    *flooder_at* (the same server's line port when the clients speak
+    WebSocket) or else to *address*.
     """
     if not 0 < senders < clients:
         raise ValueError("need at least one sender and one more client")
@@ -177,7 +180,7 @@ def run_fanout(
         if flooder:
             from socketlab.bench.flood import flooding_client
 
-            flooding = flooding_client(targets.first, seconds=messages / rate + 1 if rate else 10.0)
+            flooding = flooding_client(flooder_at or targets.first, seconds=messages / rate + 1 if rate else 10.0)
             processes.append(flooding[0])
         plan = FanoutPlan(clients, senders, messages, size, rate, window, batch, time_limit)
         result = _drive_senders(plan, socks, links, server_pid, progress, rss_before, received_by_worker, sorted(probe_at))

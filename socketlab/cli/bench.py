@@ -227,6 +227,11 @@ def bench_chat(
     web = transport in ("ws", "socketio")
     if transport == "socketio" and scenario == "flood":
         raise click.UsageError("--scenario flood measures the line protocol's flood control: use --transport tcp or ws")
+    if transport == "ws" and scenario == "flood" and target:
+        raise click.UsageError(
+            "--scenario flood over ws with a --target: its abusers speak TCP lines, and only the web address is known "
+            "(run it without --target, or with --transport tcp against the line port)"
+        )
     plan = None
     if scenario in ("pairs", "mixed"):
         import secrets
@@ -321,11 +326,11 @@ def bench_chat(
 
                 if not rate:
                     options.update(rate=10.0, messages=min(messages, 100))
+                # The flooder and the abusers speak TCP lines: over ws, to the same server's line port.
+                line_address = ("127.0.0.1", own.port) if own is not None and web else chat_bench.Targets.of(address).first
                 base = chat_bench.run_fanout(address, **options)
-                flooded = chat_bench.run_fanout(address, flooder=True, **options)
-                abuse = flood.run_abuse(
-                    chat_bench.Targets.of(address).first, abusers=abusers, seconds=abuse_seconds, server_pid=pids
-                )
+                flooded = chat_bench.run_fanout(address, flooder=True, flooder_at=line_address, **options)
+                abuse = flood.run_abuse(line_address, abusers=abusers, seconds=abuse_seconds, server_pid=pids)
                 ratio = flooded.latency_ms["p99"] / base.latency_ms["p99"] if base.latency_ms["p99"] else float("inf")
                 output.update(
                     fanout=chat_bench.as_dict(base),
