@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from socketlab.addresses import format_address
 from socketlab.chat.config import DEFAULT_MAX_BACKLOG, ChatConfig
+from socketlab.collector import ArrivalFreezer
 from socketlab.chat.connection import Connection, LineConnection
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
@@ -154,6 +155,8 @@ class ChatServer(AcceptingServer):
         self._web_address: Any = None
         self.logger = logger
         self.max_clients = config.max_clients
+        #: Keeps the collector from walking members that are all alive (see socketlab.collector).
+        self.freezer = ArrivalFreezer()
         #: Accepts on both listeners, screens, counts members toward max_clients.
         self.acceptor = Acceptor(
             max_clients=config.max_clients,
@@ -312,10 +315,12 @@ class ChatServer(AcceptingServer):
                 for conn in conns:
                     self._watch(conn)
             self.reader.add(self._gated(conns))
+            self.freezer.arrived(len(accepted))
             return
         conns = [LineConnection(sock, format_address(address), self._outbox(sock), self.max_line) for sock, address in accepted]
         if self._join(conns):
             self.reader.add(self._gated(conns))
+        self.freezer.arrived(len(accepted))
 
     def _gated(self, conns: list[Connection]) -> list[Connection]:
         """*conns* with their flood gates, if the server limits clients."""
@@ -358,6 +363,7 @@ class ChatServer(AcceptingServer):
                 conns.append(conn)
         if conns:
             self.reader.add(self._gated(conns))
+        self.freezer.arrived(len(accepted))
 
     def _web_connection(self, sock: socket.socket, peer: str, now: float) -> WebConnection:
         assert self.web_site is not None
@@ -454,6 +460,7 @@ class ChatServer(AcceptingServer):
     def connection_closed(self, conn: Connection) -> None:
         """*conn* is closed: it no longer counts anywhere."""
         self.acceptor.forget(conn.sock)
+        self.freezer.departed()
         with self.lock:
             self._timers.cancel(conn)
             self._idle.cancel(conn)

@@ -1,0 +1,94 @@
+"""ArrivalFreezer: members that arrived are frozen out of the collector's walks, and what departed members
+leave in reference cycles is reclaimed once a quarter of them have gone."""
+
+from __future__ import annotations
+
+import gc
+from typing import Iterator
+
+import pytest
+
+from socketlab.collector import ArrivalFreezer
+
+
+class Cyclic:
+    """A member's objects as they leave them: a reference cycle that only the collector frees."""
+
+    instances = 0
+
+    def __init__(self) -> None:
+        self.me = self
+        Cyclic.instances += 1
+
+    def __del__(self) -> None:
+        Cyclic.instances -= 1
+
+
+@pytest.fixture
+def clean_collector() -> Iterator[None]:
+    gc.collect()
+    yield
+    gc.unfreeze()
+    gc.collect()
+
+
+def test_arrivals_are_frozen_every_so_many(clean_collector) -> None:
+    freezer = ArrivalFreezer(freeze_every=10)
+    members = [Cyclic() for _ in range(10)]
+    before = gc.get_freeze_count()
+    freezer.arrived(9)
+    assert freezer.freezes == 0 and gc.get_freeze_count() == before
+    assert walked(members) == len(members)  # in the collector's generations
+    freezer.arrived(1)
+    assert freezer.freezes == 1 and gc.get_freeze_count() >= before + len(members)
+    assert walked(members) == 0  # frozen: no collection walks them
+
+
+def walked(objects: list[object]) -> int:
+    """How many of *objects* are in a generation the collector walks (not frozen)."""
+    ids = {id(item) for item in objects}
+    return sum(1 for item in gc.get_objects() if id(item) in ids)
+
+
+def test_departed_members_cycles_are_reclaimed_once_a_quarter_has_gone(clean_collector) -> None:
+    """Frozen, a departed member's cycle survives a full collection; once departures reach a quarter of
+    the frozen arrivals, everything is unfrozen and the next full collection frees it."""
+    freezer = ArrivalFreezer(freeze_every=8)
+    members = [Cyclic() for _ in range(8)]
+    start = Cyclic.instances
+    freezer.arrived(8)
+    del members[:1]
+    freezer.departed()
+    gc.collect()
+    assert Cyclic.instances == start  # frozen: not reclaimed yet
+    del members[:1]
+    freezer.departed()  # 2 of 8 gone: a quarter
+    assert freezer.unfreezes == 1
+    gc.collect()
+    assert Cyclic.instances == start - 2
+    assert len(members) == 6
+
+
+def test_departures_without_a_freeze_do_nothing(clean_collector) -> None:
+    freezer = ArrivalFreezer(freeze_every=100)
+    freezer.arrived(5)
+    freezer.departed(5)
+    assert (freezer.freezes, freezer.unfreezes) == (0, 0)
+
+
+def test_nothing_is_frozen_again_before_a_full_collection_reclaims_what_was_unfrozen(clean_collector) -> None:
+    """Else the departed members' cycles, unfrozen, would be frozen again by the next arrivals, and a server
+    under churn would keep them for good."""
+    freezer = ArrivalFreezer(freeze_every=4)
+    members = [Cyclic() for _ in range(4)]
+    start = Cyclic.instances
+    freezer.arrived(4)
+    members.clear()
+    freezer.departed(4)
+    assert (freezer.freezes, freezer.unfreezes) == (1, 1)
+    freezer.arrived(4)
+    assert freezer.freezes == 1  # waits for the collector
+    gc.collect()
+    assert Cyclic.instances == start - 4
+    freezer.arrived(0)
+    assert freezer.freezes == 2
