@@ -12,7 +12,11 @@ Writes, for the scenarios the file holds:
 - ``<prefix>-copies.png``: copies per second of the flat fanout (64 lines
   per send, and one: the scenario ``lines``) per server, and the server's
   CPU time per copy;
-- ``<prefix>-bulk.png``: bulk TCP MB/s by buffer size, socketlab and socat.
+- ``<prefix>-bulk.png``: bulk TCP MB/s by buffer size, socketlab and socat;
+- ``<prefix>-scale.png``: the pairs workload (``--scenario pairs``) against
+  the number of members, one line per server and transport: p99 latency,
+  server CPU per line and memory per member, medians over the runs. Each
+  file may hold another number of members (``--bench-args "--clients N"``).
 
 Every chart names the machine the figures come from (CPUs, model, caches).
 """
@@ -163,6 +167,52 @@ def bulk_chart(data: dict[str, Any], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
+#: The servers of the pairs workload as the scale chart names them.
+SCALE_NAMES = {
+    "socketlab": "socketlab, TCP",
+    "ws": "socketlab, WebSocket",
+    "socketlab-socketio": "socketlab, Socket.IO",
+    "node-socketio": "Node (socket.io)",
+}
+SCALE_PANELS = (
+    (lambda run: run["latency_ms"]["p99"], "p99 latency (ms)", "log"),
+    (lambda run: run["server_us_per_line"], "server CPU per line (us)", "linear"),
+    (lambda run: run["kib_per_member"], "server memory per member (KiB)", "linear"),
+)
+
+
+def scale_points(files: list[dict[str, Any]]) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """Every pairs run of *files*, by server and number of members."""
+    points: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    for data in files:
+        for peer, reports in data["raw"].get("pairs", {}).items():
+            for report in reports:
+                run = report.get("pairs")
+                if run and run.get("server_us_per_line") is not None:
+                    points.setdefault(peer, {}).setdefault(run["members"], []).append(run)
+    return points
+
+
+def scale_chart(files: list[dict[str, Any]], path: pathlib.Path) -> None:
+    points = scale_points(files)
+    figure, panels = plt.subplots(1, 3, figsize=(12, 4.2))
+    styles = {"socketlab": "o-", "ws": "s-", "socketlab-socketio": "^-", "node-socketio": "D--"}
+    for axes, (value, label, scale) in zip(panels, SCALE_PANELS, strict=True):
+        for peer, by_members in points.items():
+            members = sorted(by_members)
+            middles = [statistics.median(value(run) for run in by_members[count]) for count in members]
+            axes.plot(members, middles, styles.get(peer, "o-"), label=SCALE_NAMES.get(peer, peer))
+        axes.set_xlabel("members (pairs, a line every 2 s each)")
+        axes.set_ylabel(label)
+        axes.set_yscale(scale)
+        axes.grid(True, alpha=0.3)
+    panels[0].legend(fontsize=8)
+    figure.suptitle(f"The tutorial's rooms at scale -- {machine_line(files[-1])}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -175,11 +225,13 @@ def main() -> None:
     parser.add_argument("--prefix", default="bench")
     args = parser.parse_args()
     data: dict[str, Any] = {"raw": {}}
+    files: list[dict[str, Any]] = []
     for runs in args.runs:
         try:
             more = json.loads(runs.read_text())
         except (OSError, ValueError) as error:
             parser.error(f"cannot read {runs}: {error}")
+        files.append(more)
         if "machine" in data and more.get("machine") != data["machine"]:
             parser.error(f"{runs} comes from another machine than the files before it: one chart, one machine")
         if data.get("placement") and more.get("placement") and more["placement"] != data["placement"]:
@@ -201,7 +253,11 @@ def main() -> None:
             path = args.out / f"{args.prefix}-{name}.png"
             draw(data, path)
             drawn.append(str(path))
-    print("\n".join(drawn) if drawn else "no paced, flat or bulk runs in that file")
+    if scale_points(files):
+        path = args.out / f"{args.prefix}-scale.png"
+        scale_chart(files, path)
+        drawn.append(str(path))
+    print("\n".join(drawn) if drawn else "no paced, flat, bulk or pairs runs in those files")
 
 
 if __name__ == "__main__":
