@@ -159,6 +159,37 @@ def test_a_close_before_any_welcome_exits_1() -> None:
     assert result.stdout == b""
 
 
+def test_a_server_that_closes_before_the_sender_starts_gets_no_quit(monkeypatch) -> None:
+    """The sender thread started after the server had closed (seen once under load): it sent /quit anyway,
+    and a silent close was then blamed on TLS ('it seems to speak TLS'), since bytes had been sent."""
+    from socketlab.chat.client import ChatClient, ChatRefused, run_session
+
+    real_thread = threading.Thread
+    receivers: list[threading.Thread] = []
+
+    class SenderLast(real_thread):  # type: ignore[misc, valid-type]
+        """The session's sender starts only once its receiver has seen the close."""
+
+        def start(self) -> None:
+            if self.name == "chat-receive":
+                receivers.append(self)
+            elif self.name == "chat-send":
+                receivers[-1].join(TIMEOUT)
+            super().start()
+
+    monkeypatch.setattr(threading, "Thread", SenderLast)
+    read_end, write_end = os.pipe()  # input that never comes
+    with StandIn(lambda conn: None) as server, open(read_end) as stdin, open(write_end, "w"):
+        client = ChatClient.connect("127.0.0.1", server.port)
+        try:
+            with pytest.raises(ChatRefused) as refused:
+                run_session(client, stdin=stdin, out=open(os.devnull, "w"), interactive=False)
+        finally:
+            client.close()
+    assert str(refused.value) == f"127.0.0.1:{server.port} closed the connection without a word (if it speaks TLS, try --tls)"
+    assert client.sent == 0
+
+
 def test_a_welcomed_client_that_the_server_leaves_exits_0() -> None:
     """After a welcome, the server closing is the end of a session, not a refusal."""
     with CliServer("chat", "serve", "--port", "0") as server:

@@ -393,6 +393,8 @@ def _run_plain(
                 if not line:
                     break
                 client.send_line(line.rstrip("\r\n"))
+            else:
+                return  # the server closed first: nothing to say (and a silent close is not blamed on TLS)
             client.send_line("/quit")
         except OSError:
             pass
