@@ -143,8 +143,11 @@ def read_figures(server: ChatServer, refusals: RefusalCounts | None = None) -> C
     in_cluster = getattr(service, "cluster", None) is not None
     with service.lock:
         members: list[Any] = list(service.view.members.values()) if in_cluster else service.hub.members  # type: ignore[attr-defined]
-        rooms = service.hub.rooms
-        room_count = len(rooms) - (0 if rooms[LOBBY].members else 1)
+        if in_cluster:
+            room_count = 0  # the cluster's own figures say (_read_cluster)
+        else:
+            rooms = service.hub.rooms
+            room_count = len(rooms) - (0 if rooms[LOBBY].members else 1)
         counters = [getattr(service, name, None) for name in _COUNTERS]
         watched = writer._selector.get_map()  # only backlogs are watched (outbox.py); None once closed
         outboxes = [key.data for key in watched.values() if isinstance(key.data, Outbox)] if watched is not None else []
