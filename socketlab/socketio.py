@@ -39,6 +39,8 @@ logger = logging.getLogger("socketlab.socketio")
 CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range(7)
 #: Seconds a new session has to connect to a namespace (the JavaScript server's default).
 CONNECT_TIMEOUT = 45.0
+#: The JSON of every packet: compact, UTF-8 as it is (one encoder, not one per packet: half the cost).
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 #: Binary attachments one packet may announce.
 MAX_ATTACHMENTS = 64
 #: Event names a server never emits to a client, nor takes from one, as the JavaScript libraries reserve them.
@@ -100,7 +102,7 @@ def encode(packet: Packet) -> list[Message]:
     if packet.id is not None:
         parts.append(str(packet.id))
     if data is not None:
-        parts.append(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+        parts.append(_JSON.encode(data))
     return ["".join(parts), *attachments]
 
 
