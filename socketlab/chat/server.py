@@ -318,8 +318,7 @@ class ChatServer(AcceptingServer):
             self.freezer.arrived(len(accepted))
             return
         conns = [LineConnection(sock, format_address(address), self._outbox(sock), self.max_line) for sock, address in accepted]
-        if self._join(conns):
-            self.reader.add(self._gated(conns))
+        self.reader.add(self._gated(conns), join=True)  # welcomed by the reader thread: accepting goes on
         self.freezer.arrived(len(accepted))
 
     def _gated(self, conns: list[Connection]) -> list[Connection]:
@@ -388,6 +387,10 @@ class ChatServer(AcceptingServer):
         queue, where a full queue drops connection attempts that the clients retry seconds later.
         """
         return self.max_clients + self.max_pending_web - self.acceptor.count - len(self._handshaking)
+
+    def join_arrivals(self, conns: list[Connection]) -> bool:
+        """TCP clients accepted together, handed to the reader thread to join (reader thread)."""
+        return self._join(conns)
 
     def join_late(self, conn: Connection) -> None:
         """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread).
