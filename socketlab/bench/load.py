@@ -36,7 +36,8 @@ from socketlab.bench.tally import Receipts, Totals, make_message
 #: Seconds from the first connect after which members not yet welcomed are given up (the kernel would retry
 #: a dropped SYN for two minutes).
 STORM_LIMIT = 60.0
-#: After a member is welcomed, its room's next check line goes out this soon (the member's join first).
+#: After a member is welcomed, its room's next check line goes out this soon (the member's join first), once
+#: every member of the room is welcomed.
 JOIN_NUDGE = 0.05
 #: After the last line is said, copies still missing are waited for at most this long.
 TAIL_LIMIT = 30.0
@@ -372,10 +373,7 @@ class LoadLoop:
             room.last_change = now
             if room.prober is None or room.prober.state == CLOSED:
                 room.prober = member
-                speaker.say(JOIN_CHECK + b"\n")  # after its own join, on the same connection
-                room.next_check = now + JOIN_RETRY
-            else:
-                room.next_check = min(room.next_check, now + JOIN_NUDGE)
+            room.next_check = now + JOIN_NUDGE  # after the join of the room's latest member
             self._send(member, speaker.take_output())
         if speaker.join_refused is not None and not member.confirmed:
             self.refused += 1
@@ -414,7 +412,10 @@ class LoadLoop:
         prober = room.prober
         if prober is None or prober.state != WELCOMED:
             prober = room.prober = here[0] if here else None
-        if prober is not None and now >= room.next_check:
+        # Checks go out once nobody of the room is still connecting: one heard before a member's own join
+        # counts for nothing, and in a storm, where a room's last member may come seconds after its first,
+        # a check every JOIN_RETRY meanwhile was load of the instrument's own on the server it measures.
+        if prober is not None and not pending and now >= room.next_check:
             prober.speaker.say(JOIN_CHECK + b"\n")
             self._send(prober, prober.speaker.take_output())
             room.next_check = now + JOIN_RETRY
