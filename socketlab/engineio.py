@@ -326,6 +326,8 @@ class EngineSession:
 
     def next_timer(self) -> float:
         """When tick() has something to do next."""
+        if self.draining is not None and self._poll_by is not None:  # only the polling deadline counts now
+            return self._poll_by
         times = [self._pong_by if self._pong_by is not None else self._ping_at]
         if self._poll_by is not None and self._carrier is None:
             times.append(self._poll_by)

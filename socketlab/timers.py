@@ -28,12 +28,15 @@ from __future__ import annotations
 
 import heapq
 import math
+import sys
 from typing import Generic, Hashable, TypeVar
 
 T = TypeVar("T", bound=Hashable)
 
 #: Width of a bucket (seconds): deadlines in one bucket are ordered only when it comes due.
 BUCKET = 1 / 64
+#: The bucket of the deadlines that never come (and of any too far off to number).
+_LAST = sys.maxsize
 
 
 class Deadlines(Generic[T]):
@@ -54,14 +57,14 @@ class Deadlines(Generic[T]):
         return item in self._when
 
     def schedule(self, item: T, when: float) -> None:
-        """Give *item* the deadline *when*, replacing any it had."""
+        """Give *item* the deadline *when*, replacing any it had (``math.inf``: one that never comes)."""
+        number = _bucket(when)  # first: a deadline it cannot take changes nothing
         old = self._when.get(item)
         if old == when:
             return
         if old is not None:
             self._buckets[_bucket(old)].pop(item, None)
         self._when[item] = when
-        number = _bucket(when)
         bucket = self._buckets.get(number)
         if bucket is None:
             bucket = self._buckets[number] = {}
@@ -108,11 +111,13 @@ class Deadlines(Generic[T]):
         return [item for _, item in fired]
 
     def next_time(self) -> float | None:
-        """The earliest live deadline, or None."""
+        """The earliest live deadline, or None (deadlines that never come, ``math.inf``, are none)."""
         order, buckets = self._order, self._buckets
         while order and not buckets[order[0]]:
             del buckets[heapq.heappop(order)]
-        return min(buckets[order[0]].values()) if order else None
+        if not order or order[0] == _LAST:
+            return None
+        return min(buckets[order[0]].values())
 
 
 def _first(pair: tuple[float, object]) -> float:
@@ -120,4 +125,12 @@ def _first(pair: tuple[float, object]) -> float:
 
 
 def _bucket(when: float) -> int:
-    return math.floor(when / BUCKET)
+    """The bucket of *when*; deadlines too far off for a number (``math.inf``) share the last one."""
+    if math.isnan(when):
+        raise ValueError("a deadline cannot be NaN")
+    scaled = when / BUCKET
+    if scaled >= _LAST:
+        return _LAST
+    if scaled <= -_LAST:
+        return -_LAST
+    return math.floor(scaled)

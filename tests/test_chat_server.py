@@ -596,3 +596,27 @@ class CountingLock:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
+
+
+class AlwaysDueStandIn(TimedStandIn):
+    """A connection whose timer, once run, is due again at once (a tick that found nothing to do yet)."""
+
+    def next_tick(self) -> float:  # type: ignore[override]
+        return time.monotonic() - 1
+
+
+def test_a_sweep_ends_even_when_timers_come_due_again_at_once(monkeypatch) -> None:
+    """A timer put back at a time already past waits for the next sweep: a sweep runs as many slices as
+    there are timers, not until none is due (Engine.IO sessions draining used to do this)."""
+    monkeypatch.setattr(chat_server, "SWEEP_SLICE", 4)
+    server = ChatServer(("127.0.0.1", 0))
+    try:
+        stand_ins = [AlwaysDueStandIn() for _ in range(10)]
+        for stand_in in stand_ins:
+            server._timers.schedule(stand_in, time.monotonic() - 1)  # type: ignore[arg-type]
+        server.sweep()
+        ticks = [stand_in.ticks for stand_in in stand_ins]
+        assert sum(ticks) == 12 and min(ticks) >= 1  # 10 // 4 + 1 = 3 slices of 4
+        assert len(server._timers) == 10
+    finally:
+        server.server_close()

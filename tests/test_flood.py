@@ -31,6 +31,15 @@ def test_a_burst_of_twice_the_rate_passes_at_once_the_rest_is_held_in_order() ->
     assert gate.resume_at(0.0) == pytest.approx(0.1)
 
 
+def test_a_rate_under_half_a_line_a_second_still_lets_lines_through() -> None:
+    """--max-rate 0.25: a burst of twice the rate would be half a line, which no line fits (the held ones
+    waited forever, and the reader was told to resume at math.inf); the burst is one line at least."""
+    gate = FloodGate(0.25, now=0.0)
+    assert gate.admit([b"a", b"b"], size=4, now=0.0) == [b"a"]
+    assert gate.resume_at(0.0) == pytest.approx(4.0)
+    assert gate.release(4.0) == [b"b"]
+
+
 def test_held_lines_come_out_at_the_rate() -> None:
     """After 0.35 s at 10 lines/s, three more lines are released, in order."""
     gate = FloodGate(10, now=0.0)

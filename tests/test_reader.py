@@ -37,6 +37,13 @@ class Host:
     def join_late(self, conn: Connection) -> None:
         raise AssertionError("plain line clients join at once")
 
+    def join_arrivals(self, conns: list[Connection]) -> bool:
+        members = self.service.join(conns)
+        assert members is not None
+        for conn, member in zip(conns, members, strict=True):
+            conn.joined(member)
+        return True
+
     def connection_closed(self, conn: Connection) -> None:
         self.closed.append(conn)
 
@@ -151,3 +158,34 @@ def test_stop_leaves_the_selector_to_a_reader_that_does_not_stop(loop, caplog) -
     release.set()
     wait_until(lambda: not reader._thread.is_alive(), what="the reader thread ended")
     peer.close()
+
+
+def test_a_join_that_fails_closes_its_clients_and_the_reader_goes_on(loop, caplog) -> None:
+    """Clients handed over to join (add(..., join=True)) whose join raises are closed with an error logged;
+    the reader thread survives and serves the next ones."""
+    host, reader, _selector = loop
+    calls: list[int] = []
+    working = host.join_arrivals
+
+    def failing_once(conns: list[Connection]) -> bool:
+        calls.append(len(conns))
+        if len(calls) == 1:
+            raise RuntimeError("a bug in the welcome")
+        return working(conns)
+
+    host.join_arrivals = failing_once  # type: ignore[method-assign]
+    pairs = [socket.socketpair() for _ in range(3)]
+    for ours, theirs in pairs:
+        ours.setblocking(False)
+        theirs.settimeout(TIMEOUT)
+    conns = [LineConnection(ours, f"pair{ours.fileno()}", Outbox(ours, 1 << 20, reader.writer), 4096) for ours, _ in pairs]  # type: ignore[attr-defined]
+    with caplog.at_level(logging.ERROR, logger="socketlab.chat"):
+        reader.add(conns[:2], join=True)
+        for _, theirs in pairs[:2]:
+            assert theirs.recv(100) == b""  # closed, not welcomed
+        reader.add(conns[2:], join=True)
+        assert read_lines(pairs[2][1], 1)[0].startswith("* welcome user")
+    assert calls == [2, 1]
+    assert "Cannot welcome 2 new client(s): RuntimeError: a bug in the welcome" in caplog.text
+    for _ours, theirs in pairs:
+        theirs.close()

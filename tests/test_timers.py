@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
+
+import pytest
 
 from socketlab.timers import BUCKET, Deadlines
 
@@ -91,3 +94,20 @@ def test_against_a_sorted_list_of_random_schedules() -> None:
             assert sorted(got) == sorted(item for _, item in expected)
             for item in got:
                 del plain[item]
+
+
+def test_a_deadline_that_never_comes_and_one_that_cannot_be() -> None:
+    """math.inf is a deadline that never comes (an idle timeout of inf, say); NaN is refused, changing nothing."""
+    timers: Deadlines[str] = Deadlines()
+    timers.schedule("never", math.inf)
+    timers.schedule("far", 1e308)
+    timers.schedule("soon", 1.0)
+    assert timers.due(1e300) == ["soon"] and timers.next_time() is None
+    timers.schedule("soon", -math.inf)
+    assert timers.due(0.0) == ["soon"]
+    with pytest.raises(ValueError):
+        timers.schedule("never", math.nan)
+    assert "never" in timers and len(timers) == 2
+    timers.cancel("never")
+    timers.cancel("far")
+    assert len(timers) == 0 and timers.next_time() is None

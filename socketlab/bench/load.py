@@ -566,7 +566,12 @@ class LoadLoop:
                 now_ns = time.monotonic_ns()
                 echoes = receipts.echoes_fed
                 arrived_ns = self.arrived_ns
-                got = receipts.feed(payload, min(arrived_ns, now_ns), now_ns) if arrived_ns else receipts.feed(payload, now_ns)
+                if arrived_ns:
+                    got = receipts.feed(payload, min(arrived_ns, now_ns), now_ns)
+                elif self.stamping:  # a read without a stamp: its arrival is not known better than its read
+                    got = receipts.feed(payload, now_ns, now_ns)
+                else:
+                    got = receipts.feed(payload, now_ns)
                 if got:
                     self.received += got
                     self.last_copy_ns = now_ns

@@ -53,7 +53,7 @@ class FloodGate:
         #: Bytes: a read may run it into debt, which is then waited off.
         self.budget = budget or TokenBucket(DEFAULT_BYTE_RATE, 2 * DEFAULT_BYTE_RATE, now)
         #: Lines: a full burst to begin with.
-        self.lines = TokenBucket(line_rate, 2 * line_rate, now)
+        self.lines = TokenBucket(line_rate, max(1.0, 2 * line_rate), now)  # a line always fits, however slow the rate
         self.held: deque[Item] = deque()
         #: When the client was last told it is held back (None: not since it was last read freely).
         self.noticed: float | None = None

@@ -156,7 +156,14 @@ class ReaderLoop:
         """Make the batches handed over with join=True members, then watch them (reader thread)."""
         while self._joining:
             batch = [conn for conn in self._joining.popleft() if conn.phase is not Phase.CLOSED]
-            if batch and self.server.join_arrivals(batch):
+            try:
+                joined = bool(batch) and self.server.join_arrivals(batch)
+            except Exception as error:  # as for a client: never take the reader down; these are closed
+                self.server.logger.error("Cannot welcome %d new client(s): %s: %s", len(batch), type(error).__name__, error)
+                for conn in batch:
+                    self.abandon(conn)
+                continue
+            if joined:
                 self._arriving.extend(batch)
 
     def _register_arrivals(self) -> None:

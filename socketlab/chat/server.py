@@ -489,8 +489,12 @@ class ChatServer(AcceptingServer):
         now = time.monotonic()
         idle = self.idle_timeout
         idle_out: set[Any] = set()
+        # Enough slices for every timer there is, and no more: a timer put back at a time already past
+        # (a tick that found nothing to do yet) waits for the next sweep instead of coming due forever.
+        slices = (len(self._timers) + len(self._idle)) // SWEEP_SLICE + 1
         more = True
-        while more:
+        while more and slices:
+            slices -= 1
             with self.lock:
                 due = self._timers.due(now, SWEEP_SLICE)
                 for conn in due:
@@ -513,8 +517,9 @@ class ChatServer(AcceptingServer):
         if idle_out:  # rare: only then are the members looked through
             self.service.close_members(idle_out.__contains__, "idle timeout", f"! idle for {idle:g} s, disconnecting\n".encode())
         if self.socketio is not None and self.socketio_chat is not None:
-            more = True
-            while more:
+            more, slices = True, len(self.socketio.engine.sessions) // SWEEP_SLICE + 1
+            while more and slices:
+                slices -= 1
                 with self.lock:
                     more = self.socketio.tick(now, SWEEP_SLICE)
                 if more:
