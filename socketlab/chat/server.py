@@ -32,11 +32,10 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from socketlab.addresses import format_address
 from socketlab.chat.config import DEFAULT_MAX_BACKLOG, ChatConfig
-from socketlab.collector import ArrivalFreezer
 from socketlab.chat.connection import Connection, LineConnection
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.outbox import BacklogWriter, Outbox, TlsOutbox
@@ -46,6 +45,7 @@ from socketlab.chat.service import ChatCore, ChatService
 
 from socketlab.chat.socketio_chat import SocketIOChat
 from socketlab.chat.web import WebConnection, WebSession, WebSite, load_pages
+from socketlab.collector import ArrivalFreezer
 from socketlab.engineio import EngineSettings
 from socketlab.socketio import SocketIOServer
 from socketlab.static import StaticFolder
@@ -489,44 +489,46 @@ class ChatServer(AcceptingServer):
         now = time.monotonic()
         idle = self.idle_timeout
         idle_out: set[Any] = set()
-        # Enough slices for every timer there is, and no more: a timer put back at a time already past
-        # (a tick that found nothing to do yet) waits for the next sweep instead of coming due forever.
-        slices = (len(self._timers) + len(self._idle)) // SWEEP_SLICE + 1
-        more = True
-        while more and slices:
-            slices -= 1
-            with self.lock:
-                due = self._timers.due(now, SWEEP_SLICE)
-                for conn in due:
-                    conn.tick(now)
-                    self._watch(conn)
-                more = len(due) == SWEEP_SLICE
-                if idle:
-                    expired = self._idle.due(now, SWEEP_SLICE)
-                    more = more or len(expired) == SWEEP_SLICE
-                    for transport in expired:
-                        expires = transport.last_active + idle
-                        if transport.departed:
-                            continue
-                        if expires <= now:
-                            idle_out.add(transport)
-                        else:
-                            self._idle.schedule(transport, expires)
-            if more:
-                time.sleep(0)  # the reader may have waited for the lock: let it in
+
+        def timers_slice() -> bool:
+            due = self._timers.due(now, SWEEP_SLICE)
+            for conn in due:
+                conn.tick(now)
+                self._watch(conn)
+            if not idle:
+                return len(due) == SWEEP_SLICE
+            expired = self._idle.due(now, SWEEP_SLICE)
+            for transport in expired:
+                expires = transport.last_active + idle
+                if transport.departed:
+                    continue
+                if expires <= now:
+                    idle_out.add(transport)
+                else:
+                    self._idle.schedule(transport, expires)
+            return len(due) == SWEEP_SLICE or len(expired) == SWEEP_SLICE
+
+        self._in_slices(timers_slice, len(self._timers) + len(self._idle))
         if idle_out:  # rare: only then are the members looked through
             self.service.close_members(idle_out.__contains__, "idle timeout", f"! idle for {idle:g} s, disconnecting\n".encode())
         if self.socketio is not None and self.socketio_chat is not None:
-            more, slices = True, len(self.socketio.engine.sessions) // SWEEP_SLICE + 1
-            while more and slices:
-                slices -= 1
-                with self.lock:
-                    more = self.socketio.tick(now, SWEEP_SLICE)
-                if more:
-                    time.sleep(0)
+            socketio = self.socketio
+            self._in_slices(lambda: socketio.tick(now, SWEEP_SLICE), len(socketio.engine.sessions))
             with self.lock:
                 self.socketio_chat.tick(now)
             self.socketio_chat.settle()
+
+    def _in_slices(self, run_slice: Callable[[], bool], timers: int) -> None:
+        """Call *run_slice* (SWEEP_SLICE due timers, lock held; True: more may be due) until it says no
+        more, letting the lock go in between -- at most enough times for *timers*: a timer put back at a
+        time already past (a tick that found nothing to do yet) waits for the next sweep instead of
+        coming due again and again."""
+        for _ in range(timers // SWEEP_SLICE + 1):
+            with self.lock:
+                more = run_slice()
+            if not more:
+                return
+            time.sleep(0)  # the reader may have waited for the lock: let it in
 
     # -- lifecycle ----------------------------------------------------------------
 
