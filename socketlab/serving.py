@@ -133,15 +133,19 @@ def somaxconn() -> int | None:
         return None
 
 
-def open_listener(host: str, port: int, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+def open_listener(host: str, port: int, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket on *host*:*port* ("::" also serves IPv4), queueing *backlog* connections.
 
-    Raises AddressError naming the address when it cannot be bound.
+    With *reuse_port* (SO_REUSEPORT), other processes of the same user may listen on the same address,
+    and the kernel spreads new connections over them. Raises AddressError naming the address when it
+    cannot be bound.
     """
     family, sockaddr = resolve(host, port, socket.SOCK_STREAM, passive=True)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         serve_both_families(sock)
         sock.bind(sockaddr)
         sock.listen(backlog)
@@ -151,14 +155,14 @@ def open_listener(host: str, port: int, backlog: int = DEFAULT_BACKLOG) -> socke
     return sock
 
 
-def listen(address: tuple[str, int] | UnixAddress, backlog: int = DEFAULT_BACKLOG) -> socket.socket:
+def listen(address: tuple[str, int] | UnixAddress, backlog: int = DEFAULT_BACKLOG, reuse_port: bool = False) -> socket.socket:
     """A listening socket on a TCP ``(host, port)`` (see open_listener()) or a :class:`~socketlab.unix.UnixAddress`.
 
     Raises AddressError naming the address or path when it cannot listen there.
     """
     if isinstance(address, UnixAddress):
         return open_unix_listener(address, backlog)
-    return open_listener(*address, backlog=backlog)
+    return open_listener(*address, backlog=backlog, reuse_port=reuse_port)
 
 
 class Acceptor:

@@ -106,6 +106,10 @@ def test_chat_serve_options_become_one_config(captured) -> None:
         ),
         (["--redis", "http://x/"], "Invalid value for '--redis': 'http://x/' is not a URL like redis://HOST:PORT/DB"),
         (["--max-clients", "0"], "Invalid value for '--max-clients': 0 is not in the range x>=1."),
+        (
+            ["--reuse-port", "--redis", "redis://127.0.0.1:1/0", "--unix", "/tmp/x.sock"],
+            "--reuse-port is for TCP ports: a UNIX socket file has one server.",
+        ),
     ],
 )
 def test_chat_serve_bad_options_are_one_usage_error(args, message) -> None:

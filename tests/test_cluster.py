@@ -118,6 +118,53 @@ def hear(peers: list[Peer], line: str) -> None:
 # -- one chat across servers -------------------------------------------------------------------------
 
 
+def _clients_of(pid: int, port: int) -> int:
+    """How many established connections to local *port* process *pid* holds (its sockets' inodes matched
+    against the kernel's table)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            for row in list(rows)[1:]:
+                fields = row.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":  # ESTABLISHED
+                    inodes.add(f"socket:[{fields[9]}]")
+    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    return len(inodes & held)
+
+
+def test_servers_of_one_cluster_share_a_port_with_reuse_port(start) -> None:
+    """--reuse-port: two servers of one cluster listen on the same port; the kernel spreads 20 clients over
+    both (each server holds some of them), and they are one chat: a line said in a room reaches everyone."""
+    port = free_port()
+    servers = [start("--port", str(port), "--reuse-port") for _ in range(2)]
+    assert [server.port for server in servers] == [port, port]
+    peers = [Peer(port) for _ in range(20)]
+    names = []
+    for peer in peers:
+        welcomed = peer.line()
+        assert welcomed.startswith("* welcome user") and welcomed.endswith(", you are in lobby (type /help)")
+        names.append(welcomed.split()[2].rstrip(","))
+    held = [_clients_of(server.proc.pid, port) for server in servers]
+    assert sum(held) == 20 and min(held) > 0  # all on one server: 2 in a million
+    for peer in peers:
+        peer.send(b"/join hall\n")
+        peer.until("* you are in hall")
+    peers[0].send(b"hello from one port\n")
+    for peer in peers[1:]:
+        peer.until(f"<{names[0]}> hello from one port")
+
+
+def test_reuse_port_needs_redis() -> None:
+    """Without a cluster, servers sharing a port would each be a chat of its own: refused, in one line."""
+    result = run_cli("chat", "serve", "--port", "0", "--reuse-port")
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines()[-1] == (
+        "Error: --reuse-port needs --redis URL: servers sharing a port must be one cluster, or the chat is split among them."
+    )
+    with pytest.raises(ValueError, match="reuse_port needs redis"):
+        ChatServer(("127.0.0.1", 0), reuse_port=True)
+
+
 def test_servers_form_one_chat(start, redis_server: RedisServer) -> None:
     """Names, user<N>, /who, /rooms, /msg and room lines span two, then three servers (the third started late)."""
     a_server = start(url=redis_server.tcp_url)  # redis:// and unix:// reach the same cluster

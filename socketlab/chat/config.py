@@ -79,6 +79,9 @@ class ChatConfig:
     #: A Redis URL: this server is one of the cluster ``cluster`` (None: a server alone).
     redis: str | None = None
     cluster: str = DEFAULT_CLUSTER
+    #: Listen with SO_REUSEPORT: several servers of one cluster on one machine share the port (and the
+    #: web port), the kernel spreading new connections over them -- one core each (needs ``redis``).
+    reuse_port: bool = False
 
     # -- the operator's view --------------------------------------------------------------
     #: Where to serve Prometheus metrics at ``/metrics`` (None: not served; needs the metrics extra,

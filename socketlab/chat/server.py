@@ -109,6 +109,8 @@ class ChatServer(AcceptingServer):
         config = (config or ChatConfig()).replace(**settings)
         self.config = config
         # -- before anything is opened: room for max_clients (OpenFilesError), the metrics extra --
+        if config.reuse_port and not config.redis:
+            raise ValueError("reuse_port needs redis: servers sharing a port without one cluster would split the chat")
         allow_clients(config.max_clients, extra=self.max_pending_web if config.web is not None else 0)
         if config.metrics is not None:
             from socketlab.metrics import ChatMetrics  # needs prometheus_client (the metrics extra)
@@ -183,7 +185,7 @@ class ChatServer(AcceptingServer):
         #: Connections the kernel queues before accept(): all of max_clients at once (a reconnect storm).
         self.listen_backlog = listen_backlog(config.max_clients)
         try:
-            self.socket = listen(address, self.listen_backlog)
+            self.socket = listen(address, self.listen_backlog, reuse_port=config.reuse_port)
         except Exception:
             self.acceptor.close()
             if self.metrics is not None:
@@ -200,7 +202,7 @@ class ChatServer(AcceptingServer):
             self.web_site.refusals = self.refusal_log  # rate-limited, like every refusal
         if web is not None:
             try:
-                self.web_socket = open_listener(*web, backlog=self.listen_backlog)
+                self.web_socket = open_listener(*web, backlog=self.listen_backlog, reuse_port=config.reuse_port)
             except Exception:
                 self.server_close()
                 self.reader.stop()

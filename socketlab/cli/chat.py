@@ -108,6 +108,14 @@ def chat() -> None:
     help="With --redis: the cluster's name; servers with the same Redis and name serve one chat.",
 )
 @click.option(
+    "--reuse-port",
+    is_flag=True,
+    help=(
+        "With --redis: let several servers of the cluster on this machine listen on the same port and --web port "
+        "(SO_REUSEPORT); the kernel spreads new clients over them, one core each."
+    ),
+)
+@click.option(
     "--metrics",
     type=WebAddress(),
     callback=lambda ctx, param, value: _needs_prometheus(value),
@@ -139,6 +147,7 @@ def chat_serve(
     tls_key: str | None,
     redis_url: str | None,
     cluster: str,
+    reuse_port: bool,
     metrics: tuple[str | None, int] | None,
     verbose: bool,
     quiet: bool,
@@ -158,6 +167,7 @@ def chat_serve(
       socketlab chat serve --room-size 2 --web 8080   # and open http://127.0.0.1:8080/
       socketlab chat serve --room-size 2 --web 8080 --web-root chat_example_join
       socketlab chat serve --port 3001 --redis redis://127.0.0.1:6379/0
+      socketlab chat serve --port 3001 --redis redis://127.0.0.1:6379/0 --reuse-port   # one per core
       socketlab chat serve --metrics 127.0.0.1:9100   # Prometheus's format at /metrics
     """
     from socketlab.chat.config import ChatConfig
@@ -166,6 +176,12 @@ def chat_serve(
 
     if web_root is not None and web is None:
         raise click.UsageError("--web-root needs --web PORT: the folder is served on the web address.")
+    if reuse_port and not redis_url:
+        raise click.UsageError(
+            "--reuse-port needs --redis URL: servers sharing a port must be one cluster, or the chat is split among them."
+        )
+    if reuse_port and unix_path is not None:
+        raise click.UsageError("--reuse-port is for TCP ports: a UNIX socket file has one server.")
     config = ChatConfig(
         room_size=room_size,
         max_clients=max_clients,
@@ -181,6 +197,7 @@ def chat_serve(
         tls=server_tls(tls_cert, tls_key),
         redis=redis_url or None,
         cluster=cluster,
+        reuse_port=reuse_port,
         metrics=(metrics[0] or DEFAULT_HOST, metrics[1]) if metrics is not None else None,
     )
     log_to_stdout()
