@@ -138,6 +138,8 @@ def test_servers_of_one_cluster_share_a_port_with_reuse_port(start) -> None:
     port = free_port()
     servers = [start("--port", str(port), "--reuse-port") for _ in range(2)]
     assert [server.port for server in servers] == [port, port]
+    for server in servers:  # the same address: the process tells them apart in the logs
+        server.out.wait_for(rf"Joined cluster \S+ as 127\.0\.0\.1:{port} \(pid {server.proc.pid}\)$")
     peers = [Peer(port) for _ in range(20)]
     names = []
     for peer in peers:

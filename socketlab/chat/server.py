@@ -30,6 +30,7 @@ Loggers: ``socketlab.chat`` (lifecycle), ``socketlab.chat.clients``
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -282,8 +283,10 @@ class ChatServer(AcceptingServer):
             self.logger.info("Web chat on %s://%s/", scheme, format_address(self.web_address))
         cluster = getattr(self.service, "cluster", None)
         if cluster is not None:
-            self.service.named(self.address_text)  # type: ignore[attr-defined]
-            self.logger.info("Joined cluster %s as %s", cluster, self.address_text)
+            # Servers sharing a port (--reuse-port) share an address: their process tells them apart in logs.
+            name = f"{self.address_text} (pid {os.getpid()})" if self.config.reuse_port else self.address_text
+            self.service.named(name)  # type: ignore[attr-defined]
+            self.logger.info("Joined cluster %s as %s", cluster, name)
         # -- the operator's view: metrics, and a listen backlog the kernel caps --
         if self.metrics is not None:
             self.metrics.start()
