@@ -76,7 +76,7 @@ class ReaderLoop:
         self._waker = Waker()
         self._waker.register(self._selector)
         self._closing: dict[Connection, None] = {}
-        #: Clients over their flood budget, not read until their deadline here (a heap: a wake-up looks
+        #: Clients over their flood budget, not read until their deadline here (timers: a wake-up looks
         #: only at those due); _held says which are paused.
         self._paused: Deadlines[Connection] = Deadlines()
         self._held: set[Connection] = set()
