@@ -167,34 +167,3 @@ def test_a_page_is_answered_at_once() -> None:
     conn, box = web_connection(sock)
     conn.data_received(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
     assert not box.held and sock.sends and sock.sends[0].startswith(b"HTTP/1.1 200 OK\r\n")
-
-
-class QuietApp:
-    """An Engine.IO application that accepts every session and says nothing."""
-
-    def opened(self, session: object) -> None:
-        pass
-
-    def received(self, session: object, message: object) -> None:
-        pass
-
-    def closed(self, session: object, reason: str) -> None:
-        pass
-
-
-def test_an_engine_io_websocket_gets_its_upgrade_and_open_packet_in_one_send() -> None:
-    from socketlab.engineio import EngineServer
-
-    sock = RecordingSocket()
-    box = Outbox(sock, 1 << 20, RecordingWriter())  # type: ignore[arg-type]
-    site = WebSite({}, engine=EngineServer(QuietApp()))  # type: ignore[arg-type]
-    conn = WebConnection(sock, "peer", box, WebSession(site, 0.0), threading.Lock())  # type: ignore[arg-type]
-    client = ClientProtocol(parse_uri("ws://127.0.0.1:8080/socket.io/?EIO=4&transport=websocket"))
-    client.send_request(client.connect())
-    conn.data_received(b"".join(client.data_to_send()))
-    assert not box.held
-    [sent] = sock.sends
-    client.receive_data(sent)
-    answer, opening = client.events_received()
-    assert answer.status_code == 101  # type: ignore[union-attr]
-    assert opening.data.startswith(b'0{"sid":"')  # type: ignore[union-attr]

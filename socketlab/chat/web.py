@@ -518,12 +518,10 @@ class WebConnection(Connection):
         was_open = session.opened
         engine = session.engine
         refused = engine.refused if engine is not None else None
-        outbox = self.outbox
         with self.lock:
-            # A request (or Engine.IO input): what this read asks for goes out with one send().
-            if not was_open:
-                outbox.hold()
             items = session.receive(data, now)
+            if not was_open and session.opened and session.ended is None:
+                self.outbox.hold()  # the upgrade goes out with the welcome: join_late() releases it
             self.pump()
             engine = session.engine
             if engine is not None and not self.carries_engine:
@@ -535,13 +533,8 @@ class WebConnection(Connection):
             if engine.refused is not refused and engine.refused is not None:
                 self._log_refusal("Refused Socket.IO request from %s: %s %s (%s)", *engine.refused, session.describe())
             if session.site.engine_settle is not None:
-                session.site.engine_settle()  # the chat's answers (a welcome, notices) join what is held
-            with self.lock:
-                outbox.release()
+                session.site.engine_settle()
             return items
-        if outbox.held and not self.ready_to_join():  # else join_late() releases it, after the welcome
-            with self.lock:
-                outbox.release()
         if not answered and session.ended is not None and (session.status or 400) >= 400:
             self._log_refusal("Refused web request from %s: %s (%s)", session.status or "closed", session.describe())
         # The reader counted any bytes as activity; for the idle timeout only messages count.
