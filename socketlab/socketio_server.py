@@ -190,6 +190,10 @@ class _Reader:
                 if not self._running:
                     return
                 continue
+            for key, _mask in events:  # the waker before the queue: no wake-up is drained unseen
+                if key.data is None:
+                    self._waker.drain()
+                    break
             while self._arriving:
                 conn = self._arriving.popleft()
                 try:
@@ -198,9 +202,7 @@ class _Reader:
                     self.close(conn, "closed")
             for key, _mask in events:
                 conn = key.data
-                if conn is None:
-                    self._waker.drain()
-                elif not conn.closed:
+                if conn is not None and not conn.closed:
                     try:
                         self._readable(conn)
                     except Exception:  # one client must never take the reader down

@@ -189,3 +189,39 @@ def test_a_join_that_fails_closes_its_clients_and_the_reader_goes_on(loop, caplo
     assert "Cannot welcome 2 new client(s): RuntimeError: a bug in the welcome" in caplog.text
     for _ours, theirs in pairs:
         theirs.close()
+
+
+def test_a_batch_handed_over_while_the_waker_is_drained_is_welcomed(loop) -> None:
+    """A hand-over that lands between the reader's wake-up and its drain of the waker is served at once.
+
+    The race, made certain: the first drain hands over a second batch just before it reads the
+    waker, so that batch's wake-up byte is consumed by that very drain. A reader that looks at its
+    queues before draining would then sleep in select() with the batch unseen.
+    """
+    host, reader, _selector = loop
+    pairs = [socket.socketpair() for _ in range(2)]
+    for ours, theirs in pairs:
+        ours.setblocking(False)
+        theirs.settimeout(TIMEOUT)
+    first, second = [
+        [LineConnection(ours, f"pair{ours.fileno()}", Outbox(ours, 1 << 20, reader.writer), 4096)]  # type: ignore[attr-defined]
+        for ours, _ in pairs
+    ]
+    waker = reader._waker
+    real_drain = waker.drain
+    handed_over = threading.Event()
+
+    def drain_with_a_hand_over_in_the_way() -> None:
+        if not handed_over.is_set():
+            handed_over.set()
+            reader.add(second, join=True)
+        real_drain()
+
+    waker.drain = drain_with_a_hand_over_in_the_way  # type: ignore[method-assign]
+    reader.add(first, join=True)
+    assert handed_over.wait(TIMEOUT)
+    pairs[1][1].settimeout(2.0)  # served in the same wake-up, not after the next event
+    assert read_lines(pairs[1][1], 1)[0].startswith("* welcome user")
+    assert read_lines(pairs[0][1], 1)[0].startswith("* welcome user")
+    for _ours, theirs in pairs:
+        theirs.close()

@@ -123,6 +123,38 @@ def test_port_0_is_a_free_port_and_only_the_engine_path_is_served(start: Any) ->
     assert get(port, "/socket.io/?EIO=3&transport=polling")[0] == 400
 
 
+def test_a_connection_handed_over_while_the_reader_drains_its_waker_is_served(start: Any) -> None:
+    """The race between a hand-over and the reader's drain of its waker, made certain: the second
+    connection is handed over just before the drain reads the waker, which consumes its wake-up.
+    It is answered at once, not after some later event on another connection."""
+    service = start()
+    reader = service.reader
+    real_add, real_drain = reader.add, reader._waker.drain
+    draining, second_added = threading.Event(), threading.Event()
+    adds: list[int] = []
+
+    def add(conns: list[Any]) -> None:
+        real_add(conns)
+        adds.append(len(conns))
+        if len(adds) == 2:
+            second_added.set()
+
+    def drain() -> None:
+        if not draining.is_set():
+            draining.set()
+            second_added.wait(TIMEOUT)
+        real_drain()
+
+    reader.add, reader._waker.drain = add, drain  # type: ignore[method-assign]
+    port = service.server_address[1]
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as silent:
+        assert draining.wait(TIMEOUT)
+        with socket.create_connection(("127.0.0.1", port), timeout=2.0) as asking:
+            asking.sendall(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert asking.recv(12) == b"HTTP/1.1 200"
+        assert silent.fileno() != -1
+
+
 def test_an_address_may_be_a_port_alone() -> None:
     """An int address is a port on 127.0.0.1."""
     with SocketIOService(0, echo_server()) as service:

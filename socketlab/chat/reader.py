@@ -232,6 +232,12 @@ class ReaderLoop:
                 if not self._running:
                     return
                 continue
+            # The waker first, the hand-over queues after: a wake-up that comes while the queues are
+            # looked at stays pending, never drained unseen (a batch would wait for the next event).
+            for key, _mask in events:
+                if key.data is None:
+                    self._waker.drain()
+                    break
             if self._joining:
                 self._join_arrivals()
             if self._arriving:
@@ -242,8 +248,7 @@ class ReaderLoop:
                 self._resume_held_by_core()
             for key, _mask in events:
                 conn = key.data
-                if conn is None:
-                    self._waker.drain()
+                if conn is None:  # drained above
                     continue
                 if conn is _HANGUPS:
                     try:
