@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 from types import SimpleNamespace
+
+from websockets.client import ClientProtocol
+from websockets.uri import parse_uri
 
 from socketlab.chat.protocol import Member, Room
 from socketlab.chat.outbox import Outbox
 from socketlab.chat.service import ChatService
+from socketlab.chat.web import WebConnection, WebSession, WebSite
 
 
 class RecordingSocket:
@@ -95,3 +100,70 @@ def test_end_waits_for_the_backlog_then_shuts_the_socket_and_takes_nothing_more(
     assert box.closed and box.reason == "bye" and shut and writer.watched == []
     box.write(b"too late\n")
     assert b"".join(sock.sends) == b"last line\n"
+
+
+def test_held_writes_go_out_in_one_send_on_release_and_a_goodbye_waits_for_them() -> None:
+    """hold() keeps writes back (a WebSocket's upgrade answer waits for its welcome); release() sends them
+    with one send(), what the kernel leaves becoming the backlog; an end() meanwhile comes after them."""
+    writer = RecordingWriter()
+    sock = RecordingSocket(accept=8)
+    shut: list[int] = []
+    sock.shutdown = shut.append  # type: ignore[attr-defined]
+    box = Outbox(sock, 1 << 20, writer)  # type: ignore[arg-type]
+    box.hold()
+    box.write(b"answer\r\n")
+    box.write(b"welcome\n")
+    box.end("server full")
+    assert sock.sends == [] and not shut
+    box.release()
+    assert sock.sends == [b"answer\r\n"]  # one send() of both; the kernel took 8 bytes
+    assert b"".join(box.chunks) == b"welcome\n" and writer.watched == [box] and not shut
+    sock.accept = 100
+    box.flush()
+    assert sock.sends[-1] == b"welcome\n" and box.closed and box.reason == "server full" and shut
+    box.release()  # released already: nothing more
+    assert len(sock.sends) == 2
+
+
+def test_release_without_a_hold_or_after_a_failure_sends_nothing() -> None:
+    writer = RecordingWriter()
+    sock = RecordingSocket()
+    sock.shutdown = lambda how: None  # type: ignore[attr-defined]
+    box = Outbox(sock, 1 << 20, writer)  # type: ignore[arg-type]
+    box.release()
+    box.write(b"at once\n")
+    assert sock.sends == [b"at once\n"]
+    box.hold()
+    box.write(b"held\n")
+    box.fail("connection reset")
+    box.release()
+    assert sock.sends == [b"at once\n"] and box.closed
+
+
+def web_connection(sock: RecordingSocket) -> tuple[WebConnection, Outbox]:
+    box = Outbox(sock, 1 << 20, RecordingWriter())  # type: ignore[arg-type]
+    session = WebSession(WebSite({"/": (b"page", "text/plain")}), 0.0)
+    return WebConnection(sock, "peer", box, session, threading.Lock()), box  # type: ignore[arg-type]
+
+
+def test_a_websocket_upgrade_waits_for_the_welcome_and_both_go_out_in_one_send() -> None:
+    sock = RecordingSocket()
+    conn, box = web_connection(sock)
+    client = ClientProtocol(parse_uri("ws://127.0.0.1:8080/ws"))
+    client.send_request(client.connect())
+    assert conn.data_received(b"".join(client.data_to_send())) == []
+    assert conn.ready_to_join() and box.held and sock.sends == []
+    conn.send(b"* welcome\n")  # what joining the hub writes
+    box.release()  # what the server's join_late() ends with
+    [sent] = sock.sends
+    client.receive_data(sent)
+    answer, welcome = client.events_received()
+    assert answer.status_code == 101 and welcome.data == b"* welcome\n"  # type: ignore[union-attr]
+
+
+def test_a_page_is_answered_at_once() -> None:
+    sock = RecordingSocket()
+    sock.shutdown = lambda how: None  # type: ignore[attr-defined]
+    conn, box = web_connection(sock)
+    conn.data_received(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n")
+    assert not box.held and sock.sends and sock.sends[0].startswith(b"HTTP/1.1 200 OK\r\n")

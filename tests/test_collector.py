@@ -44,6 +44,40 @@ def test_arrivals_are_frozen_every_so_many(clean_collector) -> None:
     assert walked(members) == 0  # frozen: no collection walks them
 
 
+def test_while_no_connection_closes_each_arrival_and_each_join_is_frozen_at_once(clean_collector) -> None:
+    """A storm of arrivals: nothing can be garbage yet, so new connections, and what their handshakes and
+    joins build, are frozen before any collection walks them, however few come at a time."""
+    freezer = ArrivalFreezer(freeze_every=10)
+    freezer.built()  # nothing frozen yet: the first freeze waits for freeze_every arrivals
+    assert freezer.freezes == 0
+    freezer.arrived(10)  # the first freeze collects the young generations first
+    assert freezer.freezes == 1
+    accepted = [Cyclic()]
+    freezer.arrived(1)
+    assert freezer.freezes == 2 and walked(accepted) == 0
+    joined = [Cyclic()]
+    assert walked(joined) == 1
+    freezer.built()
+    assert freezer.freezes == 3 and walked(joined) == 0
+
+
+def test_after_a_connection_closes_the_next_freeze_waits_and_collects_first(clean_collector) -> None:
+    """What a closed connection left in cycles is reclaimed by the young collection before the freeze,
+    not frozen with the members that arrived after it."""
+    freezer = ArrivalFreezer(freeze_every=10)
+    freezer.arrived(10)
+    start = Cyclic.instances
+    left = [Cyclic()]
+    left.clear()  # a cycle: garbage only the collector frees
+    freezer.departed()  # 1 of 10: not yet a quarter
+    assert freezer.unfreezes == 0
+    freezer.arrived(9)
+    freezer.built()
+    assert freezer.freezes == 1 and Cyclic.instances == start + 1
+    freezer.arrived(1)
+    assert freezer.freezes == 2 and Cyclic.instances == start
+
+
 def walked(objects: list[object]) -> int:
     """How many of *objects* are in a generation the collector walks (not frozen)."""
     ids = {id(item) for item in objects}

@@ -37,7 +37,7 @@ class Outbox:
     which the reader loop sees as the client leaving; ``reason`` says why.
     """
 
-    __slots__ = ("sock", "send_now", "limit", "writer", "chunks", "size", "idle", "closed", "reason", "ending")
+    __slots__ = ("sock", "send_now", "limit", "writer", "chunks", "size", "idle", "closed", "reason", "ending", "held")
 
     def __init__(self, sock: socket.socket, limit: int, writer: "BacklogWriter") -> None:
         self.sock = sock
@@ -52,6 +52,8 @@ class Outbox:
         self.reason: str | None = None
         #: end() was called: fail with this reason once the backlog is sent.
         self.ending: str | None = None
+        #: hold() is keeping writes back until release().
+        self.held = False
 
     def write_raw(self, data: bytes) -> None:
         """What write() does, for bytes already encoded for the wire (TlsOutbox encrypts in write())."""
@@ -91,6 +93,31 @@ class Outbox:
         self.size = len(rest)
         self.idle = False
         self.writer.watch(self)
+
+    def hold(self) -> None:
+        """Keep what is written from now until release(), to send it with one send().
+
+        A WebSocket handshake's answer and the welcome that follows it are one
+        send() this way, not two. Does nothing with a backlog (it is sent in order anyway).
+        """
+        if self.idle:
+            self.idle = False
+            self.held = True
+
+    def release(self) -> None:
+        """Send what was kept since hold(): at once, or what the kernel leaves as a backlog."""
+        if not self.held:
+            return
+        self.held = False
+        if self.closed:
+            return
+        data = b"".join(self.chunks)
+        ending, self.ending = self.ending, None
+        self.chunks, self.size, self.idle = [], 0, True
+        if data:
+            Outbox.write(self, data)  # already encoded for the wire (encrypted, in a TlsOutbox)
+        if ending is not None:
+            self.end(ending)
 
     def flush(self) -> None:
         """Send as much of the backlog as the kernel takes now."""

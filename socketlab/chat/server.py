@@ -224,7 +224,7 @@ class ChatServer(AcceptingServer):
         )
         self.socketio = SocketIOServer(settings, connect_timeout=config.socketio_connect_timeout)
         self.socketio_chat = SocketIOChat(self.service, self.acceptor, config.max_line, config.max_rate)
-        self.socketio_chat.on_joined = lambda transport: self._watch_idle([transport])
+        self.socketio_chat.on_joined = lambda transport: self._members_arrived([transport])
         self.socketio.of("/", self.socketio_chat)
         site.engine = self.socketio.engine
         site.engine_started = self._engine_started
@@ -349,8 +349,13 @@ class ChatServer(AcceptingServer):
             return False
         for conn, member in zip(conns, members, strict=True):
             conn.joined(member)
-        self._watch_idle(conns)
+        self._members_arrived(conns)
         return True
+
+    def _members_arrived(self, transports: Sequence[Any]) -> None:
+        """New members, of any transport: their idle timers; what their handshakes and joins built is frozen."""
+        self._watch_idle(transports)
+        self.freezer.built()
 
     # -- web clients ------------------------------------------------------------
 
@@ -401,8 +406,16 @@ class ChatServer(AcceptingServer):
         """A client finished its handshake (TLS, WebSocket): make it a member, or refuse it (reader thread).
 
         A browser is counted toward max_clients before it stops counting as a request in flight, so
-        the web listener's room (_web_room) never sees it as neither.
+        the web listener's room (_web_room) never sees it as neither. Its outbox, held since the
+        upgrade, sends the answer and the welcome (or the refusal) together.
         """
+        try:
+            self._join_late(conn)
+        finally:
+            with self.lock:
+                conn.outbox.release()
+
+    def _join_late(self, conn: Connection) -> None:
         web = isinstance(conn, WebConnection)
         seated = web and self.acceptor.register(conn.sock)
         with self.lock:

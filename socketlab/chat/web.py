@@ -515,10 +515,13 @@ class WebConnection(Connection):
         now = time.monotonic()
         session = self.session
         answered = session.ended is not None
+        was_open = session.opened
         engine = session.engine
         refused = engine.refused if engine is not None else None
         with self.lock:
             items = session.receive(data, now)
+            if not was_open and session.opened and session.ended is None:
+                self.outbox.hold()  # the upgrade goes out with the welcome: join_late() releases it
             self.pump()
             engine = session.engine
             if engine is not None and not self.carries_engine:
