@@ -286,8 +286,10 @@ class Acceptor:
                         self._watch_again(selector)
                     for key, _mask in selector.select(timeout):
                         if key.data is None:  # the waker: stop() or resume()
-                            self._resume_pending = False
+                            # Drained before the flag is cleared: a resume() in between is seen by the
+                            # _watch_again() that follows, one after it wakes the loop again.
                             self._waker.drain()
+                            self._resume_pending = False
                         elif key.data is _LINGERING:
                             self._drain_refused(key.fileobj)  # type: ignore[arg-type]
                         elif not self._stopping:
