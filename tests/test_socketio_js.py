@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from support import TIMEOUT, LineReader, Peer
+from support import TIMEOUT, LineReader, Peer, wait_until
 
 JS = pathlib.Path(__file__).parent / "js"
 NODE = shutil.which("node")
@@ -119,11 +119,22 @@ def test_a_third_js_client_is_refused_a_room_of_two(web_chat, js_members) -> Non
 
 
 def test_shutdown_disconnects_the_js_client(web_chat, js_members) -> None:
-    """On shutdown the JS client hears the notice, then the server's DISCONNECT ('io server disconnect')."""
+    """On shutdown the JS client hears the notice, then the server's DISCONNECT ('io server disconnect').
+
+    The polling client is told through its pending GET: shutdown waits until it has one (a client
+    between two polls at that moment finds the listener closed, and reports a transport error).
+    """
     server = web_chat()
     polling, websocket = js_members(server.web_address[1], "polling"), js_members(server.web_address[1], "websocket")
     for member in (polling, websocket):
         member.next()
+    assert polling.until({"event": "notice", "args": ["user2 joined lobby"]})
+
+    def poll_pending() -> bool:
+        with server.lock:
+            return any(conn.session.engine is not None and conn.session.engine.holding for conn in server._engine_conns)
+
+    wait_until(poll_pending, what="the polling client's next GET")
     server.shutdown()
     for member in (polling, websocket):
         seen = member.until({"disconnect": "io server disconnect"})
