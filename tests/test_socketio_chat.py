@@ -423,9 +423,20 @@ def test_an_overlapping_get_closes_that_session_only(chat, members) -> None:
     held: list[list[str]] = []
     thread = threading.Thread(target=lambda: held.append(raw.get()))
     thread.start()
-    with server.lock:  # the test's only look inside: wait until the server holds the first GET
-        engines = [conn.session.engine for conn in server._engine_conns]
-    wait_until(lambda: any(engine is not None and engine.holding for engine in engines), what="a held GET")
+    raw_session = None  # the test's only look inside: wait until the server holds the first GET
+
+    def held_get() -> bool:
+        with server.lock:  # looked up each time: the GET's connection may not be accepted yet
+            return any(
+                conn.session.engine is not None and conn.session.engine.holding and conn.session.engine.session is raw_session
+                for conn in server._engine_conns
+            )
+
+    with server.lock:
+        assert server.socketio is not None
+        raw_session = server.socketio.engine.sessions.get(raw.sid)
+    assert raw_session is not None
+    wait_until(held_get, what="a held GET")
     second = raw_request(server.web_address[1], "GET", f"/socket.io/?EIO=4&transport=polling&sid={raw.sid}")
     assert second == (400, '{"code":3,"message":"overlapping GET requests"}')
     thread.join(TIMEOUT)

@@ -184,7 +184,9 @@ class WebSession:
 
     def __init__(self, site: WebSite, now: float) -> None:
         self.site = site
-        self.protocol = ServerProtocol(max_size=site.max_message, logger=_protocol_log)
+        #: websockets' protocol, made when first used: a connection that turns out to carry Engine.IO
+        #: (which has its own) never pays for it, in time or memory.
+        self._protocol: ServerProtocol | None = None
         self.framer = LineBuffer(site.max_line)
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         #: Lines of a fragmented message whose final fragment has not come yet (at most max_message bytes).
@@ -213,6 +215,14 @@ class WebSession:
         self._write: Any = None
         self._end: Any = None
         self._peer = ""
+
+    @property
+    def protocol(self) -> ServerProtocol:
+        """The WebSocket (and HTTP request) protocol of a connection that does not carry Engine.IO."""
+        protocol = self._protocol
+        if protocol is None:
+            protocol = self._protocol = ServerProtocol(max_size=self.site.max_message, logger=_protocol_log)
+        return protocol
 
     def attach(self, write: Any, end: Any, peer: str) -> None:
         """Where Engine.IO writes at once (deliveries come from any thread, lock held)."""
@@ -409,7 +419,8 @@ class WebSession:
         The caller sends it after what outgoing() returned before: the frame does not pass through
         the protocol's queue (nothing else is ever fragmented, so a whole frame fits anywhere).
         """
-        if self.protocol.state is not State.OPEN:
+        protocol = self._protocol
+        if protocol is None or protocol.state is not State.OPEN:
             return None
         return self.site.text_frame(data)
 
@@ -430,6 +441,9 @@ class WebSession:
 
     def outgoing(self) -> list[bytes]:
         """Bytes to send, in order; ``b""`` means: end our side after them."""
+        if self._protocol is None:  # Engine.IO writes its own, or nothing was asked yet
+            queued, self._queued = self._queued, []
+            return queued
         if self._queued:
             queued, self._queued = self._queued, []
             return queued + self.protocol.data_to_send()
