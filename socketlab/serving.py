@@ -74,24 +74,34 @@ class Waker:
     """Wakes a thread blocked in ``selector.select()`` from any other thread.
 
     ``register(selector)`` adds its read end (with ``data=None``); ``wake()``
-    makes it readable; the woken thread calls ``drain()``.
+    makes it readable; the woken thread calls ``drain()``, then looks at what
+    it was woken for. Until it drains, more wake-ups cost nothing: a crowd of
+    hand-overs (an accept storm) is one system call, not one each.
     """
 
     def __init__(self) -> None:
         self._read, self._write = socket.socketpair()
         self._read.setblocking(False)
         self._write.setblocking(False)
+        #: A wake-up was sent and not yet drained.
+        self._pending = False
 
     def register(self, selector: selectors.BaseSelector) -> None:
         selector.register(self._read, selectors.EVENT_READ, None)
 
     def wake(self) -> None:
+        if self._pending:  # the woken thread has not drained yet, and looks at everything after it does
+            return
+        self._pending = True
         try:
             self._write.send(b"x")
         except OSError:  # already pending (buffer full) or closed: either way nothing to add
             pass
 
     def drain(self) -> None:
+        # Cleared first: a wake() from here on sends again, and one before it is seen by the caller,
+        # which looks at what it was woken for after draining.
+        self._pending = False
         try:
             self._read.recv(4096)
         except OSError:

@@ -65,3 +65,19 @@ def test_resume_wakes_the_loop_after_a_resume_raced_with_its_drain(monkeypatch) 
         acceptor.stop()
         thread.join(TIMEOUT)
         acceptor.close()
+
+
+def test_wake_ups_before_a_drain_cost_one_byte_and_a_wake_up_after_it_wakes_again() -> None:
+    """A crowd of wake-ups before the woken thread drains is one send(); after drain(), wake() sends again."""
+    from socketlab.serving import Waker
+
+    waker = Waker()
+    try:
+        for _ in range(100):
+            waker.wake()
+        assert waker._read.recv(4096) == b"x"
+        waker.drain()
+        waker.wake()
+        assert waker._read.recv(4096) == b"x"
+    finally:
+        waker.close()
