@@ -206,8 +206,9 @@ class EngineConnection:
             self._engine_error(EngineError(FORBIDDEN, 403), request, cors)
             return
         try:
-            transport = self.server.check_query(request.query, request.method)
-            sid = request.query.get("sid")
+            query = request.query
+            transport = self.server.check_query(query, request.method)
+            sid = query.get("sid")
             if transport == "websocket":
                 self._upgrade(request, sid, now)
                 return

@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: A request target in origin form, printable ASCII only.
 _TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
+#: A control character other than tab, which no header value may hold.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f]")
 _REASONS = {
     200: "OK",
     204: "No Content",
@@ -150,12 +152,12 @@ class RequestReader:
             name, colon, value = line.partition(b":")
             if not colon or not _TOKEN.match(name):
                 raise HttpError(400, "bad header line")
+            if _CONTROL.search(value):
+                raise HttpError(400, "control character in a header")
             try:
                 text = value.strip(b" \t").decode("ascii")
             except UnicodeDecodeError:
                 text = value.strip(b" \t").decode("latin-1")
-            if any(ord(ch) < 0x20 and ch != "\t" for ch in text):
-                raise HttpError(400, "control character in a header")
             headers.append((name.decode("ascii").lower(), text))
         request = HttpRequest(parts[0].decode("ascii"), parts[1].decode("ascii"), parts[2].decode("ascii"), headers, b"", head)
         if request.header("transfer-encoding") is not None:
