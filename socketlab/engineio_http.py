@@ -306,12 +306,20 @@ class EngineConnection:
             self.end(self.ended)
             return
         self.websocket = protocol
-        self._pump(protocol)
+        # The 101 answer and what the session sends at once (a new one's open packet): one write.
+        write, wire = self.write, [chunk for chunk in protocol.data_to_send() if chunk]
+        self.write = wire.append
+        refused = False
         try:
             self.session = self.server.open_websocket(sid, self, now, self.peer)
         except EngineError:
-            self.websocket.send_close(CloseCode.POLICY_VIOLATION, "session cannot be upgraded")
+            protocol.send_close(CloseCode.POLICY_VIOLATION, "session cannot be upgraded")
             self._pump(protocol)
+            refused = True
+        finally:
+            self.write = write
+            write(b"".join(wire))
+        if refused:
             self.ended = "upgrade refused"
             self.end(self.ended)
             return

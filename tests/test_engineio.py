@@ -347,3 +347,23 @@ def test_send_many_on_an_open_websocket_goes_straight_to_it() -> None:
     session.send_many(["4a", "4b"])
     assert carrier.straight == [["4a", "4b"]]
     assert [kind for kind, _ in carrier.deliveries[0]] == ["0"]  # the open packet went the usual way
+
+
+def test_a_websocket_upgrade_answer_and_its_open_packet_are_one_write() -> None:
+    """The 101 answer and the new session's open packet leave in one write (one send())."""
+    from socketlab.engineio_http import EngineConnection
+
+    writes: list[bytes] = []
+    ends: list[str] = []
+    connection = EngineConnection(EngineServer(App()), writes.append, ends.append, lambda origin, host: True)
+    connection.receive(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        0.0,
+    )
+    assert ends == [] and len(writes) == 1
+    head, _, frame = writes[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
+    assert frame[0] == 0x81 and frame[2:4] == b"0{"  # one unmasked text frame: the open packet
+    assert json.loads(frame[3:])["upgrades"] == []
