@@ -90,7 +90,9 @@ def _reconstruct(data: Any, attachments: list[bytes]) -> Any:
 def encode(packet: Packet) -> list[Message]:
     """*packet* as Engine.IO messages: the text packet, then its binary attachments."""
     attachments: list[bytes] = []
-    data = _deconstruct(packet.data, attachments) if packet.data is not None else None
+    data = packet.data
+    if data is not None and not (type(data) is list and all(type(item) is str for item in data)):
+        data = _deconstruct(data, attachments)  # only what may hold bytes is walked (an event's strings: the chat)
     kind = packet.type
     if attachments and kind in (EVENT, ACK):
         kind = BINARY_EVENT if kind == EVENT else BINARY_ACK
