@@ -99,13 +99,15 @@ class Waker:
             pass
 
     def drain(self) -> None:
-        # Cleared first: a wake() from here on sends again, and one before it is seen by the caller,
-        # which looks at what it was woken for after draining.
-        self._pending = False
         try:
             self._read.recv(4096)
         except OSError:
             pass
+        # Cleared after the read, never before: a wake() that sent while the flag was clear would
+        # have its byte read here and leave the flag set with nothing to read, muting every later
+        # wake(). One that came before the clear was absorbed, and the caller, which looks at what
+        # it was woken for after draining, sees it; one after it sends again.
+        self._pending = False
 
     def close(self) -> None:
         self._read.close()
@@ -233,8 +235,6 @@ class Acceptor:
         self._selector: selectors.BaseSelector | None = None
         #: Listeners out of room, not watched until resume() (accept thread): listener -> its handling.
         self._waiting_listeners: dict[socket.socket, Any] = {}
-        #: resume() woke the accept thread, which has not looked yet.
-        self._resume_pending = False
         #: Numbers the unnamed peers of UNIX listeners (unix#1, unix#2, ...).
         self._unix_peers = 0
 
@@ -272,8 +272,7 @@ class Acceptor:
         One wake-up until the accept thread has seen it: a storm of finished handshakes costs one
         system call, not one each.
         """
-        if self._waiting_listeners and not self._resume_pending:
-            self._resume_pending = True
+        if self._waiting_listeners:
             self._waker.wake()
 
     def serve_forever(self, on_listening: Callable[[], None] = lambda: None) -> None:
@@ -295,11 +294,8 @@ class Acceptor:
                         timeout = ROOM_CHECK if timeout is None else min(timeout, ROOM_CHECK)
                         self._watch_again(selector)
                     for key, _mask in selector.select(timeout):
-                        if key.data is None:  # the waker: stop() or resume()
-                            # Drained before the flag is cleared: a resume() in between is seen by the
-                            # _watch_again() that follows, one after it wakes the loop again.
+                        if key.data is None:  # the waker: stop() or resume(), seen by _watch_again() next
                             self._waker.drain()
-                            self._resume_pending = False
                         elif key.data is _LINGERING:
                             self._drain_refused(key.fileobj)  # type: ignore[arg-type]
                         elif not self._stopping:

@@ -81,3 +81,29 @@ def test_wake_ups_before_a_drain_cost_one_byte_and_a_wake_up_after_it_wakes_agai
         assert waker._read.recv(4096) == b"x"
     finally:
         waker.close()
+
+
+def test_a_wake_up_that_lands_inside_a_drain_does_not_mute_the_later_ones() -> None:
+    """A wake() between the drain's read and its end: every later wake() still makes the waker readable."""
+    import select
+
+    from socketlab.serving import Waker
+
+    waker = Waker()
+    real = waker._read
+
+    class ReadWithAWakeUpInTheWay:
+        def recv(self, size: int) -> bytes:
+            waker.wake()  # another thread, at the worst moment
+            return real.recv(size)
+
+    try:
+        waker.wake()
+        waker._read = ReadWithAWakeUpInTheWay()  # type: ignore[assignment]
+        waker.drain()
+        waker._read = real
+        waker.wake()
+        assert select.select([real], [], [], 1.0)[0] == [real], "a later wake-up was muted"
+    finally:
+        waker._read = real
+        waker.close()

@@ -195,7 +195,7 @@ def test_a_batch_handed_over_while_the_waker_is_drained_is_welcomed(loop) -> Non
     """A hand-over that lands between the reader's wake-up and its drain of the waker is served at once.
 
     The race, made certain: the first drain hands over a second batch just before it reads the
-    waker, so that batch's wake-up byte is consumed by that very drain. A reader that looks at its
+    waker, so that batch's wake-up is absorbed by that very drain. A reader that looks at its
     queues before draining would then sleep in select() with the batch unseen.
     """
     host, reader, _selector = loop
