@@ -102,9 +102,29 @@ def test_end_waits_for_the_backlog_then_shuts_the_socket_and_takes_nothing_more(
     assert b"".join(sock.sends) == b"last line\n"
 
 
-def test_held_writes_go_out_in_one_send_on_release_and_a_goodbye_waits_for_them() -> None:
+def test_held_writes_go_out_in_one_send_on_release() -> None:
     """hold() keeps writes back (a WebSocket's upgrade answer waits for its welcome); release() sends them
-    with one send(), what the kernel leaves becoming the backlog; an end() meanwhile comes after them."""
+    with one send(), what the kernel leaves becoming the backlog."""
+    writer = RecordingWriter()
+    sock = RecordingSocket(accept=8)
+    box = Outbox(sock, 1 << 20, writer)  # type: ignore[arg-type]
+    box.hold()
+    box.write(b"answer\r\n")
+    box.write(b"welcome\n")
+    assert sock.sends == []
+    box.release()
+    assert sock.sends == [b"answer\r\n"]  # one send() of both; the kernel took 8 bytes
+    assert b"".join(box.chunks) == b"welcome\n" and writer.watched == [box]
+    sock.accept = 100
+    box.flush()
+    assert sock.sends[-1] == b"welcome\n" and not box.closed
+    box.release()  # released already: nothing more
+    assert len(sock.sends) == 2
+
+
+def test_an_end_while_held_sends_what_was_kept_then_ends() -> None:
+    """A goodbye (a refusal, shutdown) on a held outbox releases it: what was kept goes first, in one
+    send(), then the end, once it is out; nothing is left held should the release never come."""
     writer = RecordingWriter()
     sock = RecordingSocket(accept=8)
     shut: list[int] = []
@@ -112,15 +132,14 @@ def test_held_writes_go_out_in_one_send_on_release_and_a_goodbye_waits_for_them(
     box = Outbox(sock, 1 << 20, writer)  # type: ignore[arg-type]
     box.hold()
     box.write(b"answer\r\n")
-    box.write(b"welcome\n")
+    box.write(b"server full\n")
     box.end("server full")
-    assert sock.sends == [] and not shut
-    box.release()
-    assert sock.sends == [b"answer\r\n"]  # one send() of both; the kernel took 8 bytes
-    assert b"".join(box.chunks) == b"welcome\n" and writer.watched == [box] and not shut
+    assert sock.sends == [b"answer\r\n"] and not box.held  # one send() of both; the kernel took 8 bytes
+    assert b"".join(box.chunks) == b"server full\n" and not shut
+    box.write(b"after the goodbye\n")
     sock.accept = 100
     box.flush()
-    assert sock.sends[-1] == b"welcome\n" and box.closed and box.reason == "server full" and shut
+    assert sock.sends[-1] == b"server full\n" and box.closed and box.reason == "server full" and shut
     box.release()  # released already: nothing more
     assert len(sock.sends) == 2
 

@@ -146,6 +146,10 @@ class Outbox:
         """Shut the socket down, as fail() does, once the backlog is sent."""
         if self.closed or self.ending is not None:
             return
+        if self.held:  # what was kept goes first, then the end: nothing is left held for good
+            self.ending = reason
+            self.release()
+            return
         if self.size:
             self.ending = reason
         else:
