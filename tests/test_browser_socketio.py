@@ -61,10 +61,11 @@ def test_two_tutorial_pages_and_nc_share_a_room_and_a_third_page_is_refused(brow
         alice, bob = TutorialPage(browser, url), TutorialPage(browser, url)
         nc = Peer(cli.port)
         try:
-            for page in (alice, bob):
-                page.join("r1")
             nc.send(b"/join r1\n")
             nc.until("* you are in r1")
+            for page, name in ((alice, "user1"), (bob, "user2")):
+                page.join("r1")
+                nc.until(f"* {name} joined r1")  # the page's join reached the server: nothing is said before
             alice.say("hello from a page")
             for page in (alice, bob):
                 page.expect_message("<user1> hello from a page")

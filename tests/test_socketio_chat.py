@@ -299,8 +299,11 @@ def test_flood_control_holds_then_disconnects(chat, members) -> None:
 
 
 def test_the_ping_timeout_drops_a_silent_client_and_frees_its_seat(chat) -> None:
-    """A polling client that stops polling is closed after pingInterval + pingTimeout."""
-    server = chat(max_clients=1, socketio_ping_interval=0.2, socketio_ping_timeout=0.2)
+    """A polling client that stops polling is closed after pingInterval + pingTimeout.
+
+    A second each: the CONNECT, its answer and the TCP client's refusal must all come before the
+    first ping is due, which a loaded machine may not manage within a fifth of a second."""
+    server = chat(max_clients=1, socketio_ping_interval=1.0, socketio_ping_timeout=1.0)
     raw = RawPolling(server.web_address[1])
     raw.post("40")
     assert raw.get()[0].startswith("40{")

@@ -398,7 +398,7 @@ def test_close_notify_alone_ends_a_members_side(certs, chat) -> None:
 
 def test_a_client_stuck_in_its_handshake_is_dropped_after_handshake_timeout(certs, chat) -> None:
     """No ClientHello (or half of one) within handshake_timeout: dropped; meanwhile members chat without delay."""
-    server = chat(tls=certs.server_context(), handshake_timeout=0.3)
+    server = chat(tls=certs.server_context(), handshake_timeout=1.5)  # room for a slow machine before the check
     a, b = two_members_in_chess(server, certs)
     hello = TlsLayer(certs.client_context(), server_side=False, server_hostname="127.0.0.1").start()
     started = time.monotonic()
@@ -412,7 +412,7 @@ def test_a_client_stuck_in_its_handshake_is_dropped_after_handshake_timeout(cert
     for sock in (silent, partial):
         assert read_until_closed(sock) == b""
         sock.close()
-    assert 0.3 <= time.monotonic() - started < 3.0
+    assert 1.5 <= time.monotonic() - started < 4.5
     wait_until(lambda: server.connection_count == 2, what="the stuck clients forgotten")
     assert len(server.hub.members) == 2
     b.send("after")
