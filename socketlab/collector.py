@@ -95,6 +95,12 @@ class ArrivalFreezer:
         self._arrivals = 0
         self.freezes += 1
 
+    def garbage_possible(self) -> None:
+        """Something that may leave cycles ended without a connection closing (a Socket.IO session whose
+        kept-alive connection stays): the next freeze collects the young generations first."""
+        with self._lock:
+            self._closed_since = True
+
     def departed(self, count: int = 1) -> None:
         """*count* connections closed (members or not): what they leave may be garbage from now on."""
         with self._lock:

@@ -129,3 +129,19 @@ def test_nothing_is_frozen_again_before_a_full_collection_reclaims_what_was_unfr
     assert Cyclic.instances == start - 4
     freezer.arrived(0)
     assert freezer.freezes == 2
+
+
+def test_garbage_possible_without_a_close_makes_the_next_freeze_wait_and_collect(clean_collector) -> None:
+    """A session that ended on a connection still open: the next freeze waits for freeze_every arrivals
+    and collects the young generations first, as after a close, without counting a departure."""
+    freezer = ArrivalFreezer(freeze_every=10)
+    freezer.arrived(10)
+    start = Cyclic.instances
+    left = [Cyclic()]
+    left.clear()
+    freezer.garbage_possible()
+    freezer.built()
+    assert freezer.freezes == 1 and Cyclic.instances == start + 1  # not frozen at once
+    freezer.arrived(10)
+    assert freezer.freezes == 2 and Cyclic.instances == start  # collected, then frozen
+    assert freezer.unfreezes == 0

@@ -151,6 +151,8 @@ class SocketIOChat(Namespace):
         self._held: set[SocketIOMember] = set()
         #: Called (lock not held) with each Socket.IO member once it is in the chat (the server's idle timer).
         self.on_joined: Callable[[SocketIOMember], None] | None = None
+        #: Called (lock not held) when a Socket.IO member has left (what it leaves may be garbage now).
+        self.on_departed: Callable[[], None] | None = None
         #: The last delivery and its events as messages: a delivery to a room is encoded once.
         self._encoded: tuple[bytes, list[str]] = (b"", [])
 
@@ -305,3 +307,5 @@ class SocketIOChat(Namespace):
             self.acceptor.free_seat()
             if transport.member is not None:
                 core.depart(transport.member, None if detail == "quit" else detail)
+            if self.on_departed is not None:
+                self.on_departed()
