@@ -14,6 +14,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -641,3 +642,29 @@ def test_a_member_leaving_on_a_kept_alive_connection_tells_the_collector(chat, m
     wait_until(lambda: server.freezer._closed_since, what="the freezer told")
     assert raw.http.sock is not None  # the kept-alive connection is still open
     raw.close()
+
+
+def test_a_polling_client_between_two_polls_at_shutdown_still_hears_the_goodbye(chat) -> None:
+    """A long-polling client whose GET was just answered when the server shuts down opens its next
+    GET on a new connection (as the JavaScript client in Node does): the listener still takes it while
+    the goodbye waits, and it carries the notice and the DISCONNECT. Then shutdown ends at once."""
+    server = chat()
+    port = server.web_address[1]
+    status, body = raw_request(port, "GET", "/socket.io/?EIO=4&transport=polling")
+    assert status == 200
+    path = f"/socket.io/?EIO=4&transport=polling&sid={json.loads(body[1:])['sid']}"
+    post = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    post.request("POST", path, body=b"40")
+    assert post.getresponse().read() == b"ok"
+    post.close()
+    status, body = raw_request(port, "GET", path)
+    assert status == 200 and body.startswith("40{") and "welcome user1" in body
+    started = time.monotonic()
+    stopping = threading.Thread(target=server.shutdown)
+    stopping.start()
+    wait_until(lambda: server.service.shutting_down, what="shutdown begun")
+    status, body = raw_request(port, "GET", path)  # between two polls: a new connection
+    assert status == 200
+    assert body.split("\x1e") == ['42["notice","server shutting down"]', "41"]  # Engine.IO's close comes alone
+    stopping.join(TIMEOUT)
+    assert not stopping.is_alive() and time.monotonic() - started < 1.0

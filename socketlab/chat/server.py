@@ -254,11 +254,17 @@ class ChatServer(AcceptingServer):
     # -- for the caller (and AcceptingServer's address_text, connection_count, serve_forever, with) --
 
     def shutdown(self) -> None:
-        """Tell every client the server is going, flush, close them all and stop the threads (idempotent)."""
+        """Tell every client the server is going, flush, close them all and stop the threads (idempotent).
+
+        The listeners take connections while the goodbye is flushed: a Socket.IO long-polling client
+        between two polls opens its next GET on a new connection, and that GET carries its goodbye.
+        Then they are closed before the connections are: a client connecting later is refused, not
+        left waiting.
+        """
+        self.say_goodbye()
         self.acceptor.stop()
-        # A client (say, a Socket.IO long-poll opening its next request) must be refused, not left waiting.
         self.acceptor.close_listeners()
-        self.close_connections()
+        self.close_sockets()
         self._wait_for_reader(time.monotonic() + FLUSH_TIMEOUT)
         first, self._closed = not self._closed, True
         if first:
@@ -553,6 +559,11 @@ class ChatServer(AcceptingServer):
 
     def close_connections(self) -> None:
         """Tell everyone the server is going, flush for up to 2 s, then close."""
+        self.say_goodbye()
+        self.close_sockets()
+
+    def say_goodbye(self) -> None:
+        """Tell everyone the server is going (once), and wait up to 2 s for it to be sent."""
         engine = self.socketio.engine if self.socketio is not None else None
         if engine is not None:
             with self.lock:  # the notice, the DISCONNECT and the close travel together
@@ -566,6 +577,9 @@ class ChatServer(AcceptingServer):
             deadline = time.monotonic() + FLUSH_TIMEOUT
             while time.monotonic() < deadline and self._backlog_bytes():
                 time.sleep(0.01)  # deadline loop: the writer thread drains meanwhile
+
+    def close_sockets(self) -> None:
+        """End every connection (the reader sees each end and closes it)."""
         with self.lock:
             handshaking = [conn.sock for conn in (*self._handshaking, *self._engine_conns)]
         for sock in [*handshaking, *self.acceptor.sockets()]:
@@ -581,7 +595,10 @@ class ChatServer(AcceptingServer):
         self.reader.stop()
 
     def _backlog_bytes(self) -> int:
+        """Bytes still owed to clients: members' backlogs, and what Engine.IO sessions hold for their next poll."""
         transports = self.service.local_transports()
         with self.lock:
             waiting = sum(transport.backlog for transport in transports)
+            if self.socketio is not None:  # sessions told goodbye, whose members have left the chat already
+                waiting += sum(session.backlog for session in self.socketio.engine.sessions.values())
             return waiting + sum(conn.outbox.size for conn in self._engine_conns)
