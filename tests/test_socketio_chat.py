@@ -668,3 +668,19 @@ def test_a_polling_client_between_two_polls_at_shutdown_still_hears_the_goodbye(
     assert body.split("\x1e") == ['42["notice","server shutting down"]', "41"]  # Engine.IO's close comes alone
     stopping.join(TIMEOUT)
     assert not stopping.is_alive() and time.monotonic() - started < 1.0
+
+
+def test_shutdown_waits_no_more_than_half_a_second_for_a_polling_client_that_is_gone(chat) -> None:
+    """A long-polling client that never polls again does not hold shutdown to the 2 s flush limit."""
+    server = chat()
+    port = server.web_address[1]
+    status, body = raw_request(port, "GET", "/socket.io/?EIO=4&transport=polling")
+    path = f"/socket.io/?EIO=4&transport=polling&sid={json.loads(body[1:])['sid']}"
+    post = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+    post.request("POST", path, body=b"40")
+    assert post.getresponse().read() == b"ok"
+    post.close()
+    assert raw_request(port, "GET", path)[1].startswith("40{")
+    started = time.monotonic()
+    server.shutdown()  # the client never comes back for its goodbye
+    assert 0.5 <= time.monotonic() - started < 1.0

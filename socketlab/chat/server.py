@@ -63,6 +63,8 @@ if TYPE_CHECKING:
 SWEEP_SLICE = 256
 #: The longest time between sweeps: often, so that timers coming due together are run in small batches.
 SWEEP_EVERY = 0.25
+#: Seconds shutdown waits for long-polling clients to fetch their goodbye: a live one polls again at once.
+POLL_GOODBYE_TIMEOUT = 0.5
 
 logger = logging.getLogger("socketlab.chat")
 web_log = logging.getLogger("socketlab.chat.web")
@@ -574,8 +576,9 @@ class ChatServer(AcceptingServer):
                     engine.close_all()
                     engine.release_output()
                 self.socketio_chat.settle()
-            deadline = time.monotonic() + FLUSH_TIMEOUT
-            while time.monotonic() < deadline and self._backlog_bytes():
+            now = time.monotonic()
+            deadline, polls_deadline = now + FLUSH_TIMEOUT, now + POLL_GOODBYE_TIMEOUT
+            while (now := time.monotonic()) < deadline and self._backlog_bytes(sessions=now < polls_deadline):
                 time.sleep(0.01)  # deadline loop: the writer thread drains meanwhile
 
     def close_sockets(self) -> None:
@@ -594,11 +597,12 @@ class ChatServer(AcceptingServer):
             time.sleep(0.01)  # deadline loop: the reader thread closes them meanwhile
         self.reader.stop()
 
-    def _backlog_bytes(self) -> int:
-        """Bytes still owed to clients: members' backlogs, and what Engine.IO sessions hold for their next poll."""
+    def _backlog_bytes(self, sessions: bool = False) -> int:
+        """Bytes still owed to clients: members' backlogs (and, with *sessions*, what Engine.IO sessions hold
+        for a next poll, which a client that is gone never makes)."""
         transports = self.service.local_transports()
         with self.lock:
             waiting = sum(transport.backlog for transport in transports)
-            if self.socketio is not None:  # sessions told goodbye, whose members have left the chat already
+            if sessions and self.socketio is not None:  # told goodbye; their members have left the chat already
                 waiting += sum(session.backlog for session in self.socketio.engine.sessions.values())
             return waiting + sum(conn.outbox.size for conn in self._engine_conns)
