@@ -109,6 +109,14 @@ class Waker:
         # it was woken for after draining, sees it; one after it sends again.
         self._pending = False
 
+    def drain_if_among(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Drain if the waker is among *events* (what select() returned): a loop that hands work over
+        between threads calls this first, then looks at its queues, so no wake-up is drained unseen."""
+        for key, _mask in events:
+            if key.data is None:
+                self.drain()
+                return
+
     def close(self) -> None:
         self._read.close()
         self._write.close()

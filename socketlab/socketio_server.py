@@ -190,10 +190,7 @@ class _Reader:
                 if not self._running:
                     return
                 continue
-            for key, _mask in events:  # the waker before the queue: no wake-up is drained unseen
-                if key.data is None:
-                    self._waker.drain()
-                    break
+            self._waker.drain_if_among(events)  # first: a wake-up while the queue is looked at stays pending
             while self._arriving:
                 conn = self._arriving.popleft()
                 try:

@@ -232,12 +232,7 @@ class ReaderLoop:
                 if not self._running:
                     return
                 continue
-            # The waker first, the hand-over queues after: a wake-up that comes while the queues are
-            # looked at stays pending, never drained unseen (a batch would wait for the next event).
-            for key, _mask in events:
-                if key.data is None:
-                    self._waker.drain()
-                    break
+            self._waker.drain_if_among(events)  # first: a wake-up while the queues are looked at stays pending
             if self._joining:
                 self._join_arrivals()
             if self._arriving:
