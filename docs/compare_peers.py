@@ -377,6 +377,7 @@ def summarise(scenario: str, reports: list[dict]) -> dict:
             "p99_ms": med([r["latency_ms"]["p99"] for r in rows]),
             "max_ms": med([r["latency_ms"]["max"] for r in rows]),
             "server_us_per_line": med([r["server_us_per_line"] or 0 for r in rows]),
+            "server_system_us_per_line": med([r.get("server_system_us_per_line") or 0 for r in rows]),
             "server_us_per_connection_second": med([r["server_us_per_connection_second"] or 0 for r in rows]),
             "kib_per_member": med([r["kib_per_member"] or 0 for r in rows]),
             "storm_s": med([r["storm_seconds"] for r in rows]),

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from socketlab.bench.chat import CountingLoop, spread
+from socketlab.bench.chat import CountingLoop, cpu_seconds, cpu_times, spread
 from socketlab.bench.placement import Placement, unpin_process
 from socketlab.errors import BenchError
 from socketlab.bench.tally import Receipts, Totals, make_message, percentile
@@ -109,6 +109,33 @@ class BrokenRelay:
         with self.lock:
             for client in self.clients:
                 client.close()
+
+
+@pytest.mark.timeout(30)
+def test_cpu_times_split_a_process_s_own_work_from_the_kernel_s() -> None:
+    """A process that only reads /dev/zero spends its time in the kernel; one that only computes, in itself."""
+    reader = subprocess.Popen(
+        [sys.executable, "-c", "import os, sys\nfd = os.open('/dev/zero', os.O_RDONLY)\nbuf = bytearray(1 << 20)\n"
+         "for _ in range(15000): os.readv(fd, [buf])\nprint('done', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    computer = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nsum(i * i for i in range(6000000))\nprint('done', flush=True); sys.stdin.read()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        for proc in (reader, computer):
+            assert proc.stdout is not None and proc.stdout.readline() == "done\n"
+        read, computed = cpu_times(reader.pid), cpu_times(computer.pid)
+        assert read[1] > 0.15 and read[1] > 2 * read[0], read  # copying 15 GiB of zeros is the kernel's work
+        assert computed[0] > 0.15 and computed[1] < computed[0] / 2, computed
+        both = cpu_times([reader.pid, computer.pid])
+        assert both == pytest.approx((read[0] + computed[0], read[1] + computed[1]), abs=0.05)
+        assert cpu_seconds(computer.pid) == pytest.approx(sum(computed), abs=0.05)
+    finally:
+        for proc in (reader, computer):
+            proc.kill()
+            proc.wait()
 
 
 def test_bench_chat_detects_a_broken_relay() -> None:
@@ -914,7 +941,9 @@ def test_bench_chat_pairs_against_its_own_server(transport: str) -> None:
     assert 0 < pairs["storm_seconds"] < 10 and 0 < pairs["welcome_ms"]["p50"] <= pairs["welcome_ms"]["max"]
     assert pairs["server_us_per_line"] is not None and pairs["server_us_per_connection_second"] is not None
     assert pairs["server_rss_kib"]["joined"] > 0 and pairs["kib_per_member"] is not None
-    assert {"server", "server_storm", "bench"} <= set(pairs["cpu_seconds"])
+    assert {"server", "server_system", "server_storm", "bench"} <= set(pairs["cpu_seconds"])
+    assert 0 <= pairs["cpu_seconds"]["server_system"] <= pairs["cpu_seconds"]["server"]
+    assert 0 <= pairs["server_system_us_per_line"] <= pairs["server_us_per_line"]
     assert 0 <= pairs["bench_busy"]["share"] <= 1 and pairs["bench_busy"]["load_cpus"] >= 1
     assert pairs["processes"] == 1 and pairs["source_addresses"] == 8 and pairs["warnings"] == []
 

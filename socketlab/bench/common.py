@@ -44,17 +44,27 @@ def rss_kib(pid: int | Sequence[int]) -> int:
 
 def cpu_seconds(pid: int | Sequence[int] | None = None) -> float:
     """CPU time (user + system) used so far by *pid* (or the sum over several), or by this process."""
+    return sum(cpu_times(pid))
+
+
+def cpu_times(pid: int | Sequence[int] | None = None) -> tuple[float, float]:
+    """CPU time used so far by *pid* (or the sum over several), or by this process: (user, system) seconds.
+
+    System time is the kernel's work for the process (its sends, receives and waits), user time its own code.
+    """
     if pid is not None and not isinstance(pid, int):
-        return sum(cpu_seconds(one) for one in pid)
+        times = [cpu_times(one) for one in pid]
+        return sum(user for user, _ in times), sum(system for _, system in times)
     if pid is None:
         usage = resource.getrusage(resource.RUSAGE_SELF)
-        return usage.ru_utime + usage.ru_stime
+        return usage.ru_utime, usage.ru_stime
     try:
         with open(f"/proc/{pid}/stat") as stat:
             fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
     except (OSError, IndexError, ValueError):
-        return 0.0
+        return 0.0, 0.0
 
 
 class OwnServer:

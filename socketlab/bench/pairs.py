@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from socketlab.bench.chat import SETTLE_LIMIT, Targets, cpu_seconds, rss_kib
+from socketlab.bench.chat import SETTLE_LIMIT, Targets, cpu_seconds, cpu_times, rss_kib
 from socketlab.bench.joins import JOIN_LIMIT
 from socketlab.bench.load import STORM_LIMIT, TAIL_LIMIT, LoadJob, load_process
 from socketlab.bench.rooms import RoomPlan
@@ -124,10 +124,12 @@ class RoomsResult:
     latency_read_ms: dict[str, float] = field(default_factory=dict)
     #: How late lines left against their schedule (the instrument falling behind shows here first).
     send_lag_ms: dict[str, float] = field(default_factory=dict)
-    #: server: during the measurement; server_storm: from the first connect until every room was settled;
-    #: bench: the load processes during the measurement.
+    #: server: during the measurement (server_system: the kernel's part of it); server_storm: from the first
+    #: connect until every room was settled; bench: the load processes during the measurement.
     cpu_seconds: dict[str, float] = field(default_factory=dict)
     server_us_per_line: float | None = None
+    #: The kernel's part of server_us_per_line (the server's sends, receives and waits).
+    server_system_us_per_line: float | None = None
     #: Per copy delivered: what compares rooms of different sizes.
     server_us_per_copy: float | None = None
     server_us_per_connection_second: float | None = None
@@ -245,7 +247,7 @@ def run_rooms(
         cpu: dict[str, float] = {}
         if server_pid:
             cpu["server_storm"] = round(cpu_seconds(server_pid) - storm_cpu, 3)
-        server_cpu = cpu_seconds(server_pid) if server_pid else 0.0
+        server_cpu = cpu_times(server_pid) if server_pid else (0.0, 0.0)
         start_ns = time.monotonic_ns() + int(GO_DELAY * 1e9)
         for link in links:
             link.send(("go", start_ns))
@@ -259,7 +261,9 @@ def run_rooms(
 
         done = _gather(links, "done", plan.duration + GO_DELAY + TAIL_LIMIT + 30.0, sample)
         if server_pid:
-            cpu["server"] = round(cpu_seconds(server_pid) - server_cpu, 3)
+            user, system = cpu_times(server_pid)
+            cpu["server"] = round(user + system - sum(server_cpu), 3)
+            cpu["server_system"] = round(system - server_cpu[1], 3)
             peak[0] = max(peak[0], rss_kib(server_pid))
             result.server_rss_kib = {"before": rss_before, "joined": rss_joined, "peak": peak[0]}
             result.kib_per_member = round((rss_joined - rss_before) / result.joined, 2)
@@ -358,6 +362,7 @@ def _add_measurement(result: RoomsResult, reports: list[dict[str, Any]], start_n
     if "server" in cpu:
         if result.lines:
             result.server_us_per_line = round(cpu["server"] / result.lines * 1e6, 2)
+            result.server_system_us_per_line = round(cpu["server_system"] / result.lines * 1e6, 2)
         if result.delivered:
             result.server_us_per_copy = round(cpu["server"] / result.delivered * 1e6, 2)
         result.server_us_per_connection_second = round(cpu["server"] / (result.joined * seconds) * 1e6, 3)

@@ -110,6 +110,8 @@ def rooms_lines(title: str, result: Any) -> list[str]:
     if "server" in cpu:
         rss = result.server_rss_kib
         per_line = f"{result.server_us_per_line:.1f} us" if result.server_us_per_line is not None else "-"
+        if result.server_system_us_per_line is not None:
+            per_line += f" ({result.server_system_us_per_line:.1f} us in the kernel)"
         per_copy = f"{result.server_us_per_copy:.1f} us" if result.server_us_per_copy is not None else "-"
         lines.append(
             f"  server      {cpu['server']:.2f} s CPU: {per_line} per line ({per_copy} per copy), "
