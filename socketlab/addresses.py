@@ -47,7 +47,7 @@ def parse_port(text: str, *, allow_zero: bool = False) -> int:
     Raises AddressError naming the range.
     """
     lowest = 0 if allow_zero else 1
-    if not text.isdigit() or not lowest <= int(text) <= MAX_PORT:
+    if not (text.isascii() and text.isdigit()) or not lowest <= int(text) <= MAX_PORT:
         raise AddressError(f"invalid port {text!r}: ports are {lowest}-{MAX_PORT}")
     return int(text)
 
@@ -60,7 +60,7 @@ def parse_address(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
     is out of it.
     """
     host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise AddressError(f"invalid address {text!r}: expected HOST:PORT")
     lowest = 0 if allow_zero else 1
     if not lowest <= int(port_text) <= MAX_PORT:

@@ -415,8 +415,9 @@ class EngineSession:
             if held is not None:  # end the held GET, so the client can finish the upgrade
                 self._carrier = None
                 held.deliver([(NOOP, "")])
-            else:
+            elif not self._queue:  # the next GET returns at once (anything queued does that too: probes may repeat)
                 self._queue.append((NOOP, ""))
+                self._queued += 1
         elif kind == UPGRADE:
             self._probing = None
             held, self._carrier = self._carrier, carrier

@@ -167,7 +167,7 @@ class RequestReader:
             raise HttpError(400, "conflicting Content-Length")
         if lengths:
             length = lengths.pop()
-            if not length.isdigit() or len(length) > 12:
+            if not (length.isascii() and length.isdigit()) or len(length) > 12:  # not '²', which int() refuses
                 raise HttpError(400, "bad Content-Length")
             if int(length) > self.max_body:
                 raise HttpError(413, "request body too large")

@@ -41,7 +41,7 @@ CONNECT, DISCONNECT, EVENT, ACK, CONNECT_ERROR, BINARY_EVENT, BINARY_ACK = range
 CONNECT_TIMEOUT = 45.0
 #: The JSON of every packet: compact, UTF-8 as it is (one encoder, not one per packet: half the cost).
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-#: Binary attachments one packet may announce.
+#: Binary attachments one packet may announce (together at most the Engine.IO settings' max_payload bytes).
 MAX_ATTACHMENTS = 64
 #: Event names a server never emits to a client, nor takes from one, as the JavaScript libraries reserve them.
 RESERVED_EVENTS = frozenset({"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"})
@@ -118,7 +118,7 @@ def decode(text: str) -> Packet:
     if kind in (BINARY_EVENT, BINARY_ACK):
         dash = text.find("-", position)
         digits = text[position:dash] if dash > 0 else ""
-        if not digits.isdigit() or len(digits) > 3 or not 0 < int(digits) <= MAX_ATTACHMENTS:
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 3 or not 0 < int(digits) <= MAX_ATTACHMENTS:
             raise PacketError("bad attachment count")
         count = int(digits)
         position = dash + 1
@@ -139,7 +139,7 @@ def decode(text: str) -> Packet:
     if payload:
         try:
             data = json.loads(payload)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested deeper than the interpreter goes
             raise PacketError("payload is not JSON") from None
     packet = Packet(kind, namespace, data, ack_id)
     packet.attachments = [b""] * count  # placeholders for what is still to come
@@ -417,17 +417,22 @@ class SocketIOServer:
 
     # -- internals --------------------------------------------------------------------
 
-    @staticmethod
-    def _packet(link: _Link, message: Message) -> Packet | None:
+    def _packet(self, link: _Link, message: Message) -> Packet | None:
         if link.pending is not None:
             if not isinstance(message, bytes):
                 raise PacketError("text packet while binary attachments were due")
             packet, got = link.pending
             got.append(message)
+            limit = self.engine.settings.max_payload
+            if sum(map(len, got)) > limit:  # what waits for the rest is bounded as one message is
+                raise PacketError(f"binary attachments over {limit} bytes")
             if len(got) < len(packet.attachments):
                 return None
             link.pending = None
-            packet.data = _reconstruct(packet.data, got)
+            try:
+                packet.data = _reconstruct(packet.data, got)
+            except RecursionError:
+                raise PacketError("payload nested too deeply") from None
             packet.type = EVENT if packet.type == BINARY_EVENT else ACK
             packet.attachments = got
             return packet

@@ -144,6 +144,8 @@ def test_parameter_types_convert() -> None:
     [
         (["chat", "serve"], ["--web", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 0-65535"),
         (["chat", "serve"], ["--web", "99999"], "invalid port '99999': ports are 0-65535"),
+        (["chat", "serve"], ["--web", "\u00b2"], "invalid port '\u00b2': ports are 0-65535"),
+        (["chat", "serve"], ["--web", "h:\u00b2"], "invalid address 'h:\u00b2': expected HOST:PORT"),
         (["bench", "chat"], ["--target", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 1-65535"),
         (["bench", "chat"], ["--target", "127.0.0.1:0"], "invalid address '127.0.0.1:0': the port must be 1-65535"),
         (["tcp-client"], ["-s", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 0-65535"),

@@ -229,6 +229,24 @@ def test_upgrade_probe_then_upgrade_moves_the_session() -> None:
     assert app.reasons == ["transport close"]
 
 
+def test_probes_repeated_without_a_held_get_queue_one_noop() -> None:
+    """A probe with no GET held queues a NOOP so the next GET returns at once; a client repeating the probe
+    (each is answered, as the JavaScript server does) must not grow the queue past its limit unnoticed."""
+    server, app, session, _ = polling_session(EngineSettings(max_backlog=200))
+    socket = Carrier()
+    server.open_websocket(session.sid, socket, 0.1)
+    for _ in range(10_000):
+        session.websocket_message(socket, "2probe", 0.2)
+    assert len(socket.deliveries) == 10_000 and socket.deliveries[-1] == [("3", "probe")]
+    assert session.backlog == 1 and app.reasons == []
+    held = Carrier()
+    session.poll(held, 0.3)
+    assert held.deliveries == [[("6", "")]]
+    session.send("after")  # a real packet queued meanwhile makes the next GET return; no NOOP is added to it
+    session.websocket_message(socket, "2probe", 0.4)
+    assert session.backlog == len("after") + 1
+
+
 def test_a_websocket_only_session_gets_its_open_packet_on_the_socket() -> None:
     app = App()
     server = EngineServer(app)

@@ -46,6 +46,7 @@ def test_http_10_keeps_alive_only_when_asked() -> None:
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501),
         (b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", 400),
         (b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: \xb2\r\n\r\n", 400),  # latin-1 '\u00b2': a digit, but not 0-9
         (b"GET / HTTP/2\r\n\r\n", 400),
         (b"GET  / HTTP/1.1\r\n\r\n", 400),
         (b"GET http://x/ HTTP/1.1\r\n\r\n", 400),

@@ -77,6 +77,8 @@ def test_decode_binary_event_counts_its_attachments() -> None:
         '5["no count"]',
         '5999-["too many"]',
         '51234567890123456["long id"]',
+        '5\u00b2-["chat message",{"_placeholder":true,"num":0}]',  # a digit, but not an ASCII one
+        pytest.param("2" + "[" * 100_000 + "]" * 100_000, id="nested deeper than the JSON decoder goes"),
     ],
 )
 def test_malformed_packets_are_refused(text: str) -> None:
@@ -144,6 +146,45 @@ def test_binary_event_waits_for_its_attachment() -> None:
     assert len(session.sent) == 1
     server.received(session, b"\x01\x02")  # type: ignore[arg-type]
     assert session.sent[1:] == ['51-["message-back",{"_placeholder":true,"num":0}]', b"\x01\x02"]
+
+
+def test_attachments_waiting_for_the_rest_are_bounded_as_one_message_is() -> None:
+    """A binary packet's attachments together are at most max_payload bytes: a client that announces 64 and
+    sends 63 of 1 MB each is closed at the second, not holding 63 MB until it ends."""
+    server = echo_server()
+    limit = server.engine.settings.max_payload
+    session, _ = connected(server)
+    announce = '564-["message",' + ",".join('{"_placeholder":true,"num":%d}' % n for n in range(64)) + "]"
+    server.received(session, announce)  # type: ignore[arg-type]
+    server.received(session, b"\0" * (limit - 10))  # type: ignore[arg-type]
+    assert session.closed is None
+    server.received(session, b"\0" * 11)  # type: ignore[arg-type]
+    assert session.closed == "parse error"
+    within, _ = connected(server)  # up to the limit, they are delivered
+    server.received(within, '52-["message",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]')  # type: ignore[arg-type]
+    server.received(within, b"\1" * (limit - 1))  # type: ignore[arg-type]
+    server.received(within, b"\2")  # type: ignore[arg-type]
+    assert within.closed is None
+    assert within.sent[-3:] == [
+        '52-["message-back",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]',
+        b"\1" * (limit - 1),
+        b"\2",
+    ]
+
+
+def test_attachments_nested_too_deeply_close_the_session(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rebuilding a packet around its attachments recurses: past the interpreter's depth it is a malformed packet,
+    not a handler's bug (whose traceback would be logged for every such packet)."""
+
+    def too_deep(data: Any, attachments: list[bytes]) -> Any:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr("socketlab.socketio._reconstruct", too_deep)
+    server = echo_server()
+    session, _ = connected(server)
+    server.received(session, '51-["message",[[{"_placeholder":true,"num":0}]]]')  # type: ignore[arg-type]
+    server.received(session, b"\1")  # type: ignore[arg-type]
+    assert session.closed == "parse error"
 
 
 def test_refused_connect_gets_connect_error() -> None:
