@@ -294,6 +294,32 @@ def test_requests_fed_in_random_pieces_work(seed: int) -> None:
     assert feed(browser.session, data, seed=seed, largest=largest) == ["héllo wörld 👋".encode(), b"second"]
 
 
+@pytest.mark.parametrize("largest", [1, 7, 10_000])
+@pytest.mark.parametrize("after", [b"xyz", head("GET", "/chat.js"), b"\r\n"])
+def test_bytes_after_a_page_request_are_not_taken_for_frames(after: bytes, largest: int) -> None:
+    """A page request followed by more bytes (a pipelined request, garbage) gets its page, then EOF: what
+    follows a head is not handed to the WebSocket protocol before the head is answered."""
+    session = WebSession(site(), T0)
+    assert feed(session, head("GET", "/") + after, largest=largest) == []
+    status, headers, body, eof = response(session)
+    assert (status, body, eof, session.ended) == (200, PAGE, True, "HTTP 200")
+
+
+@pytest.mark.parametrize("largest", [1, 7, 10_000])
+def test_a_message_sent_with_the_handshake_is_read_after_the_upgrade(largest: int) -> None:
+    """A client that sends a frame without waiting for the 101 (in the same write as its request) is
+    upgraded, then its message is read; garbage there instead fails the WebSocket (1002)."""
+    browser = Browser()
+    request = b"".join(browser.client.data_to_send())
+    frame = Frame(Opcode.TEXT, b"early\n").serialize(mask=True, extensions=[])
+    assert feed(browser.session, request + frame, largest=largest) == [b"early"]
+    assert browser.session.opened and browser.frames()[0].status_code == 101
+    garbled = Browser()
+    assert feed(garbled.session, b"".join(garbled.client.data_to_send()) + b"GET / HTTP/1.1\r\n\r\n", largest=largest) == []
+    assert garbled.session.opened
+    assert garbled.closed_with() == CloseCode.PROTOCOL_ERROR
+
+
 def test_requests_fed_one_byte_at_a_time_work() -> None:
     """One byte per receive(): the page is served, the handshake completes, a message arrives."""
     session = WebSession(site(), T0)

@@ -193,6 +193,8 @@ class WebSession:
         self._unfinished: list[Item] = []
         self._head_bytes = 0
         self._head_start = b""
+        #: The last bytes of the head so far: where its blank line may begin.
+        self._head_tail = b""
         #: Bytes to send before the protocol's own (an answer websockets did not give).
         self._queued: list[bytes] = []
         self._deadline = now + site.head_timeout
@@ -246,26 +248,44 @@ class WebSession:
                 self._served = self.engine.served
                 self._deadline = now + self.site.head_timeout
             return []
+        if self.request is not None:
+            self.protocol.receive_data(data)
+            return self._frames(self.protocol.events_received(), now)
+        data, after = self._split_head(data)
         self.protocol.receive_data(data)
-        if self.request is None:
-            self._head_bytes += len(data)
-            if len(self._head_start) < 16:
-                self._head_start += data[:16]
-            events = self.protocol.events_received()
-            if not events:
-                self._waiting_for_head()
-                return []
-            request, *events = events
-            assert isinstance(request, Request)
-            self.request = request
-            if head_size(request) > MAX_HEAD:  # a head that came in whole is held to the limit too
-                self._send_response(self.protocol.reject(431, "Request header fields too large.\n"))
-                self.ended = "request head too large"
-                return []
-            self._respond(request)
-        else:
-            events = self.protocol.events_received()
-        return self._frames(events, now)
+        self._head_bytes += len(data)
+        if len(self._head_start) < 16:
+            self._head_start += data[:16]
+        events = self.protocol.events_received()
+        if not events:
+            self._waiting_for_head()
+            return []
+        request = events[0]
+        assert isinstance(request, Request) and len(events) == 1
+        self.request = request
+        if head_size(request) > MAX_HEAD:  # a head that came in whole is held to the limit too
+            self._send_response(self.protocol.reject(431, "Request header fields too large.\n"))
+            self.ended = "request head too large"
+            return []
+        self._respond(request)
+        if not (self.opened and after):  # after an answer other than the upgrade, the connection ends
+            return []
+        self.protocol.receive_data(after)  # frames sent without waiting for the upgrade's answer
+        return self._frames(self.protocol.events_received(), now)
+
+    def _split_head(self, data: bytes) -> tuple[bytes, bytes]:
+        """*data* cut after the request head's blank line: the head is answered before what follows is read.
+
+        Bytes after a head (a pipelined request, a body) would otherwise reach websockets as frames
+        before its answer, and a page's answer after a frame error is no answer at all.
+        """
+        seen = self._head_tail + data
+        end = seen.find(b"\r\n\r\n")
+        if end < 0:
+            self._head_tail = seen[-3:]
+            return data, b""
+        cut = end + 4 - len(self._head_tail)
+        return data[:cut], data[cut:]
 
     def _route(self, data: bytes) -> bytes:
         """Hold the first bytes until the request target shows whether this is Engine.IO; return what to parse."""
