@@ -120,6 +120,8 @@ class EngineConnection:
         self.refused: tuple[int, str] | None = None
         self.session: EngineSession | None = None
         self.websocket: ServerProtocol | None = None
+        #: A fragmented WebSocket message so far: its opcode and its fragments (websockets bounds its size).
+        self._fragments: tuple[Opcode, list[bytes]] | None = None
         self._held: _Poll | None = None
         self._held_request: tuple[HttpRequest, list[tuple[str, str]]] | None = None
         self._waiting: deque[HttpRequest] = deque()
@@ -334,15 +336,24 @@ class EngineConnection:
         for frame in protocol.events_received():
             if not isinstance(frame, Frame):
                 continue
-            if frame.opcode is Opcode.TEXT:
+            opcode, payload = frame.opcode, bytes(frame.data)
+            if opcode is Opcode.CONT or not frame.fin:  # a fragment: websockets has checked their order
+                if self._fragments is None:
+                    self._fragments = (opcode, [])
+                self._fragments[1].append(payload)
+                if not frame.fin:
+                    continue
+                opcode, parts = self._fragments
+                self._fragments, payload = None, b"".join(parts)
+            if opcode is Opcode.TEXT:
                 try:
-                    text = bytes(frame.data).decode("utf-8")
+                    text = payload.decode("utf-8")
                 except UnicodeDecodeError:
                     protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8")
                     break
                 self._message(text, now)
-            elif frame.opcode is Opcode.BINARY:
-                self._message(bytes(frame.data), now)
+            elif opcode is Opcode.BINARY:
+                self._message(payload, now)
         self._pump(protocol)
         if protocol.state in (State.CLOSING, State.CLOSED) and self.ended is None:
             self.ended = "disconnected" if protocol.close_rcvd is not None else "closed"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from websockets.frames import Frame, Opcode
 
 from socketlab.engineio import (
     BAD_HANDSHAKE_METHOD,
@@ -385,3 +387,45 @@ def test_a_websocket_upgrade_answer_and_its_open_packet_are_one_write() -> None:
     assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head
     assert frame[0] == 0x81 and frame[2:4] == b"0{"  # one unmasked text frame: the open packet
     assert json.loads(frame[3:])["upgrades"] == []
+
+
+def _upgraded_connection(app: App) -> tuple[Any, list[bytes], list[str]]:
+    from socketlab.engineio_http import EngineConnection
+
+    writes: list[bytes] = []
+    ends: list[str] = []
+    connection = EngineConnection(EngineServer(app), writes.append, ends.append, lambda origin, host: True)
+    connection.receive(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        0.0,
+    )
+    assert ends == [] and writes[0].startswith(b"HTTP/1.1 101 ")
+    return connection, writes, ends
+
+
+def _client_frame(opcode: Opcode, data: bytes, fin: bool = True) -> bytes:
+    return Frame(opcode, data, fin=fin).serialize(mask=True, extensions=[])
+
+
+@pytest.mark.parametrize("split", [1, 2, 5])
+def test_a_fragmented_websocket_message_is_one_message(split: int) -> None:
+    """RFC 6455 lets a client send a message in fragments (a ping may come between them): the session gets
+    the message whole, even when a fragment ends inside a UTF-8 character."""
+    app = App()
+    connection, writes, ends = _upgraded_connection(app)
+    text = '4["chat message","café ☕"]'.encode()
+    inside = text.index("é".encode()) + 1  # between the two bytes of é
+    cuts = sorted({inside, *(len(text) * n // split for n in range(1, split))})
+    pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+    wire = _client_frame(Opcode.TEXT, pieces[0], fin=False)
+    wire += _client_frame(Opcode.PING, b"between")
+    for n, piece in enumerate(pieces[1:], 1):
+        wire += _client_frame(Opcode.CONT, piece, fin=n == len(pieces) - 1)
+    wire += _client_frame(Opcode.TEXT, b"4second")
+    connection.receive(wire, 0.1)
+    assert app.messages == ['["chat message","café ☕"]', "second"]
+    assert ends == [] and connection.ended is None
+    binary = _client_frame(Opcode.BINARY, b"\x00\x01", fin=False) + _client_frame(Opcode.CONT, b"\x02")
+    connection.receive(binary, 0.2)
+    assert app.messages[-1] == b"\x00\x01\x02"
