@@ -163,6 +163,9 @@ class EngineSettings:
     upgrades: bool = True
     #: A polling session closed between two GETs keeps its last packets this long for the next GET.
     close_timeout: float = CLOSE_TIMEOUT
+    #: Sessions open at once; a handshake beyond is answered 503 (None: no limit but the connections').
+    #: Handshakes cost no connection of their own: one kept-alive connection can ask for any number.
+    max_sessions: int | None = None
 
 
 # -- sessions ------------------------------------------------------------------
@@ -474,8 +477,10 @@ class EngineServer:
         return transport
 
     def handshake(self, transport: str, now: float, peer: str = "") -> EngineSession:
-        """A new session (its open packet queued); the application is told."""
+        """A new session (its open packet queued); the application is told. EngineError (503) when
+        max_sessions are open."""
         self.now = now
+        self.admit()
         sid = secrets.token_urlsafe(15)
         while sid in self.sessions:
             sid = secrets.token_urlsafe(15)
@@ -494,6 +499,12 @@ class EngineServer:
         session._send(OPEN, json.dumps(opening, separators=(",", ":")))
         self.app.opened(session)
         return session
+
+    def admit(self) -> None:
+        """EngineError (503, ``server full``) when no new session may open now."""
+        limit = self.settings.max_sessions
+        if limit is not None and len(self.sessions) >= limit:
+            raise EngineError(BAD_REQUEST, 503, "server full")
 
     def session(self, sid: str, now: float) -> EngineSession:
         """The open session *sid*; EngineError when there is none."""

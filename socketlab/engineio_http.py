@@ -290,7 +290,9 @@ class EngineConnection:
     def _upgrade(self, request: HttpRequest, sid: str | None, now: float) -> None:
         if request.method != "GET" or (request.header("upgrade") or "").lower() != "websocket":
             raise EngineError(BAD_REQUEST, message="expected a WebSocket upgrade")
-        if sid is not None:
+        if sid is None:
+            self.server.admit()  # a full server says so in HTTP, before any upgrade
+        else:
             # An unknown session is refused with HTTP 400. One that cannot be upgraded (it was already, or
             # is being) gets its WebSocket opened and closed at once, as the JavaScript server does it.
             self.server.session(sid, now)

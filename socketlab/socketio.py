@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -354,7 +355,8 @@ class SocketIOServer:
         self.engine = EngineServer(self, settings)
         self.connect_timeout = connect_timeout
         self.namespaces: dict[str, Namespace] = {}
-        self._waiting: dict[EngineSession, None] = {}
+        #: Sessions not yet connected to a namespace, oldest first: their deadlines are in this order too.
+        self._waiting: OrderedDict[EngineSession, None] = OrderedDict()
 
     def of(self, name: str = "/", namespace: Namespace | None = None) -> Namespace:
         """The namespace *name* (made on first use, or *namespace* given)."""
@@ -409,9 +411,15 @@ class SocketIOServer:
         """The Engine.IO timers (at most *limit* of them: True when more may be due), and sessions that never
         connected to a namespace."""
         more = self.engine.tick(now, limit)
-        for session in list(self._waiting):
+        waiting = self._waiting
+        while waiting:  # only the due ones are looked at: the first not due ends the walk
+            session = next(iter(waiting))
             link = session.data
-            if isinstance(link, _Link) and link.connect_by is not None and now >= link.connect_by:
+            deadline = link.connect_by if isinstance(link, _Link) else None
+            if deadline is not None and now < deadline:
+                break
+            waiting.pop(session, None)
+            if deadline is not None:
                 session.close("connect timeout")
         return more
 

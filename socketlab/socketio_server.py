@@ -43,7 +43,8 @@ emits takes it: ``with service.lock: namespace.emit("news", text)``.
 Limits: request heads (``max_head``) and their time (``head_timeout``), bodies and
 WebSocket messages (the engine's ``max_payload``), what waits for a client (the
 engine's ``max_backlog`` per session, twice that per connection), ``max_clients``
-connections. Loggers: ``socketlab.socketio.server`` (listening, closed, refused
+connections, and twice as many sessions per mounted engine (its ``max_sessions``,
+unless set). Loggers: ``socketlab.socketio.server`` (listening, closed, refused
 requests, a few a second at most), ``socketlab.socketio`` (handlers' errors).
 """
 
@@ -315,9 +316,12 @@ class SocketIOService(AcceptingServer):
             raise ValueError(f"a mount path starts and ends with '/': {path!r}")
         if self._listening:
             raise RuntimeError("mount() before serve_forever()")
+        engine = app.engine if isinstance(app, SocketIOServer) else app
+        if engine.settings.max_sessions is None:  # sessions are bounded as connections are (twice: handshakes)
+            engine.settings.max_sessions = 2 * self.max_clients
         with self.lock:
             self._apps[path] = app
-            self._routes[path] = app.engine if isinstance(app, SocketIOServer) else app
+            self._routes[path] = engine
 
     def serve_until_signal(self) -> None:
         """Serve on a background thread until SIGINT (Ctrl-C) or SIGTERM, then shut down (main thread only)."""

@@ -429,3 +429,35 @@ def test_a_fragmented_websocket_message_is_one_message(split: int) -> None:
     binary = _client_frame(Opcode.BINARY, b"\x00\x01", fin=False) + _client_frame(Opcode.CONT, b"\x02")
     connection.receive(binary, 0.2)
     assert app.messages[-1] == b"\x00\x01\x02"
+
+
+def test_sessions_beyond_max_sessions_are_refused_503_until_one_ends() -> None:
+    """A handshake costs no connection (one kept-alive connection can ask for any number): past
+    max_sessions it is answered 503 'server full', over polling and over WebSocket alike."""
+    app = App()
+    server = EngineServer(app, EngineSettings(max_sessions=2))
+    server.handshake("polling", 0.0)
+    first = server.open_websocket(None, Carrier(), 0.0)
+    for attempt in (lambda: server.handshake("polling", 0.1), lambda: server.open_websocket(None, Carrier(), 0.1)):
+        with pytest.raises(EngineError) as caught:
+            attempt()
+        assert (caught.value.status, caught.value.body()) == (503, b'{"code":3,"message":"server full"}')
+    assert len(server.sessions) == 2 and len(app.sessions) == 2
+    first.close("bye")
+    assert server.handshake("polling", 0.2).sid in server.sessions
+
+
+def test_a_full_engine_answers_the_upgrade_in_http() -> None:
+    """A WebSocket-only handshake to a full server gets the 503 before any 101 (a client can tell why)."""
+    from socketlab.engineio_http import EngineConnection
+
+    server = EngineServer(App(), EngineSettings(max_sessions=0))
+    writes: list[bytes] = []
+    connection = EngineConnection(server, writes.append, lambda reason: None, lambda origin, host: True)
+    connection.receive(
+        b"GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        0.0,
+    )
+    assert writes[0].startswith(b"HTTP/1.1 503 ") and writes[0].endswith(b'{"code":3,"message":"server full"}')
+    assert connection.refused == (503, "server full") and server.sessions == {}

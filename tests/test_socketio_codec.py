@@ -257,3 +257,38 @@ def test_rooms_and_server_emits_with_acks() -> None:
     assert second.sent[-1] == '20["question"]'
     server.received(second, '30["yes"]')  # type: ignore[arg-type]
     assert answers == [("yes",)]
+
+
+def test_sessions_that_never_connect_are_closed_at_their_deadline_and_only_they_are_looked_at() -> None:
+    """The connect timeout: each session not in a namespace within connect_timeout is closed; the walk
+    stops at the first session not yet due (the sessions wait in the order of their deadlines)."""
+    server = SocketIOServer(connect_timeout=10.0)
+    server.of("/")
+    sessions = []
+    for n in range(5):
+        server.engine.now = float(n)
+        session = FakeSession()
+        server.opened(session)  # type: ignore[arg-type]
+        sessions.append(session)
+    server.received(sessions[1], "0")  # type: ignore[arg-type]  # connected: no deadline any more
+    server.tick(12.5)
+    assert [session.closed for session in sessions] == ["connect timeout", None, "connect timeout", None, None]
+    looked_at: list[object] = []
+
+    class Watching(FakeSession):
+        @property
+        def data(self) -> object:
+            looked_at.append(self)
+            return self.__dict__["data"]
+
+        @data.setter
+        def data(self, value: object) -> None:
+            self.__dict__["data"] = value
+
+    server.engine.now = 20.0
+    late = [Watching() for _ in range(100)]
+    for session in late:
+        server.opened(session)  # type: ignore[arg-type]
+    looked_at.clear()
+    server.tick(13.5)  # sessions[3] is due, [4] is not: the 100 behind it are not looked at
+    assert sessions[3].closed == "connect timeout" and sessions[4].closed is None and looked_at == []

@@ -223,6 +223,9 @@ class ChatServer(AcceptingServer):
             ping_interval=config.socketio_ping_interval,
             ping_timeout=config.socketio_ping_timeout,
             max_backlog=config.max_backlog,
+            # A handshake takes no seat: sessions are bounded apart, with room for every member and as many
+            # handshakes again (a full server still answers those with Socket.IO's own 'server full').
+            max_sessions=2 * config.max_clients,
         )
         self.socketio = SocketIOServer(settings, connect_timeout=config.socketio_connect_timeout)
         self.socketio_chat = SocketIOChat(self.service, self.acceptor, config.max_line, config.max_rate)
