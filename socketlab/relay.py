@@ -36,6 +36,9 @@ REFUSAL_LINE = re.compile(rb"(?:! )?(?:server (?:is )?full|too many connections|
 _REFUSAL_STARTS = (b"server is full", b"server full", b"too many connections", b"chat backend unavailable")
 #: Most bytes held back while they could still be a refusal line.
 MAX_REFUSAL = 256
+#: Once the server has ended its side, how long the input may stand still before the relay ends
+#: anyway (a peer that only receives still reads what the input gives; a terminal may never give more).
+LINGER = 0.5
 
 
 class ServerRefused(SocketlabError):
@@ -175,9 +178,11 @@ class StdioRelay:
     ``run()`` copies *in_fd* (after *prefix*) to the socket on a helper
     thread, half-closing the socket at its end, and the socket to *out_fd*
     on the calling thread (*buffer_size* bytes at most at a time), returning
-    when the server closes its side:
+    when the server has closed its side and the input is sent (or has stood
+    still for LINGER seconds since: a terminal, a pipe with nothing to say):
     ``"closed"``, or ``"idle"`` when *idle_timeout* seconds passed with
-    nothing sent or received. Received bytes are copied unchanged, except to
+    nothing sent or received. Input the server did not take (it closed, or
+    stopped reading after it ended its side) is an error, as in ncat. Received bytes are copied unchanged, except to
     a terminal (control characters escaped) or with *hex_dump*; with *crlf*
     every line sent ends in CRLF.
 
@@ -210,6 +215,9 @@ class StdioRelay:
         self.hex_dump = hex_dump
         self.idle = IdleTimer(idle_timeout, self._wake) if idle_timeout else None
         self._send_error: OSError | None = None
+        #: Bytes handed to the socket so far; whether the sender is inside a send (else reading the input).
+        self._sent = 0
+        self._sending = False
 
     # -- the sending side (a helper thread) ---------------------------------
 
@@ -221,9 +229,7 @@ class StdioRelay:
             if self.in_fd is not None:
                 self._copy_input()
             self.sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the receive side reports how the connection ended
-        except OSError as error:
+        except OSError as error:  # a reset is reported after the receive side has told what it saw
             if not (self.idle is not None and self.idle.expired):
                 self._send_error = error
 
@@ -238,14 +244,20 @@ class StdioRelay:
         assert self.in_fd is not None
         size = self.buffer_size
         if self.crlf is None and isinstance(self.sock, socket.socket) and stat.S_ISREG(os.fstat(self.in_fd).st_mode):
-            while os.sendfile(self.sock.fileno(), self.in_fd, None, size):
+            self._sending = True
+            while sent := os.sendfile(self.sock.fileno(), self.in_fd, None, size):
+                self._sent += sent
                 self._touch()
+            self._sending = False
             return
         buffer = bytearray(size)
         view = memoryview(buffer)
         source = open(self.in_fd, "rb", buffering=0, closefd=False)
         while count := source.readinto(buffer):
+            self._sending = True
             self.sock.sendall(self.crlf.feed(bytes(view[:count])) if self.crlf is not None else view[:count])
+            self._sending = False
+            self._sent += count
             self._touch()
 
     # -- the receiving side (the calling thread) ------------------------------
@@ -265,14 +277,29 @@ class StdioRelay:
         except OSError as error:
             if not self._idled():
                 raise AddressError(f"connection to {self.address} failed: {error.strerror}") from None
+        else:
+            self._finish_sending(sender)
         finally:
             if self.idle is not None:
                 self.idle.stop()
         if self._idled():
             return "idle"
-        if self._send_error is not None:
-            raise AddressError(f"cannot send to {self.address}: {self._send_error.strerror}")
+        failed = self._send_error
+        if isinstance(failed, (BrokenPipeError, ConnectionResetError)):
+            raise AddressError(f"connection reset by {self.address}: not all of the input was sent")
+        if failed is not None:
+            raise AddressError(f"cannot send to {self.address}: {failed.strerror}")
+        if sender.is_alive() and self._sending:
+            raise AddressError(f"{self.address} ended its side and stopped reading: not all of the input was sent")
         return "closed"
+
+    def _finish_sending(self, sender: threading.Thread) -> None:
+        """The server has ended its side: let the input go on while it moves (a peer that only receives
+        reads it all), until it is sent or stands still for LINGER seconds."""
+        moved = -1
+        while sender.is_alive() and self._sent != moved and not self._idled():
+            moved = self._sent
+            sender.join(LINGER)
 
     def _receive(self) -> None:
         output = _Output(self.out_fd, self.hex_dump)

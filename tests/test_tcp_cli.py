@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
@@ -82,6 +84,82 @@ def test_half_close_keeps_receiving_until_server_closes() -> None:
         result = run_cli("tcp-client", "--port", str(server.port), input=b"line one\nline two\n")
         assert result.stdout == b"hi\nline one\nline two\n"
         assert result.returncode == 0
+
+
+def _one_connection_server(handle) -> tuple[int, threading.Thread, list]:  # type: ignore[no-untyped-def]
+    """A listener on a free port whose one connection *handle(conn)* serves on a thread; its result in the list."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    results: list = []
+
+    def serve() -> None:
+        with listener:
+            conn, _ = listener.accept()
+            with conn:
+                conn.settimeout(TIMEOUT)
+                results.append(handle(conn))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener.getsockname()[1], thread, results
+
+
+def _receive_only(conn: socket.socket) -> bytes:
+    """As `nc -l --recv-only`: end our side at once, then read to the end."""
+    conn.shutdown(socket.SHUT_WR)
+    return recv_until_closed(conn)
+
+
+@pytest.mark.parametrize("source", ["file", "pipe"])
+def test_a_server_that_ends_its_side_first_still_gets_all_the_input(tmp_path, source: str) -> None:
+    """A receiver that half-closes at once (ncat -l --recv-only > file) gets every byte of stdin, from a file
+    (sendfile) or a pipe: the relay does not stop at the server's EOF while the input is still moving."""
+    data = random.Random(7).randbytes(6 * 1024 * 1024)
+    path = tmp_path / "data.bin"
+    path.write_bytes(data)
+    port, thread, results = _one_connection_server(_receive_only)
+    if source == "file":
+        with open(path, "rb") as stdin:
+            result = subprocess.run(CLI + ["tcp-client", "--port", str(port)], stdin=stdin, capture_output=True, timeout=TIMEOUT)
+    else:
+        result = run_cli("tcp-client", "--port", str(port), input=data)
+    thread.join(TIMEOUT)
+    assert (result.returncode, result.stdout) == (0, b""), result.stderr
+    assert len(results[0]) == len(data) and results[0] == data
+
+
+def test_input_the_server_did_not_take_is_an_error() -> None:
+    """A server that reads ten bytes, answers and closes: its answer is shown, then one Error line and exit 1
+    (ncat: 'Connection reset by peer'), not a quiet 0 with most of the input lost."""
+
+    def early(conn: socket.socket) -> None:
+        conn.recv(10)
+        conn.sendall(b"enough\n")
+
+    port, thread, _ = _one_connection_server(early)
+    result = run_cli("tcp-client", "--port", str(port), input=b"x" * (16 * 1024 * 1024))
+    thread.join(TIMEOUT)
+    assert result.returncode == 1 and result.stdout == b"enough\n"
+    assert re.fullmatch(
+        rb"Connected to Server 127\.0\.0\.1:\d+\nError: connection reset by 127\.0\.0\.1:\d+(: not all of the input was sent)?\n",
+        result.stderr,
+    ), result.stderr
+
+
+def test_a_server_that_ends_its_side_while_the_input_is_quiet_is_left_after_a_moment() -> None:
+    """stdin open but silent (a terminal nobody types in): the client ends LINGER after the server's EOF."""
+    from socketlab.relay import LINGER
+
+    port, thread, _ = _one_connection_server(lambda conn: conn.sendall(b"bye\n"))
+    proc = subprocess.Popen(CLI + ["tcp-client", "--port", str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"bye\n"
+        started = time.monotonic()
+        assert proc.wait(TIMEOUT) == 0
+        assert time.monotonic() - started < LINGER + 0.5
+    finally:
+        proc.kill()
+        proc.wait()
+        thread.join(TIMEOUT)
 
 
 def test_sigterm_and_sigint_with_idle_clients_stop_within_a_second() -> None:
