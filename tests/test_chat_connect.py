@@ -420,3 +420,34 @@ def test_input_rows_follow_the_terminal_width() -> None:
     assert input_rows(2, 60, 60, 40) == (1, 2)  # 62 columns: two rows, the cursor on the second
     assert input_rows(2, 10, 60, 40) == (0, 2)
     assert input_rows(2, 38, 38, 40) == (1, 2)  # exactly full: readline has moved to the next row
+
+
+def test_a_server_that_answers_a_websocket_handshake_with_a_line_and_closes_is_one_error() -> None:
+    """ws:// at a plain TCP port whose server greets and closes: however the handshake and the close race
+    inside websockets' client, the user sees one Error line and status 1, never a traceback."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    stop = threading.Event()
+
+    def greet_and_close() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.sendall(b"Welcome to Socket Server\n")
+
+    thread = threading.Thread(target=greet_and_close, daemon=True)
+    thread.start()
+    try:
+        for _ in range(8):
+            result = run_cli("chat", "connect", f"ws://127.0.0.1:{port}/ws", input=b"")
+            lines = result.stderr.decode().splitlines()
+            assert result.returncode == 1 and len(lines) == 1, result.stderr
+            assert lines[0].startswith(f"Error: cannot open ws://127.0.0.1:{port}/ws: "), lines
+    finally:
+        stop.set()
+        thread.join(TIMEOUT)
+        listener.close()

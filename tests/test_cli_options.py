@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from socketlab.chat.config import ChatConfig
 from socketlab.cli import main
 from socketlab.cli.options import AddressList, Origin, PidList, WebAddress
+from support import run_cli
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -151,13 +152,25 @@ def test_parameter_types_convert() -> None:
         (["tcp-client"], ["-s", "127.0.0.1:99999"], "invalid address '127.0.0.1:99999': the port must be 0-65535"),
         (["tcp-server"], ["--port", "99999"], "99999 is not in the range 0<=x<=65535."),
         (["tcp-client"], ["--port", "0"], "0 is not in the range 1<=x<=65535."),
+        (["tcp-client"], ["--timeout", "nan"], "'nan' is not a finite number"),
+        (["tcp-client"], ["-w", "inf"], "'inf' is not a finite number"),
+        (["tcp-client"], ["--timeout", "1e20"], "'1e20' is more than 1000000000 seconds"),
+        (["tcp-client"], ["--buffer", "inf"], "'inf' is not a size like 4096, 64K, 100M or 1G"),
+        (["chat", "connect"], ["--timeout", "inf"], "'inf' is not a finite number"),
+        (["chat", "serve"], ["--idle-timeout", "nan"], "'nan' is not a finite number"),
+        (["chat", "serve"], ["--max-rate", "nan"], "'nan' is not a finite number"),
+        (["udp-recv"], ["--timeout", "-inf"], "-inf is not in the range x>0."),
+        (["udp-send"], ["--interval", "inf"], "'inf' is not a finite number"),
+        (["udp-send"], ["--wait-reply", "1e309"], "'1e309' is not a finite number"),
+        (["bench", "chat"], ["--rate", "inf"], "'inf' is not a finite number"),
     ],
 )
-def test_port_options_name_the_port_range(command, args, message) -> None:
-    """Every port-taking option says which ports exist, not only 'expected HOST:PORT'."""
+def test_bad_option_values_are_one_clear_line(command, args, message) -> None:
+    """Every port-taking option says which ports exist, not only 'expected HOST:PORT'; nan, inf and times
+    past any timer are refused as options, not met as tracebacks deep inside."""
     result = CliRunner().invoke(main, [*command, *args])
     assert result.exit_code == 2
-    option = "'-s' / '--source'" if args[0] == "-s" else f"'{args[0]}'"
+    option = {"-s": "'-s' / '--source'", "-w": "'-w' / '--idle-timeout'"}.get(args[0], f"'{args[0]}'")
     assert result.output.splitlines()[-1] == f"Error: Invalid value for {option}: {message}"
 
 
@@ -261,3 +274,21 @@ def test_tcp_client_unix_names_its_own_address() -> None:
     result = CliRunner().invoke(main, ["tcp-client", "--unix", "/tmp/x.sock", "--port", "4000", "--source", "127.0.0.2"])
     assert result.exit_code == 2
     assert result.output.splitlines()[-1] == "Error: --unix names its own address: drop --port and --source"
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        (
+            "ws://[::1/ws",
+            "Error: Invalid value for URL: 'ws://[::1/ws' is not a URL like ws://HOST:PORT/ws or wss://HOST:PORT/ws",
+        ),
+        ("ws://127.0.0.1:99999/ws", "Error: invalid URL 'ws://127.0.0.1:99999/ws': Port out of range 0-65535"),
+        ("ws://127.0.0.1:abc/ws", "Error: invalid URL 'ws://127.0.0.1:abc/ws': Port could not be cast to integer value as 'abc'"),
+        ("ws://127.0.0.1:0/ws", "Error: invalid URL 'ws://127.0.0.1:0/ws': the port must be 1-65535"),
+    ],
+)
+def test_chat_connect_bad_urls_are_one_line(url: str, message: str) -> None:
+    result = run_cli("chat", "connect", url, input=b"")
+    assert result.returncode == (2 if "Invalid value" in message else 1)
+    assert result.stderr.decode().splitlines()[-1] == message and "Traceback" not in result.stderr.decode()

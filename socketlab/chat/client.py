@@ -28,6 +28,7 @@ to plaintext, or a close without a word.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import queue
 import select
@@ -50,6 +51,10 @@ from socketlab.text import escape_controls
 MAX_SERVER_LINE = 1024 * 1024
 #: Largest WebSocket message accepted from the server (it may coalesce many lines).
 MAX_SERVER_MESSAGE = 16 * 1024 * 1024
+#: websockets' own log for the client, silenced: its errors reach the user as this module's exceptions.
+_QUIET_WEBSOCKETS = logging.getLogger("socketlab.chat.client.websockets")
+_QUIET_WEBSOCKETS.addHandler(logging.NullHandler())
+_QUIET_WEBSOCKETS.propagate = False
 #: How long the client waits for the server to close after /quit.
 QUIT_TIMEOUT = 5.0
 PROMPT = "> "
@@ -217,13 +222,19 @@ class WebSocketClient:
         """
         from urllib.parse import urlsplit
 
-        from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
         from websockets.sync.client import connect as ws_connect
 
         from socketlab.tls import TlsError, describe
 
-        parts = urlsplit(url)
-        where = format_address((parts.hostname or "", parts.port or (443 if parts.scheme == "wss" else 80)))
+        try:
+            parts = urlsplit(url)
+            port = parts.port  # ValueError: not a number, or not 0-65535
+        except ValueError as error:
+            raise AddressError(f"invalid URL {url!r}: {error}") from None
+        if port == 0:
+            raise AddressError(f"invalid URL {url!r}: the port must be 1-65535")
+        where = format_address((parts.hostname or "", port or (443 if parts.scheme == "wss" else 80)))
         try:
             conn = ws_connect(
                 url,
@@ -232,7 +243,13 @@ class WebSocketClient:
                 close_timeout=2.0,
                 compression=None,
                 max_size=MAX_SERVER_MESSAGE,
+                logger=_QUIET_WEBSOCKETS,  # what goes wrong is told here, in one line
             )
+        except (ConnectionClosed, AssertionError):
+            # A server that is not a WebSocket server may answer and close while websockets' sync client
+            # is still in its handshake; its reader thread and the handshake then race (websockets 17.4:
+            # 'no close frame received or sent', or an assertion in send_context).
+            raise AddressError(f"cannot open {url}: {where} closed the connection during the handshake") from None
         except ssl.SSLError as error:
             raise TlsError(f"TLS handshake with {where} failed: {describe(error)}") from None
         except InvalidStatus as error:

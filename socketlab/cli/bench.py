@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from socketlab.cli.options import AddressList, ByteSize, PidList, bench_errors
+from socketlab.cli.options import AddressList, ByteSize, Finite, PidList, bench_errors
 
 
 #: bench chat --placement: the names Placement.named() takes (spelled here to keep start-up light).
@@ -64,7 +64,7 @@ def clear_progress() -> None:
 @click.option("--messages", type=click.IntRange(1), default=2000, show_default=True, help="Messages per sender.")
 @click.option("--size", type=click.IntRange(32, 4000), default=64, show_default=True, help="Bytes per message line.")
 @click.option(
-    "--rate", type=click.FloatRange(0), default=0.0, show_default=True, help="Messages per second per sender (0: flat out)."
+    "--rate", type=Finite(0, seconds=False), default=0.0, show_default=True, help="Messages per second per sender (0: flat out)."
 )
 @click.option(
     "--workers",

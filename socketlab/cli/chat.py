@@ -10,6 +10,7 @@ import click
 from socketlab.addresses import DEFAULT_HOST
 
 from socketlab.cli.options import (
+    Finite,
     client_host_option,
     client_port_option,
     Origin,
@@ -61,13 +62,13 @@ def chat() -> None:
 )
 @click.option(
     "--idle-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     default=None,
     help="Drop clients silent for this many seconds (default: never).",
 )
 @click.option(
     "--max-rate",
-    type=click.FloatRange(0),
+    type=Finite(0, seconds=False),
     default=20.0,
     show_default=True,
     metavar="LINES",
@@ -238,7 +239,7 @@ def _needs_prometheus(metrics: tuple[str | None, int] | None) -> tuple[str | Non
 @click.option("--room", help="Room to join at once (/join).")
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     default=5.0,
     show_default=True,
     help="Connect (and TLS handshake) timeout in seconds.",
@@ -305,7 +306,10 @@ def _open_chat_client(
     if url is not None:
         from urllib.parse import urlsplit
 
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError:  # Invalid IPv6 URL
+            parts = urlsplit("")
         if parts.scheme not in ("ws", "wss") or not parts.hostname:
             raise click.BadParameter(f"{url!r} is not a URL like ws://HOST:PORT/ws or wss://HOST:PORT/ws", param_hint="URL")
         if unix_path or explicit:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import sys
 from typing import Any, Callable, Iterator, TypeVar
@@ -32,6 +33,27 @@ def bench_errors() -> Iterator[None]:
         raise click.ClickException(str(error)) from None
 
 
+#: The longest time an option may name (about 31 years): the system's timers overflow far beyond it.
+MAX_SECONDS = 1e9
+
+
+class Finite(click.FloatRange):
+    """A FloatRange that refuses ``nan`` and ``inf`` (and, for *seconds*, more than MAX_SECONDS): a timer or a
+    rate made of them fails deep inside the program, where it would be a traceback."""
+
+    def __init__(self, minimum: float = 0, *, min_open: bool = False, seconds: bool = True) -> None:
+        super().__init__(minimum, min_open=min_open)
+        self.seconds = seconds
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.seconds and number > MAX_SECONDS:
+            self.fail(f"{value!r} is more than {MAX_SECONDS:.0f} seconds", param, ctx)
+        return number
+
+
 class ByteSize(click.ParamType):
     """A size such as 1048576, 64K, 100M or 1G (powers of 1024)."""
 
@@ -49,7 +71,7 @@ class ByteSize(click.ParamType):
         number = text[:-1] if unit else text
         try:
             size = int(float(number) * self._units[unit])
-        except ValueError:
+        except (ValueError, OverflowError):  # OverflowError: inf
             self.fail(f"{value!r} is not a size like 4096, 64K, 100M or 1G", param, ctx)
         if size <= 0:
             self.fail("the size must be positive", param, ctx)

@@ -9,6 +9,7 @@ import click
 from click.core import ParameterSource
 
 from socketlab.cli.options import (
+    Finite,
     SourceAddress,
     access_options,
     access_rules,
@@ -190,7 +191,7 @@ def _open_output(output: str) -> Any:
 @unix_client_option
 @click.option(
     "--timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     default=5.0,
     show_default=True,
     help="Connect (and TLS handshake) timeout in seconds.",
@@ -198,7 +199,7 @@ def _open_output(output: str) -> Any:
 @click.option(
     "-w",
     "--idle-timeout",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Disconnect (status 0) once nothing was sent or received for this long, like nc -w (default: never).",

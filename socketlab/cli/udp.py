@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from socketlab.cli.options import (
+    Finite,
     access_options,
     access_rules,
     client_host_option,
@@ -26,9 +27,7 @@ from socketlab.cli.options import (
 @click.option("--hex", "hex_dump", is_flag=True, help="Print datagrams as hex dumps.")
 @click.option("-q", "--quiet", is_flag=True, help="Print no datagrams, only the totals at exit.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit 0 after this many datagrams.")
-@click.option(
-    "--timeout", type=click.FloatRange(0, min_open=True), default=None, help="Exit 1 after this many seconds without a datagram."
-)
+@click.option("--timeout", type=Finite(0, min_open=True), default=None, help="Exit 1 after this many seconds without a datagram.")
 @access_options
 def udp_recv(
     host: str,
@@ -71,10 +70,10 @@ def udp_recv(
     show_default=True,
     help="Send MESSAGE this many times, as fast as the socket allows.",
 )
-@click.option("--interval", type=click.FloatRange(0), default=0.0, help="Seconds between datagrams (pacing).")
+@click.option("--interval", type=Finite(0), default=0.0, help="Seconds between datagrams (pacing).")
 @click.option(
     "--wait-reply",
-    type=click.FloatRange(0, min_open=True),
+    type=Finite(0, min_open=True),
     default=None,
     metavar="SECONDS",
     help="Then wait this long for datagrams back, printing each as it arrives with its sender (exit 1 if none).",
