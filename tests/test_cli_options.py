@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from socketlab.chat.config import ChatConfig
 from socketlab.cli import main
-from socketlab.cli.options import AddressList, Origin, PidList, WebAddress
+from socketlab.cli.options import AddressList, Host, Origin, PidList, WebAddress
 from support import run_cli
 
 pytestmark = pytest.mark.timeout(30)
@@ -163,6 +163,10 @@ def test_parameter_types_convert() -> None:
         (["udp-send"], ["--interval", "inf"], "'inf' is not a finite number"),
         (["udp-send"], ["--wait-reply", "1e309"], "'1e309' is not a finite number"),
         (["bench", "chat"], ["--rate", "inf"], "'inf' is not a finite number"),
+        (["tcp-server"], ["--host", ""], "an empty host would listen on every interface: name it (0.0.0.0 or :: for every one)"),
+        (["udp-recv"], ["--host", " "], "an empty host would listen on every interface: name it (0.0.0.0 or :: for every one)"),
+        (["tcp-client"], ["--host", ""], "an empty host: name the server"),
+        (["tcp-client"], ["--host", "h:3199"], "'h:3199' is not a host name or address (the port goes in --port)"),
     ],
 )
 def test_bad_option_values_are_one_clear_line(command, args, message) -> None:
@@ -292,3 +296,11 @@ def test_chat_connect_bad_urls_are_one_line(url: str, message: str) -> None:
     result = run_cli("chat", "connect", url, input=b"")
     assert result.returncode == (2 if "Invalid value" in message else 1)
     assert result.stderr.decode().splitlines()[-1] == message and "Traceback" not in result.stderr.decode()
+
+
+def test_host_takes_ipv6_with_or_without_brackets() -> None:
+    for server in (True, False):
+        assert Host(server).convert("[::1]", None, None) == "::1"
+        assert Host(server).convert("::1", None, None) == "::1"
+        assert Host(server).convert("fe80::1%lo", None, None) == "fe80::1%lo"
+        assert Host(server).convert("example.org", None, None) == "example.org"

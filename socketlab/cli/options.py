@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import ipaddress
 import logging
 import math
 import os
@@ -90,10 +91,36 @@ def buffer_option(func: F) -> F:
     )(func)
 
 
+class Host(click.ParamType):
+    """A host name or address for --host: ``[::1]`` is taken as ``::1``; an empty one is refused (a server
+    given ``''`` would listen on every interface), as is a port written into it."""
+
+    name = "host"
+
+    def __init__(self, server: bool) -> None:
+        self.server = server
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        text = str(value).strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        if not text:
+            if self.server:
+                self.fail("an empty host would listen on every interface: name it (0.0.0.0 or :: for every one)", param, ctx)
+            self.fail("an empty host: name the server", param, ctx)
+        if ":" in text:
+            try:
+                ipaddress.ip_address(text.partition("%")[0])
+            except ValueError:
+                self.fail(f"{value!r} is not a host name or address (the port goes in --port)", param, ctx)
+        return text
+
+
 def host_option(func: F) -> F:
     """--host for a server: where it listens."""
     return click.option(
         "--host",
+        type=Host(server=True),
         default=DEFAULT_HOST,
         show_default=True,
         envvar="SOCKETLAB_HOST",
@@ -117,6 +144,7 @@ def client_host_option(func: F) -> F:
     """--host for a client: the server's name or address."""
     return click.option(
         "--host",
+        type=Host(server=False),
         default=DEFAULT_HOST,
         show_default=True,
         envvar="SOCKETLAB_HOST",
