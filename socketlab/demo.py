@@ -400,7 +400,8 @@ NEXT_STEPS = """
   socketlab chat serve --room-size 2 --web 8080    # then open http://127.0.0.1:8080/ in two tabs
   socketlab chat connect --name alice --room chess # a terminal member of the same chat
   socketlab tcp-server --echo --welcome ''         # an echo service; send it a file with tcp-client
-  socketlab udp-recv & socketlab udp-send Hello    # datagrams
+  socketlab udp-recv --count 1                     # datagrams: this in one terminal,
+  socketlab udp-send Hello                         #   this in another
   socketlab bench chat                             # how fast the chat relays, on this machine
   Every command has --help with examples; docs/tutorial.md walks through the same steps."""
 

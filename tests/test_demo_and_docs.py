@@ -54,7 +54,7 @@ def test_demo_labels_follow_the_server_and_it_ends_with_what_to_try() -> None:
         "  [socket.io user3] on 'result' 'failed'",
     ):
         assert expected in socketio, expected
-    assert lines[-7] == "== What to try next =="
+    assert lines[-8] == "== What to try next =="
     assert "(0 more bytes)" not in result.stdout.decode()
 
 
