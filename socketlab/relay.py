@@ -147,6 +147,25 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         raise OutputError(f"cannot write output: {error.strerror}") from None
 
 
+class TerminalWriter:
+    """A binary output on a terminal: what is written goes out as escaped text (raw bytes could drive it:
+    colours, a new title, a cleared screen). ``flush()`` ends a stream (an incomplete UTF-8 sequence shows)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self._text = TerminalText()
+
+    def write(self, data: bytes | memoryview) -> int:
+        write_all(self.fd, self._text.feed(bytes(data)).encode())
+        return len(data)
+
+    def flush(self) -> None:
+        write_all(self.fd, self._text.feed(b"", final=True).encode())
+
+    def close(self) -> None:
+        """The terminal stays open: it is not this writer's."""
+
+
 class _Output:
     """Where received bytes go: unchanged, as escaped text on a terminal, or as a hex dump."""
 

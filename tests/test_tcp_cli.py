@@ -162,6 +162,32 @@ def test_a_server_that_ends_its_side_while_the_input_is_quiet_is_left_after_a_mo
         thread.join(TIMEOUT)
 
 
+def test_output_to_a_terminal_is_escaped_text() -> None:
+    """--output - on a terminal: a client's escape sequences (colours, a window title, BEL) are shown, not obeyed;
+    into a pipe or a file the same bytes go out unchanged (see the byte-exact tests)."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        CLI + ["tcp-server", "--port", "0", "--once", "--output", "-"], stdout=terminal, stderr=subprocess.PIPE
+    )
+    os.close(terminal)
+    try:
+        assert proc.stderr is not None
+        port = int(re.search(rb"listening on 127\.0\.0\.1:(\d+)", proc.stderr.readline()).group(1))  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.sendall("A\x1b[31mRED\x1b]0;pwned\x07B\x9bé\n".encode())
+        assert proc.wait(TIMEOUT) == 0
+        shown = b""
+        while b"\n" not in shown:
+            shown += os.read(controller, 1024)
+        assert shown.replace(b"\r\n", b"\n") == "A\\x1b[31mRED\\x1b]0;pwned\\x07B\\x9bé\n".encode()
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(controller)
+
+
 def test_sigterm_and_sigint_with_idle_clients_stop_within_a_second() -> None:
     """SIGTERM/Ctrl-C close idle clients, print 'Server closed' and exit 0 in < 1 s."""
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -176,8 +177,12 @@ def _split_program(program: str) -> list[str]:
 
 
 def _open_output(output: str) -> Any:
-    """--output's file, unbuffered (every chunk is out when it is written): stdout for -."""
+    """--output's file, unbuffered (every chunk is out when it is written): stdout for - (escaped on a terminal)."""
     if output == "-":
+        if os.isatty(sys.stdout.fileno()):
+            from socketlab.relay import TerminalWriter
+
+            return TerminalWriter(sys.stdout.fileno())
         return open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
     try:
         return open(output, "wb", buffering=0)
