@@ -590,8 +590,9 @@ class ConnectionServer(AcceptingServer, socketserver.ThreadingMixIn, socketserve
     request_queue_size = DEFAULT_BACKLOG
     #: Stack size of connection threads; small stacks keep idle clients cheap.
     thread_stack_size: int = 256 * 1024
-    #: How long shutdown() waits for connection threads to finish.
-    join_timeout: float = 2.0
+    #: How long shutdown() waits for connection threads to finish: within a second of Ctrl-C in all. One
+    #: that does not finish by then (blocked writing to an output nobody reads) is a daemon, left behind.
+    join_timeout: float = 0.75
     #: The server's TLS context, if it speaks TLS (set by subclasses that do).
     tls_context: Any = None
     daemon_threads = True

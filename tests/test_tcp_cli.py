@@ -188,6 +188,30 @@ def test_output_to_a_terminal_is_escaped_text() -> None:
         os.close(controller)
 
 
+def test_a_server_whose_output_nobody_reads_still_stops_at_once() -> None:
+    """--output - into a pipe nobody reads, a client sending: the connection's thread is stuck in write();
+    SIGTERM still ends the server with status 0 well within the time it gives threads (0.75 s), not 2 s."""
+    reader, writer = os.pipe()
+    proc = subprocess.Popen(CLI + ["tcp-server", "--port", "0", "--output", "-"], stdout=writer, stderr=subprocess.PIPE)
+    os.close(writer)
+    try:
+        assert proc.stderr is not None
+        port = int(re.search(rb":(\d+)\n", proc.stderr.readline()).group(1))  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", port)) as client:
+            client.settimeout(0.2)
+            with pytest.raises(TimeoutError):  # the pipe and both socket buffers are full: the server is stuck
+                while True:
+                    client.sendall(b"x" * 65536)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(TIMEOUT) == 0
+            assert time.monotonic() - started < 1.5
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(reader)
+
+
 def test_sigterm_and_sigint_with_idle_clients_stop_within_a_second() -> None:
     """SIGTERM/Ctrl-C close idle clients, print 'Server closed' and exit 0 in < 1 s."""
     for sig in (signal.SIGTERM, signal.SIGINT):
