@@ -546,6 +546,8 @@ class WebConnection(Connection):
         session.attach(outbox.write, outbox.end, peer)
 
     def data_received(self, data: bytes) -> list[Item]:
+        if self.carries_engine:
+            return self._engine_data(data)
         now = time.monotonic()
         session = self.session
         answered = session.ended is not None
@@ -573,6 +575,34 @@ class WebConnection(Connection):
             self._log_refusal("Refused web request from %s: %s (%s)", session.status or "closed", session.describe())
         # The reader counted any bytes as activity; for the idle timeout only messages count.
         self.last_active = self.session.last_message
+        return items
+
+    def _engine_data(self, data: bytes) -> list[Item]:
+        """Engine.IO input, once the connection carries it: what this read asks for -- an event's ack, a
+        namespace's answer, the chat's lines to this client -- goes out in one send().
+
+        In pieces, the second would wait for the client's delayed ACK (Nagle's algorithm): a join and
+        its ack over WebSocket took 44 ms, a chat message and its ack 22 ms. The chat's part (settle())
+        runs without the lock, so the outbox is held across both and released whatever happens.
+        """
+        now = time.monotonic()
+        session = self.session
+        engine = session.engine
+        assert engine is not None
+        refused = engine.refused
+        outbox = self.outbox
+        try:
+            with self.lock:
+                outbox.hold()
+                items = session.receive(data, now)
+                self.pump()
+            if engine.refused is not refused and engine.refused is not None:
+                self._log_refusal("Refused Socket.IO request from %s: %s %s (%s)", *engine.refused, session.describe())
+            if session.site.engine_settle is not None:
+                session.site.engine_settle()
+        finally:
+            with self.lock:
+                outbox.release()
         return items
 
     def _log_refusal(self, message: str, *args: Any) -> None:
