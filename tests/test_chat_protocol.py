@@ -184,7 +184,8 @@ def test_nick_rules() -> None:
     assert inbox.lines(c) == ["* user1 is now known as Alice"]
     for attempt, reply in [
         (b"/nick alice", "! nickname alice is taken"),
-        (b"/nick user1", "! nickname user1 is taken"),
+        (b"/nick user1", "! nickname user1 is reserved: names user<N> are the server's to give"),
+        (b"/nick USER99", "! nickname USER99 is reserved: names user<N> are the server's to give"),  # nobody has it
         (b"/nick bad name!", "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
         (b"/nick " + b"x" * 33, "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),
         ("/nick evil\u202eeman".encode(), "! invalid nickname: 1 to 32 letters or digits (any script), _ or -; no spaces"),

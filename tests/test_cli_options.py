@@ -304,3 +304,16 @@ def test_host_takes_ipv6_with_or_without_brackets() -> None:
         assert Host(server).convert("::1", None, None) == "::1"
         assert Host(server).convert("fe80::1%lo", None, None) == "fe80::1%lo"
         assert Host(server).convert("example.org", None, None) == "example.org"
+
+
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["tcp-server", "--hex", "-q"], "--hex logs payloads and -q logs none: choose one"),
+        (["udp-recv", "--hex", "-q"], "--hex prints datagrams and -q prints none: choose one"),
+    ],
+)
+def test_options_that_contradict_each_other_are_refused(command: list[str], message: str) -> None:
+    result = CliRunner().invoke(main, command)
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == f"Error: {message}"

@@ -305,7 +305,9 @@ class ChatHub:
     def _nick(self, member: Member, name: str, out: list[Delivery]) -> None:
         if name == member.name:
             out.append(([member], notice(f"you are already {name}")))
-        elif RESERVED_NAME.match(name) or self._by_name.get(name_key(name), member) is not member:
+        elif RESERVED_NAME.match(name):  # even when nobody has it: the server may hand it out next
+            out.append(([member], error(f"nickname {name} is reserved: names user<N> are the server's to give")))
+        elif self._by_name.get(name_key(name), member) is not member:
             out.append(([member], error(f"nickname {name} is taken")))
         else:
             old = member.name

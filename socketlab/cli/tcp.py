@@ -133,6 +133,8 @@ def tcp_server(
         return
     if output is not None and "max_clients" in given:
         raise click.UsageError("--output takes one client at a time: drop --max-clients")
+    if hex_dump and quiet:
+        raise click.UsageError("--hex logs payloads and -q logs none: choose one")
     if "welcome" not in given and output is not None:
         welcome = ""
     from socketlab.tcp import WelcomeServer

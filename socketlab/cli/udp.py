@@ -52,6 +52,8 @@ def udp_recv(
     from socketlab.serving import run_until_signal
     from socketlab.udp import DatagramReceiver
 
+    if hex_dump and quiet:
+        raise click.UsageError("--hex prints datagrams and -q prints none: choose one")
     access = access_rules(allow, deny)
     log_to_stdout()
     payload = "quiet" if quiet else "hex" if hex_dump else "text"
