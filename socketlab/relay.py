@@ -147,6 +147,14 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         raise OutputError(f"cannot write output: {error.strerror}") from None
 
 
+def write_to(output: Any, data: bytes | memoryview) -> None:
+    """Write all of *data* to the binary file *output*, which may take only part of it at a time (unbuffered)."""
+    view = memoryview(data)
+    while view:
+        written = output.write(view)
+        view = view[len(view) if written is None else written :]
+
+
 class TerminalWriter:
     """A binary output on a terminal: what is written goes out as escaped text (raw bytes could drive it:
     colours, a new title, a cleared screen). ``flush()`` ends a stream (an incomplete UTF-8 sequence shows)."""

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from socketlab.access import AccessRules
 from socketlab.addresses import bind_error, describe_os_error, format_address, resolve
 from socketlab.errors import AddressError
-from socketlab.relay import ServerRefused, StdioRelay
+from socketlab.relay import ServerRefused, StdioRelay, write_to
 from socketlab.serving import ConnectionServer
 from socketlab.tls import HANDSHAKE_TIMEOUT, TlsError, TlsStream, describe
 from socketlab.text import display_bytes, hexdump, plural
@@ -231,10 +231,7 @@ class WelcomeServer(ConnectionServer):
         """Write *data* to the output (b"": flush it); False, and the server stopping, when it fails."""
         assert self.output is not None
         try:
-            view = memoryview(data)
-            while view:  # an unbuffered file may take part of it
-                written = self.output.write(view)
-                view = view[len(view) if written is None else written :]
+            write_to(self.output, data)
             if not data:
                 self.output.flush()
         except OSError as error:

@@ -23,11 +23,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable, Iterable
 
 from socketlab.access import AccessRules
-from socketlab.addresses import bind_error, format_address, resolve
-from socketlab.errors import SocketlabError
+from socketlab.addresses import bind_error, describe_os_error, format_address, resolve
+from socketlab.errors import OutputError, SocketlabError
+from socketlab.relay import write_to
 from socketlab.serving import Waker, serve_both_families
 from socketlab.text import display_bytes, format_rate, format_seconds, hexdump, plural
 
@@ -84,7 +85,10 @@ class DatagramReceiver:
     ``max_datagrams`` ends serve_forever() after that many; ``timeout``
     makes it raise ReceiveTimeout after that many silent seconds. With
     ``access`` (an :class:`~socketlab.access.AccessRules`), datagrams from
-    senders it does not permit are dropped and counted as refused.
+    senders it does not permit are dropped and counted as refused. With
+    ``output`` (a binary file), every datagram's bytes are written to it
+    unchanged, one after another (``nc -u -l > file``); when it cannot be
+    written the receiver logs why and stops.
     """
 
     def __init__(
@@ -96,10 +100,12 @@ class DatagramReceiver:
         max_datagrams: int | None = None,
         timeout: float | None = None,
         access: AccessRules | None = None,
+        output: BinaryIO | None = None,
         logger: logging.Logger = logger,
     ) -> None:
         host, port = address
         self.logger = logger
+        self.output = output
         self.access = access if access is not None and access.restricts else None
         self.echo = echo
         self.payload = payload
@@ -117,6 +123,7 @@ class DatagramReceiver:
             raise bind_error(host, port, error) from None
         self.server_address = self.socket.getsockname()
         self._stopping = False
+        self._output_error: str | None = None
         self._waker = Waker()
         self._done = threading.Event()
         self._done.set()
@@ -144,6 +151,8 @@ class DatagramReceiver:
 
     def on_datagram(self, data: bytes, sender: Any) -> None:
         """One datagram arrived from *sender* (already counted in totals)."""
+        if self.output is not None:
+            self._write_output(data)
         if self.payload == "quiet":
             return
         peer = format_address(sender)
@@ -153,6 +162,17 @@ class DatagramReceiver:
             self.logger.info("Get message from client %s (%d bytes):\n%s", peer, len(data), hexdump(data))
         else:
             self.logger.info("Get message from client %s: %s", peer, display_bytes(data))
+
+    def _write_output(self, data: bytes) -> None:
+        assert self.output is not None
+        try:
+            write_to(self.output, data)
+            self.output.flush()
+        except OSError as error:
+            self.output = None
+            self._output_error = f"cannot write the output: {describe_os_error(error)}"
+            self.logger.error("Cannot write the output: %s; stopping", describe_os_error(error))
+            self._stopping = True
 
     def on_close(self) -> None:
         self.logger.info("Receiver closed: %s", self.totals.describe())
@@ -167,6 +187,8 @@ class DatagramReceiver:
             self._receive_loop()
         finally:
             self._done.set()
+        if self._output_error is not None:
+            raise OutputError(self._output_error)
 
     def _receive_loop(self) -> None:
         """Read datagrams while there are any; wait in select() (the socket, and the waker) when there are none."""
@@ -184,7 +206,7 @@ class DatagramReceiver:
         senders = totals.senders
         recvfrom_into = sock.recvfrom_into
         on_datagram = self.on_datagram
-        quiet = self.payload == "quiet" and type(self).on_datagram is DatagramReceiver.on_datagram
+        quiet = self.payload == "quiet" and self.output is None and type(self).on_datagram is DatagramReceiver.on_datagram
         echo = self.echo
         limit = self.max_datagrams
         access = self.access

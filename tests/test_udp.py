@@ -179,6 +179,51 @@ def test_cli_stdin_lines_are_datagrams_and_escapes() -> None:
     assert rest[2].endswith(": last")
 
 
+def test_cli_raw_send_and_output_are_byte_exact(tmp_path) -> None:
+    """udp-send --raw < file and udp-recv --output FILE (nc -u, nc -u -l > file): every byte value, CR and LF
+    included, arrives unchanged; the log holds no payload."""
+    data = bytes(range(256)) * 4 + b"a\r\nb\r\n"
+    received = tmp_path / "received.bin"
+    with CliServer("udp-recv", "--port", "0", "--count", "1", "--output", str(received), ready=LISTENING) as recv:
+        sent = run_cli("udp-send", "--port", str(recv.port), "--raw", input=data)
+        assert sent.returncode == 0
+        assert sent.stderr.decode().startswith(f"Sent 1 datagram ({len(data)} bytes) to 127.0.0.1:{recv.port} in ")
+        assert recv.proc.wait(TIMEOUT) == 0
+        rest = recv.out.rest()
+    assert received.read_bytes() == data
+    assert rest == [f"Receiver closed: 1 datagram, {len(data)} bytes from 1 sender"]
+
+
+def test_cli_raw_output_to_stdout_puts_the_log_on_stderr() -> None:
+    data = b"\x00\xff\n" * 3
+    proc = subprocess.Popen(
+        CLI + ["udp-recv", "--port", "0", "--count", "2", "--output", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        assert proc.stderr is not None and proc.stdout is not None
+        port = proc.stderr.readline().decode().rsplit(":", 1)[1].strip()
+        for _ in range(2):
+            assert run_cli("udp-send", "--port", port, "--raw", input=data).returncode == 0
+        assert proc.wait(TIMEOUT) == 0
+        assert proc.stdout.read() == data * 2
+        assert proc.stderr.read().decode().splitlines() == [f"Receiver closed: 2 datagrams, {2 * len(data)} bytes from 2 senders"]
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--raw", "hello"], "--raw sends stdin: drop the MESSAGE"),
+        (["--repeat", "2"], "--repeat needs a MESSAGE (stdin is sent once)"),
+    ],
+)
+def test_cli_raw_usage_errors(args: list[str], message: str) -> None:
+    result = run_cli("udp-send", "--port", "9", *args, input=b"x")
+    assert result.returncode == 2 and result.stderr.decode().splitlines()[-1] == f"Error: {message}"
+
+
 def test_cli_hex_dump() -> None:
     """--hex prints a dump of the datagram."""
     with CliServer("udp-recv", "--port", "0", "--count", "1", "--hex", ready=LISTENING) as recv:

@@ -116,6 +116,22 @@ class Host(click.ParamType):
         return text
 
 
+def open_output(output: str) -> Any:
+    """--output's file, unbuffered (every chunk is out when it is written): stdout for - (escaped on a terminal).
+
+    A file that cannot be opened is one ``Error:`` line."""
+    if output == "-":
+        if os.isatty(sys.stdout.fileno()):
+            from socketlab.relay import TerminalWriter
+
+            return TerminalWriter(sys.stdout.fileno())
+        return open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+    try:
+        return open(output, "wb", buffering=0)
+    except OSError as error:
+        raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
+
+
 def host_option(func: F) -> F:
     """--host for a server: where it listens."""
     return click.option(

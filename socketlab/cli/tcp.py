@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -11,6 +10,7 @@ from click.core import ParameterSource
 
 from socketlab.cli.options import (
     Finite,
+    open_output,
     SourceAddress,
     access_options,
     access_rules,
@@ -142,7 +142,7 @@ def tcp_server(
     tls = server_tls(tls_cert, tls_key)
     access = access_rules(allow, deny)
     payload = "hex" if hex_dump else "quiet" if quiet or output is not None else "text"
-    sink = _open_output(output) if output is not None else None
+    sink = open_output(output) if output is not None else None
     try:
         log_to_stdout(stream=sys.stderr if output == "-" else None)
         server = WelcomeServer(
@@ -176,20 +176,6 @@ def _split_program(program: str) -> list[str]:
     if not argv:
         raise click.BadParameter("names no program", param_hint="'--exec'")
     return argv
-
-
-def _open_output(output: str) -> Any:
-    """--output's file, unbuffered (every chunk is out when it is written): stdout for - (escaped on a terminal)."""
-    if output == "-":
-        if os.isatty(sys.stdout.fileno()):
-            from socketlab.relay import TerminalWriter
-
-            return TerminalWriter(sys.stdout.fileno())
-        return open(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
-    try:
-        return open(output, "wb", buffering=0)
-    except OSError as error:
-        raise click.ClickException(f"cannot write {output}: {error.strerror}") from None
 
 
 @click.command("tcp-client")

@@ -9,6 +9,7 @@ import click
 
 from socketlab.cli.options import (
     Finite,
+    open_output,
     access_options,
     access_rules,
     client_host_option,
@@ -20,6 +21,10 @@ from socketlab.cli.options import (
 )
 
 
+#: The most of stdin one --raw datagram carries: what one IPv4 datagram can (IPv6's limit is a little higher).
+MAX_RAW_DATAGRAM = 65507
+
+
 @click.command("udp-recv")
 @host_option
 @port_option
@@ -28,6 +33,12 @@ from socketlab.cli.options import (
 @click.option("-q", "--quiet", is_flag=True, help="Print no datagrams, only the totals at exit.")
 @click.option("--count", type=click.IntRange(1), default=None, help="Exit 0 after this many datagrams.")
 @click.option("--timeout", type=Finite(0, min_open=True), default=None, help="Exit 1 after this many seconds without a datagram.")
+@click.option(
+    "--output",
+    metavar="FILE",
+    default=None,
+    help="Write every datagram's bytes there unchanged, one after another ('-': stdout, the log then on stderr).",
+)
 @access_options
 def udp_recv(
     host: str,
@@ -37,6 +48,7 @@ def udp_recv(
     quiet: bool,
     count: int | None,
     timeout: float | None,
+    output: str | None,
     allow: tuple[str, ...],
     deny: tuple[str, ...],
 ) -> None:
@@ -46,8 +58,9 @@ def udp_recv(
     the totals (datagrams, bytes, senders) when it stops.
 
     \b
-    Example:
+    Examples:
       socketlab udp-recv --port 3000 --count 1
+      socketlab udp-recv --port 3000 --count 1 --output packet.bin   # nc -u -l > packet.bin
     """
     from socketlab.serving import run_until_signal
     from socketlab.udp import DatagramReceiver
@@ -55,11 +68,18 @@ def udp_recv(
     if hex_dump and quiet:
         raise click.UsageError("--hex prints datagrams and -q prints none: choose one")
     access = access_rules(allow, deny)
-    log_to_stdout()
-    payload = "quiet" if quiet else "hex" if hex_dump else "text"
-    receiver = DatagramReceiver((host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access)
-    with receiver:
-        run_until_signal(receiver, on_stop=receiver.on_close)
+    sink = open_output(output) if output is not None else None
+    log_to_stdout(stream=sys.stderr if output == "-" else None)
+    payload = "hex" if hex_dump else "quiet" if quiet or output is not None else "text"
+    receiver = DatagramReceiver(
+        (host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access, output=sink
+    )
+    try:
+        with receiver:
+            run_until_signal(receiver, on_stop=receiver.on_close)
+    finally:
+        if sink is not None:
+            sink.close()
 
 
 @click.command("udp-send")
@@ -81,6 +101,11 @@ def udp_recv(
     help="Then wait this long for datagrams back, printing each as it arrives with its sender (exit 1 if none).",
 )
 @click.option("--hex", "hex_dump", is_flag=True, help="With --wait-reply: print replies as hex dumps.")
+@click.option(
+    "--raw",
+    is_flag=True,
+    help="Send stdin unchanged, newlines included: each read of it one datagram of up to 65,507 bytes (nc -u).",
+)
 @click.argument("message", nargs=-1)
 def udp_send(
     host: str,
@@ -89,9 +114,10 @@ def udp_send(
     interval: float,
     wait_reply: float | None,
     hex_dump: bool,
+    raw: bool,
     message: tuple[str, ...],
 ) -> None:
-    """Send MESSAGE as one datagram (or each stdin line as one).
+    """Send MESSAGE as one datagram (or each stdin line as one; stdin unchanged with --raw).
 
     Reports what was sent on stderr. UDP gives no delivery receipt: only
     --wait-reply, or the OS reporting that nobody listens, tells you more.
@@ -101,6 +127,7 @@ def udp_send(
     \b
     Examples:
       socketlab udp-send --port 3000 Hello UDP Server
+      socketlab udp-send --port 3000 --raw < packet.bin   # the file's bytes, unchanged
       socketlab udp-recv --port 3000 --echo -q &          # a UDP echo server
       socketlab udp-send --port 3000 --wait-reply 1 ping  # ... answers: Reply from 127.0.0.1:3000: ping
     """
@@ -108,11 +135,17 @@ def udp_send(
     from socketlab.udp import send_datagrams
 
     if message:
+        if raw:
+            raise click.UsageError("--raw sends stdin: drop the MESSAGE")
         payloads: Any = [" ".join(message).encode()]
     else:
         if repeat > 1:
-            raise click.UsageError("--repeat needs a MESSAGE (stdin lines are sent once)")
-        payloads = (line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n") for line in sys.stdin.buffer)
+            raise click.UsageError("--repeat needs a MESSAGE (stdin is sent once)")
+        if raw:
+            stdin: Any = sys.stdin.buffer  # a BufferedReader: read1() is one read of what is there
+            payloads = iter(lambda: stdin.read1(MAX_RAW_DATAGRAM), b"")
+        else:
+            payloads = (line[:-2] if line.endswith(b"\r\n") else line.rstrip(b"\n") for line in sys.stdin.buffer)
     target = format_address((host, port))
     with stopped_by_ctrl_c():
         send_datagrams(
