@@ -39,6 +39,11 @@ MAX_REFUSAL = 256
 #: Once the server has ended its side, how long the input may stand still before the relay ends
 #: anyway (a peer that only receives still reads what the input gives; a terminal may never give more).
 LINGER = 0.5
+#: ... and how long a send may take nothing (the peer not reading) before the relay gives up on it.
+STUCK = 5.0
+#: The most one send() or sendfile() hands the kernel at a time: progress is seen at this grain
+#: (a peer reading 13 KB/s moves it within STUCK).
+SLICE = 64 * 1024
 
 
 class ServerRefused(SocketlabError):
@@ -272,7 +277,7 @@ class StdioRelay:
         size = self.buffer_size
         if self.crlf is None and isinstance(self.sock, socket.socket) and stat.S_ISREG(os.fstat(self.in_fd).st_mode):
             self._sending = True
-            while sent := os.sendfile(self.sock.fileno(), self.in_fd, None, size):
+            while sent := os.sendfile(self.sock.fileno(), self.in_fd, None, min(size, SLICE)):
                 self._sent += sent
                 self._touch()
             self._sending = False
@@ -281,11 +286,13 @@ class StdioRelay:
         view = memoryview(buffer)
         source = open(self.in_fd, "rb", buffering=0, closefd=False)
         while count := source.readinto(buffer):
+            data = memoryview(self.crlf.feed(bytes(view[:count]))) if self.crlf is not None else view[:count]
             self._sending = True
-            self.sock.sendall(self.crlf.feed(bytes(view[:count])) if self.crlf is not None else view[:count])
+            for start in range(0, len(data), SLICE):
+                self.sock.sendall(data[start : start + SLICE])
+                self._sent += min(SLICE, len(data) - start)
+                self._touch()
             self._sending = False
-            self._sent += count
-            self._touch()
 
     # -- the receiving side (the calling thread) ------------------------------
 
@@ -322,11 +329,16 @@ class StdioRelay:
 
     def _finish_sending(self, sender: threading.Thread) -> None:
         """The server has ended its side: let the input go on while it moves (a peer that only receives
-        reads it all), until it is sent or stands still for LINGER seconds."""
-        moved = -1
-        while sender.is_alive() and self._sent != moved and not self._idled():
-            moved = self._sent
-            sender.join(LINGER)
+        reads it all), until it is sent, or stands still for LINGER seconds while the sender waits for
+        input, or for STUCK seconds while it waits for the peer to take what it sends."""
+        moved, since = self._sent, time.monotonic()
+        while sender.is_alive() and not self._idled():
+            now = time.monotonic()
+            if self._sent != moved:
+                moved, since = self._sent, now
+            elif now - since >= (STUCK if self._sending else LINGER):
+                return
+            sender.join(0.05)
 
     def _receive(self) -> None:
         output = _Output(self.out_fd, self.hex_dump)

@@ -102,3 +102,39 @@ def test_idle_timer_fires_once_after_quiet_and_not_while_touched() -> None:
     quiet.start()
     quiet.stop()
     assert not quiet.expired and fired.is_set()
+
+
+def test_a_slow_receive_only_peer_gets_all_of_the_input(tmp_path) -> None:
+    """A server that ends its side at once, then reads slowly (32 KiB every 0.1 s, small buffers on both
+    sides): while it takes what is sent, the relay keeps sending, however long each send blocks."""
+    import os
+    import socket
+
+    from socketlab.relay import StdioRelay
+
+    data = random.Random(3).randbytes(768 * 1024)
+    path = tmp_path / "input.bin"
+    path.write_bytes(data)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    got = bytearray()
+
+    def slow_reader() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.shutdown(socket.SHUT_WR)
+            while chunk := conn.recv(32 * 1024):
+                got.extend(chunk)
+                threading.Event().wait(0.1)
+
+    thread = threading.Thread(target=slow_reader, daemon=True)
+    thread.start()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 32 * 1024)
+    sock.connect(listener.getsockname())
+    with open(path, "rb") as source, open(os.devnull, "wb") as sink:
+        assert StdioRelay(sock, "slow", source.fileno(), sink.fileno()).run() == "closed"
+    sock.close()
+    thread.join(TIMEOUT)
+    listener.close()
+    assert bytes(got) == data
