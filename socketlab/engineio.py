@@ -428,7 +428,9 @@ class EngineSession:
             self._poll_by = None
             if held is not None:
                 held.deliver([(NOOP, "")])
-            self._queue = [packet for packet in self._queue if packet[0] != NOOP]
+            kept = [packet for packet in self._queue if packet[0] != NOOP]
+            self._queued -= len(self._queue) - len(kept)  # a NOOP counts one byte
+            self._queue = kept
             self._flush()
         else:
             self._probing = None

@@ -74,6 +74,11 @@ class _Poll:
         pass  # a GET is over once answered; the connection stays for the next request
 
 
+#: Polling sessions one connection may have open at once: a client has one (two while it reconnects); a
+#: client asking for more on one kept-alive connection is refused, so it cannot take every session alone.
+MAX_SESSIONS_PER_CONNECTION = 4
+
+
 def _text_frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode("utf-8")).serialize(mask=False, extensions=[])
 
@@ -120,8 +125,11 @@ class EngineConnection:
         self.refused: tuple[int, str] | None = None
         self.session: EngineSession | None = None
         self.websocket: ServerProtocol | None = None
-        #: A fragmented WebSocket message so far: its opcode and its fragments (websockets bounds its size).
-        self._fragments: tuple[Opcode, list[bytes]] | None = None
+        #: The polling sessions this connection opened (those still open count toward the limit).
+        self._opened: list[EngineSession] = []
+        #: A fragmented WebSocket message so far: its opcode and its bytes (websockets bounds their number;
+        #: kept as one buffer, empty fragments cost nothing).
+        self._fragments: tuple[Opcode, bytearray] | None = None
         self._held: _Poll | None = None
         self._held_request: tuple[HttpRequest, list[tuple[str, str]]] | None = None
         self._waiting: deque[HttpRequest] = deque()
@@ -216,7 +224,7 @@ class EngineConnection:
                 return
             if request.method == "GET":
                 if sid is None:
-                    session = self.server.handshake("polling", now, self.peer)
+                    session = self._handshake(now)
                 else:
                     session = self.server.session(sid, now)
                 self._hold(session, request, cors, now)
@@ -228,6 +236,15 @@ class EngineConnection:
                 raise EngineError(BAD_HANDSHAKE_METHOD if sid is None else BAD_REQUEST)
         except EngineError as error:
             self._engine_error(error, request, cors)
+
+    def _handshake(self, now: float) -> EngineSession:
+        """A new polling session, unless this connection has MAX_SESSIONS_PER_CONNECTION open already."""
+        self._opened = [session for session in self._opened if session.closed is None]
+        if len(self._opened) >= MAX_SESSIONS_PER_CONNECTION:
+            raise EngineError(BAD_REQUEST, message=f"more than {MAX_SESSIONS_PER_CONNECTION} sessions on one connection")
+        session = self.server.handshake("polling", now, self.peer)
+        self._opened.append(session)
+        return session
 
     def _route(self, path: str) -> EngineServer | None:
         """The server whose path prefix is the longest to start *path*, or None."""
@@ -341,12 +358,12 @@ class EngineConnection:
             opcode, payload = frame.opcode, bytes(frame.data)
             if opcode is Opcode.CONT or not frame.fin:  # a fragment: websockets has checked their order
                 if self._fragments is None:
-                    self._fragments = (opcode, [])
-                self._fragments[1].append(payload)
+                    self._fragments = (opcode, bytearray())
+                self._fragments[1].extend(payload)
                 if not frame.fin:
                     continue
-                opcode, parts = self._fragments
-                self._fragments, payload = None, b"".join(parts)
+                opcode, whole = self._fragments
+                self._fragments, payload = None, bytes(whole)
             if opcode is Opcode.TEXT:
                 try:
                     text = payload.decode("utf-8")

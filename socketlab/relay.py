@@ -169,11 +169,17 @@ class TerminalWriter:
         self._text = TerminalText()
 
     def write(self, data: bytes | memoryview) -> int:
-        write_all(self.fd, self._text.feed(bytes(data)).encode())
+        self._write(self._text.feed(bytes(data)).encode())
         return len(data)
 
     def flush(self) -> None:
-        write_all(self.fd, self._text.feed(b"", final=True).encode())
+        self._write(self._text.feed(b"", final=True).encode())
+
+    def _write(self, text: bytes) -> None:
+        """All of *text*; a failure is the OSError a file's write() raises (its callers handle that)."""
+        view = memoryview(text)
+        while view:
+            view = view[os.write(self.fd, view) :]
 
     def close(self) -> None:
         """The terminal stays open: it is not this writer's."""

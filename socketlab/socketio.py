@@ -408,11 +408,14 @@ class SocketIOServer:
             logger.exception("Error in a Socket.IO disconnect handler (client %s)", client.peer or "?")
 
     def tick(self, now: float, limit: int | None = None) -> bool:
-        """The Engine.IO timers (at most *limit* of them: True when more may be due), and sessions that never
-        connected to a namespace."""
+        """The Engine.IO timers, and sessions that never connected to a namespace (at most *limit* of each:
+        True when more may be due)."""
         more = self.engine.tick(now, limit)
         waiting = self._waiting
+        closed = 0
         while waiting:  # only the due ones are looked at: the first not due ends the walk
+            if limit is not None and closed >= limit:
+                return True
             session = next(iter(waiting))
             link = session.data
             deadline = link.connect_by if isinstance(link, _Link) else None
@@ -421,6 +424,7 @@ class SocketIOServer:
             waiting.pop(session, None)
             if deadline is not None:
                 session.close("connect timeout")
+                closed += 1
         return more
 
     # -- internals --------------------------------------------------------------------
@@ -477,17 +481,17 @@ class SocketIOServer:
         if packet.namespace in link.clients:
             return  # already connected: the JavaScript server ignores it too
         client = Client(namespace, session, packet.data or {})
-        link.connect_by = None
-        self._waiting.pop(session, None)
         try:
             namespace.accept(client, client.auth)
-        except ConnectionRefused as refusal:
+        except ConnectionRefused as refusal:  # the connect deadline still runs: a refused session cannot stay
             self._refuse(session, packet.namespace, str(refusal) or "Connection refused")
             return
         except Exception:  # a bug in the authorize handler: the client is refused, not left waiting
             logger.exception("Error in a Socket.IO authorize handler (client %s)", session.peer or "?")
             self._refuse(session, packet.namespace, "Connection refused")
             return
+        link.connect_by = None
+        self._waiting.pop(session, None)
         if session.closed is not None:
             return
         namespace.clients[client.sid] = client

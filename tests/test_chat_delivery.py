@@ -122,6 +122,20 @@ def test_held_writes_go_out_in_one_send_on_release() -> None:
     assert len(sock.sends) == 2
 
 
+def test_a_held_answer_is_not_a_backlog_the_kernel_may_take_it_whole() -> None:
+    """While held, writes are one read's answer, not a backlog: past the limit they are kept, and on release
+    the kernel takes them (only what it leaves is held to the limit)."""
+    writer = RecordingWriter()
+    sock = RecordingSocket(accept=1 << 20)
+    box = Outbox(sock, 1024, writer)  # type: ignore[arg-type]
+    box.hold()
+    box.write(b"x" * 1000)
+    box.write(b"y" * 1000)
+    assert not box.closed
+    box.release()
+    assert sock.sends == [b"x" * 1000 + b"y" * 1000] and not box.closed and box.idle
+
+
 def test_an_end_while_held_sends_what_was_kept_then_ends() -> None:
     """A goodbye (a refusal, shutdown) on a held outbox releases it: what was kept goes first, in one
     send(), then the end, once it is out; nothing is left held should the release never come."""

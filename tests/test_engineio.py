@@ -247,6 +247,18 @@ def test_probes_repeated_without_a_held_get_queue_one_noop() -> None:
     session.send("after")  # a real packet queued meanwhile makes the next GET return; no NOOP is added to it
     session.websocket_message(socket, "2probe", 0.4)
     assert session.backlog == len("after") + 1
+    session.websocket_message(socket, "5", 0.5)  # the upgrade: what was queued goes over the WebSocket
+    assert socket.deliveries[-1] == [("4", "after")] and session.backlog == 0
+
+
+def test_the_upgrade_drops_a_queued_noop_and_its_count() -> None:
+    server, app, session, _ = polling_session()
+    socket = Carrier()
+    server.open_websocket(session.sid, socket, 0.1)
+    session.websocket_message(socket, "2probe", 0.2)  # no GET held: a NOOP waits for the next one
+    assert session.backlog == 1
+    session.websocket_message(socket, "5", 0.3)
+    assert session.backlog == 0 and socket.deliveries == [[("3", "probe")]]
 
 
 def test_a_websocket_only_session_gets_its_open_packet_on_the_socket() -> None:
@@ -461,3 +473,34 @@ def test_a_full_engine_answers_the_upgrade_in_http() -> None:
     )
     assert writes[0].startswith(b"HTTP/1.1 503 ") and writes[0].endswith(b'{"code":3,"message":"server full"}')
     assert connection.refused == (503, "server full") and server.sessions == {}
+
+
+def test_empty_fragments_hold_nothing() -> None:
+    """websockets bounds a message's bytes, not its frames: 100,000 empty fragments keep no list of them."""
+    app = App()
+    connection, _writes, ends = _upgraded_connection(app)
+    wire = _client_frame(Opcode.TEXT, b"4", fin=False) + _client_frame(Opcode.CONT, b"", fin=False) * 100_000
+    connection.receive(wire, 0.1)
+    assert connection._fragments is not None and bytes(connection._fragments[1]) == b"4"
+    connection.receive(_client_frame(Opcode.CONT, b"whole"), 0.2)
+    assert app.messages == ["whole"] and ends == []
+
+
+def test_one_connection_may_hold_only_a_few_polling_sessions() -> None:
+    """Handshakes on one kept-alive connection: a client has one session (two while it reconnects); past
+    MAX_SESSIONS_PER_CONNECTION open at once the next is refused, so one connection cannot take them all."""
+    from socketlab.engineio_http import MAX_SESSIONS_PER_CONNECTION, EngineConnection
+
+    server = EngineServer(App())
+    writes: list[bytes] = []
+    connection = EngineConnection(server, writes.append, lambda reason: None, lambda origin, host: True)
+    request = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n"
+    for n in range(MAX_SESSIONS_PER_CONNECTION + 1):
+        connection.receive(request, 0.1 * n)
+    assert [write[:12] for write in writes] == [b"HTTP/1.1 200"] * MAX_SESSIONS_PER_CONNECTION + [b"HTTP/1.1 400"]
+    assert writes[-1].endswith(b'{"code":3,"message":"more than 4 sessions on one connection"}')
+    assert len(server.sessions) == MAX_SESSIONS_PER_CONNECTION and connection.ended is None
+    next(iter(server.sessions.values())).close("gone")
+    server.tick(10.0)  # its close timeout passes: it is over
+    connection.receive(request, 10.0)
+    assert writes[-1].startswith(b"HTTP/1.1 200")

@@ -292,3 +292,31 @@ def test_sessions_that_never_connect_are_closed_at_their_deadline_and_only_they_
     looked_at.clear()
     server.tick(13.5)  # sessions[3] is due, [4] is not: the 100 behind it are not looked at
     assert sessions[3].closed == "connect timeout" and sessions[4].closed is None and looked_at == []
+
+
+def test_a_refused_connect_leaves_the_connect_deadline_running() -> None:
+    """A CONNECT refused (here by the authorize handler) does not take the session off the connect timeout:
+    a client that keeps answering pings cannot hold a session without ever joining a namespace."""
+    server = echo_server()
+    server.connect_timeout = 10.0
+    server.engine.now = 0.0
+    session = FakeSession()
+    server.opened(session)  # type: ignore[arg-type]
+    server.received(session, '0{"token":"bad"}')  # type: ignore[arg-type]
+    assert session.sent[-1].startswith("4") and session.closed is None  # CONNECT_ERROR
+    server.tick(10.5)
+    assert session.closed == "connect timeout"
+
+
+def test_the_connect_timeout_walk_stops_at_its_limit() -> None:
+    """A storm's sessions expire together: tick(limit=N) closes N of them and says more are due."""
+    server = SocketIOServer(connect_timeout=1.0)
+    sessions = []
+    for _ in range(5):
+        session = FakeSession()
+        server.opened(session)  # type: ignore[arg-type]
+        sessions.append(session)
+    assert server.tick(2.0, limit=3) is True
+    assert [session.closed for session in sessions].count("connect timeout") == 3
+    server.tick(2.0, limit=3)
+    assert all(session.closed == "connect timeout" for session in sessions)

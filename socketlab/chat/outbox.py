@@ -78,7 +78,7 @@ class Outbox:
             return
         if self.closed or self.ending is not None:  # nothing goes out after a goodbye
             return
-        if self.size + len(data) > self.limit:
+        if self.size + len(data) > self.limit and not self.held:  # held: one read's answer, not a backlog yet
             self.fail("too slow")
             return
         self.chunks.append(data)

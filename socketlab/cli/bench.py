@@ -123,19 +123,17 @@ def clear_progress() -> None:
     show_default=True,
     help="flood: abusing clients (from 127.0.0.2), 30 connections a second each.",
 )
-@click.option(
-    "--abuse-seconds", type=click.FloatRange(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts."
-)
+@click.option("--abuse-seconds", type=Finite(1, 600), default=20.0, show_default=True, help="flood: how long the abuse lasts.")
 @click.option(
     "--duration",
-    type=click.FloatRange(0.5, 3600),
+    type=Finite(0.5, 3600),
     default=10.0,
     show_default=True,
     help="pairs, mixed: seconds of chat measured, once every member joined.",
 )
 @click.option(
     "--interval",
-    type=click.FloatRange(0.05, 3600),
+    type=Finite(0.05, 3600),
     default=2.0,
     show_default=True,
     help="pairs, mixed: seconds between one member's lines (start times spread evenly).",

@@ -42,8 +42,8 @@ class Finite(click.FloatRange):
     """A FloatRange that refuses ``nan`` and ``inf`` (and, for *seconds*, more than MAX_SECONDS): a timer or a
     rate made of them fails deep inside the program, where it would be a traceback."""
 
-    def __init__(self, minimum: float = 0, *, min_open: bool = False, seconds: bool = True) -> None:
-        super().__init__(minimum, min_open=min_open)
+    def __init__(self, minimum: float = 0, maximum: float | None = None, *, min_open: bool = False, seconds: bool = True) -> None:
+        super().__init__(minimum, maximum, min_open=min_open)
         self.seconds = seconds
 
     def convert(self, value: Any, param: Any, ctx: Any) -> Any:
