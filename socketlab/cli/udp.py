@@ -68,12 +68,14 @@ def udp_recv(
     if hex_dump and quiet:
         raise click.UsageError("--hex prints datagrams and -q prints none: choose one")
     access = access_rules(allow, deny)
-    sink = open_output(output) if output is not None else None
     log_to_stdout(stream=sys.stderr if output == "-" else None)
     payload = "hex" if hex_dump else "quiet" if quiet or output is not None else "text"
-    receiver = DatagramReceiver(
-        (host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access, output=sink
-    )
+    receiver = DatagramReceiver((host, port), echo=echo, payload=payload, max_datagrams=count, timeout=timeout, access=access)
+    try:  # the output is opened (a file emptied) once the address is bound
+        sink = receiver.output = open_output(output) if output is not None else None
+    except BaseException:
+        receiver.server_close()
+        raise
     try:
         with receiver:
             run_until_signal(receiver, on_stop=receiver.on_close)
