@@ -436,13 +436,13 @@ class EngineSession:
             self._probing = None
             carrier.close()
 
-    def websocket_gone(self, carrier: Carrier) -> None:
-        """One of the session's WebSockets closed."""
+    def websocket_gone(self, carrier: Carrier, reason: str = "transport close") -> None:
+        """One of the session's WebSockets closed (*reason*: why, when the server failed it)."""
         if carrier is self._probing:
             self._probing = None
         elif carrier is self._carrier:
             self._carrier = None
-            self._end("transport close")
+            self._end(reason)
 
 
 class EngineServer:

@@ -74,6 +74,12 @@ class _Poll:
         pass  # a GET is over once answered; the connection stays for the next request
 
 
+#: Why a session ended when the server failed its WebSocket with this code (websockets' checks, or ours).
+_FAILED_WITH: dict[int, str] = {
+    CloseCode.PROTOCOL_ERROR: "protocol error",
+    CloseCode.INVALID_DATA: "invalid UTF-8",
+    CloseCode.MESSAGE_TOO_BIG: "message too big",
+}
 #: Polling sessions one connection may have open at once: a client has one (two while it reconnects); a
 #: client asking for more on one kept-alive connection is refused, so it cannot take every session alone.
 MAX_SESSIONS_PER_CONNECTION = 4
@@ -377,7 +383,9 @@ class EngineConnection:
         if protocol.state in (State.CLOSING, State.CLOSED) and self.ended is None:
             self.ended = "disconnected" if protocol.close_rcvd is not None else "closed"
             if self.session is not None:
-                self.session.websocket_gone(self)
+                sent = protocol.close_sent
+                failed = _FAILED_WITH.get(sent.code) if sent is not None and protocol.close_rcvd is None else None
+                self.session.websocket_gone(self, failed or "transport close")
             if protocol.state is State.CLOSED or protocol.close_rcvd is not None:
                 self.end(self.ended)
 

@@ -504,3 +504,20 @@ def test_one_connection_may_hold_only_a_few_polling_sessions() -> None:
     server.tick(10.0)  # its close timeout passes: it is over
     connection.receive(request, 10.0)
     assert writes[-1].startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize(
+    "frame, reason",
+    [
+        (_client_frame(Opcode.TEXT, b"4" + b"x" * 1_000_000), "message too big"),
+        (_client_frame(Opcode.TEXT, b"4caf\xc3"), "invalid UTF-8"),
+        (_client_frame(Opcode.CONT, b"stray"), "protocol error"),
+        (_client_frame(Opcode.CLOSE, b"\x03\xe8"), "transport close"),  # the client closed: no failure of ours
+    ],
+)
+def test_a_websocket_the_server_failed_ends_its_session_with_the_reason(frame: bytes, reason: str) -> None:
+    """The session's end says why the server closed the WebSocket (the chat logs it as the departure's reason)."""
+    app = App()
+    connection, _writes, _ends = _upgraded_connection(app)
+    connection.receive(frame, 0.1)
+    assert app.reasons == [reason]
