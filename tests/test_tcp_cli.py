@@ -212,6 +212,20 @@ def test_a_server_whose_output_nobody_reads_still_stops_at_once() -> None:
         os.close(reader)
 
 
+def test_check_only_connects_like_nc_z() -> None:
+    """-z: status 0 when the port takes a connection (nothing is sent), 1 with one Error line when it does not."""
+    with CliServer("tcp-server", "--port", "0") as server:
+        result = run_cli("tcp-client", "-z", "--port", str(server.port), input=b"not sent\n")
+        assert (result.returncode, result.stdout) == (0, b"")
+        assert result.stderr.decode() == f"Connected to Server 127.0.0.1:{server.port}\n"
+        server.out.wait_for(r"^Client disconnected 127\.0\.0\.1:\d+ \(0 bytes received\)$")
+    closed = run_cli("tcp-client", "-z", "--port", str(server.port))
+    assert closed.returncode == 1
+    assert closed.stderr.decode() == f"Error: cannot connect to 127.0.0.1:{server.port}: connection refused\n"
+    both = run_cli("tcp-client", "-z", "--port", "9", "hello")
+    assert both.returncode == 2 and both.stderr.decode().splitlines()[-1] == "Error: -z only connects: drop the MESSAGE"
+
+
 def test_sigterm_and_sigint_with_idle_clients_stop_within_a_second() -> None:
     """SIGTERM/Ctrl-C close idle clients, print 'Server closed' and exit 0 in < 1 s."""
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -206,6 +206,12 @@ def _split_program(program: str) -> list[str]:
 )
 @click.option("--hex", "hex_dump", is_flag=True, help="Print what arrives as a hex dump (offsets run on), not as bytes.")
 @click.option("-C", "--crlf", is_flag=True, help="End the lines sent in CRLF (for servers that want it: SMTP, HTTP).")
+@click.option(
+    "-z",
+    "--check",
+    is_flag=True,
+    help="Only see whether the port takes a connection (and a TLS handshake with --tls): status 0 or 1, like nc -z.",
+)
 @tls_client_options
 @buffer_option
 @click.argument("message", nargs=-1)
@@ -220,6 +226,7 @@ def tcp_client(
     source: tuple[str, int] | None,
     hex_dump: bool,
     crlf: bool,
+    check: bool,
     use_tls: bool,
     tls_ca: str | None,
     tls_no_verify: bool,
@@ -242,10 +249,13 @@ def tcp_client(
       socketlab tcp-client --port 3000 < photo.jpg > copy.jpg          # ... gives the file back
       socketlab tcp-client --port 3000 --hex -w 1 hi                   # a hex dump; 1 s of silence ends it
       socketlab tcp-client --unix /tmp/socketlab.sock hi
+      socketlab tcp-client -z --port 3000 && echo open                # is anything listening?
     """
     from socketlab.addresses import format_address
     from socketlab.tcp import connect, relay_stdio, start_tls
 
+    if check and message:
+        raise click.UsageError("-z only connects: drop the MESSAGE")
     tls = client_tls(use_tls, tls_ca, tls_no_verify)
     payload = (" ".join(message) + "\n").encode() if message else None
     with stopped_by_ctrl_c():
@@ -265,6 +275,8 @@ def tcp_client(
             sock = connect(host, port, timeout, tls=tls, source=source)
         with sock:
             click.echo(f"Connected to Server {address}{' (TLS)' if tls else ''}", err=True)
+            if check:
+                return
             end = relay_stdio(
                 sock, address, payload, buffer_size=buffer_size, hex_dump=hex_dump, crlf=crlf, idle_timeout=idle_timeout
             )
