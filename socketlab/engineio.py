@@ -178,6 +178,24 @@ class EngineSession:
     (None while open). ``data`` is free for the application.
     """
 
+    __slots__ = (
+        "server",
+        "sid",
+        "transport",
+        "peer",
+        "settings",
+        "closed",
+        "data",
+        "_queue",
+        "_queued",
+        "_carrier",
+        "_probing",
+        "_ping_at",
+        "_pong_by",
+        "_poll_by",
+        "draining",
+    )
+
     def __init__(self, server: "EngineServer", sid: str, transport: str, now: float, peer: str = "") -> None:
         self.server = server
         self.sid = sid

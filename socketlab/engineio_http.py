@@ -106,6 +106,28 @@ class EngineConnection:
     the last request refused, for the caller's log.
     """
 
+    __slots__ = (
+        "server",
+        "write",
+        "end",
+        "allowed_origin",
+        "peer",
+        "routes",
+        "reader",
+        "ended",
+        "refused",
+        "session",
+        "websocket",
+        "_opened",
+        "_fragments",
+        "_held",
+        "_held_request",
+        "_waiting",
+        "busy",
+        "last_request",
+        "served",
+    )
+
     def __init__(
         self,
         server: EngineServer,

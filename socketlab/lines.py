@@ -37,6 +37,8 @@ class LineBuffer:
     ``finish()`` returns an unterminated last line when the stream ends.
     """
 
+    __slots__ = ("max_line", "_partial", "_skipping")
+
     def __init__(self, max_line: int = DEFAULT_MAX_LINE) -> None:
         if max_line < 1:
             raise ValueError("max_line must be at least 1")

@@ -193,6 +193,8 @@ class ConnectionRefused(Exception):
 class Client:
     """One client connected to one namespace (a session may hold several)."""
 
+    __slots__ = ("namespace", "session", "sid", "auth", "rooms", "connected", "data", "_acks", "_next_ack")
+
     def __init__(self, namespace: "Namespace", session: EngineSession, auth: dict[str, Any]) -> None:
         self.namespace = namespace
         self.session = session

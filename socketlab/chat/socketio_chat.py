@@ -73,6 +73,8 @@ def _merged(intents: list[tuple[str, "SocketIOMember", Any]]) -> list[tuple[str,
 class SocketIOMember:
     """A Socket.IO client as the chat core sees it: a :class:`~socketlab.chat.protocol.Transport`."""
 
+    __slots__ = ("chat", "client", "peer", "member", "last_active", "departed", "gate", "framer", "rooms", "closing")
+
     #: Socket.IO members get their own chat lines back, as the tutorial's ``io.to(room).emit`` does.
     echo = True
 

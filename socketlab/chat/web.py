@@ -182,6 +182,33 @@ class WebSession:
     connection is over. ``tick(now)`` runs the timers.
     """
 
+    __slots__ = (
+        "site",
+        "_protocol",
+        "framer",
+        "_utf8",
+        "_unfinished",
+        "_head_bytes",
+        "_head_start",
+        "_head_tail",
+        "_queued",
+        "_deadline",
+        "request",
+        "status",
+        "opened",
+        "ended",
+        "_last_heard",
+        "last_message",
+        "_ping_sent",
+        "_pings",
+        "_routing",
+        "engine",
+        "_served",
+        "_write",
+        "_end",
+        "_peer",
+    )
+
     def __init__(self, site: WebSite, now: float) -> None:
         self.site = site
         #: websockets' protocol, made when first used: a connection that turns out to carry Engine.IO
