@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import secrets
+import os
 from dataclasses import dataclass
 from typing import Protocol, Union, cast
 
@@ -31,6 +31,8 @@ Message = Union[str, bytes]
 OPEN, CLOSE, PING, PONG, MESSAGE, UPGRADE, NOOP = "0123456"
 #: Separates the packets of one polling payload (the ASCII record separator).
 SEPARATOR = "\x1e"
+#: Random bytes in a session id.
+SID_BYTES = 15
 #: Defaults of the JavaScript server: ping every 25 s, give up 20 s after an unanswered ping, 1 MB bodies.
 PING_INTERVAL = 25.0
 PING_TIMEOUT = 20.0
@@ -190,6 +192,7 @@ class EngineSession:
         "_queued",
         "_carrier",
         "_probing",
+        "_probed",
         "_ping_at",
         "_pong_by",
         "_poll_by",
@@ -209,8 +212,9 @@ class EngineSession:
         self._queued = 0
         #: The held GET (polling) or the WebSocket the session's packets go to now.
         self._carrier: Carrier | None = None
-        #: A WebSocket that sent 2probe and waits for 5.
+        #: A WebSocket opened to take over, and whether its probe (2probe) was answered: then it waits for 5.
         self._probing: Carrier | None = None
+        self._probed = False
         self._ping_at = now + self.settings.ping_interval
         self._pong_by: float | None = None
         #: Polling: when the client must poll again by (it is gone otherwise).
@@ -378,6 +382,13 @@ class EngineSession:
             raise EngineError(BAD_REQUEST, message="overlapping GET requests")
         self._carrier = carrier
         self._poll_by = None
+        if self._probed and not self._queue:
+            # A probe was answered: the client pauses polling for the upgrade once this GET returns, so it is
+            # not held (the JavaScript server lets such GETs go with a NOOP every 100 ms). A GET sent just
+            # before the probe's answer arrived would otherwise wait for the next ping, 25 s, and with it
+            # the upgrade and whatever the client emits meanwhile.
+            self._queue.append((NOOP, ""))
+            self._queued += 1
         self._flush()
 
     def post(self, body: bytes, now: float) -> None:
@@ -431,6 +442,7 @@ class EngineSession:
 
     def _probe(self, carrier: Carrier, kind: str, data: Message) -> None:
         if kind == PING and data == "probe":
+            self._probed = True
             carrier.deliver([(PONG, "probe")])
             held = self._carrier
             if held is not None:  # end the held GET, so the client can finish the upgrade
@@ -440,7 +452,7 @@ class EngineSession:
                 self._queue.append((NOOP, ""))
                 self._queued += 1
         elif kind == UPGRADE:
-            self._probing = None
+            self._probing, self._probed = None, False
             held, self._carrier = self._carrier, carrier
             self.transport = "websocket"
             self._poll_by = None
@@ -451,13 +463,13 @@ class EngineSession:
             self._queue = kept
             self._flush()
         else:
-            self._probing = None
+            self._probing, self._probed = None, False
             carrier.close()
 
     def websocket_gone(self, carrier: Carrier, reason: str = "transport close") -> None:
         """One of the session's WebSockets closed (*reason*: why, when the server failed it)."""
         if carrier is self._probing:
-            self._probing = None
+            self._probing, self._probed = None, False
         elif carrier is self._carrier:
             self._carrier = None
             self._end(reason)
@@ -483,6 +495,9 @@ class EngineServer:
         self._timers: Deadlines[EngineSession] = Deadlines()
         #: While true, what sessions send waits in their queues (see hold_output()).
         self.holding_output = False
+        #: Random bytes not yet used for session ids, and the open packets' JSON after the sid, by transport.
+        self._random = memoryview(b"")
+        self._openings: dict[tuple[object, ...], str] = {}
 
     @staticmethod
     def check_query(query: dict[str, str], method: str) -> str:
@@ -501,24 +516,43 @@ class EngineServer:
         max_sessions are open."""
         self.now = now
         self.admit()
-        sid = secrets.token_urlsafe(15)
+        sid = self._new_sid()
         while sid in self.sessions:
-            sid = secrets.token_urlsafe(15)
+            sid = self._new_sid()
         session = EngineSession(self, sid, transport, now, peer)
         self.sessions[sid] = session
         self._timers.schedule(session, session.next_timer())
-        settings = self.settings
-        upgrades = ["websocket"] if transport == "polling" and settings.upgrades else []
-        opening = {
-            "sid": sid,
-            "upgrades": upgrades,
-            "pingInterval": round(settings.ping_interval * 1000),
-            "pingTimeout": round(settings.ping_timeout * 1000),
-            "maxPayload": settings.max_payload,
-        }
-        session._send(OPEN, json.dumps(opening, separators=(",", ":")))
+        session._send(OPEN, f'{{"sid":"{sid}",{self._opening(transport)}')
         self.app.opened(session)
         return session
+
+    def _new_sid(self) -> str:
+        """A session id: 15 bytes from the system's CSPRNG (``os.urandom``), URL-safe base64 (20 characters).
+
+        The bytes are drawn 4 KiB at a time: a crowd of new sessions costs one system call per 273.
+        """
+        if len(self._random) < SID_BYTES:
+            self._random = memoryview(os.urandom(SID_BYTES * 273))
+        chunk, self._random = self._random[:SID_BYTES], self._random[SID_BYTES:]
+        return base64.urlsafe_b64encode(chunk).decode("ascii")
+
+    def _opening(self, transport: str) -> str:
+        """The open packet's JSON after its sid (the same for every session of a transport): ``"upgrades":...}``."""
+        settings = self.settings
+        upgrades = transport == "polling" and settings.upgrades
+        key = (upgrades, settings.ping_interval, settings.ping_timeout, settings.max_payload)
+        rest = self._openings.get(key)
+        if rest is None:
+            opening = {
+                "upgrades": ["websocket"] if upgrades else [],
+                "pingInterval": round(settings.ping_interval * 1000),
+                "pingTimeout": round(settings.ping_timeout * 1000),
+                "maxPayload": settings.max_payload,
+            }
+            if len(self._openings) > 8:  # the settings were changed along the way: the old ones are done with
+                self._openings.clear()
+            rest = self._openings[key] = json.dumps(opening, separators=(",", ":"))[1:]
+        return rest
 
     def admit(self) -> None:
         """EngineError (503, ``server full``) when no new session may open now."""

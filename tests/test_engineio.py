@@ -231,6 +231,41 @@ def test_upgrade_probe_then_upgrade_moves_the_session() -> None:
     assert app.reasons == ["transport close"]
 
 
+def test_a_get_that_arrives_after_the_probe_is_answered_at_once() -> None:
+    """The browser's race: a GET sent just before the probe's answer reached it. The client upgrades only
+    once that GET returns, so holding it until the next ping (25 s) held the upgrade and every event the
+    page emitted meanwhile (a `room` join in the tutorial's page)."""
+    server, app, session, _ = polling_session()
+    socket = Carrier()
+    server.open_websocket(session.sid, socket, 0.1)
+    before = Carrier()
+    session.poll(before, 0.15)  # a WebSocket is open but has not probed: a GET is held as ever
+    assert before.deliveries == []
+    session.websocket_message(socket, "2probe", 0.2)
+    assert before.deliveries == [[("6", "")]]
+    late = Carrier()
+    session.poll(late, 0.25)
+    assert late.deliveries == [[("6", "")]] and session.backlog == 0
+    session.websocket_message(socket, "5", 0.3)
+    assert session.transport == "websocket" and socket.deliveries == [[("3", "probe")]]
+    session.send("after the upgrade")
+    assert socket.deliveries[-1] == [("4", "after the upgrade")]
+
+
+def test_a_failed_probe_lets_gets_be_held_again() -> None:
+    server, app, session, _ = polling_session()
+    socket = Carrier()
+    server.open_websocket(session.sid, socket, 0.1)
+    session.websocket_message(socket, "2probe", 0.2)
+    session.websocket_gone(socket)  # the upgrade failed: the session stays on polling
+    session.poll(Carrier(), 0.3)  # collects the NOOP the probe queued
+    held = Carrier()
+    session.poll(held, 0.4)
+    assert held.deliveries == []
+    session.send("later")
+    assert held.deliveries == [[("4", "later")]]
+
+
 def test_probes_repeated_without_a_held_get_queue_one_noop() -> None:
     """A probe with no GET held queues a NOOP so the next GET returns at once; a client repeating the probe
     (each is answered, as the JavaScript server does) must not grow the queue past its limit unnoticed."""

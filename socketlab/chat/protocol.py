@@ -94,7 +94,7 @@ class Member:
         self.prefix = f"<{name}> ".encode()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Room:
     """Members of one room, in joining order."""
 
