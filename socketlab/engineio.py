@@ -39,6 +39,8 @@ PING_TIMEOUT = 20.0
 MAX_PAYLOAD = 1_000_000
 #: Seconds a closed polling session waits for the client's next GET to collect its last packets.
 CLOSE_TIMEOUT = 2.0
+#: Seconds a probed WebSocket has to send the upgrade packet (the JavaScript server's ``upgradeTimeout``).
+UPGRADE_TIMEOUT = 10.0
 
 #: The JavaScript server's error codes, as its 400 bodies carry them.
 TRANSPORT_UNKNOWN, SESSION_UNKNOWN, BAD_HANDSHAKE_METHOD, BAD_REQUEST, FORBIDDEN, UNSUPPORTED_VERSION = range(6)
@@ -165,6 +167,8 @@ class EngineSettings:
     upgrades: bool = True
     #: A polling session closed between two GETs keeps its last packets this long for the next GET.
     close_timeout: float = CLOSE_TIMEOUT
+    #: A WebSocket whose probe was answered is closed when no upgrade packet follows within this time.
+    upgrade_timeout: float = UPGRADE_TIMEOUT
     #: Sessions open at once; a handshake beyond is answered 503 (None: no limit but the connections').
     #: Handshakes cost no connection of their own: one kept-alive connection can ask for any number.
     max_sessions: int | None = None
@@ -193,6 +197,7 @@ class EngineSession:
         "_carrier",
         "_probing",
         "_probed",
+        "_upgrade_by",
         "_ping_at",
         "_pong_by",
         "_poll_by",
@@ -215,6 +220,8 @@ class EngineSession:
         #: A WebSocket opened to take over, and whether its probe (2probe) was answered: then it waits for 5.
         self._probing: Carrier | None = None
         self._probed = False
+        #: When the probed WebSocket is given up if it has not sent the upgrade packet.
+        self._upgrade_by: float | None = None
         self._ping_at = now + self.settings.ping_interval
         self._pong_by: float | None = None
         #: Polling: when the client must poll again by (it is gone otherwise).
@@ -344,6 +351,10 @@ class EngineSession:
             # given up exactly ping_interval + ping_timeout after the last pong, however late the tick.
             self._pong_by = self._ping_at + self.settings.ping_timeout
             self._send(PING, "")
+        if self._upgrade_by is not None and now >= self._upgrade_by and self._probing is not None:
+            probing = self._probing  # probed, never upgraded: the session stays on polling
+            self._stop_probing()
+            probing.close()
         if self._pong_by is not None and now >= self._pong_by:
             self._end("ping timeout")
         elif self._poll_by is not None and self._carrier is None and now >= self._poll_by:
@@ -356,6 +367,8 @@ class EngineSession:
         times = [self._pong_by if self._pong_by is not None else self._ping_at]
         if self._poll_by is not None and self._carrier is None:
             times.append(self._poll_by)
+        if self._upgrade_by is not None:
+            times.append(self._upgrade_by)
         return min(times)
 
     # -- polling -----------------------------------------------------------------------
@@ -430,7 +443,7 @@ class EngineSession:
             carrier.close()
             return
         if carrier is self._probing:
-            self._probe(carrier, kind, data)
+            self._probe(carrier, kind, data, now)
             return
         if carrier is not self._carrier:
             carrier.close()
@@ -440,9 +453,11 @@ class EngineSession:
         except PacketError:
             carrier.close()
 
-    def _probe(self, carrier: Carrier, kind: str, data: Message) -> None:
+    def _probe(self, carrier: Carrier, kind: str, data: Message, now: float) -> None:
         if kind == PING and data == "probe":
-            self._probed = True
+            if not self._probed:
+                self._probed, self._upgrade_by = True, now + self.settings.upgrade_timeout
+                self.server._timers.earliest(self, self._upgrade_by)
             carrier.deliver([(PONG, "probe")])
             held = self._carrier
             if held is not None:  # end the held GET, so the client can finish the upgrade
@@ -452,7 +467,7 @@ class EngineSession:
                 self._queue.append((NOOP, ""))
                 self._queued += 1
         elif kind == UPGRADE:
-            self._probing, self._probed = None, False
+            self._stop_probing()
             held, self._carrier = self._carrier, carrier
             self.transport = "websocket"
             self._poll_by = None
@@ -463,13 +478,16 @@ class EngineSession:
             self._queue = kept
             self._flush()
         else:
-            self._probing, self._probed = None, False
+            self._stop_probing()
             carrier.close()
+
+    def _stop_probing(self) -> None:
+        self._probing, self._probed, self._upgrade_by = None, False, None
 
     def websocket_gone(self, carrier: Carrier, reason: str = "transport close") -> None:
         """One of the session's WebSockets closed (*reason*: why, when the server failed it)."""
         if carrier is self._probing:
-            self._probing, self._probed = None, False
+            self._stop_probing()
         elif carrier is self._carrier:
             self._carrier = None
             self._end(reason)

@@ -266,6 +266,28 @@ def test_a_failed_probe_lets_gets_be_held_again() -> None:
     assert held.deliveries == [[("4", "later")]]
 
 
+def test_a_probe_not_followed_by_the_upgrade_is_closed_after_the_upgrade_timeout() -> None:
+    """Until then GETs return at once (the client is about to upgrade); after it, the WebSocket is closed
+    and GETs are held again, so a client whose upgrade never comes does not poll in a loop."""
+    server, app, session, _ = polling_session(EngineSettings(upgrade_timeout=10.0))
+    socket = Carrier()
+    server.open_websocket(session.sid, socket, 1.0)
+    session.websocket_message(socket, "2probe", 1.0)
+    session.poll(Carrier(), 1.1)  # collects the probe's NOOP
+    quick = Carrier()
+    session.poll(quick, 5.0)
+    assert quick.deliveries == [[("6", "")]]
+    server.tick(10.9)
+    assert not socket.closed
+    server.tick(11.0)
+    assert socket.closed and session.closed is None and session.transport == "polling"
+    held = Carrier()
+    session.poll(held, 11.1)
+    assert held.deliveries == []
+    session.websocket_message(socket, "5", 11.2)  # too late: that WebSocket no longer belongs to the session
+    assert session.transport == "polling"
+
+
 def test_probes_repeated_without_a_held_get_queue_one_noop() -> None:
     """A probe with no GET held queues a NOOP so the next GET returns at once; a client repeating the probe
     (each is answered, as the JavaScript server does) must not grow the queue past its limit unnoticed."""
