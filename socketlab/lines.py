@@ -86,3 +86,15 @@ class LineBuffer:
         if partial.endswith(b"\r"):
             partial = partial[:-1]
         return [partial] if partial else []
+
+
+def message_lines(message: bytes, max_line: int = DEFAULT_MAX_LINE) -> list[Item]:
+    """The lines of one whole *message* (a WebSocket or Socket.IO text), as a :class:`LineBuffer` fed it
+    and then finished would give them: the last line needs no terminator.
+
+    A message of one short line, the chat's usual, is returned as it is, without a buffer.
+    """
+    if len(message) <= max_line and b"\n" not in message and b"\r" not in message:
+        return [message] if message else []
+    framer = LineBuffer(max_line)
+    return framer.feed(message) + framer.finish()

@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from socketlab.lines import LineBuffer, LineTooLong
+from socketlab.lines import LineBuffer, LineTooLong, message_lines
 
 
 def feed_in_pieces(buffer: LineBuffer, stream: bytes, rng: random.Random, longest: int) -> list:
@@ -79,3 +79,16 @@ def test_max_line_must_be_positive() -> None:
     """A zero limit is a programming error."""
     with pytest.raises(ValueError):
         LineBuffer(0)
+
+
+def test_message_lines_is_a_buffer_fed_the_whole_message_then_finished() -> None:
+    """The shortcut for one short line must give exactly what the buffer gives, for every kind of message."""
+    rng = random.Random(7)
+    alphabet = [b"a", b"\n", b"\r", b"\r\n", b"\xc3\xa9", b" "]
+    messages = [b"", b"hello", b"x" * 8, b"x" * 9, b"x" * 8 + b"\r", b"line\n", b"a\r\nb", b"\n\n", b"\r"]
+    messages += [b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 20))) for _ in range(2000)]
+    for message in messages:
+        buffer = LineBuffer(8)
+        assert message_lines(message, 8) == buffer.feed(message) + buffer.finish(), message
+    assert message_lines(b"x" * 8, 8) == [b"x" * 8]
+    assert message_lines(b"x" * 9, 8) == [LineTooLong(8)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from typing import Any
 
 import pytest
@@ -320,3 +321,28 @@ def test_the_connect_timeout_walk_stops_at_its_limit() -> None:
     assert [session.closed for session in sessions].count("connect timeout") == 3
     server.tick(2.0, limit=3)
     assert all(session.closed == "connect timeout" for session in sessions)
+
+
+def test_arrays_of_strings_encode_as_the_json_encoder_does() -> None:
+    """The chat's events skip the encoder's walk: the text must be the same, escapes and all."""
+    reference = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+    rng = random.Random(11)
+    characters = ["a", '"', "\\", "\n", "\x00", "\x1f", "\x7f", "é", "😀", "\ud800", "\u2028", "/", " "]
+    for _ in range(5000):
+        data = ["".join(rng.choice(characters) for _ in range(rng.randint(0, 12))) for _ in range(rng.randint(0, 4))]
+        assert encode(Packet(EVENT, "/", data)) == ["2" + reference.encode(data)], data
+        if data:
+            assert decode("2" + reference.encode(data)).data == data
+
+
+@pytest.mark.parametrize(
+    ("text", "data"), [('2 ["a"]', ["a"]), ('2["a"] ', ["a"]), ('2\t["a"]\n', ["a"]), ('2["a","b"]', ["a", "b"])]
+)
+def test_json_around_whitespace_is_read_as_json_loads_reads_it(text: str, data: list[str]) -> None:
+    assert decode(text).data == data
+
+
+@pytest.mark.parametrize("text", ['2["a"]x', "2[", '2["a"]]', '2["a"] ["b"]'])
+def test_json_with_anything_after_its_value_is_refused(text: str) -> None:
+    with pytest.raises(PacketError, match="payload is not JSON"):
+        decode(text)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from socketlab.chat.flood import FloodGate
 from socketlab.chat.protocol import NAME_RULE, valid_name
 from socketlab.text import plural
-from socketlab.lines import Item, LineBuffer
+from socketlab.lines import message_lines
 from socketlab.socketio import EVENT, Ack, Client, Namespace, Packet, encode
 
 if TYPE_CHECKING:
@@ -73,7 +73,7 @@ def _merged(intents: list[tuple[str, "SocketIOMember", Any]]) -> list[tuple[str,
 class SocketIOMember:
     """A Socket.IO client as the chat core sees it: a :class:`~socketlab.chat.protocol.Transport`."""
 
-    __slots__ = ("chat", "client", "peer", "member", "last_active", "departed", "gate", "framer", "rooms", "closing")
+    __slots__ = ("chat", "client", "peer", "member", "last_active", "departed", "gate", "rooms", "closing")
 
     #: Socket.IO members get their own chat lines back, as the tutorial's ``io.to(room).emit`` does.
     echo = True
@@ -87,7 +87,6 @@ class SocketIOMember:
         self.last_active = now
         self.departed = False
         self.gate: FloodGate | None = FloodGate(chat.max_rate, now) if chat.max_rate > 0 else None
-        self.framer = LineBuffer(chat.max_line)
         #: ``room`` requests waiting for the hub's answer: (room, ack).
         self.rooms: deque[tuple[str, Ack | None]] = deque()
         self.closing: str | None = None
@@ -235,7 +234,7 @@ class SocketIOChat(Namespace):
     # -- flood control ----------------------------------------------------------------
 
     def _lines(self, transport: SocketIOMember, data: bytes, now: float) -> None:
-        items: list[Item] = transport.framer.feed(data) + transport.framer.finish()
+        items = message_lines(data, self.max_line)
         gate = transport.gate
         if gate is not None:
             items = gate.admit(items, len(data), now)
