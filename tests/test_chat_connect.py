@@ -113,6 +113,40 @@ def line_chat(conn: socket.socket) -> None:
         conn.sendall(b"<user1> " + line + b"\n")
 
 
+# -- options the server would refuse -------------------------------------------------------------------
+
+
+RULE = "1 to 32 letters or digits (any script), _ or -; no spaces"
+
+
+@pytest.mark.parametrize(
+    "option, value, error",
+    [
+        ("--name", "bad!", f"Invalid value for '--name': invalid nickname 'bad!': {RULE}"),
+        ("--name", "User7", "Invalid value for '--name': nickname User7 is reserved: names user<N> are the server's to give"),
+        ("--room", "two words", f"Invalid value for '--room': invalid room name 'two words': {RULE}"),
+        ("--room", "r" * 33, f"Invalid value for '--room': invalid room name '{'r' * 33}': {RULE}"),
+    ],
+)
+def test_a_name_or_room_the_server_would_refuse_is_a_usage_error_before_connecting(option: str, value: str, error: str) -> None:
+    """Status 2 and one Error line, nothing sent: nothing listens on the port, and no connection error is reported."""
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    result = run_cli("chat", "connect", "--port", str(port), option, value, input=b"hello\n")
+    assert result.returncode == 2
+    assert stderr_lines(result)[-1] == f"Error: {error}"
+    assert result.stdout == b""
+
+
+def test_a_name_is_taken_in_the_form_the_server_compares_names_in() -> None:
+    """'cafe' + a combining acute accent is 'café' (NFC), as the server's /nick would have it."""
+    with CliServer("chat", "serve", "--port", "0") as server:
+        result = run_cli("chat", "connect", "--port", str(server.port), "--name", "cafe\u0301", "--room", "r1", input=b"")
+    assert result.returncode == 0, result
+    assert result.stdout.decode().splitlines()[1:3] == ["* user1 is now known as café", "* you are in r1"]
+
+
 # -- refusals ------------------------------------------------------------------------------------------
 
 

@@ -235,8 +235,12 @@ def _needs_prometheus(metrics: tuple[str | None, int] | None) -> tuple[str | Non
     type=click.Path(dir_okay=False),
     help="Connect to a chat server's UNIX domain socket instead of --host/--port.",
 )
-@click.option("--name", help="Nickname to take at once (/nick).")
-@click.option("--room", help="Room to join at once (/join).")
+@click.option(
+    "--name", callback=lambda _ctx, _param, value: _checked_name(value, "nickname"), help="Nickname to take at once (/nick)."
+)
+@click.option(
+    "--room", callback=lambda _ctx, _param, value: _checked_name(value, "room name"), help="Room to join at once (/join)."
+)
 @click.option(
     "--timeout",
     type=Finite(0, min_open=True),
@@ -285,6 +289,22 @@ def chat_connect(
     click.echo("Disconnected from Server", err=True)
     if end.signal:
         ctx.exit(128 + end.signal)
+
+
+def _checked_name(value: str | None, what: str) -> str | None:
+    """*value* in the form the server compares names in (NFC), or a usage error when the server would refuse it."""
+    if value is None:
+        return None
+    import unicodedata
+
+    from socketlab.chat.words import NAME_RULE, RESERVED_NAME, valid_name
+
+    name = unicodedata.normalize("NFC", value)
+    if not valid_name(name):
+        raise click.BadParameter(f"invalid {what} {value!r}: {NAME_RULE}")
+    if what == "nickname" and RESERVED_NAME.match(name):
+        raise click.BadParameter(f"nickname {value} is reserved: names user<N> are the server's to give")
+    return name
 
 
 def _open_chat_client(
