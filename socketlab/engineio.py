@@ -534,9 +534,9 @@ class EngineServer:
         max_sessions are open."""
         self.now = now
         self.admit()
-        sid = self._new_sid()
+        sid = self.new_id()
         while sid in self.sessions:
-            sid = self._new_sid()
+            sid = self.new_id()
         session = EngineSession(self, sid, transport, now, peer)
         self.sessions[sid] = session
         self._timers.schedule(session, session.next_timer())
@@ -544,10 +544,11 @@ class EngineServer:
         self.app.opened(session)
         return session
 
-    def _new_sid(self) -> str:
-        """A session id: 15 bytes from the system's CSPRNG (``os.urandom``), URL-safe base64 (20 characters).
+    def new_id(self) -> str:
+        """A fresh id, for a session or what the application names with one (Socket.IO's client sid): 15 bytes
+        from the system's CSPRNG (``os.urandom``), URL-safe base64 (20 characters).
 
-        The bytes are drawn 4 KiB at a time: a crowd of new sessions costs one system call per 273.
+        The bytes are drawn 4 KiB at a time: a crowd of new sessions costs one system call per 273 ids.
         """
         if len(self._random) < SID_BYTES:
             self._random = memoryview(os.urandom(SID_BYTES * 273))

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -210,10 +209,10 @@ class Client:
 
     __slots__ = ("namespace", "session", "sid", "auth", "rooms", "connected", "data", "_acks", "_next_ack")
 
-    def __init__(self, namespace: "Namespace", session: EngineSession, auth: dict[str, Any]) -> None:
+    def __init__(self, namespace: "Namespace", session: EngineSession, auth: dict[str, Any], sid: str) -> None:
         self.namespace = namespace
         self.session = session
-        self.sid = secrets.token_urlsafe(15)
+        self.sid = sid
         self.auth = auth
         self.rooms: set[str] = set()
         self.connected = True
@@ -497,7 +496,7 @@ class SocketIOServer:
             return
         if packet.namespace in link.clients:
             return  # already connected: the JavaScript server ignores it too
-        client = Client(namespace, session, packet.data or {})
+        client = Client(namespace, session, packet.data or {}, self.engine.new_id())
         try:
             namespace.accept(client, client.auth)
         except ConnectionRefused as refusal:  # the connect deadline still runs: a refused session cannot stay

@@ -96,7 +96,7 @@ def test_handshake_announces_the_settings() -> None:
         "maxPayload": 1000,
     }
     assert app.sessions == [session]
-    assert len(session.sid) == 20  # 15 random bytes from secrets
+    assert len(session.sid) == 20  # 15 random bytes from os.urandom
 
 
 @pytest.mark.parametrize(
