@@ -513,7 +513,7 @@ class EngineServer:
         self._timers: Deadlines[EngineSession] = Deadlines()
         #: While true, what sessions send waits in their queues (see hold_output()).
         self.holding_output = False
-        #: Random bytes not yet used for session ids, and the open packets' JSON after the sid, by transport.
+        #: Random bytes not yet used for ids; the open packets' JSON after the sid, by what it depends on.
         self._random = memoryview(b"")
         self._openings: dict[tuple[object, ...], str] = {}
 
