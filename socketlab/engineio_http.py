@@ -85,6 +85,32 @@ _FAILED_WITH: dict[int, str] = {
 MAX_SESSIONS_PER_CONNECTION = 4
 
 
+def release_websocket(protocol: ServerProtocol) -> None:
+    """Let reference counting free a websockets protocol whose connection is gone (after its EOF).
+
+    The protocol keeps its parser, a generator suspended with the protocol in its frame; the exception
+    that stopped it (a connection lost without a closing handshake); and the one that refused its
+    handshake (kept by the request too). Their tracebacks hold frames that hold the protocol, and the
+    request. All are cycles, which only the cyclic collector would reclaim -- and a server that keeps
+    its members out of the collector's way (``socketlab.collector``) must not need it.
+    """
+    protocol.parser.close()
+    for error in (protocol.parser_exc, protocol.handshake_exc):
+        _drop_tracebacks(error)
+
+
+def _drop_tracebacks(error: BaseException | None) -> None:
+    """Forget where *error*, and the exceptions chained to it, were raised: the frames, not the errors."""
+    seen: set[int] = set()
+    chain = [error]
+    while chain:
+        each = chain.pop()
+        if each is not None and id(each) not in seen:
+            seen.add(id(each))
+            each.__traceback__ = None
+            chain += (each.__cause__, each.__context__)
+
+
 def _text_frame(text: str) -> bytes:
     return Frame(Opcode.TEXT, text.encode("utf-8")).serialize(mask=False, extensions=[])
 
@@ -202,9 +228,11 @@ class EngineConnection:
         held, self._held = self._held, None
         if held is not None and self.session is not None:
             self.session.poll_gone(held)
-        if self.websocket is not None and self.session is not None:
-            self.session.websocket_gone(self)
+        if self.websocket is not None:
+            if self.session is not None:
+                self.session.websocket_gone(self)
             self.websocket.receive_eof()
+            release_websocket(self.websocket)
 
     # -- requests --------------------------------------------------------------------
 
@@ -351,6 +379,7 @@ class EngineConnection:
         if reply.status_code != 101:
             self.refused = (reply.status_code, "bad WebSocket handshake")
             self._pump(protocol)
+            release_websocket(protocol)
             self.ended = f"HTTP {reply.status_code}"
             self.end(self.ended)
             return

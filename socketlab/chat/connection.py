@@ -97,7 +97,7 @@ class Connection:
         self.phase = Phase.HANDSHAKING
         #: Once it has left: when to give up flushing and close.
         self.leave_by = 0.0
-        self.send = outbox.write
+        self.send: Callable[[bytes], None] = outbox.write
         #: Called (lock held) when the chat core closes the connection after /quit: the reader loop's
         #: graceful leave (flush, end our side, read until the client closes), not an abrupt shutdown.
         self.on_quit: Callable[[Connection], None] | None = None

@@ -241,30 +241,34 @@ class ReaderLoop:
                 self._take_out_quitters()
             if self._resuming:
                 self._resume_held_by_core()
-            for key, _mask in events:
-                conn = key.data
-                if conn is None:  # drained above
-                    continue
-                if conn is _HANGUPS:
-                    try:
-                        self._paused_hung_up()
-                    except Exception as error:  # as for a client: never take the reader down
-                        self.server.logger.error("Error in the reader loop: %s: %s", type(error).__name__, error)
-                    continue
-                try:
-                    self._readable(conn, track_idle)
-                except Exception as error:  # one client must never take the reader down
-                    self.server.logger.error("Error serving %s: %s: %s", conn.peer, type(error).__name__, error)
-                    self.abandon(conn)
+            self._dispatch(events, track_idle)
+            del events  # what it names (closed connections too) is not kept while the loop waits
             try:
                 if self._closing:
-                    for conn in list(self._closing):
-                        self._advance(conn)
+                    self._advance_all()
                 if self._held:
                     self._resume_due()
                 self.service.flush()
             except Exception as error:  # the reader thread must never die: log it and go on
                 self.server.logger.error("Error in the reader loop: %s: %s", type(error).__name__, error)
+
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]], track_idle: bool) -> None:
+        """Read from each connection select() found readable."""
+        for key, _mask in events:
+            conn = key.data
+            if conn is None:  # the waker, drained already
+                continue
+            if conn is _HANGUPS:
+                try:
+                    self._paused_hung_up()
+                except Exception as error:  # as for a client: never take the reader down
+                    self.server.logger.error("Error in the reader loop: %s: %s", type(error).__name__, error)
+                continue
+            try:
+                self._readable(conn, track_idle)
+            except Exception as error:  # one client must never take the reader down
+                self.server.logger.error("Error serving %s: %s: %s", conn.peer, type(error).__name__, error)
+                self.abandon(conn)
 
     def _readable(self, conn: Connection, track_idle: bool) -> None:
         try:
@@ -484,6 +488,11 @@ class ReaderLoop:
         self._closing[conn] = None
         self._advance(conn)
 
+    def _advance_all(self) -> None:
+        """_advance() each connection that is leaving."""
+        for conn in list(self._closing):
+            self._advance(conn)
+
     def _advance(self, conn: Connection) -> None:
         """End our side once the outbox is flushed; close at the deadline."""
         if time.monotonic() > conn.leave_by:
@@ -523,6 +532,7 @@ class ReaderLoop:
             pass
         with self.service.lock:
             conn.outbox.close()
+        conn.member = None  # it and its member refer to each other: apart, reference counting frees them
         self.server.connection_closed(conn)
         try:
             conn.sock.close()

@@ -506,9 +506,8 @@ class ChatServer(AcceptingServer):
                 self.acceptor.resume()
             if isinstance(conn, WebConnection):
                 self._web_members.discard(conn)
-                if conn in self._engine_conns:
-                    self._engine_conns.discard(conn)
-                    conn.session.connection_lost("closed")
+                self._engine_conns.discard(conn)
+                conn.session.connection_lost("closed")
         if self.socketio_chat is not None:
             self.socketio_chat.settle()
 

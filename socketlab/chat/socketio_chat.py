@@ -198,8 +198,7 @@ class SocketIOChat(Namespace):
 
     def event(self, client: Client, name: str, args: list[Any], ack: Ack | None) -> None:
         transport = client.data
-        assert isinstance(transport, SocketIOMember)
-        if transport.departed:
+        if transport is None or transport.departed:  # None: it departed, and was let go
             return
         now = time.monotonic()
         if name == "chat message":
@@ -308,5 +307,9 @@ class SocketIOChat(Namespace):
             self.acceptor.free_seat()
             if transport.member is not None:
                 core.depart(transport.member, None if detail == "quit" else detail)
+            # The member, its transport and the client refer to each other: once apart, reference
+            # counting frees them when they go, and the cyclic collector has nothing to find.
+            transport.member = None
+            transport.client.data = None
             if self.on_departed is not None:
                 self.on_departed()

@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from websockets.datastructures import Headers
 from websockets.frames import CloseCode, Frame, Opcode
@@ -36,7 +36,7 @@ from socketlab.chat.opening import HTTPS_ANSWER
 from socketlab.chat.outbox import Outbox
 from socketlab.access import TokenBucket
 from socketlab.engineio import EngineServer
-from socketlab.engineio_http import EngineConnection
+from socketlab.engineio_http import EngineConnection, release_websocket
 from socketlab.lines import Item, LineBuffer
 from socketlab.static import CLIENT_FILES, StaticFolder
 from socketlab.tls import TlsLayer
@@ -341,6 +341,9 @@ class WebSession:
         """The connection is closed (lock held): Engine.IO sessions it carried learn so."""
         if self.engine is not None:
             self.engine.connection_lost(reason)
+        elif self._protocol is not None:
+            self._protocol.receive_eof()
+            release_websocket(self._protocol)
 
     def _waiting_for_head(self) -> None:
         if self.protocol.handshake_exc is not None:  # websockets refused the request
@@ -567,7 +570,7 @@ class WebConnection(Connection):
         super().__init__(sock, peer, outbox, tls, deadline)
         self.session = session
         self.lock = lock
-        self.send = self._send_lines
+        self.send = _lines_sender(session, outbox)
         #: The site was told this connection carries Engine.IO.
         self.carries_engine = False
         session.attach(outbox.write, outbox.end, peer)
@@ -656,16 +659,6 @@ class WebConnection(Connection):
     def ended(self) -> str | None:
         return self.session.ended
 
-    def _send_lines(self, data: bytes) -> None:
-        """Send *data* as one text message (lock held): the relay's hot path for browsers.
-
-        Every use of the session's protocol is pumped at once, so nothing of it waits here and
-        the frame goes straight to the outbox.
-        """
-        frame = self.session.frame_lines(data)
-        if frame is not None:
-            self.outbox.write(frame)
-
     def goodbye(self, reason: str | None) -> None:
         self.session.close(reason)
         self.pump()
@@ -690,3 +683,21 @@ class WebConnection(Connection):
         for chunk in self.session.outgoing():
             if chunk:
                 self.outbox.write(chunk)
+
+
+def _lines_sender(session: WebSession, outbox: Outbox) -> Callable[[bytes], None]:
+    """A WebConnection's ``send``: *data* as one text message (lock held), the relay's hot path for browsers.
+
+    Every use of the session's protocol is pumped at once, so nothing of it waits here and the frame
+    goes straight to the outbox. It refers to the session and the outbox, not to the connection: a bound
+    method of the connection, kept by the connection, would be a reference cycle.
+    """
+    frame_lines = session.frame_lines
+    write = outbox.write
+
+    def send(data: bytes) -> None:
+        frame = frame_lines(data)
+        if frame is not None:
+            write(frame)
+
+    return send
