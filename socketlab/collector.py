@@ -15,24 +15,30 @@ generation (``gc.freeze()``, which costs the same whatever it moves) as
 members arrive, so that they are not walked again while they live:
 
 * While no connection has closed since the last freeze, nothing can have
-  become cyclic garbage (members leave cycles behind -- websockets' protocol
-  and its parser refer to each other -- but only when they go), so every
-  arrival freezes at once, before any collection walks the new objects, and
-  so does every handshake or join that built more (``built()``).
+  become cyclic garbage, so every arrival freezes at once, before any
+  collection walks the new objects, and so does every handshake or join that
+  built more (``built()``).
 * Once a connection has closed, the next freeze waits for FREEZE_EVERY
   arrivals and collects the young generations first (``gc.collect(1)``), so
   that fresh garbage is not frozen.
 
-What a departed member leaves in reference cycles is not reclaimed while
-frozen, though; so once departures (closed connections) reach a quarter of
-the arrivals frozen, everything is unfrozen (``gc.unfreeze()``) and the
-collector's own rule takes over again: the next full collection returns the
-departed members' memory, as it would have without freezing, and nothing is
-frozen again before that collection has run (else what it was to reclaim
-would be frozen again: measured, a server under a churn of 150 connections a
-second grew by 11 MiB in a minute, against 4 MiB without freezing). Memory
-held by departed members is thus bounded by a quarter of the members, as
-with the collector's own rule.
+A departed member's objects are freed by reference counting, frozen or not:
+no transport leaves a reference cycle behind (tests/test_departures_freed.py
+tries each way to leave, over each transport, with the collector off). What
+a path the tests do not know might leave in cycles would not be reclaimed
+while frozen, though; so once departures (closed connections) reach the
+number of arrivals frozen -- the crowd has turned over once -- everything is
+unfrozen (``gc.unfreeze()``) and the collector's own rule takes over again:
+its next full collection reclaims any such cycles, and nothing is frozen
+again before that collection has run (else what it was to reclaim would be
+frozen again). That collection walks every live object, a pause that grows
+with the members. Measured with 19,000 WebSocket members and 150 of them
+replaced every second for 150 s: when departures left cycles and a quarter
+turning over unfroze, six full collections of 0.50-0.64 s, one every 20 s,
+and 200 MiB; now none, and 164 MiB. A crowd that leaves at once reaches the
+valve only as its last members go, when little is left to walk. Memory held
+by cycles of departed members, if any path leaves them, is bounded by the
+members that departed since the last unfreeze.
 
 The process-wide collector is shared: a process that runs several servers
 (tests) freezes for all of them, which is harmless. Thread-safe.
@@ -45,8 +51,8 @@ import threading
 
 #: Arrivals between two freezes (a few seconds of a storm; rare otherwise).
 FREEZE_EVERY = 1000
-#: Departures, as a share of the arrivals frozen, after which everything is unfrozen.
-UNFREEZE_SHARE = 0.25
+#: Departures, as a share of the arrivals frozen, after which everything is unfrozen (a safety valve).
+UNFREEZE_SHARE = 1.0
 
 
 class ArrivalFreezer:

@@ -1,5 +1,5 @@
 """ArrivalFreezer: members that arrived are frozen out of the collector's walks, and what departed members
-leave in reference cycles is reclaimed once a quarter of them have gone."""
+might leave in reference cycles is reclaimed once as many have gone as were frozen."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def test_after_a_connection_closes_the_next_freeze_waits_and_collects_first(clea
     start = Cyclic.instances
     left = [Cyclic()]
     left.clear()  # a cycle: garbage only the collector frees
-    freezer.departed()  # 1 of 10: not yet a quarter
+    freezer.departed()  # 1 of 10: not yet all
     assert freezer.unfreezes == 0
     freezer.arrived(9)
     freezer.built()
@@ -87,9 +87,9 @@ def walked(objects: list[object]) -> int:
     return sum(1 for item in gc.get_objects() if id(item) in ids)
 
 
-def test_departed_members_cycles_are_reclaimed_once_a_quarter_has_gone(clean_collector) -> None:
-    """Frozen, a departed member's cycle survives a full collection; once departures reach a quarter of
-    the frozen arrivals, everything is unfrozen and the next full collection frees it."""
+def test_departed_members_cycles_are_reclaimed_once_the_frozen_crowd_has_turned_over(clean_collector) -> None:
+    """Frozen, a departed member's cycle survives a full collection; once departures reach the frozen
+    arrivals, everything is unfrozen and the next full collection frees it."""
     freezer = ArrivalFreezer(freeze_every=8)
     members = [Cyclic() for _ in range(8)]
     start = Cyclic.instances
@@ -98,12 +98,22 @@ def test_departed_members_cycles_are_reclaimed_once_a_quarter_has_gone(clean_col
     freezer.departed()
     gc.collect()
     assert Cyclic.instances == start  # frozen: not reclaimed yet
-    del members[:1]
-    freezer.departed()  # 2 of 8 gone: a quarter
+    freezer.departed(6)  # 7 of 8 gone (or replaced): not yet
+    assert freezer.unfreezes == 0
+    freezer.departed()  # 8 of 8
     assert freezer.unfreezes == 1
     gc.collect()
-    assert Cyclic.instances == start - 2
-    assert len(members) == 6
+    assert Cyclic.instances == start - 1
+    assert len(members) == 7
+
+
+def test_the_share_that_unfreezes_is_a_setting(clean_collector) -> None:
+    freezer = ArrivalFreezer(freeze_every=8, unfreeze_share=0.25)
+    freezer.arrived(8)
+    freezer.departed()
+    assert freezer.unfreezes == 0
+    freezer.departed()  # 2 of 8: a quarter
+    assert freezer.unfreezes == 1
 
 
 def test_departures_without_a_freeze_do_nothing(clean_collector) -> None:

@@ -228,19 +228,24 @@ class BacklogWriter:
                 if not self._running:
                     return
                 continue
-            with self.lock:
-                for key, _mask in events:
-                    if key.data is not None:
-                        key.data.flush()
-            for key, _mask in events:
-                if key.data is None:
-                    self._waker.drain()
+            self._flush_ready(events)
+            del events  # the outboxes it names (closed ones too) are not kept while the loop waits
             if tick and time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + tick
                 try:
                     self._sweep()
                 except Exception:  # the timers must go on, and so must the backlogs
                     logging.getLogger("socketlab.chat").exception("Error in the chat's timers")
+
+    def _flush_ready(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """Flush the outboxes select() found writable; drain the waker if it was woken."""
+        with self.lock:
+            for key, _mask in events:
+                if key.data is not None:
+                    key.data.flush()
+        for key, _mask in events:
+            if key.data is None:
+                self._waker.drain()
 
 
 class TlsOutbox(Outbox):
