@@ -210,6 +210,35 @@ def test_bench_chat_connections_scenario() -> None:
     assert connections["kib_per_connection"] is not None
 
 
+@pytest.mark.parametrize("transport", ["tcp", "ws", "socketio"])
+def test_bench_chat_churn_scenario_replaces_members_while_the_probes_talk(transport: str) -> None:
+    """Members are replaced at the rate asked, none refused or dropped; every probe line arrives, timed."""
+    result = run_cli(
+        "bench", "chat", "--scenario", "churn", "--transport", transport, "--clients", "30", "--churn-rate", "20",
+        "--duration", "1", "--json", timeout=TIMEOUT * 3,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    churn = json.loads(result.stdout)["churn"]
+    assert churn["members"] == 30 and 15 <= churn["replaced"] <= 20, churn
+    assert (churn["failed"], churn["dropped"], churn["probe_lost"]) == (0, 0, 0), churn
+    assert churn["probe_lines"] >= 30 and 0 < churn["latency_ms"]["p50"] <= churn["latency_ms"]["max"], churn
+    assert 0 < churn["server_rss_kib"]["start"] <= churn["server_rss_kib"]["peak"], churn
+    assert churn["server_cpu_us_per_replacement"] > 0 and 0 < churn["server_cpu_share"] < 2, churn
+
+
+def test_bench_chat_churn_text_report() -> None:
+    result = run_cli(
+        "bench", "chat", "--scenario", "churn", "--clients", "10", "--churn-rate", "10", "--duration", "0.5",
+        timeout=TIMEOUT * 3,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.decode().splitlines()
+    assert lines[0] == "churn: 10 members, 10 replaced a second for 0.5 s", lines
+    assert re.fullmatch(r"  replaced    [45] \(0 could not connect; 0 closed by the server\)", lines[1]), lines
+    latency = r"latency p50 [\d.]+ ms   p99 [\d.]+ ms   max [\d.]+ ms"
+    assert re.fullmatch(rf"  probes      2\d lines, 0 lost; {latency}", lines[2]), lines
+
+
 def test_bench_chat_unreachable_target_is_one_line() -> None:
     """A target nobody listens on: one error line, exit 1."""
     with socket.socket() as probe:

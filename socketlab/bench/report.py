@@ -130,3 +130,28 @@ def rooms_lines(title: str, result: Any) -> list[str]:
     )
     lines += [f"  warning     {warning}" for warning in result.warnings]
     return lines
+
+
+def churn_lines(result: Any) -> list[str]:
+    lines = [
+        f"churn: {result.members:,} members, {result.rate:g} replaced a second for {result.seconds:.1f} s",
+        f"  replaced    {result.replaced:,} ({result.failed:,} could not connect; {result.dropped:,} closed by the server)",
+    ]
+    if result.latency_ms:
+        latency = result.latency_ms
+        lines.append(
+            f"  probes      {result.probe_lines:,} lines, {result.probe_lost:,} lost; latency p50 {latency['p50']:.3f} ms   "
+            f"p99 {latency['p99']:.3f} ms   max {latency['max']:.3f} ms"
+        )
+    if result.server_rss_kib:
+        rss = result.server_rss_kib
+        lines.append(f"  server rss  {rss['start']:,} KiB at the start, {rss['peak']:,} KiB peak, {rss['end']:,} KiB at the end")
+    if result.server_cpu_share is not None:
+        per = result.server_cpu_us_per_replacement
+        lines.append(
+            f"  server cpu  {100 * result.server_cpu_share:.1f} % of a CPU"
+            + (f", {per:,.1f} us per replacement" if per is not None else "")
+            + " (everything: idle members' keepalives and the probes' lines too)"
+        )
+    lines.append(f"  benchmark   {100 * result.bench_busy:.0f} % busy (its probes apart)")
+    return lines

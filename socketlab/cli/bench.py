@@ -55,7 +55,7 @@ def clear_progress() -> None:
 )
 @click.option(
     "--scenario",
-    type=click.Choice(["fanout", "slow", "connections", "flood", "pairs", "mixed"]),
+    type=click.Choice(["fanout", "slow", "connections", "flood", "pairs", "mixed", "churn"]),
     default="fanout",
     show_default=True,
 )
@@ -129,7 +129,7 @@ def clear_progress() -> None:
     type=Finite(0.5, 3600),
     default=10.0,
     show_default=True,
-    help="pairs, mixed: seconds of chat measured, once every member joined.",
+    help="pairs, mixed: seconds of chat measured, once every member joined; churn: seconds of replacements.",
 )
 @click.option(
     "--interval",
@@ -137,6 +137,13 @@ def clear_progress() -> None:
     default=2.0,
     show_default=True,
     help="pairs, mixed: seconds between one member's lines (start times spread evenly).",
+)
+@click.option(
+    "--churn-rate",
+    type=Finite(0.1, 5000),
+    default=100.0,
+    show_default=True,
+    help="churn: members replaced a second (the oldest resets, a new one connects).",
 )
 @click.option(
     "--connect-window",
@@ -169,6 +176,7 @@ def bench_chat(
     abuse_seconds: float,
     duration: float,
     interval: float,
+    churn_rate: float,
     connect_window: int,
     server_pid: list[int] | None,
     as_json: bool,
@@ -202,6 +210,12 @@ def bench_chat(
     CPU per line and per connection-second and its memory per member (given
     its PIDs), and the benchmark's own busy share (a warning above 80 %).
 
+    'churn' holds --clients idle members and replaces --churn-rate of them a
+    second for --duration seconds (the oldest resets, a new one connects),
+    while two probe members in a room of their own time a line every 20 ms:
+    their latency, the server's CPU per replacement and its memory at the
+    start, peak and end (given its PIDs).
+
     \b
     Examples:
       socketlab bench chat --rate 250
@@ -211,6 +225,7 @@ def bench_chat(
       socketlab bench chat --scenario connections --clients 2000
       socketlab bench chat --scenario pairs --clients 2000 --placement split
       socketlab bench chat --scenario mixed --clients 2000 --transport ws
+      socketlab bench chat --scenario churn --clients 5000 --churn-rate 150 --transport ws
       socketlab bench chat --target 127.0.0.1:4000 --json
     """
     import json
@@ -230,6 +245,8 @@ def bench_chat(
             "--scenario flood over ws with a --target: its abusers speak TCP lines, and only the web address is known "
             "(run it without --target, or with --transport tcp against the line port)"
         )
+    if scenario == "churn" and use_tls:
+        raise click.UsageError("--scenario churn does not speak TLS: leave out --tls")
     plan = None
     if scenario in ("pairs", "mixed"):
         import secrets
@@ -346,6 +363,15 @@ def bench_chat(
                 output.update(fanout=chat_bench.as_dict(base), slow=chat_bench.as_dict(slowed), p99_ratio=round(ratio, 3))
                 lines += fanout_lines("fanout", base) + fanout_lines("with a never-reading client", slowed)
                 lines.append(f"p99 with the slow client / without: {ratio:.2f}x")
+            elif scenario == "churn":
+                from socketlab.bench.churn import run_churn
+                from socketlab.bench.report import churn_lines
+
+                churn = run_churn(
+                    address, clients=clients, rate=churn_rate, duration=duration, server_pid=pids, progress=progress, kind=kind
+                )
+                output["churn"] = chat_bench.as_dict(churn)
+                lines += churn_lines(churn)
             else:
                 connections = chat_bench.run_connections(address, clients=clients, server_pid=pids, progress=progress, kind=kind)
                 output["connections"] = chat_bench.as_dict(connections)
