@@ -239,6 +239,21 @@ def test_bench_chat_churn_text_report() -> None:
     assert re.fullmatch(rf"  probes      2\d lines, 0 lost; {latency}", lines[2]), lines
 
 
+def test_churn_report_warns_when_the_benchmark_fell_behind_the_rate() -> None:
+    from socketlab.bench.churn import ChurnResult
+    from socketlab.bench.report import churn_lines
+
+    behind = ChurnResult(
+        members=100, rate=150, seconds=60, replaced=1209, failed=0, dropped=0, dropped_before=0, probe_lines=3000, probe_lost=0
+    )
+    warning = "  warning     9,000 asked for: the benchmark could not connect new members that fast"
+    assert warning in churn_lines(behind)
+    kept_up = ChurnResult(
+        members=100, rate=150, seconds=60, replaced=8997, failed=1, dropped=0, dropped_before=0, probe_lines=3000, probe_lost=0
+    )
+    assert not any(line.startswith("  warning") for line in churn_lines(kept_up))
+
+
 def test_bench_chat_unreachable_target_is_one_line() -> None:
     """A target nobody listens on: one error line, exit 1."""
     with socket.socket() as probe:

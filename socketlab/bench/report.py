@@ -137,6 +137,9 @@ def churn_lines(result: Any) -> list[str]:
         f"churn: {result.members:,} members, {result.rate:g} replaced a second for {result.seconds:.1f} s",
         f"  replaced    {result.replaced:,} ({result.failed:,} could not connect; {result.dropped:,} closed by the server)",
     ]
+    asked = int(result.rate * result.seconds)
+    if asked - result.replaced - result.failed > max(2, 0.05 * asked):  # (the first one comes after 1/rate s)
+        lines.append(f"  warning     {asked:,} asked for: the benchmark could not connect new members that fast")
     if result.latency_ms:
         latency = result.latency_ms
         lines.append(

@@ -267,7 +267,9 @@ def bench_chat(
         cpus = Placement.named(placement)
         if cpus.server and target and not server_pid:
             raise click.UsageError("--placement split with a --target needs the servers' --server-pid")
-        server_options = ["--max-clients", str(max(1000, clients + 10))]
+        # churn: a replacement may connect before the server has seen its predecessor's reset
+        headroom = 10 + (int(churn_rate) if scenario == "churn" else 0)
+        server_options = ["--max-clients", str(max(1000, clients + headroom))]
         if plan is not None:
             server_options += ["--room-size", str(max(plan.sizes))]
         if scenario != "flood":  # flood control off, so the comparison with peers is like for like
