@@ -13,6 +13,7 @@ import collections
 import contextlib
 import gc
 import http.client
+import secrets
 import socket
 import ssl
 import struct
@@ -23,6 +24,7 @@ import socketio
 from websockets.server import ServerProtocol
 from websockets.sync.client import connect
 
+from socketlab.chat.cluster.view import LocalMember
 from socketlab.chat.connection import Connection
 from socketlab.chat.outbox import Outbox
 from socketlab.chat.protocol import Member
@@ -38,7 +40,18 @@ from support import TIMEOUT, Peer, wait_until
 pytestmark = pytest.mark.timeout(60)
 
 #: What the server builds for a client; none of it may outlive the client's departure.
-SERVER_KINDS = (Connection, Outbox, Member, WebSession, ServerProtocol, EngineConnection, EngineSession, Client, SocketIOMember)
+SERVER_KINDS = (
+    Connection,
+    Outbox,
+    Member,
+    LocalMember,
+    WebSession,
+    ServerProtocol,
+    EngineConnection,
+    EngineSession,
+    Client,
+    SocketIOMember,
+)
 #: Clients per case: enough that a cycle left by some departures only is seen.
 CLIENTS = 6
 
@@ -176,6 +189,30 @@ def test_tls_members_that_close_and_that_reset(web_chat, collector_off, certs) -
     for sock in kept:  # never read their last lines: cut off in the middle of TLS
         reset(sock)
     assert_all_freed(server, collections.Counter())
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    from redis_server import REDIS_SERVER, RedisServer
+
+    if REDIS_SERVER is None:
+        pytest.skip("no redis-server on this machine")
+    with RedisServer(tmp_path_factory.mktemp("redis")) as redis:
+        yield redis.url
+
+
+def test_cluster_members_that_close_and_that_reset(web_chat, collector_off, redis_url, stack) -> None:
+    """A member of a cluster (--redis): its handle is the cluster's, its room's state in Redis."""
+    server = web_chat(redis=redis_url, cluster=f"freed-{secrets.token_hex(4)}")
+    server.freezer = NoFreezing()
+
+    def leave_with_a_reset(peer: Peer) -> None:
+        peer.file.close()
+        reset(peer.sock)
+
+    each_departure(server, lambda: tcp_member(server), Peer.close)
+    each_departure(server, lambda: tcp_member(server), leave_with_a_reset)
+    each_departure(server, lambda: ws_member(server, stack), lambda browser: browser.close())
 
 
 # -- WebSocket (/ws) ---------------------------------------------------------------------------

@@ -22,7 +22,6 @@ import re
 import secrets
 import selectors
 import socket
-import statistics
 import struct
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from socketlab.bench.common import (
     read_ready,
     rss_kib,
 )
+from socketlab.bench.tally import percentile
 from socketlab.bench.wire import frame, take_replies
 from socketlab.serving import allow_open_files
 
@@ -161,7 +161,7 @@ def run_churn(
     next_sample = start + 1.0
     next_progress = 500
     while (now := time.monotonic()) < start + duration:
-        for _ in range(min(int((now - start) * rate) - replaced - failed, 50)):
+        for _ in range(min(int((now - start) * rate) - replaced - failed, 50, len(members))):
             old = members.popleft()
             selector.unregister(old)
             _reset(old)
@@ -204,8 +204,8 @@ def run_churn(
     )
     if latencies:
         result.latency_ms = {
-            "p50": round(statistics.median(latencies), 3),
-            "p99": round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3),
+            "p50": round(percentile(latencies, 0.50), 3),
+            "p99": round(percentile(latencies, 0.99), 3),
             "max": round(latencies[-1], 3),
         }
     if server_pid:
