@@ -9,8 +9,9 @@ the server pays per replacement (CPU, given its PIDs) and whether its memory sta
 churn's start, its peak and its end) -- a server whose departed members wait for the cyclic garbage
 collector shows its full collections here as the probes' worst latency, and as memory that grows.
 
-Idle Socket.IO members join rooms of :data:`ROOM_MEMBERS` (a Socket.IO client joins a room to
-chat); TCP and WebSocket members stay in the lobby, where joins are not announced to crowds.
+Idle Socket.IO members join rooms of :data:`ROOM_MEMBERS`, the tutorial's pairs (a Socket.IO client
+joins a room to chat, and the tutorial's server takes two to a room); TCP and WebSocket members stay
+in the lobby, where joins are not announced to crowds.
 """
 
 from __future__ import annotations
@@ -43,8 +44,8 @@ from socketlab.serving import allow_open_files
 
 #: Seconds between two probe lines.
 PROBE_INTERVAL = 0.02
-#: Idle Socket.IO members per room.
-ROOM_MEMBERS = 100
+#: Idle Socket.IO members per room (a new member after a replacement has a room of its own).
+ROOM_MEMBERS = 2
 #: A probe line: its sequence number and the monotonic clock when it was sent.
 _PROBE = re.compile(rb"~churn (\d+) (\d+)~")
 
