@@ -1,5 +1,5 @@
-"""ArrivalFreezer: members that arrived are frozen out of the collector's walks, and what departed members
-might leave in reference cycles is reclaimed once as many have gone as were frozen."""
+"""ArrivalFreezer: members that arrived are frozen out of the collector's walks at once, and what departed
+members might leave in reference cycles is reclaimed once as many have gone as were frozen."""
 
 from __future__ import annotations
 
@@ -35,50 +35,76 @@ def clean_collector() -> Iterator[None]:
     gc.collect()
 
 
-def test_arrivals_are_frozen_every_so_many(clean_collector) -> None:
-    freezer = ArrivalFreezer(freeze_every=10)
-    members = [Cyclic() for _ in range(10)]
+def test_each_arrival_and_each_join_is_frozen_at_once(clean_collector) -> None:
+    """New connections, and what their handshakes and joins build, are frozen before any collection walks
+    them, however few come at a time, and whether or not others have left meanwhile."""
+    freezer = ArrivalFreezer()
     before = gc.get_freeze_count()
-    freezer.arrived(9)
-    assert freezer.freezes == 0 and gc.get_freeze_count() == before
-    assert walked(members) == len(members)  # in the collector's generations
-    freezer.arrived(1)
-    assert freezer.freezes == 1 and gc.get_freeze_count() >= before + len(members)
-    assert walked(members) == 0  # frozen: no collection walks them
-
-
-def test_while_no_connection_closes_each_arrival_and_each_join_is_frozen_at_once(clean_collector) -> None:
-    """A storm of arrivals: nothing can be garbage yet, so new connections, and what their handshakes and
-    joins build, are frozen before any collection walks them, however few come at a time."""
-    freezer = ArrivalFreezer(freeze_every=10)
-    freezer.built()  # nothing frozen yet: the first freeze waits for freeze_every arrivals
-    assert freezer.freezes == 0
-    freezer.arrived(10)  # the first freeze collects the young generations first
-    assert freezer.freezes == 1
-    accepted = [Cyclic()]
-    freezer.arrived(1)
-    assert freezer.freezes == 2 and walked(accepted) == 0
+    accepted = [Cyclic() for _ in range(3)]
+    assert walked(accepted) == len(accepted)  # in the collector's generations
+    freezer.arrived(3)
+    assert freezer.freezes == 1 and walked(accepted) == 0 and gc.get_freeze_count() >= before + len(accepted)
+    freezer.departed()
     joined = [Cyclic()]
-    assert walked(joined) == 1
     freezer.built()
-    assert freezer.freezes == 3 and walked(joined) == 0
-
-
-def test_after_a_connection_closes_the_next_freeze_waits_and_collects_first(clean_collector) -> None:
-    """What a closed connection left in cycles is reclaimed by the young collection before the freeze,
-    not frozen with the members that arrived after it."""
-    freezer = ArrivalFreezer(freeze_every=10)
-    freezer.arrived(10)
-    start = Cyclic.instances
-    left = [Cyclic()]
-    left.clear()  # a cycle: garbage only the collector frees
-    freezer.departed()  # 1 of 10: not yet all
-    assert freezer.unfreezes == 0
-    freezer.arrived(9)
-    freezer.built()
-    assert freezer.freezes == 1 and Cyclic.instances == start + 1
+    assert freezer.freezes == 2 and walked(joined) == 0
+    later = [Cyclic()]
     freezer.arrived(1)
-    assert freezer.freezes == 2 and Cyclic.instances == start
+    assert freezer.freezes == 3 and walked(later) == 0
+
+
+class Plain:
+    """A member's objects as they leave them now: freed by reference counting."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, int] = {}
+
+
+def test_the_young_generation_stays_small_under_churn(clean_collector) -> None:
+    """Departed members freed by reference counting count as deallocations, which hold young collections
+    off while the youngest generation grows: a freeze per arrival keeps it as small as one arrival."""
+    gc.enable()
+    freezer = ArrivalFreezer()
+    crowd = [[Plain() for _ in range(50)] for _ in range(200)]
+    freezer.arrived(len(crowd))
+    sizes = []
+    for _ in range(150):  # each one out (freed by reference counting), a new one in
+        crowd.pop(0)
+        freezer.departed()
+        crowd.append([Plain() for _ in range(50)])
+        freezer.arrived(1)
+        sizes.append(len(gc.get_objects(0)))
+    assert max(sizes) < 200, max(sizes)
+    assert freezer.unfreezes == 0
+
+
+def test_steady_churn_opens_the_valve_once_per_turnover(clean_collector) -> None:
+    """With as many arriving as leaving, departures reach the crowd's size once per turnover."""
+    freezer = ArrivalFreezer()
+    freezer.arrived(100)
+    for _ in range(99):
+        freezer.departed()
+        freezer.arrived(1)
+    assert freezer.unfreezes == 0
+    freezer.departed()  # the 100th departure: a crowd's worth
+    assert freezer.unfreezes == 1
+    gc.collect()  # the collector's full collection lets freezing resume
+    freezer.arrived(1)
+    for _ in range(99):
+        freezer.departed()
+        freezer.arrived(1)
+    assert freezer.unfreezes == 1
+    freezer.departed()
+    assert freezer.unfreezes == 2
+
+
+def test_a_crowd_that_leaves_at_once_opens_the_valve_only_as_its_last_member_goes(clean_collector) -> None:
+    freezer = ArrivalFreezer()
+    freezer.arrived(1000)
+    freezer.departed(999)
+    assert freezer.unfreezes == 0
+    freezer.departed()
+    assert freezer.unfreezes == 1
 
 
 def walked(objects: list[object]) -> int:
@@ -90,7 +116,7 @@ def walked(objects: list[object]) -> int:
 def test_departed_members_cycles_are_reclaimed_once_the_frozen_crowd_has_turned_over(clean_collector) -> None:
     """Frozen, a departed member's cycle survives a full collection; once departures reach the frozen
     arrivals, everything is unfrozen and the next full collection frees it."""
-    freezer = ArrivalFreezer(freeze_every=8)
+    freezer = ArrivalFreezer()
     members = [Cyclic() for _ in range(8)]
     start = Cyclic.instances
     freezer.arrived(8)
@@ -108,7 +134,7 @@ def test_departed_members_cycles_are_reclaimed_once_the_frozen_crowd_has_turned_
 
 
 def test_the_share_that_unfreezes_is_a_setting(clean_collector) -> None:
-    freezer = ArrivalFreezer(freeze_every=8, unfreeze_share=0.25)
+    freezer = ArrivalFreezer(unfreeze_share=0.25)
     freezer.arrived(8)
     freezer.departed()
     assert freezer.unfreezes == 0
@@ -116,9 +142,8 @@ def test_the_share_that_unfreezes_is_a_setting(clean_collector) -> None:
     assert freezer.unfreezes == 1
 
 
-def test_departures_without_a_freeze_do_nothing(clean_collector) -> None:
-    freezer = ArrivalFreezer(freeze_every=100)
-    freezer.arrived(5)
+def test_departures_before_any_arrival_do_nothing(clean_collector) -> None:
+    freezer = ArrivalFreezer()
     freezer.departed(5)
     assert (freezer.freezes, freezer.unfreezes) == (0, 0)
 
@@ -126,7 +151,7 @@ def test_departures_without_a_freeze_do_nothing(clean_collector) -> None:
 def test_nothing_is_frozen_again_before_a_full_collection_reclaims_what_was_unfrozen(clean_collector) -> None:
     """Else the departed members' cycles, unfrozen, would be frozen again by the next arrivals, and a server
     under churn would keep them for good."""
-    freezer = ArrivalFreezer(freeze_every=4)
+    freezer = ArrivalFreezer()
     members = [Cyclic() for _ in range(4)]
     start = Cyclic.instances
     freezer.arrived(4)
@@ -139,19 +164,3 @@ def test_nothing_is_frozen_again_before_a_full_collection_reclaims_what_was_unfr
     assert Cyclic.instances == start - 4
     freezer.arrived(0)
     assert freezer.freezes == 2
-
-
-def test_garbage_possible_without_a_close_makes_the_next_freeze_wait_and_collect(clean_collector) -> None:
-    """A session that ended on a connection still open: the next freeze waits for freeze_every arrivals
-    and collects the young generations first, as after a close, without counting a departure."""
-    freezer = ArrivalFreezer(freeze_every=10)
-    freezer.arrived(10)
-    start = Cyclic.instances
-    left = [Cyclic()]
-    left.clear()
-    freezer.garbage_possible()
-    freezer.built()
-    assert freezer.freezes == 1 and Cyclic.instances == start + 1  # not frozen at once
-    freezer.arrived(10)
-    assert freezer.freezes == 2 and Cyclic.instances == start  # collected, then frozen
-    assert freezer.unfreezes == 0

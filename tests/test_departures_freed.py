@@ -57,8 +57,8 @@ CLIENTS = 6
 
 
 class NoFreezing:
-    """The server's freezer, idle: a frozen object is out of gc.get_objects(), and its collect(1) would
-    reclaim young cycles, hiding both what this test looks for."""
+    """The server's freezer, idle: a frozen object is out of gc.get_objects(), which would hide what this
+    test looks for."""
 
     def arrived(self, count: int) -> None:
         pass
@@ -67,9 +67,6 @@ class NoFreezing:
         pass
 
     def departed(self, count: int = 1) -> None:
-        pass
-
-    def garbage_possible(self) -> None:
         pass
 
 

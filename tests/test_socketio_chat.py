@@ -665,25 +665,11 @@ def test_a_long_poll_held_past_the_head_timeout_keeps_its_connection(web_chat) -
     raw.close()
 
 
-def test_a_member_leaving_on_a_kept_alive_connection_tells_the_collector(chat, members) -> None:
-    """A Socket.IO member that leaves while its polling connection stays open closes no connection, yet
-    may leave cycles: the freezer learns it, so that the next freeze collects the young ones first."""
-    server, other, raw, (connected, _welcomed) = bystander_and_raw(chat, members, "websocket")
-    assert connected.startswith("40{")
-    server.freezer._closed_since = False  # as after a storm's freeze, with nothing closed since
-    assert raw.post("41") == (200, "ok")  # the namespace's DISCONNECT; the HTTP connection stays
-    other.until("notice", "user2 left lobby (disconnected)")
-    wait_until(lambda: server.freezer._closed_since, what="the freezer told")
-    assert raw.http.sock is not None  # the kept-alive connection is still open
-    raw.close()
-
-
 def test_what_a_websocket_upgrade_built_is_frozen_before_its_namespace_connects(chat) -> None:
     """In a crowd, a Socket.IO client's chat join (what used to freeze its objects) comes a round trip after
     its upgrade; the collector walked thousands of such clients meanwhile. Its connection is frozen at once:
     once when it is accepted, once more when its upgrade is done, before any namespace CONNECT."""
     server = chat()
-    server.freezer._closed_since = False  # as during a storm, nothing closed since the last freeze
     before = server.freezer.freezes
     with connect(f"ws://127.0.0.1:{server.web_address[1]}/socket.io/?EIO=4&transport=websocket") as ws:
         opened = ws.recv(timeout=TIMEOUT)

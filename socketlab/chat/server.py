@@ -230,7 +230,6 @@ class ChatServer(AcceptingServer):
         self.socketio = SocketIOServer(settings, connect_timeout=config.socketio_connect_timeout)
         self.socketio_chat = SocketIOChat(self.service, self.acceptor, config.max_line, config.max_rate)
         self.socketio_chat.on_joined = lambda transport: self._members_arrived([transport])
-        self.socketio_chat.on_departed = self.freezer.garbage_possible
         self.socketio.of("/", self.socketio_chat)
         site.engine = self.socketio.engine
         site.engine_started = self._engine_started

@@ -152,8 +152,6 @@ class SocketIOChat(Namespace):
         self._held: set[SocketIOMember] = set()
         #: Called (lock not held) with each Socket.IO member once it is in the chat (the server's idle timer).
         self.on_joined: Callable[[SocketIOMember], None] | None = None
-        #: Called (lock not held) when a Socket.IO member has left (what it leaves may be garbage now).
-        self.on_departed: Callable[[], None] | None = None
         #: The last delivery and its events as messages: a delivery to a room is encoded once.
         self._encoded: tuple[bytes, list[str]] = (b"", [])
 
@@ -311,5 +309,3 @@ class SocketIOChat(Namespace):
             # counting frees them when they go, and the cyclic collector has nothing to find.
             transport.member = None
             transport.client.data = None
-            if self.on_departed is not None:
-                self.on_departed()
