@@ -266,6 +266,17 @@ def test_bench_chat_unreachable_target_is_one_line() -> None:
     )
 
 
+def test_bench_chat_churn_against_an_unreachable_target_is_one_line() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = run_cli("bench", "chat", "--scenario", "churn", "--target", f"127.0.0.1:{port}", "--clients", "3")
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"Error: only 0 of 3 members could connect (cannot connect to 127.0.0.1:{port}: connection refused)\n"
+    )
+
+
 def bench_with_interpreter(interpreter: str, command: list[str]) -> subprocess.CompletedProcess[bytes]:
     """Run ``socketlab bench COMMAND`` with *interpreter* standing in for its child processes' Python."""
     script = (

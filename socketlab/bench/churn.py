@@ -37,6 +37,7 @@ from socketlab.bench.common import (
     open_clients,
     read_ready,
     rss_kib,
+    why_not,
 )
 from socketlab.bench.tally import percentile
 from socketlab.bench.wire import frame, take_replies
@@ -141,7 +142,7 @@ def run_churn(
         selector.close()
         for member in members:
             member.close()
-        raise OSError(f"only {len(members):,} of {clients:,} members could connect")
+        raise OSError(f"only {len(members):,} of {clients:,} members could connect{why_not(targets.pick(opened))}")
     settle_by = time.monotonic() + 60.0
     while read_members(0.3) and time.monotonic() < settle_by:
         pass
