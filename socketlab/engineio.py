@@ -21,6 +21,7 @@ import base64
 import binascii
 import json
 import os
+import random
 from dataclasses import dataclass
 from typing import Protocol, Union, cast
 
@@ -37,6 +38,9 @@ SID_BYTES = 15
 PING_INTERVAL = 25.0
 PING_TIMEOUT = 20.0
 MAX_PAYLOAD = 1_000_000
+#: A session's first ping comes up to this share of the interval early, at random: a crowd that connected
+#: at once (a restart) is not pinged at once, and then every interval after (its pongs would come at once too).
+PING_SPREAD = 0.5
 #: Seconds a closed polling session waits for the client's next GET to collect its last packets.
 CLOSE_TIMEOUT = 2.0
 #: Seconds a probed WebSocket has to send the upgrade packet (the JavaScript server's ``upgradeTimeout``).
@@ -159,6 +163,8 @@ class EngineSettings:
 
     ping_interval: float = PING_INTERVAL
     ping_timeout: float = PING_TIMEOUT
+    #: The first ping's spread (see PING_SPREAD; 0: exactly ping_interval after the handshake).
+    ping_spread: float = PING_SPREAD
     #: Largest POST body and WebSocket message (a bigger body is answered 413).
     max_payload: int = MAX_PAYLOAD
     #: Bytes that may wait for a client that does not poll or read, before it is dropped as ``too slow``.
@@ -222,7 +228,7 @@ class EngineSession:
         self._probed = False
         #: When the probed WebSocket is given up if it has not sent the upgrade packet.
         self._upgrade_by: float | None = None
-        self._ping_at = now + self.settings.ping_interval
+        self._ping_at = now + self.settings.ping_interval * (1.0 - self.settings.ping_spread * random.random())
         self._pong_by: float | None = None
         #: Polling: when the client must poll again by (it is gone otherwise).
         self._poll_by: float | None = now + self.settings.ping_interval + self.settings.ping_timeout

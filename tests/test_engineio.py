@@ -173,7 +173,7 @@ def test_client_close_packet_ends_the_session() -> None:
 
 
 def test_ping_pong_keeps_a_session_and_silence_ends_it() -> None:
-    settings = EngineSettings(ping_interval=1.0, ping_timeout=0.5)
+    settings = EngineSettings(ping_interval=1.0, ping_timeout=0.5, ping_spread=0.0)
     server, app, session, _ = polling_session(settings)
     held = Carrier()
     session.poll(held, 0.0)
@@ -192,13 +192,34 @@ def test_ping_pong_keeps_a_session_and_silence_ends_it() -> None:
 
 
 def test_a_client_that_never_polls_again_is_freed() -> None:
-    settings = EngineSettings(ping_interval=1.0, ping_timeout=0.5)
+    settings = EngineSettings(ping_interval=1.0, ping_timeout=0.5, ping_spread=0.0)
     server, app, session, _ = polling_session(settings)
     server.tick(1.4)  # ping queued, nobody polls
     assert app.reasons == []
     server.tick(1.6)
     assert app.reasons == ["ping timeout"]
     assert server.sessions == {}
+
+
+def test_first_pings_of_a_crowd_are_spread_then_every_interval_after_the_pong() -> None:
+    """Sessions opened at once (a restart) get their first ping at random in the interval's last half,
+    not all at once; after a pong the next ping is one interval later, as always."""
+    server = EngineServer(App(), EngineSettings(ping_interval=10.0, ping_timeout=5.0))
+    crowd = [server.handshake("polling", 0.0, "127.0.0.1:1") for _ in range(200)]
+    firsts = sorted(session.next_timer() for session in crowd)
+    assert 5.0 <= firsts[0] and firsts[-1] <= 10.0
+    assert firsts[-1] - firsts[0] > 2.5  # 200 draws from 5 s all within 2.5 s: odds of about 2**-190
+    session = crowd[0]
+    session.poll(Carrier(), 0.0)  # collects the open packet
+    held = Carrier()
+    session.poll(held, 0.0)
+    first = session.next_timer()
+    server.tick(first - 0.01)
+    assert held.deliveries == []
+    server.tick(first)
+    assert held.deliveries == [[("2", "")]]
+    session.post(b"3", first + 0.3)  # the pong
+    assert session.next_timer() == pytest.approx(first + 10.3)
 
 
 def test_a_backlog_over_the_limit_drops_the_session() -> None:

@@ -535,7 +535,7 @@ def test_eof_from_the_client_ends_the_session() -> None:
 
 def test_a_quiet_connection_is_pinged_and_closed_1011_without_a_pong() -> None:
     """Quiet past ping_interval: a ping; no pong within ping_timeout: close 1011, 'keepalive timeout'."""
-    browser = opened(ping_interval=10.0, ping_timeout=5.0)
+    browser = opened(ping_interval=10.0, ping_timeout=5.0, ping_spread=0.0)
     session = browser.session
     assert session.tick(T0 + 9.9) is None and browser.frames() == []
     assert session.tick(T0 + 10.1) is None
@@ -549,7 +549,7 @@ def test_a_quiet_connection_is_pinged_and_closed_1011_without_a_pong() -> None:
 
 def test_a_pong_in_time_keeps_the_connection() -> None:
     """The client's pong (ClientProtocol answers pings itself) resets the keepalive."""
-    browser = opened(ping_interval=10.0, ping_timeout=5.0)
+    browser = opened(ping_interval=10.0, ping_timeout=5.0, ping_spread=0.0)
     session = browser.session
     session.tick(T0 + 10.1)
     assert [frame.opcode for frame in browser.frames()] == [Opcode.PING]
@@ -559,6 +559,22 @@ def test_a_pong_in_time_keeps_the_connection() -> None:
     session.tick(T0 + 21.2)
     assert [frame.opcode for frame in browser.frames()] == [Opcode.PING]
     assert session.ended is None
+
+
+def test_a_quiet_crowd_is_not_pinged_all_at_once() -> None:
+    """Connections opened together and left quiet get their first ping at random in the interval's last
+    half; after the pong, the next comes after a whole interval of quiet."""
+    crowd = [opened(ping_interval=10.0, ping_timeout=5.0) for _ in range(100)]
+    firsts = sorted(browser.session.next_deadline() or 0.0 for browser in crowd)
+    assert T0 + 5.0 <= firsts[0] and firsts[-1] <= T0 + 10.0
+    assert firsts[-1] - firsts[0] > 2.5  # 100 draws from 5 s all within 2.5 s: odds of about 2**-95
+    browser = crowd[0]
+    first = browser.session.next_deadline() or 0.0
+    assert browser.session.tick(first - 0.01) is None and browser.frames() == []
+    browser.session.tick(first + 0.01)
+    assert [frame.opcode for frame in browser.frames()] == [Opcode.PING]
+    browser.send(first + 1)  # the pong
+    assert browser.session.next_deadline() == pytest.approx(first + 11)
 
 
 def test_messages_count_as_heard_for_the_keepalive() -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import random
 import socket
 import threading
 import time
@@ -55,6 +56,9 @@ HEAD_TIMEOUT = 10.0
 PING_INTERVAL = 20.0
 #: ... and closed (1011) when no pong has come this many seconds after the ping.
 PING_TIMEOUT = 20.0
+#: A connection's first ping comes up to this share of the interval early, at random: a crowd that connected
+#: at once and stays quiet is not pinged at once, and then every interval after.
+PING_SPREAD = 0.5
 #: Pings a client may send per second (a burst of as many) before it is closed (1008).
 MAX_PINGS_PER_SECOND = 20.0
 
@@ -122,6 +126,8 @@ class WebSite:
     max_line: int = 4096
     ping_interval: float = PING_INTERVAL
     ping_timeout: float = PING_TIMEOUT
+    #: The first ping's spread (see PING_SPREAD; 0: after exactly ping_interval of quiet).
+    ping_spread: float = PING_SPREAD
     head_timeout: float = HEAD_TIMEOUT
     #: Where refused requests are logged: the server's rate-limited log (None: this module's logger).
     refusals: Any = None
@@ -200,6 +206,7 @@ class WebSession:
         "_last_heard",
         "last_message",
         "_ping_sent",
+        "_ping_early",
         "_pings",
         "_routing",
         "engine",
@@ -234,6 +241,8 @@ class WebSession:
         #: Pongs and pings are the keepalive, not activity: a browser answers pings by itself.
         self.last_message = now
         self._ping_sent: float | None = None
+        #: How much earlier than ping_interval the first ping goes (see PING_SPREAD); 0 once it went.
+        self._ping_early = site.ping_spread * site.ping_interval * random.random()
         #: Pings the client may send: MAX_PINGS_PER_SECOND a second, as many at once.
         self._pings = TokenBucket(MAX_PINGS_PER_SECOND, MAX_PINGS_PER_SECOND, now)
         #: Bytes of a request line not yet long enough to route (Engine.IO or not).
@@ -529,9 +538,10 @@ class WebSession:
                 self.protocol.fail(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
                 self.ended = "keepalive timeout"
                 return self.ended
-        elif now - self._last_heard > self.site.ping_interval:
+        elif now - self._last_heard > self.site.ping_interval - self._ping_early:
             self.protocol.send_ping(b"keepalive")
             self._ping_sent = now
+            self._ping_early = 0.0
         return None
 
     def next_deadline(self) -> float | None:
@@ -545,7 +555,7 @@ class WebSession:
             return self._deadline
         if self._ping_sent is not None:
             return self._ping_sent + self.site.ping_timeout
-        return self._last_heard + self.site.ping_interval
+        return self._last_heard + self.site.ping_interval - self._ping_early
 
 
 class WebConnection(Connection):
