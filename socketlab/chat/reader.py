@@ -271,18 +271,19 @@ class ReaderLoop:
                 self.abandon(conn)
 
     def _readable(self, conn: Connection, track_idle: bool) -> None:
+        departed = conn.departed
         try:
-            data = conn.sock.recv(MAX_READ if conn.departed else conn.read_size)
+            data = conn.sock.recv(MAX_READ if departed else conn.read_size)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
-            if conn.departed:
+            if departed:
                 self.finish(conn)
             else:
                 self._log_broken_handshake(conn, reason_for(error))
                 self.leave(conn, conn.outbox.reason or reason_for(error))
             return
-        if conn.departed:  # the client has left: discard until it closes
+        if departed:  # the client has left: discard until it closes
             if not data:
                 self.finish(conn) if conn.phase is Phase.DRAINING else self._stop_reading(conn)
             return

@@ -273,12 +273,12 @@ class SocketIOChat(Namespace):
         if not self._intents:
             return
         with self._settling:
-            while True:
+            # Whoever queues an intent (lock held) calls settle() after: the list is looked at without the
+            # lock, and taken with it.
+            while self._intents:
                 with self.core.lock:
                     intents, self._intents = self._intents, []
-                if not intents:
-                    return
-                for verb, transport, detail in _merged(intents):
+                for verb, transport, detail in intents if len(intents) == 1 else _merged(intents):
                     try:
                         self._run(verb, transport, detail)
                     except Exception:  # a bug must not stop the others' intents
