@@ -21,9 +21,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import socketio
+
 from websockets.server import ServerProtocol
 from websockets.sync.client import connect
 
+from socketlab.bench.common import close_with_reset
 from socketlab.chat.cluster.view import LocalMember
 from socketlab.chat.connection import Connection
 from socketlab.chat.outbox import Outbox
@@ -129,12 +131,6 @@ def tcp_member(server: ChatServer) -> Peer:
     return peer
 
 
-def reset(sock: socket.socket) -> None:
-    """Close with an RST, as a crashed client's kernel does."""
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    sock.close()
-
-
 def test_tcp_members_that_close(server) -> None:
     each_departure(server, lambda: tcp_member(server), Peer.close)
 
@@ -142,7 +138,7 @@ def test_tcp_members_that_close(server) -> None:
 def test_tcp_members_that_reset(server) -> None:
     def leave(peer: Peer) -> None:
         peer.file.close()
-        reset(peer.sock)
+        close_with_reset(peer.sock)
 
     each_departure(server, lambda: tcp_member(server), leave)
 
@@ -182,9 +178,9 @@ def test_tls_members_that_close_and_that_reset(web_chat, collector_off, certs) -
 
     kept = [join() for _ in range(CLIENTS)]
     each_departure(server, join, lambda sock: sock.close())
-    each_departure(server, join, reset)
+    each_departure(server, join, close_with_reset)
     for sock in kept:  # never read their last lines: cut off in the middle of TLS
-        reset(sock)
+        close_with_reset(sock)
     assert_all_freed(server, collections.Counter())
 
 
@@ -205,7 +201,7 @@ def test_cluster_members_that_close_and_that_reset(web_chat, collector_off, redi
 
     def leave_with_a_reset(peer: Peer) -> None:
         peer.file.close()
-        reset(peer.sock)
+        close_with_reset(peer.sock)
 
     each_departure(server, lambda: tcp_member(server), Peer.close)
     each_departure(server, lambda: tcp_member(server), leave_with_a_reset)
@@ -235,7 +231,7 @@ def test_websocket_members_that_vanish(server, stack) -> None:
     """No closing handshake: the connection just ends, as when a laptop's lid closes."""
 
     def leave(browser: Any) -> None:
-        reset(browser.socket)
+        close_with_reset(browser.socket)
 
     each_departure(server, lambda: ws_member(server, stack), leave)
 

@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from socketlab.bench.common import close_with_reset
 from support import CLI, TIMEOUT, CliServer, LineReader, has_ipv6, recv_until_closed, run_cli, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -305,14 +306,11 @@ def test_a_reply_that_only_starts_like_a_refusal_is_output() -> None:
 
 def test_empty_welcome_and_client_reset() -> None:
     """--welcome '' sends nothing; a tab is logged escaped, as the help says; a reset client is logged and the server goes on."""
-    import struct
-
     with CliServer("tcp-server", "--port", "0", "--welcome", "") as server:
         sock = socket.create_connection(("127.0.0.1", server.port))
         sock.sendall(b"a\tbc")
         server.out.wait_for(r"Get message from client .*: a\\tbc$")  # the tab escaped, as it says
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        close_with_reset(sock)
         server.out.wait_for(r"Client disconnected .* \(connection reset by peer, 4 bytes received\)")
         result = run_cli("tcp-client", "--port", str(server.port), "x")
         assert result.returncode == 0 and result.stdout == b""

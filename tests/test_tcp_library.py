@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import struct
 import threading
 import time
 from typing import Any
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 
 from socketlab import tcp
+from socketlab.bench.common import close_with_reset
 from socketlab.errors import AddressError
 from socketlab.tcp import WelcomeServer, connect, exchange
 from support import TIMEOUT, has_ipv6, recv_until_closed, serving, wait_until
@@ -125,8 +125,7 @@ def test_client_reset_mid_stream_does_not_disturb_server(records: pytest.LogCapt
         sock.recv(100)
         sock.sendall(b"partial line without newline")
         wait_until(lambda: any(e[0] == "data" for e in server.events), what="data event")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()  # RST
+        close_with_reset(sock)
         assert server.ended.wait(TIMEOUT)
         assert server.events[-1] == ("error", "ConnectionResetError", 28)
         assert exchange(*server.server_address[:2], b"next\n") == b"Welcome to Socket Server\n"

@@ -9,7 +9,6 @@ import random
 import re
 import signal
 import socket
-import struct
 import ssl
 import subprocess
 import threading
@@ -19,10 +18,12 @@ from importlib import resources
 from typing import Any, Iterator
 
 import pytest
+
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from certs import Certs, make_certs
+from socketlab.bench.common import close_with_reset
 from socketlab.chat.client import ChatClient
 from socketlab.chat.server import ChatServer
 from socketlab.tcp import WelcomeServer, connect
@@ -429,9 +430,7 @@ def test_a_client_that_sends_half_a_client_hello_then_leaves_is_logged(certs, ch
         peer = "127.0.0.1:%d" % sock.getsockname()[1]
         sock.sendall(hello[: len(hello) // 2])
         wait_until(lambda: server.connection_count == 1, what="the client accepted")
-        if reset:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        sock.close()
+        close_with_reset(sock) if reset else sock.close()
         wait_until(lambda: server.connection_count == 0, what="the client forgotten")
     reason = "connection reset" if reset else "closed by the client"
     assert [r.getMessage() for r in caplog.records if "TLS handshake" in r.getMessage()] == [

@@ -22,8 +22,6 @@ import multiprocessing
 import re
 import secrets
 import selectors
-import socket
-import struct
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -33,6 +31,7 @@ from socketlab.bench.common import (
     ClientKind,
     Progress,
     Targets,
+    close_with_reset,
     cpu_seconds,
     open_clients,
     read_ready,
@@ -219,13 +218,8 @@ def run_churn(
 
 
 def _reset(client: Any) -> None:
-    """Close with an RST, as a client's kernel does when its network went away: no goodbye."""
-    sock = getattr(client, "sock", client)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
-    sock.close()
+    """Close *client* (a bench client or a socket) with an RST: no goodbye."""
+    close_with_reset(getattr(client, "sock", client))
 
 
 def _probe(address: tuple[str, int], kind: ClientKind, room: str, duration: float, go: Any, ready: Any, results: Any) -> None:

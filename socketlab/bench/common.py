@@ -10,6 +10,7 @@ import resource
 import selectors
 import socket
 import ssl
+import struct
 import subprocess
 import time
 from dataclasses import asdict, dataclass
@@ -170,6 +171,15 @@ def read_ready(sock: socket.socket, size: int) -> bytes | None:
         return None
     except OSError:
         return b""
+
+
+def close_with_reset(sock: socket.socket) -> None:
+    """Close *sock* with an RST (SO_LINGER 0), as a client's kernel does when its network went away: no goodbye."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:  # closed already, or not a socket that lingers
+        pass
+    sock.close()
 
 
 def why_not(address: tuple[str, int]) -> str:

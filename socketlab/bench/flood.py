@@ -23,12 +23,12 @@ import multiprocessing
 import os
 import random
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from socketlab.bench.common import close_with_reset
 from socketlab.bench.tally import percentile
 from socketlab.errors import BenchError
 
@@ -94,9 +94,7 @@ def _abuse(address: tuple[str, int], count: int, seconds: float, pace: float, so
                     pass
             except OSError:
                 pass
-            if seed % 2:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            sock.close()
+            close_with_reset(sock) if seed % 2 else sock.close()
             with lock:
                 sent[0] += total
                 connections[0] += 1
