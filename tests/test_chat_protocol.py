@@ -59,6 +59,47 @@ def test_connect_names_users_and_announces_joins() -> None:
     assert inbox.lines(second) == ["* welcome user2, you are in lobby (type /help)"]
 
 
+def test_a_crowd_passing_through_a_room_is_announced_ten_a_second() -> None:
+    """At most ten arrivals and departures a second are announced to a room (a crowd passing through
+    the lobby, a restart's storm); each room has its own ten; the next second, again."""
+    now = [0.0]
+    hub = ChatHub(clock=lambda: now[0])
+    inbox = Inboxes()
+    first, deliveries = hub.connect()
+    inbox.take(deliveries)
+    crowd = []
+    for _ in range(15):
+        member, deliveries = hub.connect()
+        inbox.take(deliveries)
+        crowd.append(member)
+    assert inbox.lines(first)[1:] == [f"* user{number} joined lobby" for number in range(2, 12)]
+    for member in crowd:
+        inbox.lines(member)
+    inbox.take(hub.disconnect(crowd[0]))  # departures count too: none left this second
+    say(hub, inbox, crowd[1], b"/join den")
+    say(hub, inbox, crowd[2], b"/join den")  # the den's own ten: its first member hears it
+    assert inbox.lines(first) == []
+    assert inbox.lines(crowd[1]) == ["* you are in den", "* user4 joined den"]
+    now[0] = 1.0
+    inbox.take(hub.disconnect(crowd[3]))
+    latecomer, deliveries = hub.connect()
+    inbox.take(deliveries)
+    assert inbox.lines(first) == ["* user5 left lobby", "* user17 joined lobby"]
+    say(hub, inbox, first, b"/who")
+    assert inbox.lines(first) == ["* in lobby: user1, " + ", ".join(f"user{n}" for n in range(6, 18))]
+
+
+def test_announcements_without_a_rate_limit() -> None:
+    """announce_rate=0: every arrival is announced, however many a second."""
+    hub = ChatHub(announce_rate=0, clock=lambda: 0.0)
+    inbox = Inboxes()
+    first, deliveries = hub.connect()
+    inbox.take(deliveries)
+    for _ in range(30):
+        inbox.take(hub.connect()[1])
+    assert inbox.lines(first)[1:] == [f"* user{number} joined lobby" for number in range(2, 32)]
+
+
 def test_coalesce_keeps_every_members_bytes_and_order_in_one_delivery() -> None:
     """A crowd joining and a /join: each member gets the same bytes, once, joined."""
     hub = ChatHub()

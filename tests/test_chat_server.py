@@ -317,7 +317,7 @@ def test_a_crowd_accepted_at_once_is_welcomed_together_in_order() -> None:
             bursts.append(len(accepted))
             super().start_connections(accepted)
 
-    server = Recording(("127.0.0.1", 0))
+    server = Recording(("127.0.0.1", 0), announce_rate=0)  # every join announced, however many a second
     crowd = [Peer(server.server_address[1]) for _ in range(20)]  # queued: nothing accepts yet
     with serving(server):
         for number, peer in enumerate(crowd, 1):
@@ -332,6 +332,24 @@ def test_a_crowd_accepted_at_once_is_welcomed_together_in_order() -> None:
         assert late.line() == "* welcome user21, you are in lobby (type /help)"
         assert crowd[0].line() == "* user21 joined lobby"
         for peer in crowd + [late]:
+            peer.close()
+
+
+def test_a_crowd_arriving_at_once_is_announced_ten_a_second() -> None:
+    """20 clients accepted together: the first hears the next ten arrive, then no more notices that
+    second; /who names everyone."""
+    server = ChatServer(("127.0.0.1", 0))
+    crowd = [Peer(server.server_address[1]) for _ in range(20)]  # queued: accepted in one go
+    with serving(server):
+        first = crowd[0]
+        assert first.lines(11) == ["* welcome user1, you are in lobby (type /help)"] + [
+            f"* user{number} joined lobby" for number in range(2, 12)
+        ]
+        for peer in crowd[1:]:
+            peer.lines(1)  # its welcome
+        first.send(b"/who\n")
+        assert first.line() == "* in lobby: " + ", ".join(f"user{number}" for number in range(1, 21))
+        for peer in crowd:
             peer.close()
 
 

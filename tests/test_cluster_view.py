@@ -152,3 +152,19 @@ def test_echo_members_hear_their_own_lines_and_crowds_hear_no_arrivals() -> None
     assert texts(view.room_event("lobby", Left("x:1", "x", 2, ""))) == [(["io", "al"], b"* x left lobby\n")]
     assert texts(view.private(Private(al.id, b"<io> (private) psst\n"))) == [(["al"], b"<io> (private) psst\n")]
     assert view.private(Private("gone:1", b"x\n")) == []
+
+
+def test_a_crowd_is_announced_ten_a_second_to_this_servers_members() -> None:
+    """The cluster's view keeps the same budget per room as one server: ten arrivals and departures
+    a second, then the next second again."""
+    now = [0.0]
+    al = member(1, "al")
+    view = LocalView(announce_limit=100, clock=lambda: now[0])
+    view.add(al)
+    al.joining = "lobby"
+    view.room_event("lobby", Joined(al.id, "al", 0, True))
+    told = [texts(view.room_event("lobby", Joined(f"x:{n}", f"x{n}", n, True))) for n in range(1, 13)]
+    assert told == [[(["al"], f"* x{n} joined lobby\n".encode())] for n in range(1, 11)] + [[], []]
+    assert texts(view.room_event("lobby", Left("x:1", "x1", 12, ""))) == []
+    now[0] = 1.0
+    assert texts(view.room_event("lobby", Left("x:2", "x2", 11, ""))) == [(["al"], b"* x2 left lobby\n")]

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from socketlab.chat.protocol import DEFAULT_ANNOUNCE_LIMIT
+from socketlab.chat.protocol import DEFAULT_ANNOUNCE_LIMIT, DEFAULT_ANNOUNCE_RATE
 from socketlab.lines import DEFAULT_MAX_LINE
 from socketlab.tls import HANDSHAKE_TIMEOUT
 
@@ -37,6 +37,8 @@ class ChatConfig:
     room_size: int = 0
     #: Rooms of this many members or more hear no joins and departures.
     announce_limit: int = DEFAULT_ANNOUNCE_LIMIT
+    #: Joins and departures announced to one room a second, at most (0: no limit).
+    announce_rate: int = DEFAULT_ANNOUNCE_RATE
 
     # -- limits per server and per client ----------------------------------------------
     max_clients: int = DEFAULT_MAX_CLIENTS

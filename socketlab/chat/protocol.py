@@ -16,12 +16,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 from socketlab.chat.commands import Join, Msg, Nick, Quit, Reply, Rooms, Say, Step, Who, interpret
 from socketlab.chat.words import (  # noqa: F401  (re-exported: the chat's words were defined here first)
     DEFAULT_ANNOUNCE_LIMIT,
+    DEFAULT_ANNOUNCE_RATE,
+    AnnouncementBudget,
     HELP_LINES,
     LOBBY,
     MAX_NAME,
@@ -173,13 +176,24 @@ class ChatHub:
     only quoted in the "line too long" reply. Arrivals and departures are
     announced in rooms of fewer than ``announce_limit`` members (0: always):
     in a crowd -- a busy server's lobby -- each would cost a send to every
-    member, and a stream of connections would cost the square of the crowd.
+    member, and a stream of connections would cost the square of the crowd;
+    and at most ``announce_rate`` a second to each room (0: no limit), so that
+    a crowd passing through a small room is not announced one by one either.
     """
 
-    def __init__(self, room_size: int = 0, max_line: int = 4096, announce_limit: int = DEFAULT_ANNOUNCE_LIMIT) -> None:
+    def __init__(
+        self,
+        room_size: int = 0,
+        max_line: int = 4096,
+        announce_limit: int = DEFAULT_ANNOUNCE_LIMIT,
+        announce_rate: int = DEFAULT_ANNOUNCE_RATE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.room_size = room_size
         self.max_line = max_line
         self.announce_limit = announce_limit
+        self.announce_rate = announce_rate
+        self._budget = AnnouncementBudget(announce_rate, clock)
         self.connections = 0
         self.rooms: dict[str, Room] = {LOBBY: Room(LOBBY)}
         self._by_name: dict[str, Member] = {}
@@ -390,9 +404,13 @@ class ChatHub:
         return prefix + block.replace(b"\n", b"\n" + prefix) + b"\n"
 
     def _announced(self, room: Room) -> bool:
-        """Whether arrivals and departures are announced in *room* (not in a crowd)."""
-        return not self.announce_limit or len(room.members) < self.announce_limit
+        """Whether an arrival or departure is announced in *room* now: not in a crowd, and within the
+        room's budget (which it uses)."""
+        if self.announce_limit and len(room.members) >= self.announce_limit:
+            return False
+        return self._budget.take(room.name)
 
     def _drop_if_empty(self, room: Room) -> None:
         if not room.members and room.name != LOBBY:
             self.rooms.pop(room.name, None)
+            self._budget.forget(room.name)

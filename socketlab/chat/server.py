@@ -124,7 +124,12 @@ class ChatServer(AcceptingServer):
         self.handshake_timeout = config.handshake_timeout
         self.max_rate = config.max_rate
         web = config.web
-        hub = ChatHub(room_size=config.room_size, max_line=max_line, announce_limit=config.announce_limit)
+        hub = ChatHub(
+            room_size=config.room_size,
+            max_line=max_line,
+            announce_limit=config.announce_limit,
+            announce_rate=config.announce_rate,
+        )
         self.service: ChatCore
         if config.redis:
             from socketlab.chat.cluster import ClusterService

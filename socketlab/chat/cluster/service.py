@@ -113,7 +113,7 @@ class ClusterService:
         self.name = name or self.server_id
         self.cluster = cluster
         self.available = True
-        self.view = LocalView(hub.announce_limit)
+        self.view = LocalView(hub.announce_limit, announce_rate=hub.announce_rate)
         self._next_key = 0
         self._jobs: deque[Job] = deque()
         self._work = threading.Condition(threading.Lock())

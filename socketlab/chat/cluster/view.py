@@ -14,11 +14,12 @@ members of that room, in the channel's order, which is the room's one order:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from socketlab.chat.cluster.events import Event, Joined, Left, Private, Renamed, Said
-from socketlab.chat.words import LOBBY, notice
+from socketlab.chat.words import DEFAULT_ANNOUNCE_RATE, LOBBY, AnnouncementBudget, notice
 
 
 @dataclass(eq=False, slots=True)
@@ -69,6 +70,12 @@ class LocalView:
     announce_limit: int
     members: dict[str, LocalMember] = field(default_factory=dict)
     rooms: dict[str, dict[LocalMember, None]] = field(default_factory=dict)
+    #: Arrivals and departures told to this server's members of one room a second, at most.
+    announce_rate: int = DEFAULT_ANNOUNCE_RATE
+    clock: Callable[[], float] = time.monotonic
+
+    def __post_init__(self) -> None:
+        self._budget = AnnouncementBudget(self.announce_rate, self.clock)
 
     def add(self, member: LocalMember) -> None:
         self.members[member.id] = member
@@ -86,6 +93,7 @@ class LocalView:
                 room.pop(member, None)
                 if not room:
                     del self.rooms[member.room]
+                    self._budget.forget(member.room)
         member.present = False
 
     def room_event(self, room: str, event: Event) -> list[Delivery]:
@@ -102,7 +110,7 @@ class LocalView:
             return [(others, event.data)] if others else []
         if isinstance(event, Joined):
             out: list[Delivery] = []
-            if hearing and event.before and self._announced(event.before):
+            if hearing and event.before and self._announced(room, event.before):
                 out.append((list(hearing), notice(f"{event.name} joined {room}")))
             member = self.members.get(event.member)
             if member is not None and member.joining == room:
@@ -113,7 +121,7 @@ class LocalView:
             if member is not None and member.room == room and member.present:  # gone from here all the same
                 self.leave_room(member)
                 hearing = self.rooms.get(room)
-            if not hearing or not event.after or not self._announced(event.after):
+            if not hearing or not event.after or not self._announced(room, event.after):
                 return []
             suffix = f" ({event.reason})" if event.reason else ""
             return [(list(hearing), notice(f"{event.name} left {room}{suffix}"))]
@@ -141,6 +149,9 @@ class LocalView:
         member = self.members.get(event.member)
         return [([member], event.data)] if member is not None else []
 
-    def _announced(self, count: int) -> bool:
-        """Whether arrivals and departures are announced in a room of *count* others (not in a crowd)."""
-        return not self.announce_limit or count < self.announce_limit
+    def _announced(self, room: str, count: int) -> bool:
+        """Whether an arrival or departure is announced in *room*, of *count* others, now: not in a crowd,
+        and within the room's budget on this server (which it uses)."""
+        if self.announce_limit and count >= self.announce_limit:
+            return False
+        return self._budget.take(room)
