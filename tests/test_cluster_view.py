@@ -154,17 +154,18 @@ def test_echo_members_hear_their_own_lines_and_crowds_hear_no_arrivals() -> None
     assert view.private(Private("gone:1", b"x\n")) == []
 
 
-def test_a_crowd_is_announced_ten_a_second_to_this_servers_members() -> None:
-    """The cluster's view keeps the same budget per room as one server: ten arrivals and departures
-    a second, then the next second again."""
+def test_a_crowd_is_announced_fifty_then_ten_a_second_to_this_servers_members() -> None:
+    """The cluster's view keeps the same budget per room as one server: 50 arrivals and departures at
+    once, then 10 a second."""
     now = [0.0]
     al = member(1, "al")
     view = LocalView(announce_limit=100, clock=lambda: now[0])
     view.add(al)
     al.joining = "lobby"
     view.room_event("lobby", Joined(al.id, "al", 0, True))
-    told = [texts(view.room_event("lobby", Joined(f"x:{n}", f"x{n}", n, True))) for n in range(1, 13)]
-    assert told == [[(["al"], f"* x{n} joined lobby\n".encode())] for n in range(1, 11)] + [[], []]
-    assert texts(view.room_event("lobby", Left("x:1", "x1", 12, ""))) == []
-    now[0] = 1.0
-    assert texts(view.room_event("lobby", Left("x:2", "x2", 11, ""))) == [(["al"], b"* x2 left lobby\n")]
+    told = [texts(view.room_event("lobby", Joined(f"x:{n}", f"x{n}", n, True))) for n in range(1, 53)]
+    assert told == [[(["al"], f"* x{n} joined lobby\n".encode())] for n in range(1, 51)] + [[], []]
+    assert texts(view.room_event("lobby", Left("x:1", "x1", 52, ""))) == []
+    now[0] = 0.1
+    assert texts(view.room_event("lobby", Left("x:2", "x2", 51, ""))) == [(["al"], b"* x2 left lobby\n")]
+    assert texts(view.room_event("lobby", Left("x:3", "x3", 50, ""))) == []

@@ -37,7 +37,7 @@ class ChatConfig:
     room_size: int = 0
     #: Rooms of this many members or more hear no joins and departures.
     announce_limit: int = DEFAULT_ANNOUNCE_LIMIT
-    #: Joins and departures announced to one room a second, at most (0: no limit).
+    #: Joins and departures announced to one room a second, past the first 50 at once (0: no limit).
     announce_rate: int = DEFAULT_ANNOUNCE_RATE
 
     # -- limits per server and per client ----------------------------------------------

@@ -177,8 +177,9 @@ class ChatHub:
     announced in rooms of fewer than ``announce_limit`` members (0: always):
     in a crowd -- a busy server's lobby -- each would cost a send to every
     member, and a stream of connections would cost the square of the crowd;
-    and at most ``announce_rate`` a second to each room (0: no limit), so that
-    a crowd passing through a small room is not announced one by one either.
+    and to each room, up to 50 at once, then ``announce_rate`` a second (0: no
+    limit), so that a crowd passing through a small room is not announced one
+    by one either (see :class:`~socketlab.chat.words.AnnouncementBudget`).
     """
 
     def __init__(
@@ -193,7 +194,7 @@ class ChatHub:
         self.max_line = max_line
         self.announce_limit = announce_limit
         self.announce_rate = announce_rate
-        self._budget = AnnouncementBudget(announce_rate, clock)
+        self._budget = AnnouncementBudget(announce_rate, clock=clock)
         self.connections = 0
         self.rooms: dict[str, Room] = {LOBBY: Room(LOBBY)}
         self._by_name: dict[str, Member] = {}

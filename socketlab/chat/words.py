@@ -11,12 +11,15 @@ import time
 import unicodedata
 from typing import Callable
 
+from socketlab.access import TokenBucket
 from socketlab.text import escape_controls
 
 LOBBY = "lobby"
 #: Rooms of this many members or more hear no arrivals and departures (see ChatHub).
 DEFAULT_ANNOUNCE_LIMIT = 100
-#: Arrivals and departures announced to one room a second, at most (see AnnouncementBudget).
+#: Arrivals and departures announced to one room: this many at once, then this many a second (see
+#: AnnouncementBudget).
+DEFAULT_ANNOUNCE_BURST = 50
 DEFAULT_ANNOUNCE_RATE = 10
 #: Nicknames and room names: 1 to 32 letters or digits of any script, ``_`` or ``-`` (see valid_name()).
 NAME_RULE = "1 to 32 letters or digits (any script), _ or -; no spaces"
@@ -50,39 +53,42 @@ ROOMS_PAGE = 50
 
 
 class AnnouncementBudget:
-    """At most *rate* arrival and departure notices a second to each room (0: no limit).
+    """Up to *burst* arrival and departure notices at once to each room, then *rate* a second (0: no limit).
 
     A crowd that comes or goes at once -- a restart's reconnect storm, clients
     passing through the lobby on their way to a room -- would otherwise bury a
     small room's talk under notices, and cost a send to each of its members
     per arrival. Past the budget, arrivals and departures go unannounced until
-    the next second (``/who`` says who is there).
+    it refills (``/who`` says who is there); a room's everyday comings and
+    goings never reach it.
     """
 
-    __slots__ = ("rate", "clock", "_windows")
+    __slots__ = ("rate", "burst", "clock", "_buckets")
 
-    def __init__(self, rate: int = DEFAULT_ANNOUNCE_RATE, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        rate: float = DEFAULT_ANNOUNCE_RATE,
+        burst: float = DEFAULT_ANNOUNCE_BURST,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.rate = rate
+        self.burst = burst
         self.clock = clock
-        #: Per room: when its current second began, and the notices it has had in it.
-        self._windows: dict[str, tuple[float, int]] = {}
+        self._buckets: dict[str, TokenBucket] = {}
 
     def take(self, room: str) -> bool:
         """Whether a notice may go to *room* now (it is counted)."""
         if not self.rate:
             return True
         now = self.clock()
-        window = self._windows.get(room)
-        if window is None or now - window[0] >= 1.0:
-            window = (now, 0)
-        if window[1] >= self.rate:
-            return False
-        self._windows[room] = (window[0], window[1] + 1)
-        return True
+        bucket = self._buckets.get(room)
+        if bucket is None:
+            bucket = self._buckets[room] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(1, now)
 
     def forget(self, room: str) -> None:
-        """*room* is gone (its window with it: what is kept is bounded by the rooms)."""
-        self._windows.pop(room, None)
+        """*room* is gone (its bucket with it: what is kept is bounded by the rooms)."""
+        self._buckets.pop(room, None)
 
 
 def page_number(rest: str) -> int | None:

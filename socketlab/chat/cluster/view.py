@@ -70,12 +70,12 @@ class LocalView:
     announce_limit: int
     members: dict[str, LocalMember] = field(default_factory=dict)
     rooms: dict[str, dict[LocalMember, None]] = field(default_factory=dict)
-    #: Arrivals and departures told to this server's members of one room a second, at most.
+    #: Arrivals and departures told to this server's members of one room a second, past the first 50 at once.
     announce_rate: int = DEFAULT_ANNOUNCE_RATE
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._budget = AnnouncementBudget(self.announce_rate, self.clock)
+        self._budget = AnnouncementBudget(self.announce_rate, clock=self.clock)
 
     def add(self, member: LocalMember) -> None:
         self.members[member.id] = member
