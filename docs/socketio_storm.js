@@ -12,6 +12,10 @@ const { io } = require(path.join(__dirname, '..', 'tests', 'js', 'node_modules',
 
 const [url, count, transports] = process.argv.slice(2);
 const clients = Number(count);
+if (!url || !Number.isInteger(clients) || clients < 1) {
+  process.stderr.write('usage: node docs/socketio_storm.js URL CLIENTS [TRANSPORTS]  (e.g. http://127.0.0.1:3000 4000)\n');
+  process.exit(2);
+}
 const options = { reconnection: false, timeout: 60000, forceNew: true };
 if (transports) options.transports = transports.split(',');
 
